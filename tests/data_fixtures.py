@@ -1,0 +1,79 @@
+"""Shared fixtures for the data-module tests (imported by test modules, not a conftest)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+# wnids used by the fake ImageNet trees
+TENCH, TABBY, CHURCH, TRAILER_TRUCK = "n01440764", "n02123045", "n03028079", "n04467665"
+UNMAPPED = "n02747177"  # ashcan: under none of the 27 categories
+FAKE_WNIDS = (TENCH, TABBY, CHURCH, TRAILER_TRUCK, UNMAPPED)
+IMAGES_PER_CLASS = {"train": 3, "val": 2}
+
+
+def shared_data_root() -> Path | None:
+    """``$PL_ENERGY_DATA``, else ``<repo>/../shared/data``, if it holds MNIST/raw/ with the 4 files."""
+    candidates = []
+    if os.environ.get("PL_ENERGY_DATA"):
+        candidates.append(Path(os.environ["PL_ENERGY_DATA"]))
+    candidates.append(REPO.parent / "shared" / "data")
+    for c in candidates:
+        if all((c / "MNIST" / "raw" / f).is_file() for f in MNIST_FILES):
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def mnist_root(tmp_path_factory) -> Path:
+    """A writable data dir with a copy of the 4 raw MNIST .gz files in MNIST/raw/."""
+    src = shared_data_root()
+    if src is None:
+        pytest.skip("MNIST raw files not found: set PL_ENERGY_DATA to a folder with MNIST/raw/*.gz")
+    dst = tmp_path_factory.mktemp("mnist_data")
+    (dst / "MNIST" / "raw").mkdir(parents=True)
+    for f in MNIST_FILES:
+        shutil.copy(src / "MNIST" / "raw" / f, dst / "MNIST" / "raw" / f)
+    return dst
+
+
+def write_jpeg_tree(root: Path, wnids=FAKE_WNIDS, size=(64, 48), seed: int = 0) -> Path:
+    """Write ``root/{train,val}/<wnid>/*.JPEG`` random-noise JPEGs."""
+    rng = np.random.default_rng(seed)
+    for split, n in IMAGES_PER_CLASS.items():
+        for wnid in wnids:
+            d = root / split / wnid
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+                Image.fromarray(arr, "RGB").save(d / f"{wnid}_{i}.JPEG", "JPEG")
+    return root
+
+
+@pytest.fixture(scope="session")
+def imagenet_folder(tmp_path_factory) -> Path:
+    """Plain ImageFolder layout."""
+    return write_jpeg_tree(tmp_path_factory.mktemp("imagenet_folder"))
+
+
+@pytest.fixture(scope="session")
+def imagenet_torchvision(tmp_path_factory) -> Path:
+    """torchvision's ImageNet layout: the same tree plus meta.bin."""
+    root = write_jpeg_tree(tmp_path_factory.mktemp("imagenet_tv"))
+    wnid_to_classes = {w: (f"class {w}",) for w in FAKE_WNIDS}
+    torch.save((wnid_to_classes, None), root / "meta.bin")
+    return root
