@@ -1,0 +1,20 @@
+"""``bp``: autograd backprop, the reference every other algorithm is measured against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from ..core.losses import Loss
+from .base import Algorithm, Estimate, backprop_gradients
+
+
+@dataclass
+class Backprop(Algorithm):
+    name = "bp"
+
+    def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
+                 record: bool) -> Estimate:
+        gradients, output, value = backprop_gradients(network, inputs, targets, loss)
+        return Estimate(gradients, output, value)

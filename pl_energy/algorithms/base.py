@@ -1,0 +1,110 @@
+"""What every algorithm gives: an estimate of d(loss)/d(theta) in backprop's units and sign."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..core.losses import Loss, as_loss
+from ..core.networks import layers_of
+from ..core.trace import InferenceTrace
+
+
+@dataclass
+class Estimate:
+    """One algorithm step on a batch.
+
+    ``gradients`` is keyed like ``network.named_parameters()``; ``output`` is the free-phase
+    prediction and ``loss`` its batch-mean loss; ``trace`` the energies of the last inference
+    phase (None when not recorded).
+    """
+
+    gradients: dict[str, Tensor]
+    output: Tensor
+    loss: Tensor
+    trace: InferenceTrace | None = None
+
+
+class Algorithm:
+    """Base class. Subclasses are dataclasses of hyper-parameters implementing ``estimate``."""
+
+    name: ClassVar[str]
+    last_trace: InferenceTrace | None = None
+
+    def step(self, network: nn.Module, inputs: Tensor, targets: Tensor,
+             loss: str | Loss = "cross_entropy", record: bool | None = None) -> Estimate:
+        """Run the algorithm's phases on a batch; ``record`` overrides the ``trace`` setting."""
+        loss = as_loss(loss)
+        _check_batch(inputs, targets)
+        record = getattr(self, "trace", False) if record is None else record
+        estimate = self.estimate(network, inputs, targets, loss, record)
+        self.last_trace = estimate.trace
+        return estimate
+
+    def gradients(self, network: nn.Module, inputs: Tensor, targets: Tensor,
+                  loss: str | Loss = "cross_entropy") -> dict[str, Tensor]:
+        """The estimate of d(loss)/d(theta), keyed like ``network.named_parameters()``."""
+        return self.step(network, inputs, targets, loss).gradients
+
+    def reference(self, network: nn.Module, inputs: Tensor, targets: Tensor,
+                  loss: str | Loss = "cross_entropy") -> dict[str, Tensor]:
+        """The exact gradient this algorithm approximates: backprop through the network."""
+        loss = as_loss(loss)
+        _check_batch(inputs, targets)
+        return backprop_gradients(network, inputs, targets, loss)[0]
+
+    def predict(self, network: nn.Module, inputs: Tensor) -> Tensor:
+        """The free-phase output (the feedforward pass unless the algorithm says otherwise)."""
+        return network(inputs)
+
+    def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
+                 record: bool) -> Estimate:
+        raise NotImplementedError
+
+    def hparams(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+
+
+def backprop_gradients(network: nn.Module, inputs: Tensor, targets: Tensor,
+                       loss: Loss) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """Plain autograd: (gradients, output, loss value)."""
+    named = [(name, p) for name, p in network.named_parameters() if p.requires_grad]
+    with torch.enable_grad():
+        output = network(inputs)
+        value = loss.value(output, loss.prepare_targets(targets, output))
+        grads = torch.autograd.grad(value, [p for _, p in named], allow_unused=True)
+    gradients = {
+        name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(named, grads)
+    }
+    return gradients, output.detach(), value.detach()
+
+
+def name_layer_gradients(network: nn.Module, per_layer: list[list[Tensor]]) -> dict[str, Tensor]:
+    """Turn per-layer gradient lists (in ``layer.parameters()`` order) into a named dict."""
+    gradients = {}
+    for (child, layer), grads in zip(network.named_children(), per_layer):
+        names = [name for name, _ in layer.named_parameters()]
+        if len(names) != len(grads):
+            raise RuntimeError(f"layer {child} has {len(names)} parameters but {len(grads)} gradients")
+        for name, grad in zip(names, grads):
+            gradients[f"{child}.{name}"] = grad
+    return gradients
+
+
+def _check_batch(inputs: Tensor, targets: Tensor) -> None:
+    if not isinstance(inputs, Tensor) or not isinstance(targets, Tensor):
+        raise TypeError("inputs and targets must be tensors")
+    if inputs.dim() == 0 or targets.dim() == 0:
+        raise ValueError("inputs and targets need a batch dimension")
+    if inputs.shape[0] != targets.shape[0]:
+        raise ValueError(f"inputs have batch size {inputs.shape[0]} but targets {targets.shape[0]}")
+    if inputs.is_floating_point() and not torch.isfinite(inputs).all():
+        raise ValueError("inputs contain NaN or Inf; clean the data before training")
+
+
+def count_layers(network: nn.Module) -> int:
+    return len(layers_of(network))

@@ -1,0 +1,57 @@
+"""``chl``: contrastive Hebbian learning (Movellan 1991; Xie & Seung 2003; seed 003 Eqs. 6, 7, 17).
+
+Free phase to x_bar; clamped phase with the output fixed to the target (x_L - dL/dx_L, which is y
+for ``mse``) to x_tilde; both on the layered Hopfield energy with feedback strength gamma
+(layer l weighted gamma^(l-1)). To first order, the clamped perturbation reaches layer l scaled
+by gamma^(L-l) and layer l's energy carries gamma^(l-1), so
+
+    g = (dE/dtheta(x_tilde) - dE/dtheta(x_bar)) / gamma^(L-1)  ->  dL/dtheta  as gamma -> 0.
+
+``corrected=True`` (seed 003 Eq. 16-17): the difference of weight gradients equals
+H delta_x + R, with H = d^2 E / dx dtheta at x_bar, delta_x = x_tilde - x_bar and R the Taylor
+remainder of order delta_x^2. The corrected update keeps the first-order term H delta_x,
+computed exactly with a forward-mode JVP (torch.func), and so drops R.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+from torch.func import jvp
+
+from ..core.losses import Loss
+from .base import Estimate, name_layer_gradients
+from .hopfield_common import HopfieldAlgorithm
+
+
+@dataclass
+class ContrastiveHebbian(HopfieldAlgorithm):
+    gamma: float = 0.1
+    corrected: bool = False
+    name = "chl"
+
+    def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
+                 record: bool) -> Estimate:
+        energy, free = self.free_phase(network, inputs, targets, loss)
+        clamped = energy.clamped(free)
+        trace = self.relax_phase(energy, clamped, self.steps, record)
+        if self.corrected:
+            def weight_gradients(*activities: Tensor):
+                state = energy.snapshot(free)
+                state.activities[1:] = list(activities)
+                return tuple(g for layer in energy.parameter_gradients(state) for g in layer)
+
+            tangents = tuple(c - f for c, f in zip(clamped.activities[1:], free.activities[1:]))
+            _, flat = jvp(weight_gradients, tuple(free.activities[1:]), tangents)
+            flat = list(flat)
+            difference = [[flat.pop(0) for _ in layer] for layer in energy.parameter_gradients(free)]
+        else:
+            difference = [
+                [c - f for c, f in zip(high, low)]
+                for high, low in zip(energy.parameter_gradients(clamped), energy.parameter_gradients(free))
+            ]
+        scale = self.gamma ** (len(energy.layers) - 1)
+        per_layer = [[g / scale for g in layer] for layer in difference]
+        value = loss.value(free.output, free.targets)
+        return Estimate(name_layer_gradients(network, per_layer), free.output, value, trace)

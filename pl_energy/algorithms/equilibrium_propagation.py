@@ -1,0 +1,49 @@
+"""``ep``: equilibrium propagation (Scellier & Bengio 2017; seed 003 Sec. 2.3, 3.4, Eqs. 9, 24).
+
+Free phase to x_bar, nudged phase E + beta L to x_beta, both on the layered Hopfield energy:
+
+    one-sided:  (dE/dtheta(x_beta) - dE/dtheta(x_bar)) / beta            error O(beta)
+    centered:   (dE/dtheta(x_{+beta}) - dE/dtheta(x_{-beta})) / (2 beta)  error O(beta^2)
+
+(Laborieux et al. 2021). Both tend to dL/dtheta at the free equilibrium as beta -> 0;
+``reference`` gives that gradient exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from ..core.losses import Loss
+from .base import Estimate, name_layer_gradients
+from .hopfield_common import HopfieldAlgorithm
+
+
+@dataclass
+class EquilibriumPropagation(HopfieldAlgorithm):
+    beta: float = 0.1
+    nudged_steps: int | None = None
+    centered: bool = False
+    name = "ep"
+
+    def __post_init__(self):
+        if self.beta == 0:
+            raise ValueError("beta must be non-zero")
+
+    def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
+                 record: bool) -> Estimate:
+        energy, free = self.free_phase(network, inputs, targets, loss)
+        steps = self.steps if self.nudged_steps is None else self.nudged_steps
+        nudged = energy.nudged(free, self.beta)
+        trace = self.relax_phase(energy, nudged, steps, record)
+        if self.centered:
+            other = energy.nudged(free, -self.beta)
+            self.relax_phase(energy, other, steps, False)
+            low, scale = energy.parameter_gradients(other), 2 * self.beta
+        else:
+            low, scale = energy.parameter_gradients(free), self.beta
+        high = energy.parameter_gradients(nudged)
+        per_layer = [[(a - b) / scale for a, b in zip(h, l)] for h, l in zip(high, low)]
+        value = loss.value(free.output, free.targets)
+        return Estimate(name_layer_gradients(network, per_layer), free.output, value, trace)

@@ -1,0 +1,76 @@
+"""``pc`` (inference learning) and ``pc_nudge``: PC inference to equilibrium, then one update.
+
+Both minimise E = I + lam L (seed 003 Eq. 10) from the free equilibrium (the feedforward pass)
+and return (1/lam) dE/dtheta at the clamped/nudged equilibrium (seed 003 Eq. 21; the PC free-phase
+weight gradient is zero, Eq. 20). ``centered`` runs a +lam and a -lam phase and returns
+(dE^{+lam}/dtheta - dE^{-lam}/dtheta) / (2 lam), whose error is O(lam^2) instead of O(lam).
+
+- ``pc`` (Whittington & Bogacz 2017; seed 000 Alg. 1): lam = 1, the target clamps the output;
+  BP is approached in the weak-feedback limit: ``gamma`` < 1 sets the precision ratio
+  pi_{l+1}/pi_l = gamma at every layer (seed 003 Eq. 18), i.e. pi_l = gamma^-(L-l).
+- ``pc_nudge`` (seed 003 Sec. 4, Eq. 25, Alg. A.1.3): lam = 0.01, 50 steps of 0.1; BP is
+  approached in the weak-supervision limit lam -> 0. The (1/lam) rescaling is the paper's
+  learning rate eta/lam.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from ..core.inference import relax
+from ..core.losses import Loss
+from ..core.predictive_coding import PredictiveCodingEnergy
+from .base import Algorithm, Estimate, count_layers, name_layer_gradients
+
+
+@dataclass
+class PredictiveCoding(Algorithm):
+    steps: int = 50
+    step_size: float = 0.1
+    tol: float | None = None
+    lam: float = 1.0
+    gamma: float = 1.0
+    centered: bool = False
+    trace: bool = True
+    name = "pc"
+
+    def __post_init__(self):
+        if self.lam == 0:
+            raise ValueError("lam must be non-zero: the update is (1/lam) dE/dtheta")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma (feedback strength) must lie in (0, 1], got {self.gamma}")
+
+    def energy(self, network: nn.Module, loss: Loss, lam: float) -> PredictiveCodingEnergy:
+        depth = count_layers(network)
+        precisions = [self.gamma ** -(depth - index) for index in range(1, depth)]
+        return PredictiveCodingEnergy(network, loss, lam=lam, precisions=precisions)
+
+    def phase(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss, lam: float,
+              record: bool):
+        """Relax from the free equilibrium under E = I + lam L; return the state and its trace."""
+        energy = self.energy(network, loss, lam)
+        state = energy.free_state(inputs, targets)
+        free_output = state.output
+        trace = relax(energy, state, self.steps, self.step_size, self.tol, record)
+        return energy, state, free_output, trace
+
+    def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
+                 record: bool) -> Estimate:
+        energy, state, output, trace = self.phase(network, inputs, targets, loss, self.lam, record)
+        per_layer = [[g / self.lam for g in layer] for layer in energy.all_parameter_gradients(state)]
+        if self.centered:
+            negative, negative_state, _, _ = self.phase(network, inputs, targets, loss, -self.lam, False)
+            per_layer = [
+                [(g - h / self.lam) / 2 for g, h in zip(layer, other)]
+                for layer, other in zip(per_layer, negative.all_parameter_gradients(negative_state))
+            ]
+        value = loss.value(output, state.targets)
+        return Estimate(name_layer_gradients(network, per_layer), output, value, trace)
+
+
+@dataclass
+class PCNudge(PredictiveCoding):
+    lam: float = 0.01
+    name = "pc_nudge"

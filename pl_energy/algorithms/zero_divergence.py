@@ -1,0 +1,113 @@
+"""``z_il`` and ``fa_z_il``: exact backprop in a PC network (seed 000 Algs. 2 and 3).
+
+Under C1 (inference starts at the feedforward pass), C2 (layer l is updated at the step its
+error first appears) and C3 (inference rate gamma = 1), the PC update of layer l, counted k
+layers below the output, taken at step t = k equals BP's (seed 000 Thms. 3.1 and 3.2). With
+gamma != 1 it is gamma^k times BP's (seed 000 A.5).
+
+``z_il`` follows only the front of the error wave: at step t the only activity whose error is
+new is x_{L-t}, and nothing else that Z-IL reads has changed (seed 000 Lemma A.3), so one VJP
+and one weight gradient per layer suffice: the cost of BP.
+
+``fa_z_il`` runs the full PC dynamics with no control signal; each layer's weights update at
+every step with rate phi(eps) (seed 000 Alg. 3), where phi opens a neuron's plasticity at the
+step its error first departs from zero and closes it afterwards. The output layer's error is
+present from step 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..core.losses import Loss
+from ..core.predictive_coding import PCState, PredictiveCodingEnergy
+from ..core.trace import InferenceTrace
+from .base import Algorithm, Estimate, name_layer_gradients
+
+
+@dataclass
+class ZeroDivergenceIL(Algorithm):
+    gamma: float = 1.0
+    lam: float = 1.0
+    trace: bool = False
+    name = "z_il"
+
+    def __post_init__(self):
+        if not self.gamma > 0 or self.lam == 0:
+            raise ValueError(f"need gamma > 0 and lam != 0, got gamma={self.gamma}, lam={self.lam}")
+
+    def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
+                 record: bool) -> Estimate:
+        energy = PredictiveCodingEnergy(network, loss, lam=self.lam)
+        state = energy.free_state(inputs, targets)
+        output = state.output
+        depth = len(energy.layers)
+        per_layer: list[list[Tensor]] = [[] for _ in range(depth)]
+        per_layer[-1] = energy.parameter_gradients(state, depth)
+        for index in range(depth - 1, 0, -1):  # step t = depth - index moves x_index
+            gradient = (state.linearizations[index].input_vjp(energy.signal(state, index + 1))
+                        - energy.signal(state, index))
+            state.activities[index] = state.activities[index] - self.gamma * gradient
+            per_layer[index - 1] = energy.parameter_gradients(state, index)
+        per_layer = [[g / self.lam for g in layer] for layer in per_layer]
+        value = loss.value(output, state.targets)
+        return Estimate(name_layer_gradients(network, per_layer), output, value)
+
+
+@dataclass
+class FastZIL(Algorithm):
+    gamma: float = 1.0
+    lam: float = 1.0
+    steps: int | None = None
+    trace: bool = False
+    name = "fa_z_il"
+
+    def __post_init__(self):
+        if not self.gamma > 0 or self.lam == 0:
+            raise ValueError(f"need gamma > 0 and lam != 0, got gamma={self.gamma}, lam={self.lam}")
+
+    def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
+                 record: bool) -> Estimate:
+        energy = PredictiveCodingEnergy(network, loss, lam=self.lam)
+        state = energy.free_state(inputs, targets)
+        output = state.output
+        depth = len(energy.layers)
+        steps = depth - 1 if self.steps is None else self.steps
+        if steps < depth - 1:
+            raise ValueError(f"fa_z_il needs steps >= {depth - 1} (depth - 1) to reach every layer")
+        fired = [torch.zeros_like(state.linearizations[i].output, dtype=torch.bool) for i in range(depth)]
+        totals: list[list[Tensor] | None] = [None] * depth
+        rows = []
+        for t in range(steps + 1):
+            self._learn(energy, state, fired, totals)
+            if record:
+                rows.append(energy.components(state))
+            if t < steps:
+                energy.step(state, energy.activity_gradients(state), self.gamma)
+        per_layer = [
+            [g / self.lam for g in layer] if layer is not None else
+            [torch.zeros_like(p) for p in energy.layers[i].parameters()]
+            for i, layer in enumerate(totals)
+        ]
+        trace = InferenceTrace.from_rows(rows, converged=False) if record else None
+        value = loss.value(output, state.targets)
+        return Estimate(name_layer_gradients(network, per_layer), output, value, trace)
+
+    @staticmethod
+    def _learn(energy: PredictiveCodingEnergy, state: PCState, fired: list[Tensor],
+               totals: list[list[Tensor] | None]) -> None:
+        """Accumulate each layer's update, gated by phi: errors departing from zero just now."""
+        batch = state.activities[0].shape[0]
+        for index in range(1, len(energy.layers) + 1):
+            signal = energy.signal(state, index)
+            gate = (signal != 0) & ~fired[index - 1]
+            if not gate.any():
+                continue
+            fired[index - 1] |= gate
+            grads = state.linearizations[index - 1].parameter_vjp(signal * gate)
+            grads = [g / batch for g in grads]
+            previous = totals[index - 1]
+            totals[index - 1] = grads if previous is None else [a + b for a, b in zip(previous, grads)]

@@ -1,0 +1,164 @@
+"""The layered Hopfield energy of EP and CHL (seed 003 Eq. 8; Scellier & Bengio 2017).
+
+For layers l = 1..L with weights W_l, biases b_l and nonlinearities rho_l (rho_0 = identity on
+the clamped input x_0), with feedback strength gamma weighting layer l by c_l = gamma^(l-1):
+
+    E = sum_l c_l [ 1/2 ||x_l||^2 - rho_l(x_l)^T (W_l rho_{l-1}(x_{l-1}) + b_l) ] + beta * L(x_L, y)
+
+    dE/dx_l = c_l [x_l - rho_l'(x_l) h_l] - c_{l+1} rho_l'(x_l) (W_{l+1}^T rho_{l+1}(x_{l+1}))
+              (+ beta dL/dx_L at the output),  h_l = W_l rho_{l-1}(x_{l-1}) + b_l
+    dE/dW_l = -c_l rho_l(x_l) rho_{l-1}(x_{l-1})^T,   dE/db_l = -c_l rho_l(x_l)
+
+Inference steps are preconditioned by 1/c_l, so at every layer the top-down input is weighted
+by gamma relative to the bottom-up one (Xie & Seung 2003; seed 003 Eq. 18). With gamma = 1 this
+is Scellier & Bengio's energy. The layers are those of ``mlp``: ``Linear`` or
+``Sequential(Linear, activation)``; a plain ``Linear`` output layer has rho_L = identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .activations import DERIVATIVES
+from .linearization import dense_parts
+from .losses import Loss
+from .networks import feedforward, layers_of
+
+
+@dataclass
+class HopfieldState:
+    """Activities x_0..x_L; the output is free unless ``clamped``."""
+
+    activities: list[Tensor]
+    targets: Tensor | None
+    beta: float = 0.0
+    clamped: bool = False
+
+    @property
+    def output(self) -> Tensor:
+        return self.activities[-1]
+
+
+class HopfieldEnergy:
+    """Layered Hopfield energy over the ``Linear`` layers of an MLP."""
+
+    def __init__(self, network: nn.Module, loss: Loss, gamma: float = 1.0):
+        self.layers = layers_of(network)
+        self.loss = loss
+        if not gamma > 0:
+            raise ValueError(f"gamma (feedback strength) must be > 0, got {gamma}")
+        self.gamma = float(gamma)
+        self.linears: list[nn.Linear] = []
+        self.rhos: list[nn.Module | None] = []
+        for index, layer in enumerate(self.layers, start=1):
+            parts = dense_parts(layer)
+            if parts is None:
+                raise TypeError(
+                    f"layer {index} ({type(layer).__name__}) is not Linear or Sequential(Linear, "
+                    f"activation) with an activation in {[t.__name__ for t in DERIVATIVES]}; the "
+                    "Hopfield energy of EP/CHL needs layered dense networks such as pl_energy.mlp"
+                )
+            self.linears.append(parts[0])
+            self.rhos.append(parts[2])
+        self.weights = [self.gamma ** index for index in range(len(self.layers))]
+
+    def _rho(self, index: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(rho_l(x), rho_l'(x)) for layer l (index 0 is the input: identity)."""
+        rho = self.rhos[index - 1] if index > 0 else None
+        if rho is None:
+            return x, torch.ones_like(x)
+        value = rho(x)
+        return value, DERIVATIVES[type(rho)](x, value)
+
+    # --- states -------------------------------------------------------------------------------
+    def free_state(self, inputs: Tensor, targets: Tensor | None) -> HopfieldState:
+        """Starts from the network's feedforward pass; relax it to reach the free equilibrium.
+
+        ``targets`` may be None for prediction (the free phase does not read them).
+        """
+        if inputs.dim() != 2:
+            raise ValueError(f"the Hopfield energy takes flat inputs (B, features), got {tuple(inputs.shape)}")
+        with torch.no_grad():
+            activities = feedforward(self.layers, inputs)
+        if targets is not None:
+            targets = self.loss.prepare_targets(targets, activities[-1])
+        return HopfieldState(activities, targets)
+
+    def snapshot(self, state: HopfieldState) -> HopfieldState:
+        return HopfieldState(list(state.activities), state.targets, state.beta, state.clamped)
+
+    def restore(self, state: HopfieldState, snapshot: HopfieldState) -> None:
+        state.activities[:] = snapshot.activities
+
+    def nudged(self, state: HopfieldState, beta: float) -> HopfieldState:
+        return HopfieldState(list(state.activities), state.targets, beta=beta)
+
+    def clamped(self, state: HopfieldState) -> HopfieldState:
+        """Output clamped to x_L - dL/dx_L (the target itself for ``mse``)."""
+        activities = list(state.activities)
+        output = activities[-1]
+        activities[-1] = output - self.loss.per_sample_gradient(output, state.targets)
+        return HopfieldState(activities, state.targets, clamped=True)
+
+    # --- the energy and its gradients ---------------------------------------------------------
+    def activity_gradients(self, state: HopfieldState) -> list[Tensor]:
+        x = state.activities
+        rhos = [self._rho(index, value) for index, value in enumerate(x)]
+        last = len(self.layers) if not state.clamped else len(self.layers) - 1
+        gradients = []
+        for index in range(1, last + 1):
+            linear = self.linears[index - 1]
+            value, slope = rhos[index]
+            drive = torch.nn.functional.linear(rhos[index - 1][0], linear.weight.detach(),
+                                               None if linear.bias is None else linear.bias.detach())
+            gradient = self.weights[index - 1] * (x[index] - slope * drive)
+            if index < len(self.layers):
+                feedback = rhos[index + 1][0] @ self.linears[index].weight.detach()
+                gradient = gradient - self.weights[index] * slope * feedback
+            elif state.beta:
+                gradient = gradient + state.beta * self.loss.per_sample_gradient(x[index], state.targets)
+            gradients.append(gradient)
+        return gradients
+
+    def step(self, state: HopfieldState, gradients: list[Tensor], step_size: float) -> None:
+        for index, gradient in enumerate(gradients, start=1):
+            state.activities[index] = state.activities[index] - (step_size / self.weights[index - 1]) * gradient
+
+    def components(self, state: HopfieldState) -> tuple[Tensor, Tensor, Tensor]:
+        """(I, L, I + beta L) as batch means."""
+        with torch.no_grad():
+            internal = self.internal_energy(state.activities, detach=True) / state.activities[0].shape[0]
+            supervised = (self.loss.value(state.output, state.targets) if state.targets is not None
+                          else internal.new_zeros(()))
+        return internal, supervised, internal + state.beta * supervised
+
+    def internal_energy(self, activities: list[Tensor], detach: bool = False) -> Tensor:
+        """Sum over the batch of I(x); differentiable in x and in the parameters."""
+        total = activities[0].new_zeros(())
+        for index, linear in enumerate(self.linears, start=1):
+            weight, bias = linear.weight, linear.bias
+            if detach:
+                weight, bias = weight.detach(), None if bias is None else bias.detach()
+            below = self._rho(index - 1, activities[index - 1])[0]
+            value = self._rho(index, activities[index])[0]
+            drive = torch.nn.functional.linear(below, weight, bias)
+            layer = 0.5 * activities[index].pow(2).sum() - (value * drive).sum()
+            total = total + self.weights[index - 1] * layer
+        return total
+
+    def parameter_gradients(self, state: HopfieldState) -> list[list[Tensor]]:
+        """dE/dtheta of the batch-mean energy, per layer in ``parameters()`` order."""
+        x = state.activities
+        batch = x[0].shape[0]
+        grads = []
+        for index, linear in enumerate(self.linears, start=1):
+            below = self._rho(index - 1, x[index - 1])[0]
+            value = self._rho(index, x[index])[0] * (-self.weights[index - 1] / batch)
+            layer = [value.t() @ below]
+            if linear.bias is not None:
+                layer.append(value.sum(0))
+            grads.append(layer)
+        return grads

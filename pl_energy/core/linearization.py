@@ -1,0 +1,99 @@
+"""A layer linearised at a point: its output and the vector-Jacobian products the energies need.
+
+For layer l with input x and parameters theta, ``linearize(layer, x)`` gives mu = layer(x) and
+
+- ``input_vjp(c)`` = (d mu / d x)^T c  (the top-down error term of seed 003 Eq. 4),
+- ``parameter_vjp(c)`` = (d mu / d theta)^T c  (the weight update of seed 003 Eq. 5, seed 000 Eq. 9),
+
+Layers of the form ``Linear`` or ``Sequential(Linear, activation)`` use closed forms: with
+a = W x + b and mu = f(a), input_vjp(c) = (f'(a) * c) W and parameter_vjp(c) gives
+((f'(a) * c)^T x, sum_batch f'(a) * c). These do only the matrix products the math needs. Any
+other layer goes through autograd on a graph recorded once per linearisation point.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .activations import derivative_of
+
+
+class DenseLinearization:
+    """``Linear`` followed by an optional elementwise activation, in closed form."""
+
+    def __init__(self, linear: nn.Linear, derivative, activation: nn.Module | None, x: Tensor):
+        self.linear = linear
+        self.x = x
+        with torch.no_grad():
+            weight, bias = linear.weight, linear.bias
+            pre = torch.addmm(bias, x, weight.t()) if bias is not None else x @ weight.t()
+            if activation is None:
+                self.output, self.slope = pre, None
+            else:
+                self.output = activation(pre)
+                self.slope = derivative(pre, self.output)
+
+    def _local(self, cotangent: Tensor) -> Tensor:
+        return cotangent if self.slope is None else cotangent * self.slope
+
+    def input_vjp(self, cotangent: Tensor) -> Tensor:
+        return self._local(cotangent) @ self.linear.weight.detach()
+
+    def parameter_vjp(self, cotangent: Tensor) -> list[Tensor]:
+        local = self._local(cotangent)
+        grads = [local.t() @ self.x]
+        if self.linear.bias is not None:
+            grads.append(local.sum(0))
+        return grads
+
+
+class AutogradLinearization:
+    """Any layer: one recorded forward pass, then VJPs through autograd."""
+
+    def __init__(self, layer: nn.Module, x: Tensor, needs_input_vjp: bool):
+        self.parameters = [p for p in layer.parameters()]
+        self.x = x.detach().requires_grad_(needs_input_vjp)
+        with torch.enable_grad():
+            self._graph_output = layer(self.x)
+        self.output = self._graph_output.detach()
+
+    def input_vjp(self, cotangent: Tensor) -> Tensor:
+        (grad,) = torch.autograd.grad(self._graph_output, self.x, cotangent, retain_graph=True)
+        return grad
+
+    def parameter_vjp(self, cotangent: Tensor) -> list[Tensor]:
+        if not self.parameters:
+            return []
+        grads = torch.autograd.grad(
+            self._graph_output, self.parameters, cotangent, retain_graph=True, allow_unused=True
+        )
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(self.parameters, grads)]
+
+
+Linearization = DenseLinearization | AutogradLinearization
+
+
+def dense_parts(layer: nn.Module):
+    """(linear, derivative, activation) when the layer has a closed form, else None."""
+    if isinstance(layer, nn.Linear):
+        return layer, None, None
+    if isinstance(layer, nn.Sequential) and len(layer) == 2 and isinstance(layer[0], nn.Linear):
+        derivative = derivative_of(layer[1])
+        if derivative is not None:
+            return layer[0], derivative, layer[1]
+    return None
+
+
+class LayerLinearizer:
+    """Picks the closed form or autograd once per layer; ``__call__`` linearises at a point."""
+
+    def __init__(self, layer: nn.Module, needs_input_vjp: bool = True):
+        self.layer = layer
+        self.needs_input_vjp = needs_input_vjp
+        self.parts = dense_parts(layer)
+
+    def __call__(self, x: Tensor) -> Linearization:
+        if self.parts is not None and x.dim() == 2:
+            return DenseLinearization(*self.parts, x)
+        return AutogradLinearization(self.layer, x, self.needs_input_vjp)

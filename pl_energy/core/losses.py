@@ -1,0 +1,78 @@
+"""Supervised losses L(mu_L, y) at the output, with their gradient in closed form.
+
+- ``"mse"``: 1/2 ||mu - y||^2 summed over outputs, mean over the batch (seed 000's clamped output).
+- ``"cross_entropy"``: softmax cross-entropy, mean over the batch (seed 003 A.1).
+
+Targets are class indices of shape (B,) or dense targets of the output's shape (one-hot or soft);
+``mse`` turns class indices into one-hot vectors. ``per_sample_gradient`` is dl/dmu for the
+per-sample loss l (the batch mean's gradient times B): inference runs per sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOSSES = ("mse", "cross_entropy")
+
+
+@dataclass(frozen=True)
+class Loss:
+    name: str
+
+    def __post_init__(self):
+        if self.name not in LOSSES:
+            raise ValueError(f"unknown loss {self.name!r}; choose one of {list(LOSSES)}")
+
+    def prepare_targets(self, targets: Tensor, output: Tensor) -> Tensor:
+        """Check targets against the output and bring them to the form the loss uses."""
+        batch, *features = output.shape
+        if targets.shape[:1] != (batch,):
+            raise ValueError(
+                f"targets have batch size {targets.shape[0] if targets.dim() else 'none'} "
+                f"but the output has {batch}"
+            )
+        if targets.dim() == 1:
+            if targets.is_floating_point():
+                raise ValueError("class-index targets must be integers (shape (B,))")
+            if len(features) != 1:
+                raise ValueError(
+                    f"class-index targets need an output of shape (B, C), got {tuple(output.shape)}"
+                )
+            classes = features[0]
+            if targets.numel() and (targets.min() < 0 or targets.max() >= classes):
+                raise ValueError(f"class indices must lie in [0, {classes}), got "
+                                 f"[{int(targets.min())}, {int(targets.max())}]")
+            if self.name == "mse":
+                return F.one_hot(targets, classes).to(output.dtype)
+            return targets
+        if targets.shape != output.shape:
+            raise ValueError(
+                f"dense targets must have the output's shape {tuple(output.shape)}, "
+                f"got {tuple(targets.shape)}"
+            )
+        return targets.to(output.dtype)
+
+    def value(self, output: Tensor, targets: Tensor) -> Tensor:
+        """Batch-mean loss (targets as returned by ``prepare_targets``)."""
+        if self.name == "mse":
+            return 0.5 * (output - targets).pow(2).flatten(1).sum(1).mean()
+        if targets.dim() == 1:
+            return F.cross_entropy(output, targets)
+        return -(targets * F.log_softmax(output, dim=-1)).sum(-1).mean()
+
+    def per_sample_gradient(self, output: Tensor, targets: Tensor) -> Tensor:
+        """dl/dmu for each sample's loss l."""
+        if self.name == "mse":
+            return output - targets
+        probabilities = torch.softmax(output, dim=-1)
+        if targets.dim() == 1:
+            return probabilities - F.one_hot(targets, output.shape[-1]).to(output.dtype)
+        return probabilities * targets.sum(-1, keepdim=True) - targets
+
+
+def as_loss(loss: str | Loss) -> Loss:
+    return loss if isinstance(loss, Loss) else Loss(loss)

@@ -1,0 +1,138 @@
+"""The predictive-coding energy with a supervised term (seed 003 Eqs. 3, 10, 25; seed 000 Eq. 14).
+
+For layers l = 1..L with predictions mu_l = layer_l(x_{l-1}) and errors eps_l = x_l - mu_l,
+
+    E = I + lam * L,   I = sum_{l=1}^{L-1} pi_l / 2 * ||eps_l||^2,   L = loss(mu_L, y),
+
+x_0 is clamped to the input, x_1..x_{L-1} are free and the output enters only through the loss
+(with ``mse`` and lam = 1 this is the PC network with its output clamped to the target). Writing
+d_l = dE/dmu_l (d_l = -pi_l eps_l inside, d_L = lam dL/dmu_L at the output):
+
+    dE/dx_l     = -d_l + J_{l+1}(x_l)^T d_{l+1}          (seed 003 Eq. 4, seed 000 Eq. 7)
+    dE/dtheta_l = (d mu_l / d theta_l)^T d_l            (seed 003 Eq. 5, seed 000 Eq. 9)
+
+At the free equilibrium (the feedforward pass) every eps_l is 0, so dE/dx_{L-1} = lam dL/dx_{L-1}
+and each layer's first move is lam times BP's adjoint (seed 003 Eqs. 12-15). Inference steps are
+preconditioned by 1/pi_l, which makes the precision ratio pi_{l+1}/pi_l the feedback strength of
+seed 003 Eq. 18: dx_l = -eps_l + (pi_{l+1}/pi_l) J^T eps_{l+1}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .linearization import LayerLinearizer, Linearization
+from .losses import Loss
+from .networks import layers_of, naming_layer
+
+
+@dataclass
+class PCState:
+    """Activities x_0..x_{L-1} and each layer linearised at its current input."""
+
+    activities: list[Tensor]
+    linearizations: list[Linearization]
+    targets: Tensor
+
+    @property
+    def output(self) -> Tensor:
+        return self.linearizations[-1].output
+
+
+class PredictiveCodingEnergy:
+    """E = sum pi_l/2 ||x_l - layer_l(x_{l-1})||^2 + lam * loss(layer_L(x_{L-1}), y)."""
+
+    def __init__(
+        self,
+        network: nn.Module,
+        loss: Loss,
+        lam: float = 1.0,
+        precisions: Sequence[float] | None = None,
+    ):
+        self.layers = layers_of(network)
+        self.loss = loss
+        self.lam = float(lam)
+        hidden = len(self.layers) - 1
+        self.precisions = [1.0] * hidden if precisions is None else [float(p) for p in precisions]
+        if len(self.precisions) != hidden:
+            raise ValueError(f"need {hidden} precisions (one per hidden layer), got {len(self.precisions)}")
+        if any(not p > 0 for p in self.precisions):
+            raise ValueError(f"precisions must be positive, got {self.precisions}")
+        self.linearizers = [
+            LayerLinearizer(layer, needs_input_vjp=index > 0) for index, layer in enumerate(self.layers)
+        ]
+
+    # --- states -------------------------------------------------------------------------------
+    def linearize(self, index: int, x: Tensor) -> Linearization:
+        """Layer ``index`` (1-based) linearised at input x."""
+        with naming_layer(self.layers[index - 1], index, x):
+            return self.linearizers[index - 1](x)
+
+    def free_state(self, inputs: Tensor, targets: Tensor) -> PCState:
+        """The free equilibrium: x_l = mu_l, the feedforward pass (condition C1 of seed 000)."""
+        activities = [inputs]
+        linearizations = []
+        for index in range(1, len(self.layers) + 1):
+            linearizations.append(self.linearize(index, activities[-1]))
+            if index < len(self.layers):
+                activities.append(linearizations[-1].output)
+        targets = self.loss.prepare_targets(targets, linearizations[-1].output)
+        return PCState(activities, linearizations, targets)
+
+    def snapshot(self, state: PCState) -> PCState:
+        return PCState(list(state.activities), list(state.linearizations), state.targets)
+
+    def restore(self, state: PCState, snapshot: PCState) -> None:
+        state.activities[:] = snapshot.activities
+        state.linearizations[:] = snapshot.linearizations
+
+    # --- the energy and its gradients ---------------------------------------------------------
+    def error(self, state: PCState, index: int) -> Tensor:
+        """eps_l = x_l - mu_l for a hidden layer l."""
+        return state.activities[index] - state.linearizations[index - 1].output
+
+    def signal(self, state: PCState, index: int, lam: float | None = None) -> Tensor:
+        """d_l = dE/dmu_l for the per-sample energy."""
+        if index == len(self.layers):
+            scale = self.lam if lam is None else lam
+            return scale * self.loss.per_sample_gradient(state.output, state.targets)
+        return -self.precisions[index - 1] * self.error(state, index)
+
+    def activity_gradients(self, state: PCState) -> list[Tensor]:
+        """dE/dx_l = -d_l + J_{l+1}^T d_{l+1} for l = 1..L-1."""
+        signals = [self.signal(state, index) for index in range(1, len(self.layers) + 1)]
+        return [
+            state.linearizations[index].input_vjp(signals[index]) - signals[index - 1]
+            for index in range(1, len(self.layers))
+        ]
+
+    def step(self, state: PCState, gradients: list[Tensor], step_size: float) -> None:
+        for index, gradient in enumerate(gradients, start=1):
+            self.move(state, index, -(step_size / self.precisions[index - 1]) * gradient)
+
+    def move(self, state: PCState, index: int, delta: Tensor) -> None:
+        """x_l += delta, then re-linearise the layer that reads x_l."""
+        state.activities[index] = state.activities[index] + delta
+        state.linearizations[index] = self.linearize(index + 1, state.activities[index])
+
+    def components(self, state: PCState) -> tuple[Tensor, Tensor, Tensor]:
+        """(I, L, I + lam L) as batch means."""
+        batch = state.activities[0].shape[0]
+        internal = state.output.new_zeros(())
+        for index in range(1, len(self.layers)):
+            internal = internal + 0.5 * self.precisions[index - 1] * self.error(state, index).pow(2).sum()
+        internal = internal / batch
+        supervised = self.loss.value(state.output, state.targets)
+        return internal, supervised, internal + self.lam * supervised
+
+    def parameter_gradients(self, state: PCState, index: int, lam: float | None = None) -> list[Tensor]:
+        """dE/dtheta_l of the batch-mean energy, in the order of ``layer_l.parameters()``."""
+        batch = state.activities[0].shape[0]
+        return [g / batch for g in state.linearizations[index - 1].parameter_vjp(self.signal(state, index, lam))]
+
+    def all_parameter_gradients(self, state: PCState) -> list[list[Tensor]]:
+        return [self.parameter_gradients(state, index) for index in range(1, len(self.layers) + 1)]

@@ -1,0 +1,36 @@
+"""The record of one inference phase: energy components per step (seed 003 Fig. 2A)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class InferenceTrace:
+    """Energy components at every inference step, step 0 being the starting state.
+
+    ``internal`` is I, ``supervised`` the loss L at the output and ``total`` E = I + lam * L
+    (seed 003 Eq. 10), all batch means. ``steps`` is the number of steps actually taken (fewer
+    than asked when the tolerance stopped inference early).
+    """
+
+    internal: Tensor
+    supervised: Tensor
+    total: Tensor
+    steps: int
+    converged: bool
+
+    @classmethod
+    def from_rows(cls, rows: list[tuple[Tensor, Tensor, Tensor]], converged: bool) -> "InferenceTrace":
+        internal, supervised, total = (torch.stack(column).detach() for column in zip(*rows))
+        return cls(internal, supervised, total, steps=len(rows) - 1, converged=converged)
+
+    def as_dict(self) -> dict[str, list[float]]:
+        return {
+            "internal": self.internal.tolist(),
+            "supervised": self.supervised.tolist(),
+            "total": self.total.tolist(),
+        }
