@@ -1,0 +1,94 @@
+"""Smoke test of benchmarks/bench_step.py: tiny networks, 2 repeats, no timing assertions."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_step", REPO / "benchmarks" / "bench_step.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_step"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def variant(bench, key):
+    return next(v for v in bench.VARIANTS if v.key == key)
+
+
+def test_layer_macs_by_hand(bench):
+    # mlp([4, 3, 2]), batch 1: F_1 = 4*3 = 12, F_2 = 3*2 = 6
+    assert bench.layer_macs(bench.mlp([4, 3, 2]), torch.zeros(1, 4)) == [12, 6]
+    assert bench.layer_macs(bench.mlp([4, 3, 2]), torch.zeros(5, 4)) == [60, 30]
+    # the CNN of case (c), per sample: conv1 8*24*24 outputs * 1*25, conv2 16*8*8 * 8*25,
+    # fc 256*64, fc 64*10
+    assert bench.layer_macs(bench.cnn(), torch.zeros(1, 1, 28, 28)) == [115200, 204800, 16384, 640]
+
+
+def test_mac_bounds_by_hand(bench):
+    macs = [12, 6]  # mlp([4, 3, 2]), batch 1: S = 18, S2 = 6
+    bp = 18 + 6 + 18  # forward + input-VJP of layer 2 + weight grads
+    assert bench.bound_macs(variant(bench, "bp_textbook"), macs) == bp == 42
+    assert bench.bound_macs(variant(bench, "bp"), macs) == bp
+    assert bench.bound_macs(variant(bench, "z_il"), macs) == bp
+    # fa_z_il: forward + (depth - 1) = 1 step of (forward + input-VJP of layer 2) + weight grads
+    assert bench.bound_macs(variant(bench, "fa_z_il"), macs) == 18 + 1 * 12 + 18
+    # pc, pc_nudge at T = 50: forward + 50 * (6 + 6) + weight grads
+    assert bench.bound_macs(variant(bench, "pc"), macs) == 18 + 50 * 12 + 18 == 636
+    assert bench.bound_macs(variant(bench, "pc_nudge"), macs) == 636
+    assert bench.bound_macs(variant(bench, "pc_nudge_tol"), macs, steps=10) == 18 + 10 * 12 + 18
+    # ep: forward + (50 free + 50 nudged) * (drive of layer 2 + feedback into layer 1) + 2 grads
+    assert bench.bound_macs(variant(bench, "ep"), macs) == 18 + 100 * (6 + 6) + 2 * 18 == 1254
+    # chl: the clamped phase drives nothing (layer 2 is the clamped output), feedback only
+    assert bench.bound_macs(variant(bench, "chl"), macs) == 18 + 50 * 12 + 50 * 6 + 36 == 954
+
+
+def test_worked_checks_from_the_issue(bench):
+    a = bench.layer_macs(bench.mlp([784, 128, 64, 10]), torch.zeros(1, 784))
+    bp = bench.bound_macs(variant(bench, "bp_textbook"), a)
+    assert bench.bound_macs(variant(bench, "pc_nudge"), a) / bp == pytest.approx(4.85, abs=0.01)
+    b = [50176 * 4096, 4096 * 2048, 2048 * 1024, 1024 * 27]  # no need to build the 0.8 GB net
+    bp = bench.bound_macs(variant(bench, "bp_textbook"), b)
+    assert bench.bound_macs(variant(bench, "pc"), b) / bp == pytest.approx(3.35, abs=0.01)
+    assert bench.bound_macs(variant(bench, "z_il"), b) / bp == 1.0
+
+
+def test_quick_run_has_every_algorithm(bench, tmp_path, capsys):
+    output = tmp_path / "RESULTS.md"
+    results = bench.main(["--quick", "--output", str(output)])
+    assert set(results) == {"a", "b", "c"}
+    expected = [v.key for v in bench.VARIANTS]
+    for key, result in results.items():
+        rows = {row["key"]: row for row in result["rows"]}
+        assert list(rows) == expected
+        for name, row in rows.items():
+            if key == "c" and name in ("ep", "chl"):
+                assert row["na"].startswith("n/a")
+                continue
+            assert row["n"] == 2 and row["ms"] > 0 and row["bound"] >= 1.0
+        assert rows["bp_textbook"]["ratio"] == pytest.approx(1.0)
+        assert rows["pc_nudge_tol"]["steps"] is not None
+        agreement = {row["key"]: row for row in result["agreement"]}
+        assert agreement["z_il"]["cosine"] == pytest.approx(1.0, abs=1e-5)
+    text = output.read_text()
+    printed = capsys.readouterr().out
+    for name in expected:
+        assert f"| {name} |" in text and f"| {name} |" in printed
+    for key in "abc":
+        assert f"<!-- case {key} start -->" in text
+
+    # re-running one case replaces only its section
+    before = text.split("<!-- case b start -->")[1]
+    bench.main(["--quick", "--case", "a", "--output", str(output), "--no-memory", "--no-agreement"])
+    after = output.read_text()
+    assert after.split("<!-- case b start -->")[1] == before
+    assert after.count("<!-- case a start -->") == 1
