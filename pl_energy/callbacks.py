@@ -1,0 +1,152 @@
+"""Callbacks for :class:`~pl_energy.module.EnergyModule`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+from typing_extensions import override
+
+__all__ = ["GradientAgreement", "agreement_metrics"]
+
+METRICS = ("cosine", "rel_error", "sign", "norm_ratio")
+_SHARDED = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+
+
+def agreement_metrics(update: Tensor, reference: Tensor) -> dict[str, float]:
+    """Compare two flat vectors: cosine similarity, relative L2 error ``|u - r| / |r|``,
+    sign agreement (fraction of entries with equal sign, zeros counted as a sign) and norm ratio
+    ``|u| / |r|``. Computed in float64."""
+    u, r = update.detach().double().flatten(), reference.detach().double().flatten()
+    nu, nr = u.norm(), r.norm()
+    tiny = torch.finfo(torch.float64).tiny
+    cosine = (u @ r) / (nu * nr).clamp_min(tiny)
+    return {
+        "cosine": float(cosine),
+        "rel_error": float((u - r).norm() / nr.clamp_min(tiny)),
+        "sign": float((torch.sign(u) == torch.sign(r)).double().mean()) if u.numel() else math.nan,
+        "norm_ratio": float(nu / nr.clamp_min(tiny)),
+    }
+
+
+class GradientAgreement(Callback):
+    """Agreement of the applied update with the algorithm's exact reference gradient.
+
+    Every ``every_n_steps`` training steps, the update about to be applied is compared with the
+    reference gradient (``algorithm.reference``) on the same batch and the same weights.
+
+    The update is ``p.grad`` inside ``on_before_optimizer_step`` (already the mean over processes);
+    the reference is ``algorithm.reference`` on the module's stashed batch
+    (``pl_module.last_batch``), reduced with ``trainer.strategy.reduce(..., "mean")`` on every
+    rank, so both sides are the same batch mean on 1 or N processes. Logs, globally and per layer
+    (top-level child of the network):
+
+    - ``agreement/cosine`` and ``agreement/cosine/<layer>``: cosine similarity;
+    - ``agreement/rel_error``: relative L2 error ``|update - reference| / |reference|``;
+    - ``agreement/sign``: fraction of parameters whose update has the reference's sign;
+    - ``agreement/norm_ratio``: ``|update| / |reference|``.
+
+    At the end of training a plot of the global metrics over training is saved as
+    ``<log_dir>/agreement.png`` and logged as the image ``agreement/plot`` to W&B loggers.
+
+    Works with single-device, ``ddp``, ``ddp_spawn`` (and multi-node) strategies; sharded
+    strategies (FSDP, DeepSpeed, model parallel) are refused at ``setup``.
+
+    Args:
+        every_n_steps: measure every n optimiser steps (step 0 included); 0 disables.
+        per_layer: also log the per-layer metrics.
+        plot: save (and log to W&B) the plot of agreement over training at the end.
+    """
+
+    def __init__(self, every_n_steps: int = 50, per_layer: bool = True, plot: bool = True) -> None:
+        if every_n_steps < 0:
+            raise ValueError(f"every_n_steps must be >= 0 (0 disables), got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self.per_layer = per_layer
+        self.plot = plot
+        self.history: list[dict[str, float]] = []
+        self.plot_path: Path | None = None
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        names = {cls.__name__ for cls in type(trainer.strategy).__mro__}
+        sharded = names.intersection(_SHARDED)
+        if sharded:
+            raise RuntimeError(
+                f"GradientAgreement does not support the sharded strategy {sorted(sharded)[0]} "
+                f"({type(trainer.strategy).__name__}): it reads whole gradients from p.grad; use a "
+                "single device, 'ddp' or 'ddp_spawn'"
+            )
+        for attribute in ("algorithm", "network", "loss"):
+            if not hasattr(pl_module, attribute):
+                raise TypeError(
+                    f"GradientAgreement needs an EnergyModule (with .algorithm, .network, .loss, "
+                    f".last_batch); {type(pl_module).__name__} has no {attribute!r}"
+                )
+
+    @override
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        step = trainer.global_step
+        if not self.every_n_steps or step % self.every_n_steps != 0 or not trainer.training:
+            return
+        batch = getattr(pl_module, "last_batch", None)
+        if batch is None:
+            raise RuntimeError("GradientAgreement: the module did not stash its batch in last_batch")
+        inputs, targets = batch
+        network = pl_module.network
+        named = [(name, p) for name, p in network.named_parameters() if p.requires_grad]
+        reference = pl_module.algorithm.reference(network, inputs, targets, pl_module.loss)
+        flat_reference = torch.cat([reference[name].detach().reshape(-1).to(p.dtype)
+                                    for name, p in named])
+        flat_reference = trainer.strategy.reduce(flat_reference.clone(), reduce_op="mean")
+        flat_update = torch.cat([
+            (p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1)
+            for _, p in named
+        ])
+        row: dict[str, float] = {"step": float(step)}
+        values = agreement_metrics(flat_update, flat_reference)
+        row.update(values)
+        logged = {f"agreement/{key}": value for key, value in values.items()}
+        if self.per_layer:
+            start, layers = 0, {}
+            for name, p in named:
+                layers.setdefault(name.split(".")[0], []).append(slice(start, start + p.numel()))
+                start += p.numel()
+            for layer, slices in layers.items():
+                u = torch.cat([flat_update[s] for s in slices])
+                r = torch.cat([flat_reference[s] for s in slices])
+                for key, value in agreement_metrics(u, r).items():
+                    logged[f"agreement/{key}/{layer}"] = value
+                    row[f"{key}/{layer}"] = value
+        self.history.append(row)
+        # The values are identical on every rank (both sides are reduced): no sync needed.
+        for key, value in logged.items():
+            pl_module.log(key, value, on_step=True, on_epoch=False, sync_dist=False)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.plot or not self.history:
+            return
+        from .module import log_figure_to
+        from .plotting import agreement_figure
+
+        name = getattr(pl_module, "algorithm_name", type(pl_module.algorithm).__name__)
+        history = list(self.history)
+        self.plot_path = log_figure_to(
+            trainer, lambda: agreement_figure(history, title=f"{name}: agreement with the reference gradient"),
+            "agreement.png", "agreement/plot", trainer.global_step,
+        )
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))

@@ -1,0 +1,133 @@
+"""``pl-energy``: the LightningCLI of pl_energy.
+
+    pl-energy fit --algorithm pc_nudge                       # seed 003's MNIST setup
+    pl-energy fit --algorithm ep --steps 30 --beta 0.05      # algorithm hyper-parameters
+    pl-energy fit --config configs/mnist_z_il.yaml
+    pl-energy fit --config configs/mnist_pc_nudge.yaml --config configs/wandb.yaml
+    pl-energy fit --algorithm bp --trainer.devices 2 --trainer.strategy ddp
+    pl-energy test --config configs/mnist_pc_nudge.yaml --ckpt_path path/to.ckpt
+
+The defaults train seed 003's MNIST setup: an MLP 784-128-64-10 (relu), cross-entropy, batch 64,
+SGD (lr 0.001, momentum 0.9) on :class:`~pl_energy.data.MNISTDataModule`. The
+:class:`~pl_energy.callbacks.GradientAgreement` callback is always attached
+(``--agreement.every_n_steps``, 0 disables it).
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import sys
+from typing import Any
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import ArgsType, LightningCLI
+
+from .algorithms import ALGORITHMS, hyperparameters_of
+from .callbacks import GradientAgreement
+from .module import EnergyModule
+
+#: Command-line flags for the algorithms' hyper-parameters: name -> (type, help).
+HPARAM_FLAGS: dict[str, tuple[type, str]] = {
+    "steps": (int, "inference steps (pc, pc_nudge, fa_z_il, ep, chl)"),
+    "step_size": (float, "inference step size (pc, pc_nudge, ep, chl)"),
+    "tol": (float, "stop inference once the energy changes by less than tol (relative)"),
+    "lam": (float, "weight lam of the supervised energy, E = I + lam L (pc, pc_nudge, z_il, fa_z_il)"),
+    "gamma": (float, "feedback strength / inference rate (pc, z_il, fa_z_il, ep, chl)"),
+    "beta": (float, "nudging strength (ep)"),
+    "nudged_steps": (int, "inference steps of the nudged phase (ep; default: steps)"),
+    "centered": (bool, "symmetric +/- nudging, error O(lam^2) / O(beta^2) (pc, pc_nudge, ep)"),
+    "corrected": (bool, "corrected CHL (chl)"),
+}
+
+
+def _algorithm_help() -> str:
+    lines = [f"{name} ({', '.join(f'{k}={v}' for k, v in hyperparameters_of(name).items()) or 'no hyper-parameters'})"
+             for name in ALGORITHMS]
+    return "The learning algorithm, with its hyper-parameters and defaults: " + "; ".join(lines)
+
+
+def wandb_api_key_available() -> bool:
+    """True if W&B can authenticate: ``WANDB_API_KEY`` is set or ``wandb login`` wrote ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def _uses_wandb(logger: Any) -> bool:
+    if logger is None or isinstance(logger, bool):
+        return False
+    loggers = logger if isinstance(logger, list) else [logger]
+    for item in loggers:
+        text = item.get("class_path", "") if hasattr(item, "get") else str(item)
+        if "WandbLogger" in str(text):
+            return True
+    return False
+
+
+class EnergyCLI(LightningCLI):
+    """LightningCLI with ``--algorithm``, algorithm hyper-parameter flags and MNIST defaults."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--algorithm", choices=list(ALGORITHMS), default="pc_nudge",
+                            help=_algorithm_help())
+        parser.link_arguments("algorithm", "model.algorithm")
+        group = parser.add_argument_group(
+            "Algorithm hyper-parameters",
+            "Override the chosen algorithm's defaults (they are merged into "
+            "model.algorithm_hparams; a flag the algorithm does not have is an error).",
+        )
+        for name, (kind, text) in HPARAM_FLAGS.items():
+            group.add_argument(f"--{name}", type=kind | None, default=None, help=text)
+        parser.add_lightning_class_args(GradientAgreement, "agreement")
+        parser.set_defaults({
+            "model.optimizer": {"class_path": "torch.optim.SGD",
+                                "init_args": {"lr": 0.001, "momentum": 0.9}},
+            "data": {"class_path": "pl_energy.data.MNISTDataModule"},
+            "agreement.every_n_steps": 50,
+        })
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        hparams = dict(config.model.algorithm_hparams or {})
+        for name in HPARAM_FLAGS:
+            value = config.get(name)
+            if value is not None:
+                hparams[name] = value
+        valid = hyperparameters_of(config.model.algorithm)
+        unknown = sorted(set(hparams) - set(valid))
+        if unknown:
+            self.parser.error(
+                f"algorithm {config.model.algorithm!r} has no hyper-parameter(s) {', '.join(unknown)}; "
+                f"its hyper-parameters are: {', '.join(valid) or 'none'}"
+            )
+        config.model.algorithm_hparams = hparams or None
+        if _uses_wandb(config.trainer.get("logger")) and not os.environ.get("WANDB_MODE"):
+            if not wandb_api_key_available():
+                os.environ["WANDB_MODE"] = "offline"
+                print("W&B: no API key found, logging offline to ./wandb "
+                      "(sync later with `wandb sync`)", file=sys.stderr)
+
+
+def main(args: ArgsType = None, run: bool = True) -> EnergyCLI:
+    """Entry point of the ``pl-energy`` command."""
+    return EnergyCLI(
+        EnergyModule,
+        LightningDataModule,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=args,
+        run=run,
+        parser_kwargs={"description": "Train energy-based learning algorithms (PC, Z-IL, PC-Nudge, "
+                                      "EP, CHL) or backprop with PyTorch Lightning."},
+    )
+
+
+if __name__ == "__main__":
+    main()

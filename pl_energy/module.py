@@ -1,0 +1,335 @@
+"""``EnergyModule``: any registered algorithm (bp, pc, z_il, fa_z_il, pc_nudge, ep, chl) as a
+LightningModule.
+
+The algorithm computes an estimate of d(loss)/d(theta) on the batch with its own phases; the
+module applies it with manual optimisation, through ``self.manual_backward`` on the scalar
+``sum((p * g.detach()).sum())`` whose gradient is exactly the estimate. This is what makes every
+Strategy (single device, ``ddp``, ``ddp_spawn``, multi-node) reduce the update across processes:
+after ``manual_backward`` returns, ``p.grad`` is the mean of the ranks' estimates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from .algorithms import ALGORITHMS, Algorithm, build_algorithm, hyperparameters_of
+from .core import mlp
+
+DEFAULT_SIZES = (784, 128, 64, 10)
+RNG_KEY = "pl_energy_rng_states"
+
+
+def default_optimizer(params) -> torch.optim.Optimizer:
+    """Seed 003's MNIST optimiser: SGD, lr 0.001, momentum 0.9."""
+    return torch.optim.SGD(params, lr=0.001, momentum=0.9)
+
+
+def check_algorithm_name(name: str) -> str:
+    """Return ``name`` if it is a registered algorithm, else raise listing the valid names."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; valid algorithms are: {', '.join(ALGORITHMS)}")
+    return name
+
+
+class EnergyModule(pl.LightningModule):
+    """Train a network with an energy-based learning algorithm (or backprop) under Lightning.
+
+    Args:
+        network: the network, an ``nn.Sequential`` whose top-level children are the layers. When
+            omitted, ``pl_energy.mlp(sizes, activation)`` is built.
+        sizes: layer widths of the default MLP (input first, classes last); seed 003's MNIST net
+            is 784-128-64-10.
+        activation: hidden activation of the default MLP (e.g. ``relu``, ``tanh``, ``sigmoid``).
+        algorithm: one of bp, pc, z_il, fa_z_il, pc_nudge, ep, chl.
+        algorithm_hparams: the algorithm's hyper-parameters, e.g. ``{"lam": 0.01, "steps": 50}``
+            for pc_nudge; unset ones keep the algorithm's defaults.
+        loss: ``cross_entropy`` or ``mse`` (half squared error to one-hot targets).
+        optimizer: a callable taking the parameters and returning the optimiser
+            (default: SGD, lr 0.001, momentum 0.9).
+        lr_scheduler: optional callable taking the optimiser and returning an LR scheduler.
+        lr_scheduler_interval: step the scheduler after every optimiser ``step`` or every ``epoch``.
+        lr_scheduler_monitor: metric given to ``ReduceLROnPlateau``-style schedulers.
+        trace_every_n_steps: record the energy of every inference step every n training steps,
+            log ``energy/internal``, ``energy/supervised``, ``energy/total`` (final step) and save
+            a plot of the trace (0 disables).
+        num_classes: number of classes for the accuracy metric (default: the network's output
+            width).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module | None = None,
+        sizes: Sequence[int] = DEFAULT_SIZES,
+        activation: str = "relu",
+        algorithm: str = "pc_nudge",
+        algorithm_hparams: dict[str, Any] | None = None,
+        loss: Literal["cross_entropy", "mse"] = "cross_entropy",
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["step", "epoch"] = "epoch",
+        lr_scheduler_monitor: str = "val/loss",
+        trace_every_n_steps: int = 100,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        check_algorithm_name(algorithm)
+        if loss not in ("cross_entropy", "mse"):
+            raise ValueError(f"unknown loss {loss!r}; choose 'cross_entropy' or 'mse'")
+        if trace_every_n_steps is None or trace_every_n_steps < 0:
+            raise ValueError(f"trace_every_n_steps must be >= 0, got {trace_every_n_steps}")
+        self.save_hyperparameters(ignore=["network", "optimizer", "lr_scheduler"])
+        self.automatic_optimization = False
+        self.algorithm_name = algorithm
+        self.algorithm: Algorithm = build_algorithm(algorithm, **dict(algorithm_hparams or {}))
+        self.network = network if network is not None else mlp(list(sizes), activation=activation)
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.lr_scheduler_interval = lr_scheduler_interval
+        self.lr_scheduler_monitor = lr_scheduler_monitor
+        self.trace_every_n_steps = int(trace_every_n_steps)
+        classes = num_classes or _output_width(self.network)
+        if classes is None:
+            raise ValueError("cannot infer the number of classes from the network; pass num_classes")
+        self.num_classes = int(classes)
+        self.train_acc = MulticlassAccuracy(self.num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(self.num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(self.num_classes, average="micro")
+        self.last_batch: tuple[Tensor, Tensor] | None = None
+        self.last_estimate = None
+        self.energy_traces: list[tuple[int, dict[str, list[float]]]] = []
+
+    # ----------------------------------------------------------------- helpers
+    @property
+    def network_dtype(self) -> torch.dtype:
+        for p in self.network.parameters():
+            return p.dtype
+        return torch.get_default_dtype()
+
+    def _prepare(self, batch) -> tuple[Tensor, Tensor]:
+        inputs, targets = batch[0], batch[1]
+        if inputs.is_floating_point():
+            inputs = inputs.to(self.network_dtype)
+        return inputs, targets
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """The algorithm's free-phase prediction (feedforward, or the Hopfield equilibrium)."""
+        return self.algorithm.predict(self.network, inputs.to(self.network_dtype))
+
+    def _trace_due(self) -> bool:
+        n = self.trace_every_n_steps
+        return n > 0 and self.global_step % n == 0
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        inputs, targets = self._prepare(batch)
+        self.last_batch = (inputs, targets)
+        record = self._trace_due()
+        step = int(self.global_step)
+        # The algorithm runs on the plain network (not a DDP wrapper): its own autograd calls must
+        # not touch the reducer. Only manual_backward below arms the gradient all-reduce.
+        estimate = self.algorithm.step(self.network, inputs, targets, loss=self.loss, record=record)
+        self.last_estimate = estimate
+        opt = self.optimizers()
+        surrogate = None
+        for name, p in self.network.named_parameters():
+            if not p.requires_grad:
+                continue
+            g = estimate.gradients.get(name)
+            g = torch.zeros_like(p) if g is None else g.detach().to(p.dtype)
+            term = (p * g).sum()
+            surrogate = term if surrogate is None else surrogate + term
+        if surrogate is None:
+            raise RuntimeError("the network has no trainable parameters")
+        self.manual_backward(surrogate)
+        opt.step()
+        opt.zero_grad()
+        if self.lr_scheduler_interval == "step":
+            self._step_scheduler()
+
+        batch_size = inputs.shape[0]
+        loss = estimate.loss.detach()
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True,
+                 batch_size=batch_size)
+        self.train_acc(estimate.output.detach(), targets)
+        self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, prog_bar=True,
+                 batch_size=batch_size)
+        if estimate.trace is not None:
+            self._log_trace(estimate.trace, batch_size, step)
+        return loss
+
+    def _log_trace(self, trace, batch_size: int, step: int) -> None:
+        for name in ("internal", "supervised", "total"):
+            self.log(f"energy/{name}", getattr(trace, name)[-1].detach().to(torch.float64),
+                     on_step=True, on_epoch=False, sync_dist=True, batch_size=batch_size)
+        self.log("energy/inference_steps", float(trace.steps), on_step=True, on_epoch=False,
+                 sync_dist=True, batch_size=batch_size)
+        data = trace.as_dict()
+        self.energy_traces.append((step, data))
+        if self._trainer is not None:
+            log_figure_to(self.trainer, lambda: _energy_figure(data, self.algorithm_name, step),
+                          Path("energy") / f"step_{step:07d}.png", "energy/trace", step)
+
+    def on_train_epoch_end(self) -> None:
+        if self.lr_scheduler_interval == "epoch":
+            self._step_scheduler()
+
+    def _step_scheduler(self) -> None:
+        scheduler = self.lr_schedulers()
+        if scheduler is None:
+            return
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            metric = self.trainer.callback_metrics.get(self.lr_scheduler_monitor)
+            if metric is not None:
+                scheduler.step(metric)
+        else:
+            scheduler.step()
+
+    # -------------------------------------------------------------- evaluation
+    def _evaluate(self, batch, stage: str, metric: MulticlassAccuracy) -> Tensor:
+        inputs, targets = self._prepare(batch)
+        # Hopfield algorithms relax by gradient descent even when predicting: leave inference
+        # mode and re-create the batch outside it.
+        with torch.inference_mode(False), torch.enable_grad():
+            inputs, targets = inputs.clone(), targets.clone()
+            output = self.algorithm.predict(self.network, inputs).detach()
+        from .core.losses import as_loss
+
+        loss_fn = as_loss(self.loss)
+        loss = loss_fn.value(output, loss_fn.prepare_targets(targets, output)).detach()
+        metric(output, targets)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
+                 batch_size=inputs.shape[0])
+        self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=inputs.shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, "val", self.val_acc)
+
+    def test_step(self, batch, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, "test", self.test_acc)
+
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
+        with torch.inference_mode(False), torch.enable_grad():
+            inputs = inputs.to(self.network_dtype).clone()
+            return self.algorithm.predict(self.network, inputs).detach()
+
+    # ------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.network.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": self.lr_scheduler_interval}}
+
+    # ------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning restores optimiser, schedulers and loop state but not the global RNGs, which
+        # seed the train loader's shuffling at the start of every epoch: save them so that a run
+        # resumed from an epoch-boundary checkpoint draws the same batches as an uninterrupted one.
+        checkpoint[RNG_KEY] = collect_rng_states()
+        checkpoint["pl_energy"] = {"algorithm": self.algorithm_name,
+                                   "algorithm_hparams": self.algorithm.hparams()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get(RNG_KEY)
+        if states is not None and self._trainer is not None and self.trainer.training:
+            set_rng_states(states)
+
+    def describe(self) -> str:
+        """One line naming the algorithm and its hyper-parameters."""
+        hp = ", ".join(f"{k}={v}" for k, v in self.algorithm.hparams().items())
+        return f"{self.algorithm_name}({hp})"
+
+
+def collect_rng_states() -> dict[str, Any]:
+    """The global RNG states (torch CPU and CUDA, Python, NumPy) in a form that
+    ``torch.load(weights_only=True)`` accepts (tensors, lists, numbers, strings)."""
+    import random
+
+    import numpy as np
+
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": [version, list(internal), gauss],
+        "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos),
+                  int(has_gauss), float(cached)],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["torch.cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`collect_rng_states` saved."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    cuda = states.get("torch.cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _output_width(network: nn.Module) -> int | None:
+    width = None
+    for module in network.modules():
+        if isinstance(module, nn.Linear):
+            width = module.out_features
+    return width
+
+
+def _energy_figure(data, algorithm: str, step: int):
+    from .plotting import energy_trace_figure
+
+    return energy_trace_figure(data, title=f"{algorithm}: energy per inference step, training step {step}")
+
+
+def log_figure_to(trainer: "pl.Trainer", make_figure, relative_path: str | Path, key: str,
+                  step: int | None = None) -> Path | None:
+    """Save a figure as PNG under the trainer's ``log_dir`` and send it to W&B loggers.
+
+    Must be called on every rank (``trainer.log_dir`` is a collective under DDP); only global
+    rank 0 draws, writes and logs. Returns the path on rank 0, else None.
+    """
+    log_dir = trainer.log_dir or trainer.default_root_dir
+    return _rank_zero_save_figure(trainer, make_figure, Path(log_dir) / relative_path, key, step)
+
+
+@rank_zero_only
+def _rank_zero_save_figure(trainer, make_figure, path: Path, key: str, step: int | None):
+    from .plotting import save_figure
+
+    path = save_figure(make_figure(), path)
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            logger.log_image(key=key, images=[str(path)], step=step)
+    return path
+
+
+def algorithm_help() -> str:
+    """Each algorithm's hyper-parameters with their defaults, for ``--help``."""
+    lines = []
+    for name in ALGORITHMS:
+        hp = ", ".join(f"{k}={v}" for k, v in hyperparameters_of(name).items())
+        lines.append(f"{name}: {hp or '-'}")
+    return "; ".join(lines)

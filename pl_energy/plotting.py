@@ -1,0 +1,62 @@
+"""Small matplotlib helpers (Agg backend, no display needed) for agreement and energy plots."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+ENERGY_COMPONENTS = ("internal", "supervised", "total")
+
+
+def energy_trace_figure(trace: Mapping[str, Sequence[float]], title: str = "") -> Figure:
+    """Energy components per inference step (seed 003 Fig. 2A): internal, supervised, total.
+
+    ``trace`` is ``InferenceTrace.as_dict()``: lists indexed by inference step, step 0 first.
+    """
+    fig, axes = plt.subplots(1, len(ENERGY_COMPONENTS), figsize=(10, 3), squeeze=False)
+    for ax, name in zip(axes[0], ENERGY_COMPONENTS):
+        values = list(trace.get(name, []))
+        ax.plot(range(len(values)), values, marker="." if len(values) < 30 else None)
+        ax.set_title(name)
+        ax.set_xlabel("inference step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("energy (batch mean)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def agreement_figure(history: Sequence[Mapping[str, float]], title: str = "") -> Figure:
+    """Global agreement with the reference gradient over training.
+
+    ``history`` holds one mapping per measurement with ``step`` and the global metrics
+    ``cosine``, ``rel_error``, ``sign``, ``norm_ratio``.
+    """
+    metrics = ("cosine", "rel_error", "sign", "norm_ratio")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(13, 3), squeeze=False)
+    steps = [row["step"] for row in history]
+    for ax, name in zip(axes[0], metrics):
+        ax.plot(steps, [row[name] for row in history], marker="." if len(steps) < 30 else None)
+        ax.set_title(name)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as PNG (creating folders) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+    return path

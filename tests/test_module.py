@@ -1,0 +1,141 @@
+"""EnergyModule: manual optimisation of any algorithm, logging, float64, checkpoint resume."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from lightning_helpers import flat_parameters, loader, mnist_subset, quiet_trainer
+from pl_energy import ALGORITHMS, build_algorithm, mlp
+from pl_energy.callbacks import GradientAgreement
+from pl_energy.data import MNISTDataModule
+from pl_energy.module import EnergyModule
+
+
+def sgd(lr):
+    return lambda params: torch.optim.SGD(params, lr=lr)
+
+
+def test_unknown_algorithm_lists_valid_names():
+    with pytest.raises(ValueError) as error:
+        EnergyModule(algorithm="nope")
+    for name in ALGORITHMS:
+        assert name in str(error.value)
+
+
+def test_unknown_hyperparameter_is_rejected():
+    with pytest.raises(TypeError, match="beta"):
+        EnergyModule(algorithm="pc_nudge", algorithm_hparams={"beta": 0.1})
+
+
+def test_default_module_is_seed_003_setup():
+    module = EnergyModule()
+    assert module.algorithm_name == "pc_nudge" and module.automatic_optimization is False
+    assert [m.out_features for m in module.network.modules() if isinstance(m, torch.nn.Linear)] == [128, 64, 10]
+    optimizer = module.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.defaults["lr"] == 0.001 and optimizer.defaults["momentum"] == 0.9
+
+
+@pytest.mark.parametrize("algorithm", ["bp", "pc_nudge", "ep"])
+def test_one_step_applies_the_estimate(algorithm):
+    """After one Trainer step the weights moved by exactly -lr * estimate (float64, plain SGD)."""
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
+    hparams = {"steps": 5} if algorithm in ("pc_nudge", "ep") else {}
+    network = mlp([6, 5, 3]).double()
+    start = {k: v.clone() for k, v in network.state_dict().items()}
+    expected = build_algorithm(algorithm, **hparams).step(network, x, y).gradients
+    module = EnergyModule(network=network, algorithm=algorithm, algorithm_hparams=hparams,
+                          optimizer=sgd(0.5), trace_every_n_steps=0)
+    quiet_trainer(max_steps=1).fit(module, loader(x, y, 8))
+    for name, p in module.network.named_parameters():
+        torch.testing.assert_close(p.detach(), start[name] - 0.5 * expected[name], rtol=0, atol=1e-12)
+
+
+def test_validate_and_test_predict_with_the_algorithm():
+    torch.manual_seed(0)
+    x, y = torch.rand(24, 6, dtype=torch.float64), torch.randint(0, 3, (24,))
+    module = EnergyModule(network=mlp([6, 5, 3]).double(), algorithm="ep",
+                          algorithm_hparams={"steps": 5}, trace_every_n_steps=0)
+    trainer = quiet_trainer(max_steps=1)
+    (val,) = trainer.validate(module, loader(x, y, 8), verbose=False)
+    (test,) = trainer.test(module, loader(x, y, 8), verbose=False)
+    expected = module.algorithm.predict(module.network, x)
+    accuracy = float((expected.argmax(-1) == y).double().mean())
+    assert val["val/acc"] == pytest.approx(accuracy) and test["test/acc"] == pytest.approx(accuracy)
+    assert set(val) == {"val/loss", "val/acc"}
+
+
+def test_energy_trace_logged_and_plotted(tmp_path):
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 6), torch.randint(0, 3, (16,))
+    module = EnergyModule(network=mlp([6, 5, 3]), algorithm="pc_nudge",
+                          algorithm_hparams={"steps": 4}, trace_every_n_steps=2)
+    trainer = quiet_trainer(max_steps=3, default_root_dir=tmp_path)
+    trainer.fit(module, loader(x, y, 4))
+    for key in ("energy/internal", "energy/supervised", "energy/total", "train/loss", "train/acc"):
+        assert key in trainer.callback_metrics, key
+    assert [step for step, _ in module.energy_traces] == [0, 2]
+    step, trace = module.energy_traces[-1]
+    assert len(trace["total"]) == 5  # step 0 + 4 inference steps
+    pngs = sorted(p.name for p in (tmp_path / "energy").glob("*.png"))
+    assert pngs == ["step_0000000.png", "step_0000002.png"]
+
+
+def test_z_il_matches_bp_for_200_mnist_steps_in_float64(mnist_root):
+    """Z-IL is exact backprop: 200 SGD steps on real MNIST end within 1e-10 of BP's weights."""
+    data = MNISTDataModule(data_dir=str(mnist_root), batch_size=64)
+    weights = {}
+    for algorithm in ("bp", "z_il"):
+        pl.seed_everything(0, verbose=False)
+        module = EnergyModule(network=mlp([784, 128, 64, 10]).double(), algorithm=algorithm,
+                              optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
+                              trace_every_n_steps=0)
+        quiet_trainer(max_steps=200, limit_val_batches=0).fit(module, data)
+        assert module.global_step == 200
+        weights[algorithm] = flat_parameters(module)
+    assert weights["bp"].dtype == torch.float64
+    assert (weights["z_il"] - weights["bp"]).abs().max() <= 1e-10
+    assert (weights["bp"] - flat_parameters(mlp([784, 128, 64, 10]))).abs().max() > 1e-3
+
+
+def _resume_module(seed):
+    pl.seed_everything(seed, verbose=False)
+    return EnergyModule(
+        network=mlp([784, 32, 10]), algorithm="pc_nudge", algorithm_hparams={"steps": 5},
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9),
+        lr_scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5),
+        lr_scheduler_interval="step", trace_every_n_steps=0,
+    )
+
+
+def test_resume_from_checkpoint_continues_exactly(mnist_root, tmp_path):
+    """fit 10 steps, checkpoint, resume to 20 == an uninterrupted 20-step run (shuffled MNIST:
+    the epoch-1 order comes from the global RNG, which the checkpoint carries)."""
+    data = MNISTDataModule(data_dir=str(mnist_root), batch_size=16, limit_train=2000)
+    options = dict(limit_train_batches=10, limit_val_batches=0)
+
+    straight = _resume_module(0)
+    straight_agreement = GradientAgreement(every_n_steps=4, plot=False)
+    quiet_trainer(max_epochs=2, callbacks=[straight_agreement], **options).fit(straight, data)
+
+    first = _resume_module(0)
+    trainer = quiet_trainer(max_epochs=1, callbacks=[GradientAgreement(every_n_steps=4, plot=False)],
+                            **options)
+    trainer.fit(first, data)
+    assert first.global_step == 10
+    checkpoint = tmp_path / "step10.ckpt"
+    trainer.save_checkpoint(checkpoint)
+
+    resumed = _resume_module(123)  # other seed: weights and RNG must come from the checkpoint
+    resumed_agreement = GradientAgreement(every_n_steps=4, plot=False)
+    resumed_trainer = quiet_trainer(max_epochs=2, callbacks=[resumed_agreement], **options)
+    resumed_trainer.fit(resumed, data, ckpt_path=checkpoint)
+
+    assert resumed.global_step == straight.global_step == 20
+    assert torch.equal(flat_parameters(resumed), flat_parameters(straight))
+    assert resumed.lr_schedulers().get_last_lr() == straight.lr_schedulers().get_last_lr()
+    assert [r["step"] for r in resumed_agreement.history] == [0, 4, 8, 12, 16]
+    assert resumed_agreement.history == straight_agreement.history
