@@ -1,0 +1,146 @@
+"""Shared helpers of the figure scripts: arguments, real MNIST, gradient metrics, outputs.
+
+Every script is ``python examples/<name>.py --out docs/results [--quick] [--data-dir DIR]`` and
+exposes ``main(argv) -> dict`` (the JSON it writes), which the smoke tests call in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402,F401  (re-exported)
+
+MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+_MNIST_CACHE: dict[str, tuple] = {}
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", default=str(REPO / "docs" / "results"), help="output folder (PNG + JSON)")
+    p.add_argument("--quick", action="store_true", help="smoke-run setting (seconds)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with MNIST/raw/*.gz (default $PL_ENERGY_DATA, else ../shared/data, "
+                        "else ./data); copied to a temp dir when read-only")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    return p
+
+
+def setup(args) -> Path:
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _writable_mnist_dir(data_dir: str | None) -> str:
+    candidates = [data_dir] if data_dir else [os.environ.get("PL_ENERGY_DATA"),
+                                              str(REPO.parent / "shared" / "data"), "./data"]
+    for c in candidates:
+        if c and all((Path(c) / "MNIST" / "raw" / f).is_file() for f in MNIST_FILES):
+            raw = Path(c) / "MNIST" / "raw"
+            if (raw / "train-images-idx3-ubyte").is_file() and (raw / "t10k-images-idx3-ubyte").is_file():
+                return c  # already extracted: torchvision only reads
+            # torchvision extracts the .gz files next to themselves: never write into the given
+            # (possibly shared or read-only) folder, copy the four files to a temp dir instead
+            dst = Path(tempfile.gettempdir()) / "pl_energy_data"
+            (dst / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
+            for f in MNIST_FILES:
+                if not (dst / "MNIST" / "raw" / f).is_file():
+                    shutil.copy(raw / f, dst / "MNIST" / "raw" / f)
+            return str(dst)
+    raise FileNotFoundError(f"MNIST raw files not found in {candidates}; pass --data-dir")
+
+
+def mnist(data_dir: str | None = None):
+    """Real MNIST as (train_x, train_y, test_x, test_y): the seeded 50k train split, 10k test."""
+    from pl_energy.data import MNISTDataModule
+
+    root = _writable_mnist_dir(data_dir)
+    if root not in _MNIST_CACHE:
+        module = MNISTDataModule(data_dir=root)  # "download" only extracts the local .gz
+        module.prepare_data()
+        module.setup()
+        _MNIST_CACHE[root] = (*module.train_set.tensors, *module.test_set.tensors)
+    return _MNIST_CACHE[root]
+
+
+# --- gradient metrics ---------------------------------------------------------------------------
+def flat(gradients: dict) -> torch.Tensor:
+    return torch.cat([g.reshape(-1) for g in gradients.values()])
+
+
+def cosine(a: dict, b: dict) -> float:
+    a, b = flat(a).double(), flat(b).double()
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def rel_error(estimate: dict, reference: dict) -> float:
+    """||estimate - reference|| / ||reference||, over all parameters."""
+    e, r = flat(estimate).double(), flat(reference).double()
+    return float((e - r).norm() / r.norm())
+
+
+def distance(a: dict, b: dict) -> float:
+    """Euclidean distance over all parameters (seed 003 A.1.1)."""
+    return float((flat(a).double() - flat(b).double()).norm())
+
+
+def loglog_slope(xs, ys) -> float:
+    """Least-squares slope of log10(y) against log10(x)."""
+    lx = torch.tensor([math.log10(x) for x in xs], dtype=torch.float64)
+    ly = torch.tensor([math.log10(y) for y in ys], dtype=torch.float64)
+    lx, ly = lx - lx.mean(), ly - ly.mean()
+    return float((lx * ly).sum() / (lx * lx).sum())
+
+
+def linear_fit(xs, ys) -> tuple[float, float, float]:
+    """y = a x + b by least squares: (a, b, r^2)."""
+    x = torch.tensor(list(xs), dtype=torch.float64)
+    y = torch.tensor(list(ys), dtype=torch.float64)
+    xm, ym = x.mean(), y.mean()
+    a = ((x - xm) * (y - ym)).sum() / ((x - xm) ** 2).sum()
+    b = ym - a * xm
+    r2 = 1 - ((y - a * x - b) ** 2).sum() / ((y - ym) ** 2).sum()
+    return float(a), float(b), float(r2)
+
+
+def clean(obj):
+    """NaN/Inf -> None so that the JSON is standard."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean(v) for v in obj]
+    return obj
+
+
+def save_json(out: Path, name: str, data: dict) -> Path:
+    path = Path(out) / f"{name}.json"
+    path.write_text(json.dumps(clean(data), indent=1))
+    return path
+
+
+def save_figure(fig, out: Path, name: str) -> Path:
+    path = Path(out) / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
