@@ -36,7 +36,7 @@ def mnist_subset(mnist_tensors, count: int, dtype=torch.float64, start: int = 0)
 
 
 def loader(inputs, targets, batch_size: int) -> DataLoader:
-    """A sequential (unshuffled) loader: under DDP, rank r gets samples r, r + W, r + 2W, ..."""
+    """A sequential (unshuffled) loader (Lightning's DistributedSampler shuffles it under DDP)."""
     return DataLoader(TensorDataset(inputs, targets), batch_size=batch_size, shuffle=False)
 
 

@@ -1,0 +1,121 @@
+"""The ``pl-energy`` command (LightningCLI)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_helpers import REPO
+from pl_energy import ALGORITHMS
+from pl_energy.cli import main
+
+CONFIGS = REPO / "configs"
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    env.pop("WANDB_MODE", None)
+    return env
+
+
+def test_fit_pc_nudge_20_steps_as_a_subprocess(mnist_root, tmp_path):
+    command = [sys.executable, "-m", "pl_energy.cli", "fit", "--algorithm", "pc_nudge",
+               "--trainer.max_steps", "20", "--data.data_dir", str(mnist_root),
+               "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+               "--trainer.limit_val_batches", "2", "--agreement.every_n_steps", "10",
+               "--model.trace_every_n_steps", "10", "--trainer.log_every_n_steps", "5"]
+    result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (version,) = (tmp_path / "lightning_logs").iterdir()
+    checkpoints = list((version / "checkpoints").glob("*.ckpt"))
+    assert [c.name for c in checkpoints] == ["epoch=0-step=20.ckpt"]
+    config = (version / "config.yaml").read_text()
+    assert "algorithm: pc_nudge" in config and "lr: 0.001" in config and "momentum: 0.9" in config
+    assert (version / "agreement.png").is_file()
+    assert sorted(p.name for p in (version / "energy").glob("*.png")) == ["step_0000000.png",
+                                                                          "step_0000010.png"]
+    metrics = (version / "metrics.csv").read_text()
+    assert "agreement/cosine" in metrics and "energy/total" in metrics
+
+    # validate and test the checkpoint (in-process)
+    for subcommand in ("validate", "test"):
+        cli = main([subcommand, "--algorithm", "pc_nudge", "--data.data_dir", str(mnist_root),
+                    "--ckpt_path", str(checkpoints[0]), "--trainer.logger", "false",
+                    "--trainer.enable_progress_bar", "false",
+                    f"--trainer.limit_{'val' if subcommand == 'validate' else 'test'}_batches", "2",
+                    "--trainer.default_root_dir", str(tmp_path / subcommand)])
+        prefix = "val" if subcommand == "validate" else "test"
+        assert f"{prefix}/acc" in cli.trainer.callback_metrics
+
+
+def test_unknown_algorithm_lists_the_valid_names(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--algorithm", "nope"])
+    assert exit_.value.code != 0
+    error = capsys.readouterr().err
+    assert "nope" in error
+    for name in ALGORITHMS:
+        assert name in error
+
+
+def test_help_reads_well(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--algorithm {bp,pc,z_il,fa_z_il,pc_nudge,ep,chl}", "--lam", "--steps", "--beta",
+                 "--model.algorithm_hparams", "--agreement.every_n_steps", "--model.optimizer"):
+        assert flag in text, flag
+    assert "lambda" not in text
+
+
+def test_defaults_are_seed_003_mnist_setup():
+    cli = main(["--trainer.logger", "false"], run=False)
+    module, data = cli.model, cli.datamodule
+    assert module.algorithm_name == "pc_nudge" and module.loss == "cross_entropy"
+    assert type(data).__name__ == "MNISTDataModule" and data.batch_size == 64
+    widths = [m.out_features for m in module.network.modules() if isinstance(m, torch.nn.Linear)]
+    assert widths == [128, 64, 10]
+    optimizer = module.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.defaults["lr"] == 0.001 and optimizer.defaults["momentum"] == 0.9
+    assert any(type(c).__name__ == "GradientAgreement" for c in cli.trainer.callbacks)
+
+
+def test_hyperparameter_flags_and_dict_merge():
+    cli = main(["--algorithm", "ep", "--steps", "7", "--beta", "0.05",
+                "--model.algorithm_hparams", "{step_size: 0.25}", "--trainer.logger", "false"],
+               run=False)
+    algorithm = cli.model.algorithm
+    assert (algorithm.steps, algorithm.beta, algorithm.step_size) == (7, 0.05, 0.25)
+
+
+def test_flag_the_algorithm_lacks_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["--algorithm", "pc_nudge", "--beta", "0.1"], run=False)
+    assert "has no hyper-parameter(s) beta" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("mnist_*.yaml")))
+def test_mnist_configs_build(config):
+    cli = main(["--config", str(CONFIGS / config), "--trainer.logger", "false"], run=False)
+    assert cli.model.algorithm_name == config.removeprefix("mnist_").removesuffix(".yaml")
+
+
+def test_imagenet_config_parses(capsys):
+    # parse only: building the 215M-parameter net is not needed to check the config
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(CONFIGS / "imagenet_fc.yaml"), "--print_config"])
+    assert exit_.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "- 50176" in printed and "classes: high_level_27" in printed and "batch_size: 1" in printed
+
+
+def test_every_algorithm_has_a_mnist_config():
+    assert sorted(p.stem for p in CONFIGS.glob("mnist_*.yaml")) == sorted(f"mnist_{a}" for a in ALGORITHMS)
