@@ -40,6 +40,7 @@ class Algorithm:
         """Run the algorithm's phases on a batch; ``record`` overrides the ``trace`` setting."""
         loss = as_loss(loss)
         _check_batch(inputs, targets)
+        _check_dtype(network, inputs)
         record = getattr(self, "trace", False) if record is None else record
         estimate = self.estimate(network, inputs, targets, loss, record)
         self.last_trace = estimate.trace
@@ -104,6 +105,15 @@ def _check_batch(inputs: Tensor, targets: Tensor) -> None:
         raise ValueError(f"inputs have batch size {inputs.shape[0]} but targets {targets.shape[0]}")
     if inputs.is_floating_point() and not torch.isfinite(inputs).all():
         raise ValueError("inputs contain NaN or Inf; clean the data before training")
+
+
+def _check_dtype(network: nn.Module, inputs: Tensor) -> None:
+    parameter = next(network.parameters(), None)
+    if parameter is not None and inputs.is_floating_point() and inputs.dtype != parameter.dtype:
+        raise TypeError(
+            f"inputs are {inputs.dtype} but the network's parameters are {parameter.dtype}; cast "
+            "one to the other (e.g. inputs.to(next(network.parameters()).dtype))"
+        )
 
 
 def count_layers(network: nn.Module) -> int:

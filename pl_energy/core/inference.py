@@ -4,7 +4,9 @@ x_l <- x_l - step_size * s_l * dE/dx_l for every free layer l, where s_l is the 
 per-layer step scale (1 unless the energy is precision-weighted). E is the per-sample energy
 (a sum over the batch), so the dynamics of one sample do not depend on the batch size.
 
-With ``tol`` set, inference stops once |E_t - E_{t-1}| <= tol * |E_t|. A non-finite energy
+With ``tol`` set, inference stops once the last step's change of energy is at most ``tol`` times
+the change since the start, |E_t - E_{t-1}| <= tol * |E_t - E_0|: a scale-free test that does not
+depend on how large E is (for PC-Nudge E is dominated by lam L, which inference barely moves). A non-finite energy
 stops inference with an error naming the first bad step and the step size to lower.
 """
 
@@ -62,10 +64,10 @@ def relax(
         if not watch:
             continue
         rows.append(energy.components(state))
-        total, previous = float(rows[-1][2]), float(rows[-2][2])
+        total, previous, first = float(rows[-1][2]), float(rows[-2][2]), float(rows[0][2])
         if not math.isfinite(total):
             raise _divergence(t, step_size, total)
-        if tol is not None and abs(total - previous) <= tol * abs(total):
+        if tol is not None and abs(total - previous) <= tol * abs(total - first):
             converged = True
             break
     if not watch:

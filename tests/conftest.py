@@ -1,0 +1,24 @@
+"""Fixtures shared by the whole suite: real MNIST (copied from PL_ENERGY_DATA / ../shared/data)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from data_fixtures import mnist_root, shared_data_root  # noqa: F401  (re-exported fixtures)
+
+# the suite's tensors are small: one intra-op thread avoids oversubscribing CI's two cores
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def mnist_tensors(mnist_root):  # noqa: F811
+    """The 60,000 MNIST training images as float32 (N, 784) in [0, 1] and int64 labels."""
+    from pl_energy.data import MNISTDataModule
+
+    module = MNISTDataModule(data_dir=str(mnist_root))
+    module.prepare_data()
+    module.setup("fit")
+    images = torch.cat([module.train_set.tensors[0], module.val_set.tensors[0]])
+    labels = torch.cat([module.train_set.tensors[1], module.val_set.tensors[1]])
+    return images, labels

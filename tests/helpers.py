@@ -1,0 +1,27 @@
+"""Small comparisons shared by the core tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def flat(gradients: dict[str, Tensor]) -> Tensor:
+    return torch.cat([g.flatten() for g in gradients.values()])
+
+
+def max_relative(estimate: dict[str, Tensor], reference: dict[str, Tensor]) -> float:
+    """max |estimate - reference| / max |reference| over all parameters."""
+    assert estimate.keys() == reference.keys()
+    diff = max((estimate[k] - reference[k]).abs().max().item() for k in reference)
+    return diff / flat(reference).abs().max().item()
+
+
+def relative_l2(estimate: dict[str, Tensor], reference: dict[str, Tensor]) -> float:
+    a, b = flat(estimate), flat({k: reference[k] for k in estimate})
+    return ((a - b).norm() / b.norm()).item()
+
+
+def cosine(estimate: dict[str, Tensor], reference: dict[str, Tensor]) -> float:
+    a, b = flat(estimate), flat({k: reference[k] for k in estimate})
+    return (a @ b / (a.norm() * b.norm())).item()

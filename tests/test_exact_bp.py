@@ -1,0 +1,84 @@
+"""Checked against backprop exactly: Z-IL and Fa-Z-IL give BP's updates to rounding error.
+
+Seed 000 Thms. 3.1-3.2 (C1-C3) and A.5 (gamma != 1 scales layer k-below-output by gamma^k).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pl_energy import build_algorithm, mlp
+from helpers import max_relative
+
+TOLERANCE = 1e-10
+
+
+def _problem(depth: int, activation: str, batch: int, seed: int = 0):
+    torch.manual_seed(seed)
+    sizes = [13] + [11, 9, 8, 7, 6][: depth - 1] + [5]
+    network = mlp(sizes, activation=activation).double()
+    inputs = torch.randn(batch, 13, dtype=torch.float64)
+    targets = torch.randint(0, 5, (batch,))
+    return network, inputs, targets
+
+
+@pytest.mark.parametrize("algorithm", ["z_il", "fa_z_il"])
+@pytest.mark.parametrize("batch", [1, 32])
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("depth", [2, 3, 4, 5, 6])
+def test_equals_backprop_on_mlps(algorithm, depth, activation, loss, batch):
+    network, inputs, targets = _problem(depth, activation, batch)
+    assert len(network) == depth
+    reference = build_algorithm("bp").gradients(network, inputs, targets, loss)
+    estimate = build_algorithm(algorithm).gradients(network, inputs, targets, loss)
+    assert max_relative(estimate, reference) <= TOLERANCE
+    assert set(estimate) == {name for name, _ in network.named_parameters()}
+    assert any(name.endswith("bias") for name in estimate)
+
+
+def small_cnn() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(1, 4, 3), nn.Tanh(), nn.MaxPool2d(2)),
+        nn.Sequential(nn.Conv2d(4, 6, 3), nn.ReLU(), nn.AvgPool2d(2)),
+        nn.Sequential(nn.Flatten(), nn.Linear(6 * 2 * 2, 12), nn.Sigmoid()),
+        nn.Linear(12, 5),
+    )
+
+
+@pytest.mark.parametrize("algorithm", ["z_il", "fa_z_il"])
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_equals_backprop_on_a_cnn(algorithm, loss):
+    torch.manual_seed(1)
+    network = small_cnn().double()
+    inputs = torch.randn(8, 1, 14, 14, dtype=torch.float64)
+    targets = torch.randint(0, 5, (8,))
+    reference = build_algorithm("bp").gradients(network, inputs, targets, loss)
+    estimate = build_algorithm(algorithm).gradients(network, inputs, targets, loss)
+    assert max_relative(estimate, reference) <= TOLERANCE
+
+
+@pytest.mark.parametrize("algorithm", ["z_il", "fa_z_il"])
+def test_gamma_scales_layer_k_below_the_output_by_gamma_to_the_k(algorithm):
+    network, inputs, targets = _problem(4, "tanh", 16)
+    gamma = 0.5
+    reference = build_algorithm("bp").gradients(network, inputs, targets)
+    estimate = build_algorithm(algorithm, gamma=gamma).gradients(network, inputs, targets)
+    depth = len(network)
+    for name, grad in estimate.items():
+        below_output = depth - 1 - int(name.split(".")[0])
+        expected = gamma ** below_output * reference[name]
+        assert (grad - expected).abs().max() <= TOLERANCE * reference[name].abs().max()
+    # and the scaling is real: the input layer's update is 1/8 of BP's
+    assert not torch.allclose(estimate["0.0.weight"], reference["0.0.weight"])
+
+
+def test_dense_targets_match_class_indices():
+    network, inputs, targets = _problem(3, "relu", 6)
+    one_hot = torch.nn.functional.one_hot(targets, 5).double()
+    for loss in ("mse", "cross_entropy"):
+        a = build_algorithm("z_il").gradients(network, inputs, targets, loss)
+        b = build_algorithm("z_il").gradients(network, inputs, one_hot, loss)
+        assert max_relative(a, b) <= TOLERANCE
