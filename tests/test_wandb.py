@@ -1,0 +1,51 @@
+"""W&B: without an API key the CLI logs offline; the run file holds metrics, hparams and plots."""
+
+from __future__ import annotations
+
+import pytest
+
+from lightning_helpers import REPO, read_wandb_records, wandb_config, wandb_history_keys
+from pl_energy.cli import main, wandb_api_key_available
+
+wandb = pytest.importorskip("wandb")
+
+
+@pytest.fixture
+def no_wandb_key(monkeypatch, tmp_path):
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc from `wandb login`
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.chdir(tmp_path)
+    assert not wandb_api_key_available()
+
+
+def test_offline_run_holds_agreement_and_energy(no_wandb_key, mnist_root, tmp_path, capsys):
+    cli = main(["fit", "--algorithm", "pc_nudge", "--steps", "10",
+                "--config", str(REPO / "configs" / "wandb.yaml"),
+                "--trainer.logger.init_args.save_dir", str(tmp_path),
+                "--data.data_dir", str(mnist_root), "--data.limit_train", "256",
+                "--trainer.max_steps", "4", "--trainer.log_every_n_steps", "1",
+                "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "4",
+                "--trainer.enable_progress_bar", "false",
+                "--agreement.every_n_steps", "2", "--model.trace_every_n_steps", "2"])
+    cli.trainer.logger.experiment.finish()  # flush the offline run file
+    assert "W&B: no API key found, logging offline" in capsys.readouterr().err
+
+    (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    records = read_wandb_records(run_file)
+    history = wandb_history_keys(records)
+    for key in ("agreement/cosine", "agreement/rel_error", "agreement/sign", "agreement/norm_ratio",
+                "agreement/cosine/0", "energy/internal", "energy/supervised", "energy/total",
+                "train/loss_step", "val/acc", "energy/trace/_type", "agreement/plot/_type"):
+        assert key in history, (key, sorted(history))
+    assert all(-1 <= value <= 1 for value in history["agreement/cosine"])
+    assert len(set(history["energy/total"])) == 2  # traced at steps 0 and 2
+    assert history["energy/trace/_type"] == ["images/separated"] * 2  # the two energy plots
+    assert history["agreement/plot/_type"] == ["images/separated"]
+    media = run_file.parent / "files"
+    for names in history["energy/trace/filenames"] + history["agreement/plot/filenames"]:
+        assert (media / names[0]).is_file()
+    config = wandb_config(records)
+    assert config.get("algorithm") == "pc_nudge", sorted(config)
+    assert config.get("algorithm_hparams") == {"steps": 10}
