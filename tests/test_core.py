@@ -110,10 +110,8 @@ def test_pc_energy_gradients_match_autograd(problem):
     lam, precisions = 0.3, [2.0, 0.5]
     energy = PredictiveCodingEnergy(network, Loss("cross_entropy"), lam=lam, precisions=precisions)
     state = energy.free_state(inputs, targets)
-    state.activities[1] = state.activities[1] + 0.1 * torch.randn_like(state.activities[1])
-    state.activities[2] = state.activities[2] + 0.1 * torch.randn_like(state.activities[2])
-    energy.move(state, 1, torch.zeros_like(state.activities[1]))
-    energy.move(state, 2, torch.zeros_like(state.activities[2]))
+    for index in (1, 2):
+        energy.set_activity(state, index, state.activities[index] + 0.1 * torch.randn_like(state.activities[index]))
 
     x1, x2 = (a.clone().requires_grad_() for a in state.activities[1:])
     written = (precisions[0] / 2 * (x1 - network[0](inputs)).pow(2).sum()

@@ -12,7 +12,8 @@ and one weight gradient per layer suffice: the cost of BP.
 ``fa_z_il`` runs the full PC dynamics with no control signal; each layer's weights update at
 every step with rate phi(eps) (seed 000 Alg. 3), where phi opens a neuron's plasticity at the
 step its error first departs from zero and closes it afterwards. The output layer's error is
-present from step 0.
+present from step 0. Below the front of the error wave (layers below L-1-t at step t) errors
+and activity gradients are exactly zero (Lemma A.3), so that work is skipped.
 """
 
 from __future__ import annotations
@@ -78,15 +79,17 @@ class FastZIL(Algorithm):
         steps = depth - 1 if self.steps is None else self.steps
         if steps < depth - 1:
             raise ValueError(f"fa_z_il needs steps >= {depth - 1} (depth - 1) to reach every layer")
-        fired = [torch.zeros_like(state.linearizations[i].output, dtype=torch.bool) for i in range(depth)]
+        fired: list[Tensor | None] = [
+            torch.zeros_like(state.linearizations[i].output, dtype=torch.bool) for i in range(depth)]
         totals: list[list[Tensor] | None] = [None] * depth
         rows = []
         for t in range(steps + 1):
-            self._learn(energy, state, fired, totals)
+            self._learn(energy, state, fired, totals, lowest=max(depth - t, 1))
             if record:
                 rows.append(energy.components(state))
             if t < steps:
-                energy.step(state, energy.activity_gradients(state), self.gamma)
+                lowest = max(depth - 1 - t, 1)
+                energy.step(state, energy.activity_gradients(state, lowest), self.gamma, lowest)
         per_layer = [
             [g / self.lam for g in layer] if layer is not None else
             [torch.zeros_like(p) for p in energy.layers[i].parameters()]
@@ -98,15 +101,17 @@ class FastZIL(Algorithm):
 
     @staticmethod
     def _learn(energy: PredictiveCodingEnergy, state: PCState, fired: list[Tensor],
-               totals: list[list[Tensor] | None]) -> None:
-        """Accumulate each layer's update, gated by phi: errors departing from zero just now."""
+               totals: list[list[Tensor] | None], lowest: int) -> None:
+        """Accumulate the update of layers >= lowest, gated by phi: errors departing from zero."""
         batch = state.activities[0].shape[0]
-        for index in range(1, len(energy.layers) + 1):
+        for index in range(lowest, len(energy.layers) + 1):
+            if fired[index - 1] is None:  # every neuron of the layer has learned: phi is closed
+                continue
             signal = energy.signal(state, index)
             gate = (signal != 0) & ~fired[index - 1]
             if not gate.any():
                 continue
-            fired[index - 1] |= gate
+            fired[index - 1] = None if bool((gate | fired[index - 1]).all()) else fired[index - 1] | gate
             grads = state.linearizations[index - 1].parameter_vjp(signal * gate)
             grads = [g / batch for g in grads]
             previous = totals[index - 1]

@@ -71,7 +71,7 @@ class HopfieldEnergy:
         if rho is None:
             return x, torch.ones_like(x)
         value = rho(x)
-        return value, DERIVATIVES[type(rho)](x, value)
+        return value, DERIVATIVES[type(rho)].derivative(x, value)
 
     # --- states -------------------------------------------------------------------------------
     def free_state(self, inputs: Tensor, targets: Tensor | None) -> HopfieldState:

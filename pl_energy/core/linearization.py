@@ -16,34 +16,35 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .activations import derivative_of
+from .activations import Derivatives, derivatives_of
 
 
 class DenseLinearization:
     """``Linear`` followed by an optional elementwise activation, in closed form."""
 
-    def __init__(self, linear: nn.Linear, derivative, activation: nn.Module | None, x: Tensor):
-        self.linear = linear
+    def __init__(self, linear: nn.Linear, derivatives: Derivatives | None,
+                 activation: nn.Module | None, x: Tensor):
         self.x = x
+        self.has_bias = linear.bias is not None
         with torch.no_grad():
-            weight, bias = linear.weight, linear.bias
+            weight, bias = linear.weight.detach(), linear.bias
+            self.weight = weight
             pre = torch.addmm(bias, x, weight.t()) if bias is not None else x @ weight.t()
-            if activation is None:
-                self.output, self.slope = pre, None
-            else:
-                self.output = activation(pre)
-                self.slope = derivative(pre, self.output)
+            self.pre = pre
+            self.output = pre if activation is None else activation(pre)
+        self.backward = None if derivatives is None else derivatives.backward
 
     def _local(self, cotangent: Tensor) -> Tensor:
-        return cotangent if self.slope is None else cotangent * self.slope
+        """cotangent * f'(a), the cotangent of the pre-activation a."""
+        return cotangent if self.backward is None else self.backward(cotangent, self.pre, self.output)
 
     def input_vjp(self, cotangent: Tensor) -> Tensor:
-        return self._local(cotangent) @ self.linear.weight.detach()
+        return self._local(cotangent) @ self.weight
 
     def parameter_vjp(self, cotangent: Tensor) -> list[Tensor]:
         local = self._local(cotangent)
         grads = [local.t() @ self.x]
-        if self.linear.bias is not None:
+        if self.has_bias:
             grads.append(local.sum(0))
         return grads
 
@@ -75,13 +76,13 @@ Linearization = DenseLinearization | AutogradLinearization
 
 
 def dense_parts(layer: nn.Module):
-    """(linear, derivative, activation) when the layer has a closed form, else None."""
+    """(linear, derivatives, activation) when the layer has a closed form, else None."""
     if isinstance(layer, nn.Linear):
         return layer, None, None
     if isinstance(layer, nn.Sequential) and len(layer) == 2 and isinstance(layer[0], nn.Linear):
-        derivative = derivative_of(layer[1])
-        if derivative is not None:
-            return layer[0], derivative, layer[1]
+        derivatives = derivatives_of(layer[1])
+        if derivatives is not None:
+            return layer[0], derivatives, layer[1]
     return None
 
 

@@ -3,8 +3,9 @@
 - ``"mse"``: 1/2 ||mu - y||^2 summed over outputs, mean over the batch (seed 000's clamped output).
 - ``"cross_entropy"``: softmax cross-entropy, mean over the batch (seed 003 A.1).
 
-Targets are class indices of shape (B,) or dense targets of the output's shape (one-hot or soft);
-``mse`` turns class indices into one-hot vectors. ``per_sample_gradient`` is dl/dmu for the
+Targets are class indices of shape (B,) or dense targets of the output's shape (one-hot or soft;
+for ``cross_entropy`` each row a distribution). ``prepare_targets`` turns class indices into
+one-hot vectors once, so that inference steps do no indexing. ``per_sample_gradient`` is dl/dmu for the
 per-sample loss l (the batch mean's gradient times B): inference runs per sample.
 """
 
@@ -46,32 +47,29 @@ class Loss:
             if targets.numel() and (targets.min() < 0 or targets.max() >= classes):
                 raise ValueError(f"class indices must lie in [0, {classes}), got "
                                  f"[{int(targets.min())}, {int(targets.max())}]")
-            if self.name == "mse":
-                return F.one_hot(targets, classes).to(output.dtype)
-            return targets
+            return F.one_hot(targets, classes).to(output.dtype)
         if targets.shape != output.shape:
             raise ValueError(
                 f"dense targets must have the output's shape {tuple(output.shape)}, "
                 f"got {tuple(targets.shape)}"
             )
-        return targets.to(output.dtype)
+        targets = targets.to(output.dtype)
+        if self.name == "cross_entropy" and not torch.allclose(
+                targets.sum(-1), torch.ones((), dtype=targets.dtype), atol=1e-5):
+            raise ValueError("dense cross-entropy targets must be distributions: each row sums to 1")
+        return targets
 
     def value(self, output: Tensor, targets: Tensor) -> Tensor:
         """Batch-mean loss (targets as returned by ``prepare_targets``)."""
         if self.name == "mse":
             return 0.5 * (output - targets).pow(2).flatten(1).sum(1).mean()
-        if targets.dim() == 1:
-            return F.cross_entropy(output, targets)
-        return -(targets * F.log_softmax(output, dim=-1)).sum(-1).mean()
+        return F.cross_entropy(output, targets)
 
     def per_sample_gradient(self, output: Tensor, targets: Tensor) -> Tensor:
         """dl/dmu for each sample's loss l."""
         if self.name == "mse":
             return output - targets
-        probabilities = torch.softmax(output, dim=-1)
-        if targets.dim() == 1:
-            return probabilities - F.one_hot(targets, output.shape[-1]).to(output.dtype)
-        return probabilities * targets.sum(-1, keepdim=True) - targets
+        return torch.softmax(output, dim=-1) - targets
 
 
 def as_loss(loss: str | Loss) -> Loss:

@@ -102,22 +102,44 @@ class PredictiveCodingEnergy:
             return scale * self.loss.per_sample_gradient(state.output, state.targets)
         return -self.precisions[index - 1] * self.error(state, index)
 
-    def activity_gradients(self, state: PCState) -> list[Tensor]:
-        """dE/dx_l = -d_l + J_{l+1}^T d_{l+1} for l = 1..L-1."""
-        signals = [self.signal(state, index) for index in range(1, len(self.layers) + 1)]
-        return [
-            state.linearizations[index].input_vjp(signals[index]) - signals[index - 1]
-            for index in range(1, len(self.layers))
-        ]
+    def weighted_error(self, state: PCState, index: int) -> Tensor:
+        """pi_l eps_l = -d_l for a hidden layer l."""
+        error = self.error(state, index)
+        precision = self.precisions[index - 1]
+        return error if precision == 1.0 else precision * error
 
-    def step(self, state: PCState, gradients: list[Tensor], step_size: float) -> None:
-        for index, gradient in enumerate(gradients, start=1):
-            self.move(state, index, -(step_size / self.precisions[index - 1]) * gradient)
+    def activity_gradients(self, state: PCState, lowest: int = 1) -> list[Tensor]:
+        """dE/dx_l = -d_l + J_{l+1}^T d_{l+1} for l = lowest..L-1, from the top down.
 
-    def move(self, state: PCState, index: int, delta: Tensor) -> None:
-        """x_l += delta, then re-linearise the layer that reads x_l."""
-        state.activities[index] = state.activities[index] + delta
-        state.linearizations[index] = self.linearize(index + 1, state.activities[index])
+        Layers below ``lowest`` are left out: callers that know their errors and those of the
+        layer above are exactly zero (the error wave has not reached them) save that work.
+        """
+        top = len(self.layers)
+        linearizations = state.linearizations
+        feedback = linearizations[top - 1].input_vjp(
+            self.loss.per_sample_gradient(state.output, state.targets))
+        gradients: list[Tensor] = [feedback] * (top - 1)
+        for index in range(top - 1, lowest - 1, -1):
+            weighted = self.weighted_error(state, index)
+            if index == top - 1:
+                gradients[index - 1] = torch.add(weighted, feedback, alpha=self.lam)
+            else:
+                gradients[index - 1] = weighted - feedback
+            if index > lowest:
+                feedback = linearizations[index - 1].input_vjp(weighted)
+        return gradients[lowest - 1:]
+
+    def step(self, state: PCState, gradients: list[Tensor], step_size: float, lowest: int = 1) -> None:
+        """x_l -= step_size / pi_l * gradient_l for l = lowest..L-1."""
+        for index, gradient in enumerate(gradients, start=lowest):
+            moved = torch.add(state.activities[index], gradient,
+                              alpha=-step_size / self.precisions[index - 1])
+            self.set_activity(state, index, moved)
+
+    def set_activity(self, state: PCState, index: int, value: Tensor) -> None:
+        """x_l = value, then re-linearise the layer that reads x_l."""
+        state.activities[index] = value
+        state.linearizations[index] = self.linearize(index + 1, value)
 
     def components(self, state: PCState) -> tuple[Tensor, Tensor, Tensor]:
         """(I, L, I + lam L) as batch means."""
