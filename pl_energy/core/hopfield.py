@@ -36,6 +36,7 @@ class HopfieldState:
     targets: Tensor | None
     beta: float = 0.0
     clamped: bool = False
+    input_drive: Tensor | None = None
 
     @property
     def output(self) -> Tensor:
@@ -88,40 +89,58 @@ class HopfieldEnergy:
         return HopfieldState(activities, targets)
 
     def snapshot(self, state: HopfieldState) -> HopfieldState:
-        return HopfieldState(list(state.activities), state.targets, state.beta, state.clamped)
+        return HopfieldState(list(state.activities), state.targets, state.beta, state.clamped,
+                             state.input_drive)
 
     def restore(self, state: HopfieldState, snapshot: HopfieldState) -> None:
         state.activities[:] = snapshot.activities
 
     def nudged(self, state: HopfieldState, beta: float) -> HopfieldState:
-        return HopfieldState(list(state.activities), state.targets, beta=beta)
+        return HopfieldState(list(state.activities), state.targets, beta=beta,
+                             input_drive=state.input_drive)
 
     def clamped(self, state: HopfieldState) -> HopfieldState:
         """Output clamped to x_L - dL/dx_L (the target itself for ``mse``)."""
         activities = list(state.activities)
         output = activities[-1]
         activities[-1] = output - self.loss.per_sample_gradient(output, state.targets)
-        return HopfieldState(activities, state.targets, clamped=True)
+        return HopfieldState(activities, state.targets, clamped=True, input_drive=state.input_drive)
 
     # --- the energy and its gradients ---------------------------------------------------------
     def activity_gradients(self, state: HopfieldState) -> list[Tensor]:
+        """dE/dx_l = c_l [x_l - rho_l'(x_l) (h_l + gamma W_{l+1}^T rho_{l+1}(x_{l+1}))] (+ nudge)."""
         x = state.activities
         rhos = [self._rho(index, value) for index, value in enumerate(x)]
-        last = len(self.layers) if not state.clamped else len(self.layers) - 1
+        depth = len(self.layers)
+        last = depth - 1 if state.clamped else depth
         gradients = []
         for index in range(1, last + 1):
-            linear = self.linears[index - 1]
             value, slope = rhos[index]
-            drive = torch.nn.functional.linear(rhos[index - 1][0], linear.weight.detach(),
-                                               None if linear.bias is None else linear.bias.detach())
-            gradient = self.weights[index - 1] * (x[index] - slope * drive)
-            if index < len(self.layers):
-                feedback = rhos[index + 1][0] @ self.linears[index].weight.detach()
-                gradient = gradient - self.weights[index] * slope * feedback
-            elif state.beta:
-                gradient = gradient + state.beta * self.loss.per_sample_gradient(x[index], state.targets)
+            if index == 1:
+                drive = self.input_drive(state)
+            else:
+                linear = self.linears[index - 1]
+                drive = torch.nn.functional.linear(rhos[index - 1][0], linear.weight.detach(),
+                                                   None if linear.bias is None else linear.bias.detach())
+            if index < depth:
+                drive = torch.addmm(drive, rhos[index + 1][0], self.linears[index].weight.detach(),
+                                    alpha=self.gamma)
+            gradient = x[index] - slope * drive
+            if self.weights[index - 1] != 1.0:
+                gradient = self.weights[index - 1] * gradient
+            if index == depth and state.beta:
+                gradient = torch.add(gradient, self.loss.per_sample_gradient(x[index], state.targets),
+                                     alpha=state.beta)
             gradients.append(gradient)
         return gradients
+
+    def input_drive(self, state: HopfieldState) -> Tensor:
+        """h_1 = W_1 x_0 + b_1: the input is clamped, so it is computed once per batch."""
+        if state.input_drive is None:
+            linear = self.linears[0]
+            with torch.no_grad():
+                state.input_drive = torch.nn.functional.linear(state.activities[0], linear.weight, linear.bias)
+        return state.input_drive
 
     def step(self, state: HopfieldState, gradients: list[Tensor], step_size: float) -> None:
         for index, gradient in enumerate(gradients, start=1):
