@@ -59,16 +59,9 @@ class ZeroDivergenceIL(Algorithm):
 
 
 @dataclass
-class FastZIL(Algorithm):
-    gamma: float = 1.0
-    lam: float = 1.0
+class FastZIL(ZeroDivergenceIL):
     steps: int | None = None
-    trace: bool = False
     name = "fa_z_il"
-
-    def __post_init__(self):
-        if not self.gamma > 0 or self.lam == 0:
-            raise ValueError(f"need gamma > 0 and lam != 0, got gamma={self.gamma}, lam={self.lam}")
 
     def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                  record: bool) -> Estimate:
