@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from .algorithms import ALGORITHMS, Algorithm, build_algorithm, hyperparameters_of
+from .algorithms import ALGORITHMS, Algorithm, build_algorithm
 from .core import mlp
 
 DEFAULT_SIZES = (784, 128, 64, 10)
@@ -325,11 +325,3 @@ def _rank_zero_save_figure(trainer, make_figure, path: Path, key: str, step: int
             logger.log_image(key=key, images=[str(path)], step=step)
     return path
 
-
-def algorithm_help() -> str:
-    """Each algorithm's hyper-parameters with their defaults, for ``--help``."""
-    lines = []
-    for name in ALGORITHMS:
-        hp = ", ".join(f"{k}={v}" for k, v in hyperparameters_of(name).items())
-        lines.append(f"{name}: {hp or '-'}")
-    return "; ".join(lines)

@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from lightning_helpers import flat_parameters, loader, mnist_subset, quiet_trainer
+from lightning_helpers import flat_parameters, loader, quiet_trainer
 from pl_energy import ALGORITHMS, build_algorithm, mlp
 from pl_energy.callbacks import GradientAgreement
 from pl_energy.data import MNISTDataModule
