@@ -7,6 +7,17 @@ in ``pl_energy.module``, ``pl_energy.callbacks``, ``pl_energy.data`` and ``pl_en
 from .algorithms import ALGORITHMS, Algorithm, Estimate, build_algorithm
 from .core import DivergenceError, InferenceTrace, mlp
 
-__all__ = ["ALGORITHMS", "Algorithm", "DivergenceError", "Estimate", "InferenceTrace",
-           "build_algorithm", "mlp"]
+__all__ = ["ALGORITHMS", "Algorithm", "DivergenceError", "EnergyModule", "Estimate",
+           "GradientAgreement", "InferenceTrace", "build_algorithm", "mlp"]
 __version__ = "0.1.0"
+
+_LIGHTNING = {"EnergyModule": "module", "GradientAgreement": "callbacks"}
+
+
+def __getattr__(name: str):
+    """The Lightning shell is imported on first use, so the core stays importable without it."""
+    if name in _LIGHTNING:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LIGHTNING[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

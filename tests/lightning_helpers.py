@@ -13,10 +13,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The test machine has 2 cores shared with other jobs: intra-op threads spinning against each
-# other made single float64 steps 30x slower. One thread per process keeps the suite fast.
-torch.set_num_threads(1)
-
 
 def quiet_trainer(**kwargs) -> pl.Trainer:
     """A CPU Trainer without progress bar, logger, checkpointing or model summary."""

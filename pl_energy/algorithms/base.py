@@ -42,7 +42,8 @@ class Algorithm:
         _check_batch(inputs, targets)
         _check_dtype(network, inputs)
         record = getattr(self, "trace", False) if record is None else record
-        estimate = self.estimate(network, inputs, targets, loss, record)
+        with torch.no_grad():  # phases never build graphs; autograd paths enable it locally
+            estimate = self.estimate(network, inputs, targets, loss, record)
         self.last_trace = estimate.trace
         return estimate
 

@@ -25,13 +25,11 @@ class DenseLinearization:
     def __init__(self, linear: nn.Linear, derivatives: Derivatives | None,
                  activation: nn.Module | None, x: Tensor):
         self.x = x
+        self.weight = weight = linear.weight.detach()
         self.has_bias = linear.bias is not None
-        with torch.no_grad():
-            weight, bias = linear.weight.detach(), linear.bias
-            self.weight = weight
-            pre = torch.addmm(bias, x, weight.t()) if bias is not None else x @ weight.t()
-            self.pre = pre
-            self.output = pre if activation is None else activation(pre)
+        pre = torch.addmm(linear.bias.detach(), x, weight.t()) if self.has_bias else x @ weight.t()
+        self.pre = pre
+        self.output = pre if activation is None else activation(pre)
         self.backward = None if derivatives is None else derivatives.backward
 
     def _local(self, cotangent: Tensor) -> Tensor:
