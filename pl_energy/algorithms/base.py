@@ -44,6 +44,8 @@ class Algorithm:
         record = getattr(self, "trace", False) if record is None else record
         with torch.no_grad():  # phases never build graphs; autograd paths enable it locally
             estimate = self.estimate(network, inputs, targets, loss, record)
+        if not torch.isfinite(estimate.loss):
+            raise _non_finite(network, inputs)
         self.last_trace = estimate.trace
         return estimate
 
@@ -77,7 +79,10 @@ def backprop_gradients(network: nn.Module, inputs: Tensor, targets: Tensor,
     named = [(name, p) for name, p in network.named_parameters() if p.requires_grad]
     with torch.enable_grad():
         output = network(inputs)
-        value = loss.value(output, loss.prepare_targets(targets, output))
+        if loss.name == "cross_entropy" and targets.dim() == 1 and output.dim() == 2:
+            value = loss.value(output, targets)  # class indices: torch checks their range
+        else:
+            value = loss.value(output, loss.prepare_targets(targets, output))
         grads = torch.autograd.grad(value, [p for _, p in named], allow_unused=True)
     gradients = {
         name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(named, grads)
@@ -104,8 +109,18 @@ def _check_batch(inputs: Tensor, targets: Tensor) -> None:
         raise ValueError("inputs and targets need a batch dimension")
     if inputs.shape[0] != targets.shape[0]:
         raise ValueError(f"inputs have batch size {inputs.shape[0]} but targets {targets.shape[0]}")
+
+
+def _non_finite(network: nn.Module, inputs: Tensor) -> ValueError:
+    """Explain a non-finite loss (checked once per step, so the hot path stays free of checks)."""
     if inputs.is_floating_point() and not torch.isfinite(inputs).all():
-        raise ValueError("inputs contain NaN or Inf; clean the data before training")
+        return ValueError("inputs contain NaN or Inf; clean the data before training")
+    bad = [name for name, p in network.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        return ValueError(f"parameters {bad} contain NaN or Inf: training diverged; lower the "
+                          "learning rate or clip the updates")
+    return ValueError("the loss is NaN or Inf although inputs and parameters are finite; check "
+                      "the targets and the network's outputs")
 
 
 def _check_dtype(network: nn.Module, inputs: Tensor) -> None:

@@ -58,6 +58,11 @@ def relax(
     watch = record or tol is not None
     start = energy.snapshot(state)
     rows = [energy.components(state)] if watch else []
+    if watch and not math.isfinite(float(rows[0][2])):
+        raise DivergenceError(
+            f"the energy is {float(rows[0][2])} before inference starts: the inputs, targets or "
+            "network parameters contain NaN or Inf"
+        )
     converged = False
     for t in range(1, steps + 1):
         energy.step(state, energy.activity_gradients(state), step_size)

@@ -104,7 +104,7 @@ class PredictiveCodingEnergy:
 
     def weighted_error(self, state: PCState, index: int) -> Tensor:
         """pi_l eps_l = -d_l for a hidden layer l."""
-        error = self.error(state, index)
+        error = state.activities[index] - state.linearizations[index - 1].output
         precision = self.precisions[index - 1]
         return error if precision == 1.0 else precision * error
 
@@ -137,9 +137,10 @@ class PredictiveCodingEnergy:
             self.set_activity(state, index, moved)
 
     def set_activity(self, state: PCState, index: int, value: Tensor) -> None:
-        """x_l = value, then re-linearise the layer that reads x_l."""
+        """x_l = value, then re-linearise the layer that reads x_l (shapes were checked by
+        ``free_state``, so the hot path skips ``linearize``'s error naming)."""
         state.activities[index] = value
-        state.linearizations[index] = self.linearize(index + 1, value)
+        state.linearizations[index] = self.linearizers[index](value)
 
     def components(self, state: PCState) -> tuple[Tensor, Tensor, Tensor]:
         """(I, L, I + lam L) as batch means."""
