@@ -36,7 +36,7 @@ def noisy_zil_gradients(network, x, y, sigma, generator):
         for index in range(1, len(energy.layers)):
             noise = torch.randn(state.activities[index].shape, generator=generator,
                                 dtype=x.dtype) * sigma
-            energy.move(state, index, noise)
+            energy.set_activity(state, index, state.activities[index] + noise)
     depth = len(energy.layers)
     per_layer = [None] * depth
     for t in range(depth):  # at t = k update the layer k below the output (layer depth - k)

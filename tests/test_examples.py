@@ -1,0 +1,92 @@
+"""Smoke tests of the figure scripts in examples/: each ``--quick`` run, in-process, into tmp_path.
+
+Each checks a meaningful number of the JSON it writes. MNIST is decoded once (examples/common.py
+caches it), so the whole file runs in well under a minute.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="module")
+def run(mnist_root, tmp_path_factory):
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+
+    def _run(name: str):
+        out = tmp_path_factory.mktemp(name)
+        module = importlib.import_module(name)
+        returned = module.main(["--quick", "--out", str(out), "--data-dir", str(mnist_root)])
+        written = json.loads((out / f"{name}.json").read_text())
+        assert (out / f"{name}.png").stat().st_size > 1000
+        assert set(written) == set(returned)
+        return written
+
+    return _run
+
+
+def test_fig2_inference(run):
+    r = run("fig2_inference")
+    change = r["A"]["first_step_change"]
+    assert change["internal"] > 0 > change["total"]  # I rises from 0, E falls (Fig. 2A)
+    assert r["A"]["internal"][0] == 0.0
+    assert r["B"]["x2"]["mean"][0] < 1e-4  # x_{L-1}'s first move is BP's direction exactly
+    assert r["B"]["x1"]["mean"][0] is None and r["B"]["x1"]["mean"][1] < 1e-3  # x_1 moves at t=2
+    assert r["B"]["x2"]["mean"][-1] > 1e-2  # and drifts away later
+    assert all(d > 0 for d in r["C"]["converged"][0]["gradient_distance"])
+
+
+def test_fig3a_lambda(run):
+    r = run("fig3a_lambda")
+    converged = r["converged_one_sided"]["rel_error_mean"]
+    assert converged[0] < 0.01 < converged[-1]  # error shrinks with lam (lams 1e-3, 1e-1)
+    assert 0 < r["converged_tanh"]["centered"]["rel_error_mean"][0] < 1
+
+
+def test_fig3bc_pc_nudge_training(run):
+    r = run("fig3bc_pc_nudge_training")
+    assert r["pc_nudge_step0.3"]["summary"]["cosine_mean"] > 0.99
+    assert 0 < r["pc_nudge_step0.1"]["summary"]["rel_error_mean"] < 0.5
+    assert len(r["bp"]["accuracy"]) == r["setup"]["batches"]
+
+
+def test_ep_chl(run):
+    r = run("ep_chl")
+    ep = r["ep_one_sided"]["rel_error_mean"]
+    assert ep[0] < ep[-1] and r["ep_one_sided"]["loglog_slope_small"] > 0.7  # O(beta)
+    chl = r["chl_plain"]["rel_error_mean"]
+    assert chl[0] < chl[-1]
+
+
+def test_zil_divergence(run):
+    r = run("zil_divergence")
+    assert r["z_il"]["weight_divergence"]["max"] < 1e-10  # float64: exact BP
+    assert r["fa_z_il"]["weight_divergence"]["max"] < 1e-10
+    assert r["z_il"]["test_error_divergence"] == 0
+    sweep = {row["sigma"]: row for row in r["sigma_sweep"]}
+    assert sweep[0.0]["weight_divergence"]["max"] < 1e-10  # full-dynamics Alg. 2 == z_il
+    assert sweep[1e-3]["weight_divergence"]["l1"] > 1e-6  # noise breaks C1
+
+
+def test_zil_t_gamma(run):
+    r = run("zil_t_gamma")
+    row = r["lmax2"]["test_error"]["1.0"]
+    t = r["lmax2"]["t"]
+    assert abs(row[t.index("l")] - r["lmax2"]["bp_test_error"]) < 0.01  # Z-IL, gamma=1 == BP
+    assert all(v is None or 0 <= v <= 1 for v in row)
+
+
+def test_timing(run):
+    r = run("timing")
+    ratio = r["ratio_to_bp"]
+    assert ratio["bp"] == 1.0 and all(math.isfinite(v) and v > 0 for v in ratio.values())
+    assert ratio["il"] > ratio["z_il"]  # 20 inference steps cost more than one sweep
