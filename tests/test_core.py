@@ -305,3 +305,28 @@ def test_float32_and_float64_agree(problem):
     g32 = build_algorithm("pc_nudge").gradients(network.float(), inputs.float(), targets)
     assert all(g.dtype == torch.float32 for g in g32.values())
     assert relative_l2({k: v.double() for k, v in g32.items()}, g64) < 1e-5
+
+
+@pytest.mark.parametrize("settings", [{}, {"centered": True}, {"gamma": 0.5, "lam": 1.0}])
+def test_reduced_first_layer_runs_the_same_dynamics(settings, monkeypatch):
+    """x_1 in the row space of W_2 (pl_energy/core/reduced_input.py) is a change of coordinates."""
+    from pl_energy.core.reduced_input import ReducedFirstLayer
+
+    torch.manual_seed(4)
+    network = mlp([30, 20, 12, 5])
+    inputs, targets = torch.randn(16, 30), torch.randint(0, 5, (16,))
+    algorithm = build_algorithm("pc_nudge", steps=60, **settings)
+    reduced = algorithm.gradients(network, inputs, targets)
+    reduced_trace = algorithm.last_trace.total
+    assert ReducedFirstLayer.pays_off(16, 60, 20, 12)
+    monkeypatch.setattr(ReducedFirstLayer, "pays_off", staticmethod(lambda *args: False))
+    plain = algorithm.gradients(network, inputs, targets)
+    assert relative_l2(reduced, plain) < 1e-12
+    assert torch.allclose(reduced_trace, algorithm.last_trace.total, rtol=0, atol=1e-14)
+
+
+def test_reduction_is_used_only_when_it_saves_work():
+    from pl_energy.core.reduced_input import ReducedFirstLayer
+
+    assert ReducedFirstLayer.pays_off(64, 50, 128, 64)  # seed 003's net, batch 64
+    assert not ReducedFirstLayer.pays_off(1, 50, 4096, 2048)  # seed 000's ImageNet net, batch 1

@@ -59,12 +59,15 @@ class PredictiveCoding(Algorithm):
     def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                  record: bool) -> Estimate:
         energy, state, output, trace = self.phase(network, inputs, targets, loss, self.lam, record)
-        per_layer = [[g / self.lam for g in layer] for layer in energy.all_parameter_gradients(state)]
-        if self.centered:
+        if not self.centered:
+            per_layer = energy.all_parameter_gradients(state, scale=1 / self.lam)
+        else:
             negative, negative_state, _, _ = self.phase(network, inputs, targets, loss, -self.lam, False)
+            half = 1 / (2 * self.lam)
             per_layer = [
-                [(g - h / self.lam) / 2 for g, h in zip(layer, other)]
-                for layer, other in zip(per_layer, negative.all_parameter_gradients(negative_state))
+                [g - h for g, h in zip(layer, other)]
+                for layer, other in zip(energy.all_parameter_gradients(state, half),
+                                        negative.all_parameter_gradients(negative_state, half))
             ]
         value = loss.value(output, state.targets)
         return Estimate(name_layer_gradients(network, per_layer), output, value, trace)

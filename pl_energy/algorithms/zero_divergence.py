@@ -47,13 +47,12 @@ class ZeroDivergenceIL(Algorithm):
         output = state.output
         depth = len(energy.layers)
         per_layer: list[list[Tensor]] = [[] for _ in range(depth)]
-        per_layer[-1] = energy.parameter_gradients(state, depth)
+        per_layer[-1] = energy.parameter_gradients(state, depth, scale=1 / self.lam)
         for index in range(depth - 1, 0, -1):  # step t = depth - index moves x_index
             gradient = (state.linearizations[index].input_vjp(energy.signal(state, index + 1))
                         - energy.signal(state, index))
             state.activities[index] = state.activities[index] - self.gamma * gradient
-            per_layer[index - 1] = energy.parameter_gradients(state, index)
-        per_layer = [[g / self.lam for g in layer] for layer in per_layer]
+            per_layer[index - 1] = energy.parameter_gradients(state, index, scale=1 / self.lam)
         value = loss.value(output, state.targets)
         return Estimate(name_layer_gradients(network, per_layer), output, value)
 
@@ -77,15 +76,14 @@ class FastZIL(ZeroDivergenceIL):
         totals: list[list[Tensor] | None] = [None] * depth
         rows = []
         for t in range(steps + 1):
-            self._learn(energy, state, fired, totals, lowest=max(depth - t, 1))
+            self._learn(energy, state, fired, totals, max(depth - t, 1), 1 / self.lam)
             if record:
                 rows.append(energy.components(state))
             if t < steps:
                 lowest = max(depth - 1 - t, 1)
                 energy.step(state, energy.activity_gradients(state, lowest), self.gamma, lowest)
         per_layer = [
-            [g / self.lam for g in layer] if layer is not None else
-            [torch.zeros_like(p) for p in energy.layers[i].parameters()]
+            layer if layer is not None else [torch.zeros_like(p) for p in energy.layers[i].parameters()]
             for i, layer in enumerate(totals)
         ]
         trace = InferenceTrace.from_rows(rows, converged=False) if record else None
@@ -94,9 +92,10 @@ class FastZIL(ZeroDivergenceIL):
 
     @staticmethod
     def _learn(energy: PredictiveCodingEnergy, state: PCState, fired: list[Tensor],
-               totals: list[list[Tensor] | None], lowest: int) -> None:
-        """Accumulate the update of layers >= lowest, gated by phi: errors departing from zero."""
-        batch = state.activities[0].shape[0]
+               totals: list[list[Tensor] | None], lowest: int, scale: float) -> None:
+        """Accumulate scale * the update of layers >= lowest, gated by phi: errors departing
+        from zero (scale and 1/B are applied to the gated signal, not the weight-sized result)."""
+        scale = scale / state.activities[0].shape[0]
         for index in range(lowest, len(energy.layers) + 1):
             if fired[index - 1] is None:  # every neuron of the layer has learned: phi is closed
                 continue
@@ -105,7 +104,6 @@ class FastZIL(ZeroDivergenceIL):
             if not gate.any():
                 continue
             fired[index - 1] = None if bool((gate | fired[index - 1]).all()) else fired[index - 1] | gate
-            grads = state.linearizations[index - 1].parameter_vjp(signal * gate)
-            grads = [g / batch for g in grads]
+            grads = state.linearizations[index - 1].parameter_vjp(signal * gate * scale)
             previous = totals[index - 1]
             totals[index - 1] = grads if previous is None else [a + b for a, b in zip(previous, grads)]

@@ -95,6 +95,12 @@ class HopfieldEnergy:
     def restore(self, state: HopfieldState, snapshot: HopfieldState) -> None:
         state.activities[:] = snapshot.activities
 
+    def begin(self, state: HopfieldState, steps: int) -> None:
+        """Nothing to prepare: every layer is free (or clamped) as it is."""
+
+    def finish(self, state: HopfieldState) -> None:
+        """Nothing to write back."""
+
     def nudged(self, state: HopfieldState, beta: float) -> HopfieldState:
         return HopfieldState(list(state.activities), state.targets, beta=beta,
                              input_drive=state.input_drive)

@@ -38,6 +38,10 @@ class Energy(Protocol):
 
     def restore(self, state, snapshot) -> None: ...
 
+    def begin(self, state, steps: int) -> None: ...
+
+    def finish(self, state) -> None: ...
+
 
 def relax(
     energy: Energy,
@@ -57,6 +61,7 @@ def relax(
         raise ValueError(f"step_size must be > 0, got {step_size}")
     watch = record or tol is not None
     start = energy.snapshot(state)
+    energy.begin(state, steps)
     rows = [energy.components(state)] if watch else []
     if watch and not math.isfinite(float(rows[0][2])):
         raise DivergenceError(
@@ -75,6 +80,7 @@ def relax(
         if tol is not None and abs(total - previous) <= tol * abs(total - first):
             converged = True
             break
+    energy.finish(state)
     if not watch:
         final = energy.components(state)[2]
         if not torch.isfinite(final):

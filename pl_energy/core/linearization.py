@@ -23,24 +23,27 @@ class DenseLinearization:
     """``Linear`` followed by an optional elementwise activation, in closed form."""
 
     def __init__(self, linear: nn.Linear, derivatives: Derivatives | None,
-                 activation: nn.Module | None, x: Tensor):
+                 activation: nn.Module | None, x: Tensor | None, pre: Tensor | None = None):
+        """Linearise at input x; a caller that already knows a = W x + b passes it as ``pre``
+        (and may set ``x`` later: only ``parameter_vjp`` reads it)."""
         self.x = x
         self.weight = weight = linear.weight.detach()
         self.has_bias = linear.bias is not None
-        pre = torch.addmm(linear.bias.detach(), x, weight.t()) if self.has_bias else x @ weight.t()
+        if pre is None:
+            pre = torch.addmm(linear.bias.detach(), x, weight.t()) if self.has_bias else x @ weight.t()
         self.pre = pre
         self.output = pre if activation is None else activation(pre)
         self.backward = None if derivatives is None else derivatives.backward
 
-    def _local(self, cotangent: Tensor) -> Tensor:
+    def local(self, cotangent: Tensor) -> Tensor:
         """cotangent * f'(a), the cotangent of the pre-activation a."""
         return cotangent if self.backward is None else self.backward(cotangent, self.pre, self.output)
 
     def input_vjp(self, cotangent: Tensor) -> Tensor:
-        return self._local(cotangent) @ self.weight
+        return self.local(cotangent) @ self.weight
 
     def parameter_vjp(self, cotangent: Tensor) -> list[Tensor]:
-        local = self._local(cotangent)
+        local = self.local(cotangent)
         grads = [local.t() @ self.x]
         if self.has_bias:
             grads.append(local.sum(0))

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .linearization import LayerLinearizer, Linearization
+from .linearization import DenseLinearization, LayerLinearizer, Linearization
 from .losses import Loss
 from .networks import layers_of, naming_layer
+from .reduced_input import ReducedFirstLayer
 
 
 @dataclass
@@ -37,6 +38,7 @@ class PCState:
     activities: list[Tensor]
     linearizations: list[Linearization]
     targets: Tensor
+    reduced: ReducedFirstLayer | None = None
 
     @property
     def output(self) -> Tensor:
@@ -84,27 +86,48 @@ class PredictiveCodingEnergy:
         return PCState(activities, linearizations, targets)
 
     def snapshot(self, state: PCState) -> PCState:
-        return PCState(list(state.activities), list(state.linearizations), state.targets)
+        return PCState(list(state.activities), list(state.linearizations), state.targets, state.reduced)
 
     def restore(self, state: PCState, snapshot: PCState) -> None:
         state.activities[:] = snapshot.activities
         state.linearizations[:] = snapshot.linearizations
+        state.reduced = snapshot.reduced
+
+    def begin(self, state: PCState, steps: int) -> None:
+        """Before ``steps`` steps of inference: move x_1 into reduced coordinates if it pays."""
+        second = state.linearizations[1] if len(self.layers) > 1 else None
+        if (not isinstance(second, DenseLinearization) or state.reduced is not None
+                or state.activities[1] is not state.linearizations[0].output):  # not at the free phase
+            return
+        batch, width_1 = state.activities[1].shape
+        if ReducedFirstLayer.pays_off(batch, steps, width_1, second.pre.shape[1]):
+            state.reduced = ReducedFirstLayer.at_free_phase(second.weight, second.pre)
+
+    def finish(self, state: PCState) -> None:
+        """After inference: write x_1 back from reduced coordinates."""
+        if state.reduced is None:
+            return
+        state.activities[1] = state.linearizations[0].output + state.reduced.error()
+        state.linearizations[1].x = state.activities[1]
+        state.reduced = None
 
     # --- the energy and its gradients ---------------------------------------------------------
     def error(self, state: PCState, index: int) -> Tensor:
         """eps_l = x_l - mu_l for a hidden layer l."""
         return state.activities[index] - state.linearizations[index - 1].output
 
-    def signal(self, state: PCState, index: int, lam: float | None = None) -> Tensor:
+    def signal(self, state: PCState, index: int) -> Tensor:
         """d_l = dE/dmu_l for the per-sample energy."""
         if index == len(self.layers):
-            scale = self.lam if lam is None else lam
-            return scale * self.loss.per_sample_gradient(state.output, state.targets)
+            return self.lam * self.loss.per_sample_gradient(state.output, state.targets)
         return -self.precisions[index - 1] * self.error(state, index)
 
     def weighted_error(self, state: PCState, index: int) -> Tensor:
-        """pi_l eps_l = -d_l for a hidden layer l."""
-        error = state.activities[index] - state.linearizations[index - 1].output
+        """pi_l eps_l = -d_l for a hidden layer l (for x_1 in reduced coordinates: pi_1 S)."""
+        if index == 1 and state.reduced is not None:
+            error = state.reduced.coordinates
+        else:
+            error = state.activities[index] - state.linearizations[index - 1].output
         precision = self.precisions[index - 1]
         return error if precision == 1.0 else precision * error
 
@@ -125,16 +148,21 @@ class PredictiveCodingEnergy:
                 gradients[index - 1] = torch.add(weighted, feedback, alpha=self.lam)
             else:
                 gradients[index - 1] = weighted - feedback
-            if index > lowest:
+            if index == 2 and state.reduced is not None:
+                feedback = linearizations[1].local(weighted)  # Q, in reduced coordinates
+            elif index > lowest:
                 feedback = linearizations[index - 1].input_vjp(weighted)
         return gradients[lowest - 1:]
 
     def step(self, state: PCState, gradients: list[Tensor], step_size: float, lowest: int = 1) -> None:
         """x_l -= step_size / pi_l * gradient_l for l = lowest..L-1."""
         for index, gradient in enumerate(gradients, start=lowest):
-            moved = torch.add(state.activities[index], gradient,
-                              alpha=-step_size / self.precisions[index - 1])
-            self.set_activity(state, index, moved)
+            scale = step_size / self.precisions[index - 1]
+            if index == 1 and state.reduced is not None:
+                state.linearizations[1] = DenseLinearization(
+                    *self.linearizers[1].parts, None, pre=state.reduced.step(gradient, scale))
+                continue
+            self.set_activity(state, index, torch.add(state.activities[index], gradient, alpha=-scale))
 
     def set_activity(self, state: PCState, index: int, value: Tensor) -> None:
         """x_l = value, then re-linearise the layer that reads x_l (shapes were checked by
@@ -147,15 +175,23 @@ class PredictiveCodingEnergy:
         batch = state.activities[0].shape[0]
         internal = state.output.new_zeros(())
         for index in range(1, len(self.layers)):
-            internal = internal + 0.5 * self.precisions[index - 1] * self.error(state, index).pow(2).sum()
+            if index == 1 and state.reduced is not None:
+                squared = state.reduced.squared_error()
+            else:
+                squared = self.error(state, index).pow(2).sum()
+            internal = internal + 0.5 * self.precisions[index - 1] * squared
         internal = internal / batch
         supervised = self.loss.value(state.output, state.targets)
         return internal, supervised, internal + self.lam * supervised
 
-    def parameter_gradients(self, state: PCState, index: int, lam: float | None = None) -> list[Tensor]:
-        """dE/dtheta_l of the batch-mean energy, in the order of ``layer_l.parameters()``."""
-        batch = state.activities[0].shape[0]
-        return [g / batch for g in state.linearizations[index - 1].parameter_vjp(self.signal(state, index, lam))]
+    def parameter_gradients(self, state: PCState, index: int, scale: float = 1.0) -> list[Tensor]:
+        """scale * dE/dtheta_l of the batch-mean energy, in ``layer_l.parameters()`` order.
 
-    def all_parameter_gradients(self, state: PCState) -> list[list[Tensor]]:
-        return [self.parameter_gradients(state, index) for index in range(1, len(self.layers) + 1)]
+        The scale (and the 1/B of the batch mean) is applied to the error signal before the
+        outer product, never to the weight-sized result.
+        """
+        signal = self.signal(state, index) * (scale / state.activities[0].shape[0])
+        return state.linearizations[index - 1].parameter_vjp(signal)
+
+    def all_parameter_gradients(self, state: PCState, scale: float = 1.0) -> list[list[Tensor]]:
+        return [self.parameter_gradients(state, index, scale) for index in range(1, len(self.layers) + 1)]
