@@ -60,11 +60,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-import lightning.pytorch as pl
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from .loading import SplitDataModule
 from .mnist import default_data_dir
 
 MAPPING_FILE = Path(__file__).with_name("imagenet_high_level_27.json")
@@ -146,7 +146,7 @@ def _layout_hint(root: Path) -> str:
     )
 
 
-class ImageNetDataModule(pl.LightningDataModule):
+class ImageNetDataModule(SplitDataModule):
     """ILSVRC-2012 train/val for energy-based and backprop models (see module docstring).
 
     Args:
@@ -255,7 +255,7 @@ class ImageNetDataModule(pl.LightningDataModule):
             ops.append(_Flatten())
         return T.Compose(ops)
 
-    def _loader(self, train: bool) -> _PILLoader:
+    def _image_reader(self, train: bool) -> _PILLoader:
         draft = None
         if self.fast_decode:
             if not self.augment:
@@ -343,7 +343,7 @@ class ImageNetDataModule(pl.LightningDataModule):
             keep = sorted(torch.randperm(len(samples), generator=gen)[: self.limit].tolist())
             samples = [samples[i] for i in keep]
         train = split == "train"
-        return ImageListDataset(samples, transform=self._transform(train), loader=self._loader(train))
+        return ImageListDataset(samples, transform=self._transform(train), loader=self._image_reader(train))
 
     def setup(self, stage: str | None = None) -> None:
         layout = self.detect_layout()
@@ -352,28 +352,4 @@ class ImageNetDataModule(pl.LightningDataModule):
             self.train_set = self._build("train", layout)
         if self.val_set is None:  # fit, validate, test, predict: all use val/
             self.val_set = self._build("val", layout)
-
-    # ---------------------------------------------------------------- loaders
-    def _dl(self, ds: ImageListDataset | None, shuffle: bool) -> DataLoader:
-        if ds is None:
-            raise RuntimeError("ImageNetDataModule: call setup() before requesting a dataloader")
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._dl(self.train_set, self.shuffle)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._dl(self.val_set, False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._dl(self.val_set, False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._dl(self.val_set, False)
+        self.test_set = self.val_set

@@ -25,9 +25,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
+
+from .loading import SplitDataModule
 
 MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -43,7 +44,7 @@ def default_data_dir() -> str:
     return os.environ.get("PL_ENERGY_DATA") or "./data"
 
 
-class MNISTDataModule(pl.LightningDataModule):
+class MNISTDataModule(SplitDataModule):
     """MNIST with a seeded 50k/10k train/validation split and the 10k test set.
 
     Args:
@@ -154,28 +155,3 @@ class MNISTDataModule(pl.LightningDataModule):
             self.val_set = TensorDataset(x[self.val_indices], y[self.val_indices])
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = TensorDataset(*self._load(train=False))
-
-    # ---------------------------------------------------------------- loaders
-    def _loader(self, ds: TensorDataset | None, shuffle: bool) -> DataLoader:
-        if ds is None:
-            raise RuntimeError("MNISTDataModule: call setup() before requesting a dataloader")
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.shuffle)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, False)
