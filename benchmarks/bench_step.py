@@ -15,8 +15,8 @@ Protocol: ``torch.set_num_threads(1)`` (``--threads``), a warm-up of every varia
 ``--repeats`` rounds; each round times every variant once, in an order rotated from round to
 round, on the same batch (rounds cycle through a pool of real batches). Reported: the median
 time, and the ratio to BP = the median over rounds of t_variant / t_BP of the same round.
-All variants share one network (SGD lr ``--lr``); the cost of a step does not depend on the
-weights' values, except the number of steps a tolerance-stopped inference takes.
+All variants share one network and SGD optimiser (lr ``--lr``); the initial weights are restored,
+untimed, before every step, so every step sees the same network.
 
 Beside each ratio: the multiply-accumulate (MAC) bound = MACs the algorithm must do / BP's MACs,
 from the per-layer forward MACs F_l counted with forward hooks on Linear/Conv layers
@@ -276,13 +276,22 @@ def sync(device: torch.device) -> None:
 class Stepper:
     """One training step of a variant on a shared network and SGD optimiser."""
 
-    def __init__(self, variant: Variant, network: nn.Module, optimizer: torch.optim.Optimizer):
+    def __init__(self, variant: Variant, network: nn.Module, optimizer: torch.optim.Optimizer,
+                 initial: list[torch.Tensor] | None = None):
         self.variant = variant
+        self.initial = initial
         self.network = network
         self.optimizer = optimizer
         self.named = list(network.named_parameters())
         self.algorithm = variant.build() if variant.algorithm else None
         self.steps_taken: list[int] = []
+
+    def restore(self) -> None:
+        """Untimed: put the initial weights back, so that every step sees the same network."""
+        if self.initial is not None:
+            with torch.no_grad():
+                for (_, parameter), value in zip(self.named, self.initial):
+                    parameter.copy_(value)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
         if self.algorithm is None:
@@ -304,6 +313,7 @@ class Stepper:
             self.steps_taken.append(estimate.trace.steps)
 
     def timed(self, x, y, device) -> float:
+        self.restore()
         sync(device)
         start = time.perf_counter()
         estimate = self(x, y)
@@ -328,7 +338,9 @@ def peak_memory(stepper: Stepper, x, y, device: torch.device) -> float | None:
         base = torch.cuda.memory_allocated(device)
         stepper.release(stepper(x, y))
         sync(device)
-        return float(torch.cuda.max_memory_allocated(device) - base)
+        peak = float(torch.cuda.max_memory_allocated(device) - base)
+        stepper.restore()
+        return peak
     from torch.profiler import ProfilerActivity, profile
     try:
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -339,6 +351,8 @@ def peak_memory(stepper: Stepper, x, y, device: torch.device) -> float | None:
                    if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")]
     except Exception:  # private profiler API changed: report n/a rather than a wrong number
         return None
+    finally:
+        stepper.restore()
     live = peak = 0
     for _, nbytes in sorted(records):
         live += nbytes
@@ -413,10 +427,13 @@ def run_case(case: Case, args, device: torch.device) -> dict:
 
     rows_agreement = [] if args.no_agreement else agreement(case, active, network, *pool[0])
 
-    steppers = {v.key: Stepper(v, network, optimizer) for v in active}
+    initial = [p.detach().clone() for p in network.parameters()]
+    steppers = {v.key: Stepper(v, network, optimizer, initial) for v in active}
     for stepper in steppers.values():  # warm-up, every variant
         for i in range(warmup):
+            stepper.restore()
             stepper.release(stepper(*pool[i % len(pool)]))
+        stepper.restore()
         stepper.steps_taken.clear()
     times = {key: [] for key in steppers}
     keys = list(steppers)
@@ -525,6 +542,21 @@ def machine(device: torch.device) -> str:
     return text
 
 
+def code_version() -> str:
+    """The commit the core was imported from, and whether pl_energy/ had uncommitted edits."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "pl_energy"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head or 'unknown'}" + (" + uncommitted edits in pl_energy/" if dirty else "")
+
+
+CODE_VERSION = code_version()  # taken at import, when the core is imported
+
+
 def _fmt(value, spec, missing="-"):
     return missing if value is None else format(value, spec)
 
@@ -583,6 +615,7 @@ def section(result: dict, command: str, device: torch.device) -> str:
         head
         + f"- command: `{command}`\n"
         + f"- machine: {machine(device)}, device `{device}`\n"
+        + f"- code: git {CODE_VERSION}\n"
         + f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; "
           f"{result['repeats']} timed rounds after {result['warmup']} warm-up step(s) per variant; "
           f"{result['seconds']:.0f} s of timing; 1-min load average {_fmt(result['load'][0], '.1f')} "
@@ -619,8 +652,10 @@ How to read the tables:
   O(T x activations): compare `pc` (T = 50) with `bp`.
 - **target**: the goals from issue 6. On (a) PCX measures 5.8 ms for PC vs 1.1 ms for BP
   (5.3x) on this machine with one thread.
-- All variants share one network trained by SGD (lr 1e-3) during the run; the cost of a step
-  does not depend on the weights, except how many steps a tolerance-stopped inference takes.
+- All variants share one network and one SGD optimiser (lr 1e-3); the update is applied and timed,
+  then the initial weights are restored (untimed) before the next step, so every step of every
+  variant sees the same network (a diverging estimate cannot poison the others, and the number
+  of steps a tolerance-stopped inference takes stays comparable).
 """
 
 
@@ -653,13 +688,16 @@ def profile_variant(case: Case, key: str, device: torch.device, steps: int = 5) 
     x, y = (t.to(device) for t in pool[0])
     torch.manual_seed(0)
     network = case.build().to(device)
-    stepper = Stepper(variant, network, torch.optim.SGD(network.parameters(), lr=1e-3))
+    initial = [p.detach().clone() for p in network.parameters()]
+    stepper = Stepper(variant, network, torch.optim.SGD(network.parameters(), lr=1e-3), initial)
     for _ in range(2):
+        stepper.restore()
         stepper.release(stepper(x, y))
     wall = statistics.median(stepper.timed(x, y, device) for _ in range(steps))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(steps):
+            stepper.restore()
             stepper.release(stepper(x, y))
         sync(device)
     averages = prof.key_averages()
@@ -670,6 +708,7 @@ def profile_variant(case: Case, key: str, device: torch.device, steps: int = 5) 
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(steps):
+        stepper.restore()
         stepper.release(stepper(x, y))
     profiler.disable()
     stream = io.StringIO()
