@@ -307,18 +307,19 @@ def test_float32_and_float64_agree(problem):
     assert relative_l2({k: v.double() for k, v in g32.items()}, g64) < 1e-5
 
 
+@pytest.mark.parametrize("sizes", [[30, 20, 12, 5], [30, 20, 5]])
 @pytest.mark.parametrize("settings", [{}, {"centered": True}, {"gamma": 0.5, "lam": 1.0}])
-def test_reduced_first_layer_runs_the_same_dynamics(settings, monkeypatch):
+def test_reduced_first_layer_runs_the_same_dynamics(settings, sizes, monkeypatch):
     """x_1 in the row space of W_2 (pl_energy/core/reduced_input.py) is a change of coordinates."""
     from pl_energy.core.reduced_input import ReducedFirstLayer
 
     torch.manual_seed(4)
-    network = mlp([30, 20, 12, 5])
+    network = mlp(sizes)
     inputs, targets = torch.randn(16, 30), torch.randint(0, 5, (16,))
     algorithm = build_algorithm("pc_nudge", steps=60, **settings)
     reduced = algorithm.gradients(network, inputs, targets)
     reduced_trace = algorithm.last_trace.total
-    assert ReducedFirstLayer.pays_off(16, 60, 20, 12)
+    assert ReducedFirstLayer.pays_off(16, 60, 20, sizes[2])
     monkeypatch.setattr(ReducedFirstLayer, "pays_off", staticmethod(lambda *args: False))
     plain = algorithm.gradients(network, inputs, targets)
     assert relative_l2(reduced, plain) < 1e-12

@@ -36,6 +36,7 @@ class ContrastiveHebbian(HopfieldAlgorithm):
         energy, free = self.free_phase(network, inputs, targets, loss)
         clamped = energy.clamped(free)
         trace = self.relax_phase(energy, clamped, self.steps, record)
+        scale = self.gamma ** -(len(energy.layers) - 1)
         if self.corrected:
             def weight_gradients(*activities: Tensor):
                 state = energy.snapshot(free)
@@ -44,14 +45,9 @@ class ContrastiveHebbian(HopfieldAlgorithm):
 
             tangents = tuple(c - f for c, f in zip(clamped.activities[1:], free.activities[1:]))
             _, flat = jvp(weight_gradients, tuple(free.activities[1:]), tangents)
-            flat = list(flat)
-            difference = [[flat.pop(0) for _ in layer] for layer in energy.parameter_gradients(free)]
+            flat = iter(flat)
+            per_layer = [[next(flat) * scale for _ in layer.parameters()] for layer in energy.layers]
         else:
-            difference = [
-                [c - f for c, f in zip(high, low)]
-                for high, low in zip(energy.parameter_gradients(clamped), energy.parameter_gradients(free))
-            ]
-        scale = self.gamma ** (len(energy.layers) - 1)
-        per_layer = [[g / scale for g in layer] for layer in difference]
+            per_layer = energy.parameter_gradient_difference(clamped, free, scale)
         value = loss.value(free.output, free.targets)
         return Estimate(name_layer_gradients(network, per_layer), free.output, value, trace)

@@ -38,12 +38,10 @@ class EquilibriumPropagation(HopfieldAlgorithm):
         nudged = energy.nudged(free, self.beta)
         trace = self.relax_phase(energy, nudged, steps, record)
         if self.centered:
-            other = energy.nudged(free, -self.beta)
-            self.relax_phase(energy, other, steps, False)
-            low, scale = energy.parameter_gradients(other), 2 * self.beta
+            low = energy.nudged(free, -self.beta)
+            self.relax_phase(energy, low, steps, False)
+            per_layer = energy.parameter_gradient_difference(nudged, low, 1 / (2 * self.beta))
         else:
-            low, scale = energy.parameter_gradients(free), self.beta
-        high = energy.parameter_gradients(nudged)
-        per_layer = [[(a - b) / scale for a, b in zip(h, l)] for h, l in zip(high, low)]
+            per_layer = energy.parameter_gradient_difference(nudged, free, 1 / self.beta)
         value = loss.value(free.output, free.targets)
         return Estimate(name_layer_gradients(network, per_layer), free.output, value, trace)

@@ -66,13 +66,15 @@ class HopfieldEnergy:
             self.rhos.append(parts[2])
         self.weights = [self.gamma ** index for index in range(len(self.layers))]
 
-    def _rho(self, index: int, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(rho_l(x), rho_l'(x)) for layer l (index 0 is the input: identity)."""
+    def _value(self, index: int, x: Tensor) -> Tensor:
+        """rho_l(x) for layer l (index 0 is the input: identity)."""
         rho = self.rhos[index - 1] if index > 0 else None
-        if rho is None:
-            return x, torch.ones_like(x)
-        value = rho(x)
-        return value, DERIVATIVES[type(rho)].derivative(x, value)
+        return x if rho is None else rho(x)
+
+    def _slope(self, index: int, x: Tensor, value: Tensor) -> Tensor | None:
+        """rho_l'(x), or None where rho_l is the identity."""
+        rho = self.rhos[index - 1] if index > 0 else None
+        return None if rho is None else DERIVATIVES[type(rho)].derivative(x, value)
 
     # --- states -------------------------------------------------------------------------------
     def free_state(self, inputs: Tensor, targets: Tensor | None) -> HopfieldState:
@@ -116,22 +118,22 @@ class HopfieldEnergy:
     def activity_gradients(self, state: HopfieldState) -> list[Tensor]:
         """dE/dx_l = c_l [x_l - rho_l'(x_l) (h_l + gamma W_{l+1}^T rho_{l+1}(x_{l+1}))] (+ nudge)."""
         x = state.activities
-        rhos = [self._rho(index, value) for index, value in enumerate(x)]
+        values = [self._value(index, value) for index, value in enumerate(x)]
         depth = len(self.layers)
         last = depth - 1 if state.clamped else depth
         gradients = []
         for index in range(1, last + 1):
-            value, slope = rhos[index]
             if index == 1:
                 drive = self.input_drive(state)
             else:
                 linear = self.linears[index - 1]
-                drive = torch.nn.functional.linear(rhos[index - 1][0], linear.weight.detach(),
+                drive = torch.nn.functional.linear(values[index - 1], linear.weight.detach(),
                                                    None if linear.bias is None else linear.bias.detach())
             if index < depth:
-                drive = torch.addmm(drive, rhos[index + 1][0], self.linears[index].weight.detach(),
+                drive = torch.addmm(drive, values[index + 1], self.linears[index].weight.detach(),
                                     alpha=self.gamma)
-            gradient = x[index] - slope * drive
+            slope = self._slope(index, x[index], values[index])
+            gradient = x[index] - (drive if slope is None else slope * drive)
             if self.weights[index - 1] != 1.0:
                 gradient = self.weights[index - 1] * gradient
             if index == depth and state.beta:
@@ -155,21 +157,22 @@ class HopfieldEnergy:
     def components(self, state: HopfieldState) -> tuple[Tensor, Tensor, Tensor]:
         """(I, L, I + beta L) as batch means."""
         with torch.no_grad():
-            internal = self.internal_energy(state.activities, detach=True) / state.activities[0].shape[0]
+            internal = self.internal_energy(state.activities, self.input_drive(state)) / state.activities[0].shape[0]
             supervised = (self.loss.value(state.output, state.targets) if state.targets is not None
                           else internal.new_zeros(()))
         return internal, supervised, internal + state.beta * supervised
 
-    def internal_energy(self, activities: list[Tensor], detach: bool = False) -> Tensor:
-        """Sum over the batch of I(x); differentiable in x and in the parameters."""
+    def internal_energy(self, activities: list[Tensor], input_drive: Tensor | None = None) -> Tensor:
+        """Sum over the batch of I(x); differentiable in x and in the parameters (pass the
+        clamped input's drive h_1 when it is known and no gradient through W_1 is needed)."""
         total = activities[0].new_zeros(())
         for index, linear in enumerate(self.linears, start=1):
-            weight, bias = linear.weight, linear.bias
-            if detach:
-                weight, bias = weight.detach(), None if bias is None else bias.detach()
-            below = self._rho(index - 1, activities[index - 1])[0]
-            value = self._rho(index, activities[index])[0]
-            drive = torch.nn.functional.linear(below, weight, bias)
+            value = self._value(index, activities[index])
+            if index == 1 and input_drive is not None:
+                drive = input_drive
+            else:
+                drive = torch.nn.functional.linear(self._value(index - 1, activities[index - 1]),
+                                                   linear.weight, linear.bias)
             layer = 0.5 * activities[index].pow(2).sum() - (value * drive).sum()
             total = total + self.weights[index - 1] * layer
         return total
@@ -180,10 +183,31 @@ class HopfieldEnergy:
         batch = x[0].shape[0]
         grads = []
         for index, linear in enumerate(self.linears, start=1):
-            below = self._rho(index - 1, x[index - 1])[0]
-            value = self._rho(index, x[index])[0] * (-self.weights[index - 1] / batch)
+            below = self._value(index - 1, x[index - 1])
+            value = self._value(index, x[index]) * (-self.weights[index - 1] / batch)
             layer = [value.t() @ below]
             if linear.bias is not None:
                 layer.append(value.sum(0))
+            grads.append(layer)
+        return grads
+
+    def parameter_gradient_difference(self, high: HopfieldState, low: HopfieldState,
+                                      scale: float) -> list[list[Tensor]]:
+        """scale * (dE/dtheta(high) - dE/dtheta(low)), each layer's weight part as one product.
+
+        -c_l (rho(x~_l)^T rho(x~_{l-1}) - rho(x_l)^T rho(x_{l-1})) is the product of the two
+        phases stacked along the batch, so no weight-sized intermediate is formed.
+        """
+        batch = high.activities[0].shape[0]
+        grads = []
+        for index, linear in enumerate(self.linears, start=1):
+            factor = -self.weights[index - 1] * scale / batch
+            above = torch.cat([self._value(index, high.activities[index]) * factor,
+                               self._value(index, low.activities[index]) * -factor])
+            below = torch.cat([self._value(index - 1, high.activities[index - 1]),
+                               self._value(index - 1, low.activities[index - 1])])
+            layer = [above.t() @ below]
+            if linear.bias is not None:
+                layer.append(above.sum(0))
             grads.append(layer)
         return grads

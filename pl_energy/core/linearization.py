@@ -42,6 +42,10 @@ class DenseLinearization:
     def input_vjp(self, cotangent: Tensor) -> Tensor:
         return self.local(cotangent) @ self.weight
 
+    def add_input_vjp(self, base: Tensor, cotangent: Tensor, alpha: float) -> Tensor:
+        """base + alpha * input_vjp(cotangent), fused into one matrix product."""
+        return torch.addmm(base, self.local(cotangent), self.weight, alpha=alpha)
+
     def parameter_vjp(self, cotangent: Tensor) -> list[Tensor]:
         local = self.local(cotangent)
         grads = [local.t() @ self.x]
@@ -63,6 +67,10 @@ class AutogradLinearization:
     def input_vjp(self, cotangent: Tensor) -> Tensor:
         (grad,) = torch.autograd.grad(self._graph_output, self.x, cotangent, retain_graph=True)
         return grad
+
+    def add_input_vjp(self, base: Tensor, cotangent: Tensor, alpha: float) -> Tensor:
+        """base + alpha * input_vjp(cotangent)."""
+        return torch.add(base, self.input_vjp(cotangent), alpha=alpha)
 
     def parameter_vjp(self, cotangent: Tensor) -> list[Tensor]:
         if not self.parameters:

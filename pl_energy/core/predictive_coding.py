@@ -139,19 +139,16 @@ class PredictiveCodingEnergy:
         """
         top = len(self.layers)
         linearizations = state.linearizations
-        feedback = linearizations[top - 1].input_vjp(
-            self.loss.per_sample_gradient(state.output, state.targets))
-        gradients: list[Tensor] = [feedback] * (top - 1)
+        above = self.loss.per_sample_gradient(state.output, state.targets)  # d_L / lam
+        alpha = self.lam
+        gradients: list[Tensor] = [above] * (top - 1)
         for index in range(top - 1, lowest - 1, -1):
             weighted = self.weighted_error(state, index)
-            if index == top - 1:
-                gradients[index - 1] = torch.add(weighted, feedback, alpha=self.lam)
+            if index == 1 and state.reduced is not None:  # pi_1 S - Q, in reduced coordinates
+                gradients[0] = torch.add(weighted, linearizations[1].local(above), alpha=alpha)
             else:
-                gradients[index - 1] = weighted - feedback
-            if index == 2 and state.reduced is not None:
-                feedback = linearizations[1].local(weighted)  # Q, in reduced coordinates
-            elif index > lowest:
-                feedback = linearizations[index - 1].input_vjp(weighted)
+                gradients[index - 1] = linearizations[index].add_input_vjp(weighted, above, alpha)
+            above, alpha = weighted, -1.0
         return gradients[lowest - 1:]
 
     def step(self, state: PCState, gradients: list[Tensor], step_size: float, lowest: int = 1) -> None:
