@@ -24,16 +24,19 @@ def _problem(depth: int, activation: str, batch: int, seed: int = 0):
     return network, inputs, targets
 
 
-@pytest.mark.parametrize("algorithm", ["z_il", "fa_z_il"])
+ALGORITHMS = [("z_il", {}), ("fa_z_il", {}), ("fa_z_il", {"full_dynamics": True})]
+
+
+@pytest.mark.parametrize("algorithm,settings", ALGORITHMS)
 @pytest.mark.parametrize("batch", [1, 32])
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid"])
 @pytest.mark.parametrize("depth", [2, 3, 4, 5, 6])
-def test_equals_backprop_on_mlps(algorithm, depth, activation, loss, batch):
+def test_equals_backprop_on_mlps(algorithm, settings, depth, activation, loss, batch):
     network, inputs, targets = _problem(depth, activation, batch)
     assert len(network) == depth
     reference = build_algorithm("bp").gradients(network, inputs, targets, loss)
-    estimate = build_algorithm(algorithm).gradients(network, inputs, targets, loss)
+    estimate = build_algorithm(algorithm, **settings).gradients(network, inputs, targets, loss)
     assert max_relative(estimate, reference) <= TOLERANCE
     assert set(estimate) == {name for name, _ in network.named_parameters()}
     assert any(name.endswith("bias") for name in estimate)
@@ -48,24 +51,24 @@ def small_cnn() -> nn.Sequential:
     )
 
 
-@pytest.mark.parametrize("algorithm", ["z_il", "fa_z_il"])
+@pytest.mark.parametrize("algorithm,settings", ALGORITHMS)
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
-def test_equals_backprop_on_a_cnn(algorithm, loss):
+def test_equals_backprop_on_a_cnn(algorithm, settings, loss):
     torch.manual_seed(1)
     network = small_cnn().double()
     inputs = torch.randn(8, 1, 14, 14, dtype=torch.float64)
     targets = torch.randint(0, 5, (8,))
     reference = build_algorithm("bp").gradients(network, inputs, targets, loss)
-    estimate = build_algorithm(algorithm).gradients(network, inputs, targets, loss)
+    estimate = build_algorithm(algorithm, **settings).gradients(network, inputs, targets, loss)
     assert max_relative(estimate, reference) <= TOLERANCE
 
 
-@pytest.mark.parametrize("algorithm", ["z_il", "fa_z_il"])
-def test_gamma_scales_layer_k_below_the_output_by_gamma_to_the_k(algorithm):
+@pytest.mark.parametrize("algorithm,settings", ALGORITHMS)
+def test_gamma_scales_layer_k_below_the_output_by_gamma_to_the_k(algorithm, settings):
     network, inputs, targets = _problem(4, "tanh", 16)
     gamma = 0.5
     reference = build_algorithm("bp").gradients(network, inputs, targets)
-    estimate = build_algorithm(algorithm, gamma=gamma).gradients(network, inputs, targets)
+    estimate = build_algorithm(algorithm, gamma=gamma, **settings).gradients(network, inputs, targets)
     depth = len(network)
     for name, grad in estimate.items():
         below_output = depth - 1 - int(name.split(".")[0])
@@ -82,3 +85,14 @@ def test_dense_targets_match_class_indices():
         a = build_algorithm("z_il").gradients(network, inputs, targets, loss)
         b = build_algorithm("z_il").gradients(network, inputs, one_hot, loss)
         assert max_relative(a, b) <= TOLERANCE
+
+
+def test_full_dynamics_keeps_the_upper_layers_moving_but_learning_stays_exact():
+    """Fa-Z-IL's phi gates learning, not inference: more steps change the activities, not the update."""
+    network, inputs, targets = _problem(4, "relu", 8)
+    short = build_algorithm("fa_z_il", full_dynamics=True, trace=True)
+    long = build_algorithm("fa_z_il", full_dynamics=True, steps=8, trace=True)
+    a, b = short.gradients(network, inputs, targets), long.gradients(network, inputs, targets)
+    assert short.last_trace.steps == 3 and long.last_trace.steps == 8
+    assert long.last_trace.internal[-1] != short.last_trace.internal[-1]
+    assert max_relative(a, b) <= TOLERANCE

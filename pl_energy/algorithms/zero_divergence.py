@@ -9,11 +9,19 @@ gamma != 1 it is gamma^k times BP's (seed 000 A.5).
 new is x_{L-t}, and nothing else that Z-IL reads has changed (seed 000 Lemma A.3), so one VJP
 and one weight gradient per layer suffice: the cost of BP.
 
-``fa_z_il`` runs the full PC dynamics with no control signal; each layer's weights update at
-every step with rate phi(eps) (seed 000 Alg. 3), where phi opens a neuron's plasticity at the
-step its error first departs from zero and closes it afterwards. The output layer's error is
-present from step 0. Below the front of the error wave (layers below L-1-t at step t) errors
-and activity gradients are exactly zero (Lemma A.3), so that work is skipped.
+``fa_z_il`` has no control signal; each layer's weights update at every step with rate
+phi(eps) (seed 000 Alg. 3), where phi opens a neuron's plasticity at the step its error first
+departs from zero and closes it afterwards. The output layer's error is present from step 0.
+
+- ``full_dynamics=True`` runs every neuron's PC dynamics for all steps, as a circuit would.
+  Below the front of the error wave (layers below L-1-t at step t) errors and activity
+  gradients are exactly zero (Lemma A.3), so that work is skipped; above it the layers keep
+  moving, which costs a forward and a feedback product per moving layer and step.
+- ``full_dynamics=False`` (default) computes only what phi lets through: each neuron learns
+  once, at the step the wave reaches it, and the motion of layers behind the front never
+  reaches a learning neuron. That is exactly z_il's arithmetic, at BP's cost. (The two differ
+  only for a neuron whose error is exactly zero when the wave passes and departs from zero
+  later; full dynamics then lets it learn from that later error.)
 """
 
 from __future__ import annotations
@@ -60,10 +68,13 @@ class ZeroDivergenceIL(Algorithm):
 @dataclass
 class FastZIL(ZeroDivergenceIL):
     steps: int | None = None
+    full_dynamics: bool = False
     name = "fa_z_il"
 
     def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                  record: bool) -> Estimate:
+        if not self.full_dynamics:
+            return super().estimate(network, inputs, targets, loss, record)
         energy = PredictiveCodingEnergy(network, loss, lam=self.lam)
         state = energy.free_state(inputs, targets)
         output = state.output
