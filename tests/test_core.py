@@ -198,6 +198,20 @@ def test_tolerance_stops_inference_early(problem):
     assert abs(total[-1] - total[-2]) <= 1e-6 * abs(total[-1] - total[0])
 
 
+def test_tolerance_without_a_trace_checks_every_few_steps(problem):
+    from pl_energy.core.inference import CHECK_EVERY
+
+    network, inputs, targets = problem
+    algorithm = build_algorithm("pc_nudge", steps=5000, step_size=0.2, tol=1e-6, trace=False)
+    algorithm.gradients(network, inputs, targets)
+    trace = algorithm.last_trace
+    assert trace.converged and trace.stride == CHECK_EVERY and trace.steps % CHECK_EVERY == 0
+    assert trace.total.shape == (trace.steps // CHECK_EVERY + 1,)
+    full = build_algorithm("pc_nudge", steps=5000, step_size=0.2, tol=1e-6, trace=True)
+    full.gradients(network, inputs, targets)
+    assert abs(trace.steps - full.last_trace.steps) <= 2 * CHECK_EVERY
+
+
 def test_divergence_names_the_step_and_the_step_size(problem):
     network, inputs, targets = problem
     with pytest.raises(DivergenceError, match=r"at step \d+ with step_size 50.*lower step_size"):

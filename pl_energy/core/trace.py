@@ -14,7 +14,9 @@ class InferenceTrace:
 
     ``internal`` is I, ``supervised`` the loss L at the output and ``total`` E = I + lam * L
     (seed 003 Eq. 10), all batch means. ``steps`` is the number of steps actually taken (fewer
-    than asked when the tolerance stopped inference early).
+    than asked when the tolerance stopped inference early). Rows are ``stride`` steps apart (1
+    when the trace was asked for; more when only a tolerance needed the energies), the last row
+    being the final state.
     """
 
     internal: Tensor
@@ -22,11 +24,14 @@ class InferenceTrace:
     total: Tensor
     steps: int
     converged: bool
+    stride: int = 1
 
     @classmethod
-    def from_rows(cls, rows: list[tuple[Tensor, Tensor, Tensor]], converged: bool) -> "InferenceTrace":
+    def from_rows(cls, rows: list[tuple[Tensor, Tensor, Tensor]], converged: bool,
+                  steps: int | None = None, stride: int = 1) -> "InferenceTrace":
         internal, supervised, total = (torch.stack(column).detach() for column in zip(*rows))
-        return cls(internal, supervised, total, steps=len(rows) - 1, converged=converged)
+        steps = len(rows) - 1 if steps is None else steps
+        return cls(internal, supervised, total, steps=steps, converged=converged, stride=stride)
 
     def as_dict(self) -> dict[str, list[float]]:
         return {
