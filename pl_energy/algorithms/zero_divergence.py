@@ -54,13 +54,18 @@ class ZeroDivergenceIL(Algorithm):
         state = energy.free_state(inputs, targets)
         output = state.output
         depth = len(energy.layers)
+        scale = 1 / (self.lam * inputs.shape[0])  # dE/dtheta of the batch mean, over lam
         per_layer: list[list[Tensor]] = [[] for _ in range(depth)]
-        per_layer[-1] = energy.parameter_gradients(state, depth, scale=1 / self.lam)
-        for index in range(depth - 1, 0, -1):  # step t = depth - index moves x_index
-            gradient = (state.linearizations[index].input_vjp(energy.signal(state, index + 1))
-                        - energy.signal(state, index))
-            state.activities[index] = state.activities[index] - self.gamma * gradient
-            per_layer[index - 1] = energy.parameter_gradients(state, index, scale=1 / self.lam)
+        for index in range(depth, 0, -1):  # step t = depth - index: layer `index` learns
+            layer = state.linearizations[index - 1]
+            cotangent = energy.signal(state, index) * scale
+            if index == 1:
+                per_layer[0] = layer.parameter_vjp(cotangent)
+                break
+            feedback, per_layer[index - 1] = layer.vjp(cotangent)
+            # the error reaches x_{index-1}: dE/dx = -d_{index-1} + J^T d_index, with d_{index-1} = 0
+            gradient = feedback / scale - energy.signal(state, index - 1)
+            state.activities[index - 1] = state.activities[index - 1] - self.gamma * gradient
         value = loss.value(output, state.targets)
         return Estimate(name_layer_gradients(network, per_layer), output, value)
 

@@ -47,7 +47,14 @@ class DenseLinearization:
         return torch.addmm(base, self.local(cotangent), self.weight, alpha=alpha)
 
     def parameter_vjp(self, cotangent: Tensor) -> list[Tensor]:
+        return self._parameter_grads(self.local(cotangent))
+
+    def vjp(self, cotangent: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """(input_vjp, parameter_vjp) of one cotangent, sharing the work."""
         local = self.local(cotangent)
+        return local @ self.weight, self._parameter_grads(local)
+
+    def _parameter_grads(self, local: Tensor) -> list[Tensor]:
         grads = [local.t() @ self.x]
         if self.has_bias:
             grads.append(local.sum(0))
@@ -73,12 +80,20 @@ class AutogradLinearization:
         return torch.add(base, self.input_vjp(cotangent), alpha=alpha)
 
     def parameter_vjp(self, cotangent: Tensor) -> list[Tensor]:
-        if not self.parameters:
-            return []
-        grads = torch.autograd.grad(
-            self._graph_output, self.parameters, cotangent, retain_graph=True, allow_unused=True
-        )
-        return [torch.zeros_like(p) if g is None else g for p, g in zip(self.parameters, grads)]
+        return self._grads(cotangent, [])[1]
+
+    def vjp(self, cotangent: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """(input_vjp, parameter_vjp) of one cotangent in one backward pass."""
+        return self._grads(cotangent, [self.x])
+
+    def _grads(self, cotangent: Tensor, inputs: list[Tensor]) -> tuple[Tensor | None, list[Tensor]]:
+        if not inputs and not self.parameters:
+            return None, []
+        grads = torch.autograd.grad(self._graph_output, inputs + self.parameters, cotangent,
+                                    retain_graph=True, allow_unused=True)
+        into = grads[0] if inputs else None
+        params = grads[len(inputs):]
+        return into, [torch.zeros_like(p) if g is None else g for p, g in zip(self.parameters, params)]
 
 
 Linearization = DenseLinearization | AutogradLinearization
