@@ -63,9 +63,10 @@ class ZeroDivergenceIL(Algorithm):
                 per_layer[0] = layer.parameter_vjp(cotangent)
                 break
             feedback, per_layer[index - 1] = layer.vjp(cotangent)
-            # the error reaches x_{index-1}: dE/dx = -d_{index-1} + J^T d_index, with d_{index-1} = 0
-            gradient = feedback / scale - energy.signal(state, index - 1)
-            state.activities[index - 1] = state.activities[index - 1] - self.gamma * gradient
+            # the error reaches x_{index-1}: dE/dx = -d_{index-1} + J^T d_index, where d_{index-1}
+            # is exactly 0 until this step (Lemma A.3), so dE/dx = feedback / scale
+            state.activities[index - 1] = torch.add(state.activities[index - 1], feedback,
+                                                    alpha=-self.gamma / scale)
         value = loss.value(output, state.targets)
         return Estimate(name_layer_gradients(network, per_layer), output, value)
 
