@@ -114,8 +114,8 @@ class EnergyCLI(LightningCLI):
                       "(sync later with `wandb sync`)", file=sys.stderr)
 
 
-def main(args: ArgsType = None, run: bool = True) -> EnergyCLI:
-    """Entry point of the ``pl-energy`` command."""
+def make_cli(args: ArgsType = None, run: bool = True) -> EnergyCLI:
+    """Build (and with ``run`` execute) the ``pl-energy`` LightningCLI; returns it for inspection."""
     return EnergyCLI(
         EnergyModule,
         LightningDataModule,
@@ -127,6 +127,11 @@ def main(args: ArgsType = None, run: bool = True) -> EnergyCLI:
         parser_kwargs={"description": "Train energy-based learning algorithms (PC, Z-IL, PC-Nudge, "
                                       "EP, CHL) or backprop with PyTorch Lightning."},
     )
+
+
+def main(args: ArgsType = None) -> None:
+    """Entry point of the ``pl-energy`` command (returns nothing, so its exit status is 0)."""
+    make_cli(args)
 
 
 if __name__ == "__main__":

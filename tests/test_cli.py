@@ -11,7 +11,7 @@ import torch
 
 from lightning_helpers import REPO
 from pl_energy import ALGORITHMS
-from pl_energy.cli import main
+from pl_energy.cli import make_cli
 
 CONFIGS = REPO / "configs"
 
@@ -45,7 +45,7 @@ def test_fit_pc_nudge_20_steps_as_a_subprocess(mnist_root, tmp_path):
 
     # validate and test the checkpoint (in-process)
     for subcommand in ("validate", "test"):
-        cli = main([subcommand, "--algorithm", "pc_nudge", "--data.data_dir", str(mnist_root),
+        cli = make_cli([subcommand, "--algorithm", "pc_nudge", "--data.data_dir", str(mnist_root),
                     "--ckpt_path", str(checkpoints[0]), "--trainer.logger", "false",
                     "--trainer.enable_progress_bar", "false",
                     f"--trainer.limit_{'val' if subcommand == 'validate' else 'test'}_batches", "2",
@@ -56,7 +56,7 @@ def test_fit_pc_nudge_20_steps_as_a_subprocess(mnist_root, tmp_path):
 
 def test_unknown_algorithm_lists_the_valid_names(capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["fit", "--algorithm", "nope"])
+        make_cli(["fit", "--algorithm", "nope"])
     assert exit_.value.code != 0
     error = capsys.readouterr().err
     assert "nope" in error
@@ -66,7 +66,7 @@ def test_unknown_algorithm_lists_the_valid_names(capsys):
 
 def test_help_reads_well(capsys):
     with pytest.raises(SystemExit):
-        main(["fit", "--help"])
+        make_cli(["fit", "--help"])
     text = capsys.readouterr().out
     for flag in ("--algorithm {bp,pc,z_il,fa_z_il,pc_nudge,ep,chl}", "--lam", "--steps", "--beta",
                  "--model.algorithm_hparams", "--agreement.every_n_steps", "--model.optimizer"):
@@ -75,7 +75,7 @@ def test_help_reads_well(capsys):
 
 
 def test_defaults_are_seed_003_mnist_setup():
-    cli = main(["--trainer.logger", "false"], run=False)
+    cli = make_cli(["--trainer.logger", "false"], run=False)
     module, data = cli.model, cli.datamodule
     assert module.algorithm_name == "pc_nudge" and module.loss == "cross_entropy"
     assert type(data).__name__ == "MNISTDataModule" and data.batch_size == 64
@@ -88,7 +88,7 @@ def test_defaults_are_seed_003_mnist_setup():
 
 
 def test_hyperparameter_flags_and_dict_merge():
-    cli = main(["--algorithm", "ep", "--steps", "7", "--beta", "0.05",
+    cli = make_cli(["--algorithm", "ep", "--steps", "7", "--beta", "0.05",
                 "--model.algorithm_hparams", "{step_size: 0.25}", "--trainer.logger", "false"],
                run=False)
     algorithm = cli.model.algorithm
@@ -97,20 +97,20 @@ def test_hyperparameter_flags_and_dict_merge():
 
 def test_flag_the_algorithm_lacks_is_refused(capsys):
     with pytest.raises(SystemExit):
-        main(["--algorithm", "pc_nudge", "--beta", "0.1"], run=False)
+        make_cli(["--algorithm", "pc_nudge", "--beta", "0.1"], run=False)
     assert "has no hyper-parameter(s) beta" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("mnist_*.yaml")))
 def test_mnist_configs_build(config):
-    cli = main(["--config", str(CONFIGS / config), "--trainer.logger", "false"], run=False)
+    cli = make_cli(["--config", str(CONFIGS / config), "--trainer.logger", "false"], run=False)
     assert cli.model.algorithm_name == config.removeprefix("mnist_").removesuffix(".yaml")
 
 
 def test_imagenet_config_parses(capsys):
     # parse only: building the 215M-parameter net is not needed to check the config
     with pytest.raises(SystemExit) as exit_:
-        main(["fit", "--config", str(CONFIGS / "imagenet_fc.yaml"), "--print_config"])
+        make_cli(["fit", "--config", str(CONFIGS / "imagenet_fc.yaml"), "--print_config"])
     assert exit_.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "- 50176" in printed and "classes: high_level_27" in printed and "batch_size: 1" in printed

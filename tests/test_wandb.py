@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lightning_helpers import REPO, read_wandb_records, wandb_config, wandb_history_keys
-from pl_energy.cli import main, wandb_api_key_available
+from pl_energy.cli import make_cli, wandb_api_key_available
 
 wandb = pytest.importorskip("wandb")
 
@@ -21,7 +21,7 @@ def no_wandb_key(monkeypatch, tmp_path):
 
 
 def test_offline_run_holds_agreement_and_energy(no_wandb_key, mnist_root, tmp_path, capsys):
-    cli = main(["fit", "--algorithm", "pc_nudge", "--steps", "10",
+    cli = make_cli(["fit", "--algorithm", "pc_nudge", "--steps", "10",
                 "--config", str(REPO / "configs" / "wandb.yaml"),
                 "--trainer.logger.init_args.save_dir", str(tmp_path),
                 "--data.data_dir", str(mnist_root), "--data.limit_train", "256",
