@@ -212,6 +212,41 @@ def test_tolerance_without_a_trace_checks_every_few_steps(problem):
     assert abs(trace.steps - full.last_trace.steps) <= 2 * CHECK_EVERY
 
 
+@pytest.mark.parametrize("settings", [{"trace": True}, {"trace": False}, {"trace": False, "tol": 1e-12}])
+def test_divergence_names_the_first_bad_step_however_energies_are_watched(settings, problem):
+    network, inputs, targets = problem
+    with pytest.raises(DivergenceError) as error:
+        build_algorithm("pc", steps=400, step_size=4.0, **settings).gradients(network, inputs, targets)
+    reference = build_algorithm("pc", steps=400, step_size=4.0, trace=True)
+    with pytest.raises(DivergenceError) as first:
+        reference.gradients(network, inputs, targets)
+    assert str(error.value) == str(first.value)
+
+
+def test_cross_entropy_uses_the_last_axis_for_outputs_of_any_rank():
+    torch.manual_seed(5)
+    network = nn.Sequential(nn.Sequential(nn.Linear(5, 10), nn.Tanh()),
+                            nn.Sequential(nn.Linear(10, 12), nn.Unflatten(1, (3, 4))))
+    inputs = torch.randn(6, 5)
+    targets = torch.softmax(torch.randn(6, 3, 4), dim=-1)
+    reference = build_algorithm("bp").gradients(network, inputs, targets)
+    assert max_relative(build_algorithm("z_il").gradients(network, inputs, targets), reference) <= 1e-10
+
+
+def test_backprop_refuses_negative_class_indices(problem):
+    network, inputs, targets = problem
+    targets[0] = -100
+    with pytest.raises(ValueError, match="class indices must lie in"):
+        build_algorithm("bp").gradients(network, inputs, targets)
+
+
+def test_frozen_parameters_get_no_gradient_from_any_algorithm(problem):
+    network, inputs, targets = problem
+    network[0][0].bias.requires_grad_(False)
+    for name in ALGORITHMS:
+        assert "0.0.bias" not in build_algorithm(name).gradients(network, inputs, targets)
+
+
 def test_divergence_names_the_step_and_the_step_size(problem):
     network, inputs, targets = problem
     with pytest.raises(DivergenceError, match=r"at step \d+ with step_size 50.*lower step_size"):

@@ -18,9 +18,10 @@ from ..core.trace import InferenceTrace
 class Estimate:
     """One algorithm step on a batch.
 
-    ``gradients`` is keyed like ``network.named_parameters()``; ``output`` is the free-phase
-    prediction and ``loss`` its batch-mean loss; ``trace`` the energies of the last inference
-    phase (None when not recorded).
+    ``gradients`` is keyed like ``network.named_parameters()`` (trainable ones); ``output`` is
+    the free-phase prediction and ``loss`` its batch-mean loss; ``trace`` the energies of the
+    last inference phase (None when neither recorded nor needed by a tolerance, which then keeps
+    one row every few steps).
     """
 
     gradients: dict[str, Tensor]
@@ -80,7 +81,9 @@ def backprop_gradients(network: nn.Module, inputs: Tensor, targets: Tensor,
     with torch.enable_grad():
         output = network(inputs)
         if loss.name == "cross_entropy" and targets.dim() == 1 and output.dim() == 2:
-            value = loss.value(output, targets)  # class indices: torch checks their range
+            if targets.numel() and int(targets.min()) < 0:  # torch would skip -100 silently
+                loss.prepare_targets(targets, output)  # raises, naming the valid range
+            value = loss.value(output, targets)  # class indices: torch checks the upper bound
         else:
             value = loss.value(output, loss.prepare_targets(targets, output))
         grads = torch.autograd.grad(value, [p for _, p in named], allow_unused=True)
@@ -91,14 +94,18 @@ def backprop_gradients(network: nn.Module, inputs: Tensor, targets: Tensor,
 
 
 def name_layer_gradients(network: nn.Module, per_layer: list[list[Tensor]]) -> dict[str, Tensor]:
-    """Turn per-layer gradient lists (in ``layer.parameters()`` order) into a named dict."""
+    """Turn per-layer gradient lists (in ``layer.parameters()`` order) into a named dict.
+
+    Frozen parameters (``requires_grad=False``) are left out, as backprop leaves them out.
+    """
     gradients = {}
     for (child, layer), grads in zip(network.named_children(), per_layer):
-        names = [name for name, _ in layer.named_parameters()]
-        if len(names) != len(grads):
-            raise RuntimeError(f"layer {child} has {len(names)} parameters but {len(grads)} gradients")
-        for name, grad in zip(names, grads):
-            gradients[f"{child}.{name}"] = grad
+        named = list(layer.named_parameters())
+        if len(named) != len(grads):
+            raise RuntimeError(f"layer {child} has {len(named)} parameters but {len(grads)} gradients")
+        for (name, parameter), grad in zip(named, grads):
+            if parameter.requires_grad:
+                gradients[f"{child}.{name}"] = grad
     return gradients
 
 

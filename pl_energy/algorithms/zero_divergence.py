@@ -17,7 +17,7 @@ departs from zero and closes it afterwards. The output layer's error is present 
   Below the front of the error wave (layers below L-1-t at step t) errors and activity
   gradients are exactly zero (Lemma A.3), so that work is skipped; above it the layers keep
   moving, which costs a forward and a feedback product per moving layer and step.
-- ``full_dynamics=False`` (default) computes only what phi lets through: each neuron learns
+- ``full_dynamics=False`` (default; ``steps`` is then not used) computes only what phi lets through: each neuron learns
   once, at the step the wave reaches it, and the motion of layers behind the front never
   reaches a learning neuron. That is exactly z_il's arithmetic, at BP's cost. (The two differ
   only for a neuron whose error is exactly zero when the wave passes and departs from zero

@@ -67,29 +67,34 @@ def relax(
         raise ValueError(f"step_size must be > 0, got {step_size}")
     watch = record or tol is not None
     start = energy.snapshot(state)
-    energy.begin(state, steps)
     rows = [energy.components(state)] if watch else []
     if watch and not math.isfinite(float(rows[0][2])):
         raise DivergenceError(
             f"the energy is {float(rows[0][2])} before inference starts: the inputs, targets or "
             "network parameters contain NaN or Inf"
         )
+    energy.begin(state, steps)
     stride = 1 if record else CHECK_EVERY
     first = float(rows[0][2]) if watch else 0.0
     previous, measured, converged, taken = first, 0, False, 0
-    for taken in range(1, steps + 1):
-        energy.step(state, energy.activity_gradients(state), step_size)
-        if not watch or (taken % stride and taken < steps):
-            continue
-        rows.append(energy.components(state))
-        total = float(rows[-1][2])
-        if not math.isfinite(total):
-            raise _divergence(taken, step_size, total)
-        if tol is not None and abs(total - previous) <= (taken - measured) * tol * abs(total - first):
-            converged = True
-            break
-        previous, measured = total, taken
-    energy.finish(state)
+    try:
+        for taken in range(1, steps + 1):
+            energy.step(state, energy.activity_gradients(state), step_size)
+            if not watch or (taken % stride and taken < steps):
+                continue
+            rows.append(energy.components(state))
+            total = float(rows[-1][2])
+            if not math.isfinite(total):
+                if stride > 1:  # find the first bad step, not the first checked one
+                    energy.restore(state, start)
+                    relax(energy, state, taken, step_size, record=True)
+                raise _divergence(taken, step_size, total)
+            if tol is not None and abs(total - previous) <= (taken - measured) * tol * abs(total - first):
+                converged = True
+                break
+            previous, measured = total, taken
+    finally:
+        energy.finish(state)
     if not watch:
         final = energy.components(state)[2]
         if not torch.isfinite(final):

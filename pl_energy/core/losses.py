@@ -63,7 +63,10 @@ class Loss:
         """Batch-mean loss (targets as returned by ``prepare_targets``)."""
         if self.name == "mse":
             return 0.5 * (output - targets).pow(2).flatten(1).sum(1).mean()
-        return F.cross_entropy(output, targets)
+        if output.dim() == 2:
+            return F.cross_entropy(output, targets)
+        # classes on the last axis, as in per_sample_gradient; summed over the other axes
+        return -(targets * F.log_softmax(output, dim=-1)).flatten(1).sum(1).mean()
 
     def per_sample_gradient(self, output: Tensor, targets: Tensor) -> Tensor:
         """dl/dmu for each sample's loss l."""

@@ -13,7 +13,8 @@ Started at the free phase (eps_1 = 0), eps_1 stays of the form S W_2, and the st
 so each step costs one B x n_2 x n_2 product instead of the two B x n_1 x n_2 products of the
 forward pass and the error feedback through layer 2; ||eps_1||^2 = sum(S * (S G)) comes for free.
 This is the same dynamics in other coordinates (equal up to rounding); it pays off when the
-one-off n_2 x n_2 x n_1 cost of G is below the saving, T B (2 n_1 - n_2) > 2 n_1 n_2.
+one-off n_1 n_2^2 MACs of G are below the saving of T B n_2 (2 n_1 - n_2), i.e. when
+T B (2 n_1 - n_2) > n_1 n_2; ``pays_off`` asks for twice that, a margin for the extra ops.
 """
 
 from __future__ import annotations
