@@ -212,13 +212,9 @@ class ImageNetDataModule(SplitDataModule):
         self.image_size = image_size
         self.augment = augment
         self.normalize = normalize
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
+        self.set_loader_options(batch_size, num_workers, pin_memory, persistent_workers, shuffle)
         self.limit = limit
         self.seed = seed
-        self.shuffle = shuffle
         self.fast_decode = fast_decode
 
         channels = 1 if grayscale else 3

@@ -87,15 +87,11 @@ class MNISTDataModule(SplitDataModule):
         if limit_train is not None and limit_train < 1:
             raise ValueError(f"limit_train must be a positive int or None, got {limit_train}")
         self.data_dir = str(data_dir) if data_dir else default_data_dir()
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
+        self.set_loader_options(batch_size, num_workers, pin_memory, persistent_workers, shuffle)
         self.flatten = flatten
         self.seed = seed
         self.val_size = val_size
         self.limit_train = limit_train
-        self.shuffle = shuffle
         self.download = download
         self.input_shape: tuple[int, ...] = (784,) if flatten else (1, 28, 28)
         self.input_dim: int = 784
