@@ -12,6 +12,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override
 
+from .plotting import agreement_figure, log_figure_to
+
 __all__ = ["GradientAgreement", "agreement_metrics"]
 
 METRICS = ("cosine", "rel_error", "sign", "norm_ratio")
@@ -133,9 +135,6 @@ class GradientAgreement(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.plot or not self.history:
             return
-        from .module import log_figure_to
-        from .plotting import agreement_figure
-
         name = getattr(pl_module, "algorithm_name", type(pl_module.algorithm).__name__)
         history = list(self.history)
         self.plot_path = log_figure_to(

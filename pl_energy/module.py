@@ -17,12 +17,13 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from .algorithms import ALGORITHMS, Algorithm, build_algorithm
 from .core import mlp
+from .core.losses import as_loss
+from .plotting import energy_trace_figure, log_figure_to
 
 DEFAULT_SIZES = (784, 128, 64, 10)
 RNG_KEY = "pl_energy_rng_states"
@@ -202,8 +203,6 @@ class EnergyModule(pl.LightningModule):
         with torch.inference_mode(False), torch.enable_grad():
             inputs, targets = inputs.clone(), targets.clone()
             output = self.algorithm.predict(self.network, inputs).detach()
-        from .core.losses import as_loss
-
         loss_fn = as_loss(self.loss)
         loss = loss_fn.value(output, loss_fn.prepare_targets(targets, output)).detach()
         metric(output, targets)
@@ -299,29 +298,4 @@ def _output_width(network: nn.Module) -> int | None:
 
 
 def _energy_figure(data, algorithm: str, step: int):
-    from .plotting import energy_trace_figure
-
     return energy_trace_figure(data, title=f"{algorithm}: energy per inference step, training step {step}")
-
-
-def log_figure_to(trainer: "pl.Trainer", make_figure, relative_path: str | Path, key: str,
-                  step: int | None = None) -> Path | None:
-    """Save a figure as PNG under the trainer's ``log_dir`` and send it to W&B loggers.
-
-    Must be called on every rank (``trainer.log_dir`` is a collective under DDP); only global
-    rank 0 draws, writes and logs. Returns the path on rank 0, else None.
-    """
-    log_dir = trainer.log_dir or trainer.default_root_dir
-    return _rank_zero_save_figure(trainer, make_figure, Path(log_dir) / relative_path, key, step)
-
-
-@rank_zero_only
-def _rank_zero_save_figure(trainer, make_figure, path: Path, key: str, step: int | None):
-    from .plotting import save_figure
-
-    path = save_figure(make_figure(), path)
-    for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger":
-            logger.log_image(key=key, images=[str(path)], step=step)
-    return path
-

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
+from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 ENERGY_COMPONENTS = ("internal", "supervised", "total")
@@ -60,3 +61,24 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     fig.savefig(path, format="png", dpi=100)
     plt.close(fig)
     return path
+
+
+def log_figure_to(trainer: "pl.Trainer", make_figure, relative_path: str | Path, key: str,
+                  step: int | None = None) -> Path | None:
+    """Save a figure as PNG under the trainer's ``log_dir`` and send it to W&B loggers.
+
+    Must be called on every rank (``trainer.log_dir`` is a collective under DDP); only global
+    rank 0 draws, writes and logs. Returns the path on rank 0, else None.
+    """
+    log_dir = trainer.log_dir or trainer.default_root_dir
+    return _rank_zero_save_figure(trainer, make_figure, Path(log_dir) / relative_path, key, step)
+
+
+@rank_zero_only
+def _rank_zero_save_figure(trainer, make_figure, path: Path, key: str, step: int | None):
+    path = save_figure(make_figure(), path)
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            logger.log_image(key=key, images=[str(path)], step=step)
+    return path
+

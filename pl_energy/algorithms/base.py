@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..core.inference import relax
 from ..core.losses import Loss, as_loss
-from ..core.networks import layers_of
 from ..core.trace import InferenceTrace
 
 
@@ -29,6 +29,13 @@ class Estimate:
     loss: Tensor
     trace: InferenceTrace | None = None
 
+    @classmethod
+    def from_layers(cls, network: nn.Module, per_layer: list[list[Tensor]], output: Tensor,
+                    loss: Loss, targets: Tensor, trace: InferenceTrace | None = None) -> "Estimate":
+        """From per-layer gradients (``layer.parameters()`` order), the free-phase output and
+        the targets as the energy prepared them."""
+        return cls(name_layer_gradients(network, per_layer), output, loss.value(output, targets), trace)
+
 
 class Algorithm:
     """Base class. Subclasses are dataclasses of hyper-parameters implementing ``estimate``."""
@@ -40,7 +47,7 @@ class Algorithm:
              loss: str | Loss = "cross_entropy", record: bool | None = None) -> Estimate:
         """Run the algorithm's phases on a batch; ``record`` overrides the ``trace`` setting."""
         loss = as_loss(loss)
-        _check_batch(inputs, targets)
+        check_batch(inputs, targets)
         _check_dtype(network, inputs)
         record = getattr(self, "trace", False) if record is None else record
         with torch.no_grad():  # phases never build graphs; autograd paths enable it locally
@@ -59,7 +66,7 @@ class Algorithm:
                   loss: str | Loss = "cross_entropy") -> dict[str, Tensor]:
         """The exact gradient this algorithm approximates: backprop through the network."""
         loss = as_loss(loss)
-        _check_batch(inputs, targets)
+        check_batch(inputs, targets)
         return backprop_gradients(network, inputs, targets, loss)[0]
 
     def predict(self, network: nn.Module, inputs: Tensor) -> Tensor:
@@ -109,7 +116,7 @@ def name_layer_gradients(network: nn.Module, per_layer: list[list[Tensor]]) -> d
     return gradients
 
 
-def _check_batch(inputs: Tensor, targets: Tensor) -> None:
+def check_batch(inputs: Tensor, targets: Tensor) -> None:
     if not isinstance(inputs, Tensor) or not isinstance(targets, Tensor):
         raise TypeError("inputs and targets must be tensors")
     if inputs.dim() == 0 or targets.dim() == 0:
@@ -139,5 +146,17 @@ def _check_dtype(network: nn.Module, inputs: Tensor) -> None:
         )
 
 
-def count_layers(network: nn.Module) -> int:
-    return len(layers_of(network))
+@dataclass
+class RelaxingAlgorithm(Algorithm):
+    """An algorithm with inference phases: ``steps`` of ``step_size``, stopped early by ``tol``;
+    ``trace`` records the energies of the last phase by default."""
+
+    steps: int = 50
+    step_size: float = 0.1
+    tol: float | None = None
+    trace: bool = True
+
+    def relax(self, energy, state, record: bool = False, steps: int | None = None):
+        """One inference phase on ``state`` in place; returns its trace (see ``core.relax``)."""
+        return relax(energy, state, self.steps if steps is None else steps, self.step_size,
+                     self.tol, record)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.func import jvp
 
 from ..core.losses import Loss
-from .base import Estimate, name_layer_gradients
+from .base import Estimate
 from .hopfield_common import HopfieldAlgorithm
 
 
@@ -35,7 +35,7 @@ class ContrastiveHebbian(HopfieldAlgorithm):
                  record: bool) -> Estimate:
         energy, free = self.free_phase(network, inputs, targets, loss)
         clamped = energy.clamped(free)
-        trace = self.relax_phase(energy, clamped, self.steps, record)
+        trace = self.relax(energy, clamped, record)
         scale = self.gamma ** -(len(energy.layers) - 1)
         if self.corrected:
             def weight_gradients(*activities: Tensor):
@@ -48,6 +48,5 @@ class ContrastiveHebbian(HopfieldAlgorithm):
             flat = iter(flat)
             per_layer = [[next(flat) * scale for _ in layer.parameters()] for layer in energy.layers]
         else:
-            per_layer = energy.parameter_gradient_difference(clamped, free, scale)
-        value = loss.value(free.output, free.targets)
-        return Estimate(name_layer_gradients(network, per_layer), free.output, value, trace)
+            per_layer = energy.parameter_gradients(clamped, free, scale)
+        return Estimate.from_layers(network, per_layer, free.output, loss, free.targets, trace)

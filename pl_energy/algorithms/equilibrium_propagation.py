@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..core.losses import Loss
-from .base import Estimate, name_layer_gradients
+from .base import Estimate
 from .hopfield_common import HopfieldAlgorithm
 
 
@@ -36,12 +36,11 @@ class EquilibriumPropagation(HopfieldAlgorithm):
         energy, free = self.free_phase(network, inputs, targets, loss)
         steps = self.steps if self.nudged_steps is None else self.nudged_steps
         nudged = energy.nudged(free, self.beta)
-        trace = self.relax_phase(energy, nudged, steps, record)
+        trace = self.relax(energy, nudged, record, steps)
         if self.centered:
             low = energy.nudged(free, -self.beta)
-            self.relax_phase(energy, low, steps, False)
-            per_layer = energy.parameter_gradient_difference(nudged, low, 1 / (2 * self.beta))
+            self.relax(energy, low, steps=steps)
+            per_layer = energy.parameter_gradients(nudged, low, 1 / (2 * self.beta))
         else:
-            per_layer = energy.parameter_gradient_difference(nudged, free, 1 / self.beta)
-        value = loss.value(free.output, free.targets)
-        return Estimate(name_layer_gradients(network, per_layer), free.output, value, trace)
+            per_layer = energy.parameter_gradients(nudged, free, 1 / self.beta)
+        return Estimate.from_layers(network, per_layer, free.output, loss, free.targets, trace)

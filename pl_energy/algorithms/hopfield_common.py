@@ -8,20 +8,17 @@ from torch import Tensor, nn
 
 from ..core.hopfield import HopfieldEnergy, HopfieldState
 from ..core.implicit import equilibrium_gradient
-from ..core.inference import relax
 from ..core.losses import Loss, as_loss
-from .base import Algorithm, _check_batch, name_layer_gradients
+from .base import RelaxingAlgorithm, check_batch, name_layer_gradients
 
 
 @dataclass
-class HopfieldAlgorithm(Algorithm):
+class HopfieldAlgorithm(RelaxingAlgorithm):
     """Free phase: relax the Hopfield energy from the feedforward pass (``steps``, ``tol``)."""
 
     steps: int = 100
     step_size: float = 0.5
-    tol: float | None = None
     gamma: float = 1.0
-    trace: bool = True
 
     def energy(self, network: nn.Module, loss: Loss) -> HopfieldEnergy:
         return HopfieldEnergy(network, loss, gamma=self.gamma)
@@ -30,11 +27,8 @@ class HopfieldAlgorithm(Algorithm):
                    loss: Loss) -> tuple[HopfieldEnergy, HopfieldState]:
         energy = self.energy(network, loss)
         state = energy.free_state(inputs, targets)
-        relax(energy, state, self.steps, self.step_size, self.tol)
+        self.relax(energy, state)
         return energy, state
-
-    def relax_phase(self, energy: HopfieldEnergy, state: HopfieldState, steps: int, record: bool):
-        return relax(energy, state, steps, self.step_size, self.tol, record)
 
     def predict(self, network: nn.Module, inputs: Tensor) -> Tensor:
         """The output at the free equilibrium."""
@@ -44,7 +38,7 @@ class HopfieldAlgorithm(Algorithm):
                   loss: str | Loss = "cross_entropy") -> dict[str, Tensor]:
         """dL/dtheta at this algorithm's free equilibrium (implicit differentiation)."""
         loss = as_loss(loss)
-        _check_batch(inputs, targets)
+        check_batch(inputs, targets)
         energy, state = self.free_phase(network, inputs, targets, loss)
         parameters = [p for layer in energy.layers for p in layer.parameters()]
         flat = equilibrium_gradient(

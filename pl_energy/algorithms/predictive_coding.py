@@ -19,21 +19,17 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..core.inference import relax
 from ..core.losses import Loss
+from ..core.networks import layers_of
 from ..core.predictive_coding import PredictiveCodingEnergy
-from .base import Algorithm, Estimate, count_layers, name_layer_gradients
+from .base import Estimate, RelaxingAlgorithm
 
 
 @dataclass
-class PredictiveCoding(Algorithm):
-    steps: int = 50
-    step_size: float = 0.1
-    tol: float | None = None
+class PredictiveCoding(RelaxingAlgorithm):
     lam: float = 1.0
     gamma: float = 1.0
     centered: bool = False
-    trace: bool = True
     name = "pc"
 
     def __post_init__(self):
@@ -43,7 +39,7 @@ class PredictiveCoding(Algorithm):
             raise ValueError(f"gamma (feedback strength) must lie in (0, 1], got {self.gamma}")
 
     def energy(self, network: nn.Module, loss: Loss, lam: float) -> PredictiveCodingEnergy:
-        depth = count_layers(network)
+        depth = len(layers_of(network))
         precisions = [self.gamma ** -(depth - index) for index in range(1, depth)]
         return PredictiveCodingEnergy(network, loss, lam=lam, precisions=precisions)
 
@@ -53,8 +49,7 @@ class PredictiveCoding(Algorithm):
         energy = self.energy(network, loss, lam)
         state = energy.free_state(inputs, targets)
         free_output = state.output
-        trace = relax(energy, state, self.steps, self.step_size, self.tol, record)
-        return energy, state, free_output, trace
+        return energy, state, free_output, self.relax(energy, state, record)
 
     def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                  record: bool) -> Estimate:
@@ -69,8 +64,7 @@ class PredictiveCoding(Algorithm):
                 for layer, other in zip(energy.all_parameter_gradients(state, half),
                                         negative.all_parameter_gradients(negative_state, half))
             ]
-        value = loss.value(output, state.targets)
-        return Estimate(name_layer_gradients(network, per_layer), output, value, trace)
+        return Estimate.from_layers(network, per_layer, output, loss, state.targets, trace)
 
 
 @dataclass

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from ..core.losses import Loss
 from ..core.predictive_coding import PCState, PredictiveCodingEnergy
 from ..core.trace import InferenceTrace
-from .base import Algorithm, Estimate, name_layer_gradients
+from .base import Algorithm, Estimate
 
 
 @dataclass
@@ -48,10 +48,15 @@ class ZeroDivergenceIL(Algorithm):
         if not self.gamma > 0 or self.lam == 0:
             raise ValueError(f"need gamma > 0 and lam != 0, got gamma={self.gamma}, lam={self.lam}")
 
+    def free_phase(self, network: nn.Module, inputs: Tensor, targets: Tensor,
+                   loss: Loss) -> tuple[PredictiveCodingEnergy, PCState]:
+        """The PC energy (clamped output: lam = 1 by default) at the feedforward pass (C1)."""
+        energy = PredictiveCodingEnergy(network, loss, lam=self.lam)
+        return energy, energy.free_state(inputs, targets)
+
     def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                  record: bool) -> Estimate:
-        energy = PredictiveCodingEnergy(network, loss, lam=self.lam)
-        state = energy.free_state(inputs, targets)
+        energy, state = self.free_phase(network, inputs, targets, loss)
         output = state.output
         depth = len(energy.layers)
         scale = 1 / (self.lam * inputs.shape[0])  # dE/dtheta of the batch mean, over lam
@@ -67,8 +72,7 @@ class ZeroDivergenceIL(Algorithm):
             # is exactly 0 until this step (Lemma A.3), so dE/dx = feedback / scale
             state.activities[index - 1] = torch.add(state.activities[index - 1], feedback,
                                                     alpha=-self.gamma / scale)
-        value = loss.value(output, state.targets)
-        return Estimate(name_layer_gradients(network, per_layer), output, value)
+        return Estimate.from_layers(network, per_layer, output, loss, state.targets)
 
 
 @dataclass
@@ -81,8 +85,7 @@ class FastZIL(ZeroDivergenceIL):
                  record: bool) -> Estimate:
         if not self.full_dynamics:
             return super().estimate(network, inputs, targets, loss, record)
-        energy = PredictiveCodingEnergy(network, loss, lam=self.lam)
-        state = energy.free_state(inputs, targets)
+        energy, state = self.free_phase(network, inputs, targets, loss)
         output = state.output
         depth = len(energy.layers)
         steps = depth - 1 if self.steps is None else self.steps
@@ -104,11 +107,10 @@ class FastZIL(ZeroDivergenceIL):
             for i, layer in enumerate(totals)
         ]
         trace = InferenceTrace.from_rows(rows, converged=False) if record else None
-        value = loss.value(output, state.targets)
-        return Estimate(name_layer_gradients(network, per_layer), output, value, trace)
+        return Estimate.from_layers(network, per_layer, output, loss, state.targets, trace)
 
     @staticmethod
-    def _learn(energy: PredictiveCodingEnergy, state: PCState, fired: list[Tensor],
+    def _learn(energy: PredictiveCodingEnergy, state: PCState, fired: list[Tensor | None],
                totals: list[list[Tensor] | None], lowest: int, scale: float) -> None:
         """Accumulate scale * the update of layers >= lowest, gated by phi: errors departing
         from zero (scale and 1/B are applied to the gated signal, not the weight-sized result)."""

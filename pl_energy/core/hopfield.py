@@ -177,35 +177,23 @@ class HopfieldEnergy:
             total = total + self.weights[index - 1] * layer
         return total
 
-    def parameter_gradients(self, state: HopfieldState) -> list[list[Tensor]]:
-        """dE/dtheta of the batch-mean energy, per layer in ``parameters()`` order."""
-        x = state.activities
-        batch = x[0].shape[0]
-        grads = []
-        for index, linear in enumerate(self.linears, start=1):
-            below = self._value(index - 1, x[index - 1])
-            value = self._value(index, x[index]) * (-self.weights[index - 1] / batch)
-            layer = [value.t() @ below]
-            if linear.bias is not None:
-                layer.append(value.sum(0))
-            grads.append(layer)
-        return grads
+    def parameter_gradients(self, state: HopfieldState, minus: HopfieldState | None = None,
+                            scale: float = 1.0) -> list[list[Tensor]]:
+        """scale * dE/dtheta of the batch-mean energy at ``state`` (minus that at ``minus``), per
+        layer in ``parameters()`` order.
 
-    def parameter_gradient_difference(self, high: HopfieldState, low: HopfieldState,
-                                      scale: float) -> list[list[Tensor]]:
-        """scale * (dE/dtheta(high) - dE/dtheta(low)), each layer's weight part as one product.
-
-        -c_l (rho(x~_l)^T rho(x~_{l-1}) - rho(x_l)^T rho(x_{l-1})) is the product of the two
+        dE/dW_l = -c_l rho(x_l)^T rho(x_{l-1}): a difference of two phases is one product of the
         phases stacked along the batch, so no weight-sized intermediate is formed.
         """
-        batch = high.activities[0].shape[0]
+        phases = [(state, 1.0)] + ([(minus, -1.0)] if minus is not None else [])
+        batch = state.activities[0].shape[0]
         grads = []
         for index, linear in enumerate(self.linears, start=1):
             factor = -self.weights[index - 1] * scale / batch
-            above = torch.cat([self._value(index, high.activities[index]) * factor,
-                               self._value(index, low.activities[index]) * -factor])
-            below = torch.cat([self._value(index - 1, high.activities[index - 1]),
-                               self._value(index - 1, low.activities[index - 1])])
+            above = torch.cat([self._value(index, phase.activities[index]) * (sign * factor)
+                               for phase, sign in phases])
+            below = torch.cat([self._value(index - 1, phase.activities[index - 1])
+                               for phase, _ in phases])
             layer = [above.t() @ below]
             if linear.bias is not None:
                 layer.append(above.sum(0))

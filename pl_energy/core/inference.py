@@ -85,9 +85,8 @@ def relax(
             rows.append(energy.components(state))
             total = float(rows[-1][2])
             if not math.isfinite(total):
-                if stride > 1:  # find the first bad step, not the first checked one
-                    energy.restore(state, start)
-                    relax(energy, state, taken, step_size, record=True)
+                if stride > 1:  # name the first bad step, not the first checked one
+                    _rerun_to_first_bad_step(energy, state, start, taken, step_size)
                 raise _divergence(taken, step_size, total)
             if tol is not None and abs(total - previous) <= (taken - measured) * tol * abs(total - first):
                 converged = True
@@ -98,11 +97,16 @@ def relax(
     if not watch:
         final = energy.components(state)[2]
         if not torch.isfinite(final):
-            energy.restore(state, start)
-            relax(energy, state, steps, step_size, record=True)  # raises at the first bad step
+            _rerun_to_first_bad_step(energy, state, start, steps, step_size)
             raise _divergence(steps, step_size, float(final))
         return None
     return InferenceTrace.from_rows(rows, converged, steps=taken, stride=stride)
+
+
+def _rerun_to_first_bad_step(energy: Energy, state, start, steps: int, step_size: float) -> None:
+    """Replay inference from ``start`` watching every step: it raises at the first bad one."""
+    energy.restore(state, start)
+    relax(energy, state, steps, step_size, record=True)
 
 
 def _divergence(step: int, step_size: float, value: float) -> DivergenceError:

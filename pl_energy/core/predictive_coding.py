@@ -124,10 +124,8 @@ class PredictiveCodingEnergy:
 
     def weighted_error(self, state: PCState, index: int) -> Tensor:
         """pi_l eps_l = -d_l for a hidden layer l (for x_1 in reduced coordinates: pi_1 S)."""
-        if index == 1 and state.reduced is not None:
-            error = state.reduced.coordinates
-        else:
-            error = state.activities[index] - state.linearizations[index - 1].output
+        reduced = index == 1 and state.reduced is not None
+        error = state.reduced.coordinates if reduced else self.error(state, index)
         precision = self.precisions[index - 1]
         return error if precision == 1.0 else precision * error
 
