@@ -56,6 +56,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from pl_energy import build_algorithm, mlp  # noqa: E402
+from pl_energy.algorithms.predictive_coding import PAPER_SETTINGS  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
@@ -73,16 +74,15 @@ class Variant:
         return build_algorithm(self.algorithm, **self.hparams)
 
 
-TOL = 1e-6
-TOL_MAX_STEPS = 200
 VARIANTS = (
     Variant("bp_textbook", None),
     Variant("bp", "bp"),
     Variant("z_il", "z_il"),
     Variant("fa_z_il", "fa_z_il"),
-    Variant("pc", "pc", dict(steps=50, step_size=0.1)),
-    Variant("pc_nudge", "pc_nudge", dict(steps=50, step_size=0.1)),
-    Variant("pc_nudge_tol", "pc_nudge", dict(steps=TOL_MAX_STEPS, step_size=0.1, tol=TOL)),
+    Variant("pc", "pc", dict(PAPER_SETTINGS)),
+    Variant("pc_nudge", "pc_nudge", dict(PAPER_SETTINGS)),
+    Variant("pc_converged", "pc"),
+    Variant("pc_nudge_converged", "pc_nudge"),
     Variant("ep", "ep", dict(steps=50), dense_only=True),
     Variant("chl", "chl", dict(steps=50), dense_only=True),
 )
@@ -91,13 +91,14 @@ VARIANT_NOTES = {
     "bp": "build_algorithm('bp')",
     "z_il": "defaults (gamma=1, lam=1)",
     "fa_z_il": "defaults (depth-1 steps)",
-    "pc": "steps=50, step_size=0.1 (lam=1)",
-    "pc_nudge": "steps=50, step_size=0.1 (lam=0.01)",
-    "pc_nudge_tol": f"steps<={TOL_MAX_STEPS}, step_size=0.1, tol={TOL:g} (relative energy change)",
+    "pc": "the papers' inference: solver='gd', steps=50, step_size=0.1 (lam=1)",
+    "pc_nudge": "the papers' inference: solver='gd', steps=50, step_size=0.1 (lam=0.01)",
+    "pc_converged": "defaults: solver='error', tol=1e-4 (relative residual), steps<=100 (lam=1)",
+    "pc_nudge_converged": "defaults: solver='error', tol=1e-4, steps<=100 (lam=0.01)",
     "ep": "steps=50 free + 50 nudged (beta=0.1, step_size=0.5)",
     "chl": "steps=50 free + 50 clamped (gamma=0.1, step_size=0.5)",
 }
-TOLERANCES = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
+TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-6, 1e-8)
 
 
 # ---------------------------------------------------------------------------------- MAC model
@@ -140,8 +141,9 @@ def bound_macs(variant: Variant, macs: list[int], steps: float | None = None,
     S2 = sum_{l>=2} F_l (the layers whose inputs move during inference).
 
     - BP, bp, z_il: forward S + input-VJPs of layers 2..L (S2) + weight grads S.
-    - pc, pc_nudge at T steps: initial forward S + T * (forward + input-VJP of layers 2..L)
-      + weight grads S; ``centered`` doubles it. ``steps`` overrides T (steps actually taken).
+    - pc, pc_nudge at T steps (either solver): initial forward S + T * (forward + input-VJP of
+      layers 2..L) + the input-VJPs at the final state that measure its residual (S2) + weight
+      grads S; ``centered`` doubles it. ``steps`` overrides T (steps actually taken).
     - fa_z_il: S + (L-1) * 2 S2 + S (weight gradients counted once).
     - ep (dense Hopfield energy): initial forward S + (free + nudged) steps * (drives
       W_l rho(x_{l-1}) for l>=2 + feedback W_{l+1}^T rho(x_{l+1}) for l<=L-1 = 2 S2)
@@ -158,7 +160,7 @@ def bound_macs(variant: Variant, macs: list[int], steps: float | None = None,
     if name in ("pc", "pc_nudge"):
         t = hp.get("steps", 50) if steps is None else steps
         phases = 2 if hp.get("centered") else 1
-        return phases * (2 * total + 2 * t * moving)
+        return phases * (2 * total + (2 * t + 1) * moving)
     if name == "fa_z_il":
         t = hp.get("steps") or depth - 1
         return 2 * total + 2 * t * moving
@@ -309,8 +311,8 @@ class Stepper:
     def release(self, estimate) -> None:
         """Untimed: drop the gradients so that memory does not pile up between variants."""
         self.optimizer.zero_grad(set_to_none=True)
-        if estimate is not None and estimate.trace is not None:
-            self.steps_taken.append(estimate.trace.steps)
+        if estimate is not None and estimate.inference:
+            self.steps_taken.append(sum(report.steps for report in estimate.inference))
 
     def timed(self, x, y, device) -> float:
         self.restore()
@@ -389,16 +391,15 @@ def agreement(case: Case, variants, network, x, y) -> list[dict]:
             continue
         estimate = variant.build().step(network, x, y, loss="cross_entropy", record=False)
         cosine, error = flat_agreement(estimate.gradients, reference)
-        steps = estimate.trace.steps if estimate.trace is not None else variant.hparams.get("steps")
+        steps = sum(report.steps for report in estimate.inference) if estimate.inference else None
         rows.append(dict(key=variant.key, steps=steps, cosine=cosine, rel_error=error))
         del estimate
     for tol in TOLERANCES:
-        variant = Variant(f"pc_nudge tol={tol:g}", "pc_nudge",
-                          dict(steps=TOL_MAX_STEPS, step_size=0.1, tol=tol))
+        variant = Variant(f"pc_nudge error tol={tol:g}", "pc_nudge", dict(tol=tol))
         estimate = variant.build().step(network, x, y, loss="cross_entropy", record=False)
         cosine, error = flat_agreement(estimate.gradients, reference)
-        rows.append(dict(key=variant.key, steps=estimate.trace.steps, cosine=cosine,
-                         rel_error=error, converged=estimate.trace.converged))
+        rows.append(dict(key=variant.key, steps=estimate.inference[0].steps, cosine=cosine,
+                         rel_error=error, converged=estimate.converged))
         del estimate
     return rows
 
@@ -481,7 +482,7 @@ def run_case(case: Case, args, device: torch.device) -> dict:
 def configured_steps(variant: Variant, depth: int) -> str | None:
     hp = variant.hparams
     if variant.algorithm in ("pc", "pc_nudge"):
-        return str(hp.get("steps", 50))
+        return str(hp.get("steps", 50)) if hp.get("tol", 1e-4) is None else None
     if variant.algorithm == "fa_z_il":
         return str(hp.get("steps") or depth - 1)
     if variant.algorithm in ("ep", "chl"):
@@ -641,9 +642,9 @@ How to read the tables:
   are timed in a rotated order each round, one thread (`torch.set_num_threads(1)`).
 - **MAC bound**: multiply-accumulates the algorithm must do divided by BP's, from the per-layer
   forward MACs F_l (S = sum F_l, S2 = sum over layers 2..L). BP = S + S2 + S; PC at T steps
-  = 2S + 2 T S2; Fa-Z-IL = 2S + 2 (L-1) S2; EP = S + (free + nudged) 2 S2 + 2S; CHL the same but
-  the clamped output is not driven (clamped steps x (2 S2 - F_L)). For `pc_nudge_tol` T is the
-  median number of steps actually taken. **ratio / bound** near 1 means the step runs at BP's
+  = 2S + (2 T + 1) S2 (the final residual included); Fa-Z-IL = 2S + 2 (L-1) S2; EP = S + (free + nudged) 2 S2 + 2S; CHL the same but
+  the clamped output is not driven (clamped steps x (2 S2 - F_L)). For the `*_converged` rows
+  (the default solver, stopped by its tolerance) T is the median number of steps actually taken. **ratio / bound** near 1 means the step runs at BP's
   MAC throughput; above 1 means overhead beyond the arithmetic.
 - **peak memory**: peak bytes of tensor storage allocated during one step above what was live before it
   (CPU: every alloc/free of torch's CPU allocator recorded by `torch.profiler` with

@@ -73,7 +73,7 @@ def panel_c(network, x, y, lams, steps, step_size):
         relax(energy, state, steps, step_size)
         clamped = list(state.activities[1:]) + [state.output]
         eq.append(sum(float((a - b).pow(2).sum()) for a, b in zip(clamped, free)) ** 0.5)
-        grads = [g / lam for layer in energy.all_parameter_gradients(state) for g in layer]
+        grads = [g / lam for layer in energy.parameter_gradients(state) for g in layer]
         names = [n for n, _ in network.named_parameters()]
         gd.append(distance(dict(zip(names, grads)), bp))
     return eq, gd
@@ -92,7 +92,8 @@ def main(argv=None) -> dict:
     # A
     torch.manual_seed(0)
     net = pl_energy.mlp(SIZES)
-    alg = pl_energy.build_algorithm("pc_nudge", lam=1.0, steps=steps, step_size=step_size)
+    alg = pl_energy.build_algorithm("pc_nudge", lam=1.0, solver="gd", tol=None, steps=steps,
+                                     step_size=step_size, trace=True)
     alg.step(net, x, y)
     trace = alg.last_trace
     results["A"] = trace.as_dict()

@@ -54,7 +54,8 @@ def main(argv=None) -> dict:
                 xs = x.to(dtype)
                 reference = bp.gradients(net, xs, y)
                 for j, lam in enumerate(lams):
-                    alg = pl_energy.build_algorithm("pc_nudge", lam=lam, steps=steps,
+                    alg = pl_energy.build_algorithm("pc_nudge", solver="gd", tol=None, lam=lam,
+                                                    steps=steps,
                                                     step_size=setting["step_size"],
                                                     centered=centered, trace=False)
                     g = alg.gradients(net, xs, y)
@@ -87,7 +88,8 @@ def main(argv=None) -> dict:
             net = pl_energy.mlp(SIZES, activation="tanh").double()
             reference = bp.gradients(net, x.double(), y)
             for j, lam in enumerate(tanh_lams):
-                alg = pl_energy.build_algorithm("pc_nudge", lam=lam, steps=30 if args.quick else 400,
+                alg = pl_energy.build_algorithm("pc_nudge", solver="gd", tol=None, lam=lam,
+                                                steps=30 if args.quick else 400,
                                                 step_size=0.3, centered=centered, trace=False)
                 rel[seed, j] = rel_error(alg.gradients(net, x.double(), y), reference)
         kind = "centered" if centered else "one_sided"

@@ -60,9 +60,9 @@ def main(argv=None) -> dict:
     initial = pl_energy.mlp([784, 128, 64, 10])
     runs = {
         "bp": pl_energy.build_algorithm("bp"),
-        "pc_nudge_step0.1": pl_energy.build_algorithm("pc_nudge", lam=args.lam, steps=50,
+        "pc_nudge_step0.1": pl_energy.build_algorithm("pc_nudge", solver="gd", tol=None, lam=args.lam, steps=50,
                                                       step_size=0.1, trace=False),
-        "pc_nudge_step0.3": pl_energy.build_algorithm("pc_nudge", lam=args.lam, steps=50,
+        "pc_nudge_step0.3": pl_energy.build_algorithm("pc_nudge", solver="gd", tol=None, lam=args.lam, steps=50,
                                                       step_size=0.3, trace=False),
     }
     results = {"setup": {"sizes": [784, 128, 64, 10], "lam": args.lam, "steps": 50, "lr": 1e-3,

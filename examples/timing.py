@@ -39,7 +39,7 @@ def main(argv=None) -> dict:
     y = torch.randint(0, sizes[-1], (1,))
     algorithms = {
         "bp": pl_energy.build_algorithm("bp"),
-        "il": pl_energy.build_algorithm("pc", steps=args.il_steps, step_size=0.1, lam=1.0, trace=False),
+        "il": pl_energy.build_algorithm("pc", solver="gd", tol=None, steps=args.il_steps, step_size=0.1, lam=1.0, trace=False),
         "z_il": pl_energy.build_algorithm("z_il"),
         "fa_z_il": pl_energy.build_algorithm("fa_z_il"),
     }

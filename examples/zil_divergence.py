@@ -40,7 +40,7 @@ def noisy_zil_gradients(network, x, y, sigma, generator):
     depth = len(energy.layers)
     per_layer = [None] * depth
     for t in range(depth):  # at t = k update the layer k below the output (layer depth - k)
-        per_layer[depth - 1 - t] = energy.parameter_gradients(state, depth - t)
+        per_layer[depth - 1 - t] = energy.layer_parameter_gradients(state, depth - t)
         if t < depth - 1:
             energy.step(state, energy.activity_gradients(state), 1.0)
     names = [n for n, _ in network.named_parameters()]

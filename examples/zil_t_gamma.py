@@ -61,7 +61,7 @@ def main(argv=None) -> dict:
                 if label == "l":
                     alg = pl_energy.build_algorithm("z_il", gamma=gamma)
                 else:
-                    alg = pl_energy.build_algorithm("pc", steps=int(label), step_size=gamma, lam=1.0,
+                    alg = pl_energy.build_algorithm("pc", solver="gd", tol=None, steps=int(label), step_size=gamma, lam=1.0,
                                                     trace=False)
                 row.append(run(alg, initial, batches, test, args.lr))
             table[str(gamma)] = row

@@ -29,9 +29,13 @@ from .module import EnergyModule
 
 #: Command-line flags for the algorithms' hyper-parameters: name -> (type, help).
 HPARAM_FLAGS: dict[str, tuple[type, str]] = {
-    "steps": (int, "inference steps (pc, pc_nudge, fa_z_il, ep, chl)"),
-    "step_size": (float, "inference step size (pc, pc_nudge, ep, chl)"),
-    "tol": (float, "stop inference once the energy changes by less than tol (relative)"),
+    "solver": (str, "inference solver: gd (the papers' dynamics), error (PC energies: descent on "
+                    "the prediction errors, the default of pc and pc_nudge) or nesterov"),
+    "steps": (int, "inference step cap; the exact number of steps when tol is null (pc, pc_nudge, "
+                   "fa_z_il, ep, chl)"),
+    "step_size": (float | str, "inference step size, or 'auto' to halve it when the energy rises "
+                               "(pc, pc_nudge, ep, chl)"),
+    "tol": (float, "stop inference once the relative residual is at most tol (pc, pc_nudge, ep, chl)"),
     "lam": (float, "weight lam of the supervised energy, E = I + lam L (pc, pc_nudge, z_il, fa_z_il)"),
     "gamma": (float, "feedback strength / inference rate (pc, z_il, fa_z_il, ep, chl)"),
     "beta": (float, "nudging strength (ep)"),

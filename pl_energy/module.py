@@ -164,9 +164,24 @@ class EnergyModule(pl.LightningModule):
         self.train_acc(estimate.output.detach(), targets)
         self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, prog_bar=True,
                  batch_size=batch_size)
+        if estimate.inference:
+            self._log_inference(estimate.inference, batch_size)
         if estimate.trace is not None:
             self._log_trace(estimate.trace, batch_size, step)
         return loss
+
+    def _log_inference(self, reports, batch_size: int) -> None:
+        """``inference/steps`` (all phases), ``inference/converged`` (1 when every phase reached
+        its tolerance), ``inference/residual`` (the largest final residual) and
+        ``inference/backoffs`` (step halvings after a rising energy)."""
+        values = {
+            "inference/steps": float(sum(report.steps for report in reports)),
+            "inference/converged": float(all(report.converged for report in reports)),
+            "inference/residual": max(report.residual for report in reports),
+            "inference/backoffs": float(sum(report.backoffs for report in reports)),
+        }
+        for name, value in values.items():
+            self.log(name, value, on_step=True, on_epoch=False, sync_dist=True, batch_size=batch_size)
 
     def _log_trace(self, trace, batch_size: int, step: int) -> None:
         for name in ("internal", "supervised", "total"):

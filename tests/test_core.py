@@ -121,7 +121,7 @@ def test_pc_energy_gradients_match_autograd(problem):
     ours = energy.activity_gradients(state)
     assert torch.allclose(ours[0], g1, atol=1e-12) and torch.allclose(ours[1], g2, atol=1e-12)
     weight_grads = torch.autograd.grad(written / 3, list(network.parameters()))
-    flat = [g for layer in energy.all_parameter_gradients(state) for g in layer]
+    flat = [g for layer in energy.parameter_gradients(state) for g in layer]
     assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(flat, weight_grads))
     internal, supervised, total = energy.components(state)
     assert total * 3 == pytest.approx(written.item())
@@ -178,7 +178,7 @@ def test_equilibrium_gradient_matches_finite_differences():
 # --- inference ---------------------------------------------------------------------------------
 def test_trace_records_every_step_and_the_free_phase_has_zero_internal_energy(problem):
     network, inputs, targets = problem
-    algorithm = build_algorithm("pc", steps=30, step_size=0.2)
+    algorithm = build_algorithm("pc", solver="gd", steps=30, step_size=0.2, tol=None, trace=True)
     algorithm.gradients(network, inputs, targets)
     trace = algorithm.last_trace
     assert trace.total.shape == trace.internal.shape == trace.supervised.shape == (31,)
@@ -186,41 +186,6 @@ def test_trace_records_every_step_and_the_free_phase_has_zero_internal_energy(pr
     assert torch.allclose(trace.total, trace.internal + trace.supervised)
     assert (trace.total[1:] <= trace.total[:-1] + 1e-15).all()  # gradient descent on E
     assert trace.supervised[-1] < trace.supervised[0] and trace.internal[-1] > 0
-
-
-def test_tolerance_stops_inference_early(problem):
-    network, inputs, targets = problem
-    algorithm = build_algorithm("pc_nudge", steps=5000, step_size=0.2, tol=1e-6)
-    algorithm.gradients(network, inputs, targets)
-    trace = algorithm.last_trace
-    assert trace.converged and 5 < trace.steps < 5000
-    total = trace.total
-    assert abs(total[-1] - total[-2]) <= 1e-6 * abs(total[-1] - total[0])
-
-
-def test_tolerance_without_a_trace_checks_every_few_steps(problem):
-    from pl_energy.core.inference import CHECK_EVERY
-
-    network, inputs, targets = problem
-    algorithm = build_algorithm("pc_nudge", steps=5000, step_size=0.2, tol=1e-6, trace=False)
-    algorithm.gradients(network, inputs, targets)
-    trace = algorithm.last_trace
-    assert trace.converged and trace.stride == CHECK_EVERY and trace.steps % CHECK_EVERY == 0
-    assert trace.total.shape == (trace.steps // CHECK_EVERY + 1,)
-    full = build_algorithm("pc_nudge", steps=5000, step_size=0.2, tol=1e-6, trace=True)
-    full.gradients(network, inputs, targets)
-    assert abs(trace.steps - full.last_trace.steps) <= 2 * CHECK_EVERY
-
-
-@pytest.mark.parametrize("settings", [{"trace": True}, {"trace": False}, {"trace": False, "tol": 1e-12}])
-def test_divergence_names_the_first_bad_step_however_energies_are_watched(settings, problem):
-    network, inputs, targets = problem
-    with pytest.raises(DivergenceError) as error:
-        build_algorithm("pc", steps=400, step_size=4.0, **settings).gradients(network, inputs, targets)
-    reference = build_algorithm("pc", steps=400, step_size=4.0, trace=True)
-    with pytest.raises(DivergenceError) as first:
-        reference.gradients(network, inputs, targets)
-    assert str(error.value) == str(first.value)
 
 
 def test_cross_entropy_uses_the_last_axis_for_outputs_of_any_rank():
@@ -247,26 +212,12 @@ def test_frozen_parameters_get_no_gradient_from_any_algorithm(problem):
         assert "0.0.bias" not in build_algorithm(name).gradients(network, inputs, targets)
 
 
-def test_divergence_names_the_step_and_the_step_size(problem):
-    network, inputs, targets = problem
-    with pytest.raises(DivergenceError, match=r"at step \d+ with step_size 50.*lower step_size"):
-        build_algorithm("pc", steps=200, step_size=50.0, trace=False).gradients(network, inputs, targets)
-
-
 def test_non_finite_inputs_are_refused(problem):
     network, inputs, targets = problem
     inputs[0, 0] = float("nan")
     for name in ALGORITHMS:
         with pytest.raises((ValueError, FloatingPointError), match="NaN or Inf"):
             build_algorithm(name).gradients(network, inputs, targets)
-
-
-def test_relax_rejects_bad_settings(problem):
-    network, inputs, targets = problem
-    energy = PredictiveCodingEnergy(network, Loss("mse"))
-    state = energy.free_state(inputs, targets)
-    with pytest.raises(ValueError, match="step_size must be > 0"):
-        relax(energy, state, 3, 0.0)
 
 
 # --- the algorithm interface ---------------------------------------------------------------------
@@ -342,7 +293,7 @@ def test_ep_predicts_with_its_free_equilibrium():
     inputs = torch.randn(2, 5)
     algorithm = build_algorithm("ep", steps=3000, tol=1e-14)
     output = algorithm.predict(network, inputs)
-    energy, state = algorithm.free_phase(network, inputs, None, Loss("mse"))
+    energy, state, _ = algorithm.free_phase(network, inputs, None, Loss("mse"))
     assert torch.equal(output, state.output)
     assert max(g.abs().max() for g in energy.activity_gradients(state)) < 1e-6  # an equilibrium
     assert not torch.allclose(output, network(inputs), atol=1e-3)  # ... not the feedforward pass
@@ -365,7 +316,7 @@ def test_reduced_first_layer_runs_the_same_dynamics(settings, sizes, monkeypatch
     torch.manual_seed(4)
     network = mlp(sizes)
     inputs, targets = torch.randn(16, 30), torch.randint(0, 5, (16,))
-    algorithm = build_algorithm("pc_nudge", steps=60, **settings)
+    algorithm = build_algorithm("pc_nudge", solver="gd", steps=60, tol=None, trace=True, **settings)
     reduced = algorithm.gradients(network, inputs, targets)
     reduced_trace = algorithm.last_trace.total
     assert ReducedFirstLayer.pays_off(16, 60, 20, sizes[2])

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from pl_energy import build_algorithm, mlp
+from pl_energy.algorithms.predictive_coding import PAPER_SETTINGS
 from helpers import cosine, relative_l2
 
 
@@ -34,56 +35,64 @@ def _slope(lams, errors) -> float:
     return float((x @ y) / (x @ x))
 
 
-def _training_cosines(images, labels, step_size: float, batches: int = 30) -> list[float]:
+def _training_agreement(images, labels, batches: int = 30, **settings) -> tuple[list[float], list[float]]:
     """Train seed 003's net with PC-Nudge (SGD 0.001, momentum 0.9, batch 64) and return the
-    cosine between each update and BP's gradient on the same batch and weights."""
+    cosine and relative error between each update and BP's gradient on the same batch and
+    weights."""
     torch.manual_seed(0)
     network = mlp([784, 128, 64, 10])
     optimizer = torch.optim.SGD(network.parameters(), lr=0.001, momentum=0.9)
-    nudge, backprop = build_algorithm("pc_nudge", step_size=step_size, trace=False), build_algorithm("bp")
-    cosines = []
+    nudge, backprop = build_algorithm("pc_nudge", **settings), build_algorithm("bp")
+    cosines, errors = [], []
     for index in range(batches):
         inputs, targets = images[64 * index: 64 * (index + 1)], labels[64 * index: 64 * (index + 1)]
         estimate = nudge.gradients(network, inputs, targets)
-        cosines.append(cosine(estimate, backprop.gradients(network, inputs, targets)))
+        reference = backprop.gradients(network, inputs, targets)
+        cosines.append(cosine(estimate, reference))
+        errors.append(relative_l2(estimate, reference))
         for name, parameter in network.named_parameters():
             parameter.grad = estimate[name]
         optimizer.step()
-    return cosines
+    return cosines, errors
 
 
 def test_pc_nudge_agrees_with_bp_during_mnist_training(mnist_tensors):
-    """Seed 003 Fig. 3C: lam = 0.01, 50 inference steps, on real MNIST.
+    """Seed 003 Fig. 3C: lam = 0.01 on real MNIST.
 
-    At the A.1 step of 0.1 on Eq. 4 the 50 steps do not converge and we measure cosines of
-    0.9984-0.9990 (relative error ~8%); the paper's >= 0.999 holds from step 0.2 on (which is
-    also gradient descent at 0.1 on Eq. 3's energy, sum eps^2, without the 1/2).
+    At the A.1 inference (50 steps of 0.1 on Eq. 4) inference has not converged and we measure
+    cosines of 0.9984-0.9990 (relative error ~8%); the paper's >= 0.999 holds once inference
+    converges, which the default solver does. Its relative error is then the lam = 0.01 limit's
+    own bias: 0.6-3.8% per batch here (float64 at tol 1e-10 gives the same numbers to 3e-3).
     """
     images, labels = mnist_tensors
-    paper_step = _training_cosines(images, labels, step_size=0.1)
-    assert min(paper_step) >= 0.998, paper_step
-    converged_more = _training_cosines(images, labels, step_size=0.2)
-    assert min(converged_more) >= 0.999, converged_more
-    assert sum(converged_more) > sum(paper_step)
+    paper_cosines, paper_errors = _training_agreement(images, labels, **PAPER_SETTINGS)
+    assert min(paper_cosines) >= 0.998, paper_cosines
+    cosines, errors = _training_agreement(images, labels)
+    assert min(cosines) >= 0.999 and max(errors) <= 0.04, (cosines, errors)
+    assert max(errors) < min(paper_errors)
 
 
-def test_pc_nudge_defaults_are_the_paper_settings(seed003_batch):
+def test_paper_settings_are_one_flag_set_away(seed003_batch):
     network, inputs, targets = seed003_batch
-    algorithm = build_algorithm("pc_nudge")
-    assert (algorithm.lam, algorithm.steps, algorithm.step_size) == (0.01, 50, 0.1)
-    algorithm.gradients(network, inputs, targets)
-    assert algorithm.last_trace.steps == 50 and algorithm.last_trace.total.shape == (51,)
+    default = build_algorithm("pc_nudge")
+    assert (default.lam, default.solver, default.tol) == (0.01, "error", 1e-4)
+    paper = build_algorithm("pc_nudge", **PAPER_SETTINGS, trace=True)
+    assert (paper.lam, paper.steps, paper.step_size, paper.tol) == (0.01, 50, 0.1, None)
+    estimate = paper.step(network, inputs, targets)
+    assert estimate.trace.steps == 50 and estimate.trace.total.shape == (51,)
+    assert estimate.inference[0].steps == 50 and not estimate.converged
 
 
 def _nudge_errors(network, inputs, targets, centered: bool, lams, smooth: bool) -> list[float]:
     reference = build_algorithm("bp").gradients(network, inputs, targets)
     errors = []
     for lam in lams:
-        algorithm = build_algorithm("pc_nudge", lam=lam, steps=400, step_size=0.2, centered=centered)
-        errors.append(relative_l2(algorithm.gradients(network, inputs, targets), reference))
-        total = algorithm.last_trace.total  # converged: the last step no longer moves the energy
-        if smooth:  # (ReLU units sitting on their kink keep chattering by ~1e-8 of the drop)
-            assert abs(total[-1] - total[-2]) <= 1e-12 * abs(total[-1] - total[0])
+        algorithm = build_algorithm("pc_nudge", lam=lam, steps=300, tol=1e-10, centered=centered)
+        estimate = algorithm.step(network, inputs, targets)
+        errors.append(relative_l2(estimate.gradients, reference))
+        assert estimate.converged
+        if smooth:  # ReLU units settle on their kink, where the residual cannot vanish
+            assert all(report.residual <= 1e-10 for report in estimate.inference)
     return errors
 
 

@@ -72,7 +72,8 @@ def test_energy_trace_logged_and_plotted(tmp_path):
     torch.manual_seed(0)
     x, y = torch.rand(16, 6), torch.randint(0, 3, (16,))
     module = EnergyModule(network=mlp([6, 5, 3]), algorithm="pc_nudge",
-                          algorithm_hparams={"steps": 4}, trace_every_n_steps=2)
+                          algorithm_hparams={"steps": 4, "solver": "gd", "tol": None},
+                          trace_every_n_steps=2)
     trainer = quiet_trainer(max_steps=3, default_root_dir=tmp_path)
     trainer.fit(module, loader(x, y, 4))
     for key in ("energy/internal", "energy/supervised", "energy/total", "train/loss", "train/acc"):

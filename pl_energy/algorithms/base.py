@@ -9,9 +9,22 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..core.inference import relax
+import warnings
+
+from ..core.inference import InferenceReport, Relaxation, check_settings, relax
 from ..core.losses import Loss, as_loss
 from ..core.trace import InferenceTrace
+
+
+class NotConvergedWarning(UserWarning):
+    """Inference hit its step cap before the residual reached the tolerance."""
+
+
+NOT_CONVERGED = (
+    "inference stopped at its step cap before the residual reached tol, so this estimate is read "
+    "off a state short of equilibrium; raise steps, loosen tol, or use solver='error' (see "
+    "Estimate.inference for the residual)"
+)
 
 
 @dataclass
@@ -19,22 +32,30 @@ class Estimate:
     """One algorithm step on a batch.
 
     ``gradients`` is keyed like ``network.named_parameters()`` (trainable ones); ``output`` is
-    the free-phase prediction and ``loss`` its batch-mean loss; ``trace`` the energies of the
-    last inference phase (None when neither recorded nor needed by a tolerance, which then keeps
-    one row every few steps).
+    the free-phase prediction and ``loss`` its batch-mean loss; ``trace`` the energies per step
+    of the phase the estimate is read at (None unless recorded); ``inference`` one report per
+    inference phase, in the order they ran (empty for algorithms without inference).
     """
 
     gradients: dict[str, Tensor]
     output: Tensor
     loss: Tensor
     trace: InferenceTrace | None = None
+    inference: tuple[InferenceReport, ...] = ()
 
     @classmethod
     def from_layers(cls, network: nn.Module, per_layer: list[list[Tensor]], output: Tensor,
-                    loss: Loss, targets: Tensor, trace: InferenceTrace | None = None) -> "Estimate":
+                    loss: Loss, targets: Tensor, trace: InferenceTrace | None = None,
+                    inference: tuple[InferenceReport, ...] = ()) -> "Estimate":
         """From per-layer gradients (``layer.parameters()`` order), the free-phase output and
         the targets as the energy prepared them."""
-        return cls(name_layer_gradients(network, per_layer), output, loss.value(output, targets), trace)
+        return cls(name_layer_gradients(network, per_layer), output, loss.value(output, targets),
+                   trace, inference)
+
+    @property
+    def converged(self) -> bool:
+        """Every inference phase reached its tolerance (True when there was no inference)."""
+        return all(report.converged for report in self.inference)
 
 
 class Algorithm:
@@ -148,15 +169,37 @@ def _check_dtype(network: nn.Module, inputs: Tensor) -> None:
 
 @dataclass
 class RelaxingAlgorithm(Algorithm):
-    """An algorithm with inference phases: ``steps`` of ``step_size``, stopped early by ``tol``;
-    ``trace`` records the energies of the last phase by default."""
+    """An algorithm with inference phases, each relaxed by a solver (``pl_energy.core.solvers``).
 
+    Args:
+        solver: "gd" (fixed-step descent on the activities: the papers' dynamics), "error"
+            (descent on the prediction errors, predictive-coding energies only; converges in a
+            few steps at any depth) or "nesterov" (accelerated descent on the activities).
+        steps: the step cap of each phase; the exact number of steps when ``tol`` is None.
+        step_size: the solver's step (None: its default, 0.1 for gd and nesterov, 1.0 for
+            error); "auto" halves it whenever the energy rises instead of raising
+            ``DivergenceError``.
+        tol: stop a phase once its relative residual is at most this (see
+            ``pl_energy.core.solvers``); None runs exactly ``steps`` steps. Reaching the cap
+            first warns once (``NotConvergedWarning``).
+        trace: record the energy of every inference step by default (``step(record=...)``
+            overrides it); off by default, as it costs a pass over the state per step.
+    """
+
+    solver: str = "gd"
     steps: int = 50
-    step_size: float = 0.1
+    step_size: float | str | None = None
     tol: float | None = None
-    trace: bool = True
+    trace: bool = False
 
-    def relax(self, energy, state, record: bool = False, steps: int | None = None):
-        """One inference phase on ``state`` in place; returns its trace (see ``core.relax``)."""
-        return relax(energy, state, self.steps if steps is None else steps, self.step_size,
-                     self.tol, record)
+    def __post_init__(self):
+        check_settings(self.solver, self.steps, self.step_size, self.tol)
+
+    def relax(self, energy, state, record: bool = False, steps: int | None = None) -> Relaxation:
+        """One inference phase on ``state`` in place (see ``core.relax``); warns once per
+        process when a tolerance was asked for and not reached."""
+        relaxation = relax(energy, state, self.steps if steps is None else steps, self.step_size,
+                           self.tol, record, self.solver)
+        if self.tol is not None and not relaxation.report.converged:
+            warnings.warn(NOT_CONVERGED, NotConvergedWarning, stacklevel=2)
+        return relaxation

@@ -33,9 +33,9 @@ class ContrastiveHebbian(HopfieldAlgorithm):
 
     def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                  record: bool) -> Estimate:
-        energy, free = self.free_phase(network, inputs, targets, loss)
+        energy, free, first = self.free_phase(network, inputs, targets, loss)
         clamped = energy.clamped(free)
-        trace = self.relax(energy, clamped, record)
+        relaxation = self.relax(energy, clamped, record)
         scale = self.gamma ** -(len(energy.layers) - 1)
         if self.corrected:
             def weight_gradients(*activities: Tensor):
@@ -49,4 +49,5 @@ class ContrastiveHebbian(HopfieldAlgorithm):
             per_layer = [[next(flat) * scale for _ in layer.parameters()] for layer in energy.layers]
         else:
             per_layer = energy.parameter_gradients(clamped, free, scale)
-        return Estimate.from_layers(network, per_layer, free.output, loss, free.targets, trace)
+        return Estimate.from_layers(network, per_layer, free.output, loss, free.targets,
+                                    relaxation.trace, (first.report, relaxation.report))

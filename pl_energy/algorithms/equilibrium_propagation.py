@@ -28,19 +28,22 @@ class EquilibriumPropagation(HopfieldAlgorithm):
     name = "ep"
 
     def __post_init__(self):
+        super().__post_init__()
         if self.beta == 0:
             raise ValueError("beta must be non-zero")
 
     def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                  record: bool) -> Estimate:
-        energy, free = self.free_phase(network, inputs, targets, loss)
+        energy, free, first = self.free_phase(network, inputs, targets, loss)
         steps = self.steps if self.nudged_steps is None else self.nudged_steps
         nudged = energy.nudged(free, self.beta)
-        trace = self.relax(energy, nudged, record, steps)
+        relaxation = self.relax(energy, nudged, record, steps)
+        reports = (first.report, relaxation.report)
         if self.centered:
             low = energy.nudged(free, -self.beta)
-            self.relax(energy, low, steps=steps)
+            reports += (self.relax(energy, low, steps=steps).report,)
             per_layer = energy.parameter_gradients(nudged, low, 1 / (2 * self.beta))
         else:
             per_layer = energy.parameter_gradients(nudged, free, 1 / self.beta)
-        return Estimate.from_layers(network, per_layer, free.output, loss, free.targets, trace)
+        return Estimate.from_layers(network, per_layer, free.output, loss, free.targets,
+                                    relaxation.trace, reports)

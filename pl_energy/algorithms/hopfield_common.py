@@ -8,27 +8,33 @@ from torch import Tensor, nn
 
 from ..core.hopfield import HopfieldEnergy, HopfieldState
 from ..core.implicit import equilibrium_gradient
+from ..core.inference import Relaxation
 from ..core.losses import Loss, as_loss
 from .base import RelaxingAlgorithm, check_batch, name_layer_gradients
 
 
 @dataclass
 class HopfieldAlgorithm(RelaxingAlgorithm):
-    """Free phase: relax the Hopfield energy from the feedforward pass (``steps``, ``tol``)."""
+    """Free phase: relax the Hopfield energy from the feedforward pass (``steps``, ``tol``).
+
+    Args:
+        gamma: feedback strength; layer l's energy is weighted gamma^(l-1).
+        solver, steps, step_size, tol, trace: inference settings (``RelaxingAlgorithm``);
+            descent of 100 steps of 0.5 by default.
+    """
 
     steps: int = 100
-    step_size: float = 0.5
+    step_size: float | str | None = 0.5
     gamma: float = 1.0
 
     def energy(self, network: nn.Module, loss: Loss) -> HopfieldEnergy:
         return HopfieldEnergy(network, loss, gamma=self.gamma)
 
     def free_phase(self, network: nn.Module, inputs: Tensor, targets: Tensor | None,
-                   loss: Loss) -> tuple[HopfieldEnergy, HopfieldState]:
+                   loss: Loss) -> tuple[HopfieldEnergy, HopfieldState, Relaxation]:
         energy = self.energy(network, loss)
         state = energy.free_state(inputs, targets)
-        self.relax(energy, state)
-        return energy, state
+        return energy, state, self.relax(energy, state)
 
     def predict(self, network: nn.Module, inputs: Tensor) -> Tensor:
         """The output at the free equilibrium."""
@@ -39,7 +45,7 @@ class HopfieldAlgorithm(RelaxingAlgorithm):
         """dL/dtheta at this algorithm's free equilibrium (implicit differentiation)."""
         loss = as_loss(loss)
         check_batch(inputs, targets)
-        energy, state = self.free_phase(network, inputs, targets, loss)
+        energy, state, _ = self.free_phase(network, inputs, targets, loss)
         parameters = [p for layer in energy.layers for p in layer.parameters()]
         flat = equilibrium_gradient(
             energy.internal_energy, inputs, state.activities[1:],

@@ -8,9 +8,14 @@ weight gradient is zero, Eq. 20). ``centered`` runs a +lam and a -lam phase and 
 - ``pc`` (Whittington & Bogacz 2017; seed 000 Alg. 1): lam = 1, the target clamps the output;
   BP is approached in the weak-feedback limit: ``gamma`` < 1 sets the precision ratio
   pi_{l+1}/pi_l = gamma at every layer (seed 003 Eq. 18), i.e. pi_l = gamma^-(L-l).
-- ``pc_nudge`` (seed 003 Sec. 4, Eq. 25, Alg. A.1.3): lam = 0.01, 50 steps of 0.1; BP is
-  approached in the weak-supervision limit lam -> 0. The (1/lam) rescaling is the paper's
-  learning rate eta/lam.
+- ``pc_nudge`` (seed 003 Sec. 4, Eq. 25, Alg. A.1.3): lam = 0.01; BP is approached in the
+  weak-supervision limit lam -> 0. The (1/lam) rescaling is the paper's learning rate eta/lam.
+
+Both are defined at the equilibrium, and by default find it: ``solver="error"`` (descent on the
+prediction errors, Goemaere et al. 2025) to a relative residual of ``tol = 1e-4``, capped at 100
+steps; on tanh MLPs of depth 3-20 that takes 2 steps for pc_nudge. The papers' dynamics are one
+flag set away: ``solver="gd", steps=50, step_size=0.1, tol=None`` is seed 003's A.1 setting
+(``PAPER_SETTINGS``).
 """
 
 from __future__ import annotations
@@ -25,14 +30,32 @@ from ..core.predictive_coding import PredictiveCodingEnergy
 from .base import Estimate, RelaxingAlgorithm
 
 
+#: The inference settings of the seeds (Song et al. 2020; Millidge et al. 2022, A.1).
+PAPER_SETTINGS = {"solver": "gd", "steps": 50, "step_size": 0.1, "tol": None}
+
+
 @dataclass
 class PredictiveCoding(RelaxingAlgorithm):
+    """Inference learning / PC-Nudge on the predictive-coding energy.
+
+    Args:
+        lam: weight of the supervised term, E = I + lam L (1: the target clamps the output).
+        gamma: precision ratio pi_{l+1}/pi_l in (0, 1] (feedback strength).
+        centered: +lam and -lam phases, error O(lam^2).
+        solver, steps, step_size, tol, trace: inference settings (``RelaxingAlgorithm``);
+            converged by default.
+    """
+
     lam: float = 1.0
     gamma: float = 1.0
     centered: bool = False
+    solver: str = "error"
+    steps: int = 100
+    tol: float | None = 1e-4
     name = "pc"
 
     def __post_init__(self):
+        super().__post_init__()
         if self.lam == 0:
             raise ValueError("lam must be non-zero: the update is (1/lam) dE/dtheta")
         if not 0 < self.gamma <= 1:
@@ -45,7 +68,8 @@ class PredictiveCoding(RelaxingAlgorithm):
 
     def phase(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss, lam: float,
               record: bool):
-        """Relax from the free equilibrium under E = I + lam L; return the state and its trace."""
+        """Relax from the free equilibrium under E = I + lam L; return the state and its
+        relaxation."""
         energy = self.energy(network, loss, lam)
         state = energy.free_state(inputs, targets)
         free_output = state.output
@@ -53,18 +77,20 @@ class PredictiveCoding(RelaxingAlgorithm):
 
     def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                  record: bool) -> Estimate:
-        energy, state, output, trace = self.phase(network, inputs, targets, loss, self.lam, record)
+        energy, state, output, relaxation = self.phase(network, inputs, targets, loss, self.lam, record)
+        reports = (relaxation.report,)
         if not self.centered:
-            per_layer = energy.all_parameter_gradients(state, scale=1 / self.lam)
+            per_layer = energy.parameter_gradients(state, scale=1 / self.lam)
         else:
-            negative, negative_state, _, _ = self.phase(network, inputs, targets, loss, -self.lam, False)
+            negative, negative_state, _, low = self.phase(network, inputs, targets, loss, -self.lam, False)
+            # one energy object per sign of lam; the difference is formed layer by layer
             half = 1 / (2 * self.lam)
-            per_layer = [
-                [g - h for g, h in zip(layer, other)]
-                for layer, other in zip(energy.all_parameter_gradients(state, half),
-                                        negative.all_parameter_gradients(negative_state, half))
-            ]
-        return Estimate.from_layers(network, per_layer, output, loss, state.targets, trace)
+            per_layer = [[g - h for g, h in zip(layer, other)]
+                         for layer, other in zip(energy.parameter_gradients(state, scale=half),
+                                                 negative.parameter_gradients(negative_state, scale=half))]
+            reports += (low.report,)
+        return Estimate.from_layers(network, per_layer, output, loss, state.targets,
+                                    relaxation.trace, reports)
 
 
 @dataclass

@@ -1,11 +1,13 @@
-"""The energy core, pure torch: networks, energies, inference, traces."""
+"""The energy core, pure torch: networks, energies, inference solvers, traces."""
 
+from .energy import Energy
 from .hopfield import HopfieldEnergy
-from .inference import DivergenceError, relax
+from .inference import DivergenceError, InferenceReport, Relaxation, relax
 from .losses import LOSSES, Loss
 from .networks import mlp
 from .predictive_coding import PredictiveCodingEnergy
+from .solvers import SOLVERS
 from .trace import InferenceTrace
 
-__all__ = ["DivergenceError", "HopfieldEnergy", "InferenceTrace", "LOSSES", "Loss",
-           "PredictiveCodingEnergy", "mlp", "relax"]
+__all__ = ["DivergenceError", "Energy", "HopfieldEnergy", "InferenceReport", "InferenceTrace",
+           "LOSSES", "Loss", "PredictiveCodingEnergy", "Relaxation", "SOLVERS", "mlp", "relax"]

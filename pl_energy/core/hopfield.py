@@ -142,6 +142,12 @@ class HopfieldEnergy:
             gradients.append(gradient)
         return gradients
 
+    def local_terms(self, state: HopfieldState) -> list[Tensor]:
+        """c_l x_l, the part of dE/dx_l from layer l's own 1/2 ||x_l||^2 (free layers only)."""
+        last = len(self.layers) - 1 if state.clamped else len(self.layers)
+        return [state.activities[index] if self.weights[index - 1] == 1.0
+                else self.weights[index - 1] * state.activities[index] for index in range(1, last + 1)]
+
     def input_drive(self, state: HopfieldState) -> Tensor:
         """h_1 = W_1 x_0 + b_1: the input is clamped, so it is computed once per batch."""
         if state.input_drive is None:

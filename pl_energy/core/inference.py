@@ -1,117 +1,213 @@
-"""Inference: gradient descent on the energy over the free activities (seed 003 Eq. 1).
+"""Inference: relax an energy towards its equilibrium with a solver (Millidge et al. 2022, Eq. 1).
 
-x_l <- x_l - step_size * s_l * dE/dx_l for every free layer l, where s_l is the energy's
-per-layer step scale (1 unless the energy is precision-weighted). E is the per-sample energy
-(a sum over the batch), so the dynamics of one sample do not depend on the batch size.
+``relax`` runs a solver (``pl_energy.core.solvers``) for at most ``steps`` steps, in place on the
+state, and watches it:
 
-With ``tol`` set, inference stops once the energy's change per step is at most ``tol`` times its
-change since the start, |E_t - E_{t-k}| / k <= tol * |E_t - E_0|: a scale-free test that does not
-depend on how large E is (for PC-Nudge E is dominated by lam L, which inference barely moves).
-The energy is evaluated every step when the trace is recorded, else every ``CHECK_EVERY`` steps
-(k), so that the test costs a fraction of a step. A non-finite energy
-stops inference with an error naming the first bad step and the step size to lower.
+- Convergence. With ``tol`` set it stops once the relative residual
+  max_l ||dE/dv_l|| / (||a_l|| + ||dE/dv_l - a_l||) is at most ``tol`` (see ``solvers``), or
+  once a solver that damps its own step has settled on a kink of the energy (moves of at most
+  ``tol``, relative); the report says whether it got there, after how many steps and at what
+  residual. The final residual is always measured and reported, also for a fixed number of
+  steps.
+- Divergence. Descent on a smooth energy does not raise it. The energy is watched every step when
+  the trace is recorded, else every ``check_every`` steps of the solver and at the last step; a
+  value above the running minimum by more than the solver's ``rise_tolerance`` times the descent
+  achieved so far (plus a rounding allowance), or a non-finite value, is divergence. Fixed steps
+  then raise ``DivergenceError`` naming the first bad step and the step size; with
+  ``step_size="auto"`` (and for adaptive solvers) the state goes back to the last good check,
+  the step is halved and inference goes on, and the report counts the back-offs. No state from a
+  diverging phase is ever returned quietly.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
+from .energy import Energy
+from .solvers import Balance, Solver, solver_class
 from .trace import InferenceTrace
 
-
-CHECK_EVERY = 5
+ROUNDING_ALLOWANCE = 64  # machine epsilons of |E| that a watched energy may rise by rounding
+SMALLEST_STEP_FRACTION = 2.0 ** -40  # adaptive back-off gives up below this fraction of the start
 
 
 class DivergenceError(FloatingPointError):
-    """Inference produced a non-finite energy."""
+    """Inference raised the energy or made it non-finite."""
 
 
-class Energy(Protocol):
-    """What inference needs of an energy and its state."""
+@dataclass
+class InferenceReport:
+    """How one inference phase ended.
 
-    def activity_gradients(self, state) -> list[Tensor]: ...
+    Attributes:
+        solver: the solver's name.
+        steps: steps taken.
+        converged: the residual reached ``tol`` (always False without a tolerance).
+        residual: the relative residual at the final state (0 at an equilibrium).
+        step_size: the step size at the end (smaller than the start after back-offs).
+        backoffs: how often the step was halved after the energy rose.
+        tol: the tolerance asked for, if any.
+    """
 
-    def step(self, state, gradients: list[Tensor], step_size: float) -> None: ...
+    solver: str
+    steps: int
+    converged: bool
+    residual: float
+    step_size: float
+    backoffs: int = 0
+    tol: float | None = None
 
-    def components(self, state) -> tuple[Tensor, Tensor, Tensor]: ...
 
-    def snapshot(self, state): ...
+@dataclass
+class Relaxation:
+    """The result of ``relax``: the report, and the trace when it was recorded."""
 
-    def restore(self, state, snapshot) -> None: ...
+    report: InferenceReport
+    trace: InferenceTrace | None = None
 
-    def begin(self, state, steps: int) -> None: ...
 
-    def finish(self, state) -> None: ...
+def check_settings(solver: str, steps: int, step_size: float | str | None, tol: float | None) -> None:
+    """Refuse settings no solver can run with, in one line that says what to use instead."""
+    solver_class(solver)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    if isinstance(step_size, str):
+        if step_size != "auto":
+            raise ValueError(f"step_size must be a positive number or 'auto', got {step_size!r}")
+    elif step_size is not None and not (math.isfinite(step_size) and step_size > 0):
+        raise ValueError(f"step_size must be > 0 and finite (or 'auto'), got {step_size}")
+    if tol is not None and not (math.isfinite(tol) and 0 < tol < 1):
+        raise ValueError(f"tol is a relative residual and must lie in (0, 1), got {tol}")
 
 
 def relax(
     energy: Energy,
     state,
     steps: int,
-    step_size: float,
+    step_size: float | str | None = None,
     tol: float | None = None,
     record: bool = False,
-) -> InferenceTrace | None:
-    """Run up to ``steps`` inference steps in place on ``state``.
+    solver: str | Solver = "gd",
+    on_step: Callable[[int, object], None] | None = None,
+) -> Relaxation:
+    """Relax ``state`` in place for at most ``steps`` steps of ``solver``.
 
-    Returns the trace when ``record`` is set, or when a tolerance needs the energies anyway (then
-    with one row every ``CHECK_EVERY`` steps).
+    Args:
+        energy: the energy (``pl_energy.core.Energy``).
+        state: its state, e.g. from ``energy.free_state(inputs, targets)``; changed in place.
+        steps: the step cap (the exact number of steps when ``tol`` is None).
+        step_size: the solver's step; None for its default, "auto" to back off on rises.
+        tol: stop once the relative residual is at most this.
+        record: keep the energy components of every step in the returned trace.
+        solver: "gd", "error" (predictive-coding energies) or "nesterov", or a ``Solver``.
+        on_step: called as ``on_step(step, state)`` at the start (step 0) and after every step,
+            to watch the dynamics (it must not change the state). Under descent on the
+            activities the energy's fast coordinates are then left unused, so that the state is
+            always in its plain form.
     """
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if not step_size > 0:
-        raise ValueError(f"step_size must be > 0, got {step_size}")
-    watch = record or tol is not None
+    name = solver if isinstance(solver, str) else solver.name
+    check_settings(name, steps, step_size, tol)
+    solver = solver_class(solver)() if isinstance(solver, str) else solver
+    coordinates = solver.coordinates(energy)
+    adaptive = solver.adaptive or step_size == "auto"
+    first_step = solver.default_step if step_size in (None, "auto") else float(step_size)
+    every = 1 if record else solver.check_every
     start = energy.snapshot(state)
-    rows = [energy.components(state)] if watch else []
-    if watch and not math.isfinite(float(rows[0][2])):
+    first = energy.components(state)
+    watch = _EnergyWatch(float(first[2]), solver.rise_tolerance, state_dtype(first[2]))
+    if not math.isfinite(watch.start):
         raise DivergenceError(
-            f"the energy is {float(rows[0][2])} before inference starts: the inputs, targets or "
-            "network parameters contain NaN or Inf"
-        )
-    energy.begin(state, steps)
-    stride = 1 if record else CHECK_EVERY
-    first = float(rows[0][2]) if watch else 0.0
-    previous, measured, converged, taken = first, 0, False, 0
+            f"the energy is {watch.start} before inference starts: the inputs, targets or "
+            "network parameters contain NaN or Inf")
+    rows = [first] if record else []
+    iteration = solver.start()
+    eta, taken, backoffs, converged, residual = first_step, 0, 0, False, None
+    good, good_step = start, 0
+    if on_step is None:
+        coordinates.begin(state, steps)
+    else:
+        on_step(0, state)
     try:
-        for taken in range(1, steps + 1):
-            energy.step(state, energy.activity_gradients(state), step_size)
-            if not watch or (taken % stride and taken < steps):
-                continue
-            rows.append(energy.components(state))
-            total = float(rows[-1][2])
-            if not math.isfinite(total):
-                if stride > 1:  # name the first bad step, not the first checked one
-                    _rerun_to_first_bad_step(energy, state, start, taken, step_size)
-                raise _divergence(taken, step_size, total)
-            if tol is not None and abs(total - previous) <= (taken - measured) * tol * abs(total - first):
-                converged = True
+        while True:
+            gradients = coordinates.gradients(state)
+            checking = taken % every == 0 or taken >= steps or iteration.needs_residual
+            if checking and not gradients:  # no free layer: the state is its own equilibrium
+                residual, converged = 0.0, tol is not None
                 break
-            previous, measured = total, taken
+            if checking:
+                balance = Balance.of(gradients, coordinates.local_terms(state))
+                residual = balance.residual
+                trusted = taken >= solver.min_steps(len(gradients)) or residual == 0
+                if tol is not None and trusted and (
+                        residual <= tol or iteration.settled(eta, balance, tol)):
+                    converged = True
+                    break
+            if taken >= steps:
+                break
+            eta *= iteration.observe(residual if checking else None)
+            coordinates.move(state, iteration.direction(gradients), eta)
+            taken += 1
+            if on_step is not None:
+                on_step(taken, state)
+            if not (record or taken % every == 0 or taken == steps):
+                continue
+            row = energy.components(state)
+            problem = watch.problem(float(row[2]))
+            if problem is None:
+                if record:
+                    rows.append(row)
+                good, good_step = energy.snapshot(state), taken
+                continue
+            if not adaptive:
+                if every > 1:  # name the first bad step, not the first watched one
+                    energy.restore(state, start)
+                    relax(energy, state, taken, first_step, record=True, solver=solver)
+                raise _divergence(problem, taken, eta, good_step)
+            energy.restore(state, good)
+            eta, backoffs = eta / 2, backoffs + 1
+            iteration.reset()
+            if eta < first_step * SMALLEST_STEP_FRACTION:
+                raise DivergenceError(
+                    f"inference found no step that lowers the energy (step_size fell to {eta:g} "
+                    f"after {backoffs} back-offs at step {taken}); check the inputs and the network "
+                    "for NaN/Inf or extreme values")
     finally:
-        energy.finish(state)
-    if not watch:
-        final = energy.components(state)[2]
-        if not torch.isfinite(final):
-            _rerun_to_first_bad_step(energy, state, start, steps, step_size)
-            raise _divergence(steps, step_size, float(final))
+        coordinates.finish(state)
+    report = InferenceReport(name, taken, converged, float(residual), eta, backoffs, tol)
+    trace = InferenceTrace.from_rows(rows, converged, steps=taken) if record else None
+    return Relaxation(report, trace)
+
+
+def state_dtype(value) -> torch.dtype:
+    return value.dtype if isinstance(value, torch.Tensor) and value.is_floating_point() else torch.float64
+
+
+class _EnergyWatch:
+    """Tracks the watched energies and names the first one that shows divergence."""
+
+    def __init__(self, start: float, rise_tolerance: float, dtype: torch.dtype):
+        self.start = self.lowest = start
+        self.rise_tolerance = rise_tolerance
+        self.epsilon = torch.finfo(dtype).eps
+
+    def problem(self, value: float) -> str | None:
+        if not math.isfinite(value):
+            return f"the energy became {value}"
+        allowance = (self.rise_tolerance * (self.start - self.lowest)
+                     + ROUNDING_ALLOWANCE * self.epsilon * max(abs(self.start), abs(value)))
+        if value > self.lowest + allowance:
+            return f"the energy rose from {self.lowest:.6g} to {value:.6g}"
+        self.lowest = min(self.lowest, value)
         return None
-    return InferenceTrace.from_rows(rows, converged, steps=taken, stride=stride)
 
 
-def _rerun_to_first_bad_step(energy: Energy, state, start, steps: int, step_size: float) -> None:
-    """Replay inference from ``start`` watching every step: it raises at the first bad one."""
-    energy.restore(state, start)
-    relax(energy, state, steps, step_size, record=True)
-
-
-def _divergence(step: int, step_size: float, value: float) -> DivergenceError:
+def _divergence(problem: str, step: int, step_size: float, good_step: int) -> DivergenceError:
     return DivergenceError(
-        f"inference diverged: the energy became {value} at step {step} with step_size "
-        f"{step_size}; lower step_size (e.g. to {step_size / 2:g}) or check the inputs for "
-        "NaN/Inf"
+        f"inference diverged: {problem} at step {step} with step_size {step_size:g} (last good "
+        f"step {good_step}); lower step_size (e.g. to {step_size / 2:g}), set step_size='auto' "
+        "to back off automatically, or check the inputs for NaN/Inf"
     )

@@ -20,6 +20,7 @@ seed 003 Eq. 18: dx_l = -eps_l + (pi_{l+1}/pi_l) J^T eps_{l+1}.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -86,12 +87,13 @@ class PredictiveCodingEnergy:
         return PCState(activities, linearizations, targets)
 
     def snapshot(self, state: PCState) -> PCState:
-        return PCState(list(state.activities), list(state.linearizations), state.targets, state.reduced)
+        reduced = None if state.reduced is None else dataclasses.replace(state.reduced)
+        return PCState(list(state.activities), list(state.linearizations), state.targets, reduced)
 
     def restore(self, state: PCState, snapshot: PCState) -> None:
         state.activities[:] = snapshot.activities
         state.linearizations[:] = snapshot.linearizations
-        state.reduced = snapshot.reduced
+        state.reduced = None if snapshot.reduced is None else dataclasses.replace(snapshot.reduced)
 
     def begin(self, state: PCState, steps: int) -> None:
         """Before ``steps`` steps of inference: move x_1 into reduced coordinates if it pays."""
@@ -128,6 +130,31 @@ class PredictiveCodingEnergy:
         error = state.reduced.coordinates if reduced else self.error(state, index)
         precision = self.precisions[index - 1]
         return error if precision == 1.0 else precision * error
+
+    def local_terms(self, state: PCState) -> list[Tensor]:
+        """pi_l eps_l, the local part of dE/dx_l and of dE/de_l (l = 1..L-1)."""
+        return [self.weighted_error(state, index) for index in range(1, len(self.layers))]
+
+    def error_gradients(self, state: PCState) -> list[Tensor]:
+        """dE/de_l = pi_l e_l + lam (d x_L / d x_l)^T dL/dmu_L for l = 1..L-1, the errors taken as
+        the free variables (x_l = mu_l + e_l; Goemaere et al. 2025): the loss gradient sent down
+        through every layer's Jacobian at the current state, as in backprop."""
+        top = len(self.layers)
+        adjoint = self.loss.per_sample_gradient(state.output, state.targets)
+        gradients: list[Tensor] = [adjoint] * (top - 1)
+        for index in range(top - 1, 0, -1):
+            adjoint = state.linearizations[index].input_vjp(adjoint)
+            gradients[index - 1] = torch.add(self.weighted_error(state, index), adjoint, alpha=self.lam)
+        return gradients
+
+    def move_errors(self, state: PCState, directions: list[Tensor], step_size: float) -> None:
+        """e_l <- e_l - step_size / pi_l * direction_l, then x_l = mu_l + e_l from the bottom up
+        (each mu_l re-predicted from the moved x_{l-1})."""
+        errors = [torch.add(self.error(state, index), direction,
+                            alpha=-step_size / self.precisions[index - 1])
+                  for index, direction in enumerate(directions, start=1)]
+        for index, error in enumerate(errors, start=1):
+            self.set_activity(state, index, state.linearizations[index - 1].output + error)
 
     def activity_gradients(self, state: PCState, lowest: int = 1) -> list[Tensor]:
         """dE/dx_l = -d_l + J_{l+1}^T d_{l+1} for l = lowest..L-1, from the top down.
@@ -179,7 +206,7 @@ class PredictiveCodingEnergy:
         supervised = self.loss.value(state.output, state.targets)
         return internal, supervised, internal + self.lam * supervised
 
-    def parameter_gradients(self, state: PCState, index: int, scale: float = 1.0) -> list[Tensor]:
+    def layer_parameter_gradients(self, state: PCState, index: int, scale: float = 1.0) -> list[Tensor]:
         """scale * dE/dtheta_l of the batch-mean energy, in ``layer_l.parameters()`` order.
 
         The scale (and the 1/B of the batch mean) is applied to the error signal before the
@@ -188,5 +215,12 @@ class PredictiveCodingEnergy:
         signal = self.signal(state, index) * (scale / state.activities[0].shape[0])
         return state.linearizations[index - 1].parameter_vjp(signal)
 
-    def all_parameter_gradients(self, state: PCState, scale: float = 1.0) -> list[list[Tensor]]:
-        return [self.parameter_gradients(state, index, scale) for index in range(1, len(self.layers) + 1)]
+    def parameter_gradients(self, state: PCState, minus: PCState | None = None,
+                            scale: float = 1.0) -> list[list[Tensor]]:
+        """scale * dE/dtheta per layer at ``state`` (minus that at ``minus``, when given)."""
+        per_layer = [self.layer_parameter_gradients(state, index, scale)
+                     for index in range(1, len(self.layers) + 1)]
+        if minus is None:
+            return per_layer
+        return [[g - h for g, h in zip(layer, other)]
+                for layer, other in zip(per_layer, self.parameter_gradients(minus, scale=scale))]

@@ -1,0 +1,317 @@
+"""Inference solvers: the ways of finding an energy's equilibrium.
+
+Inference minimises an energy E over its free variables v until dE/dv = 0 (Millidge et al. 2022,
+Eq. 1). A solver is a choice of coordinates (what moves) and an update rule (how it moves).
+
+Coordinates:
+
+- ``ActivityCoordinates``: the activities x_l, the dynamics the papers write down
+  (x_l <- x_l - eta P_l dE/dx_l, P_l the energy's per-layer preconditioner). Any energy.
+- ``ErrorCoordinates``: the prediction errors e_l = x_l - mu_l of a predictive-coding energy, with
+  x_l = layer_l(x_{l-1}) + e_l propagated forward from the clamped input (error-based PC, Goemaere
+  et al. 2025). The energy is the same function, E(e) = sum pi_l/2 ||e_l||^2 + lam L(x_L(e)), so
+  the equilibrium is the same:
+
+      dE/de_l = pi_l e_l + lam (d x_L / d x_l)^T dL/dx_L = 0
+      <=>  pi_l e_l = -J_{l+1}^T ... J_L^T lam dL/dmu_L  <=>  dE/dx_l = 0 for every l.
+
+  Each step sends the loss gradient through the whole network (one backward sweep, one forward
+  sweep: the cost of a descent step on the activities), so the bottom layers get their signal at
+  the first step instead of after L steps. This is a way of simulating the equilibrium on digital
+  hardware, not a model of neurons: its inner step is a backward pass.
+
+Update rules (all act on gradients scaled by P_l):
+
+- ``gd``: fixed-step gradient descent on the activities (the seeds' dynamics).
+- ``error``: gradient descent on the errors, step 1 by default. At step 1 with pi_l = 1 the update
+  is the fixed-point iteration e_l <- -G_l(e) (G_l the back-propagated loss gradient), which
+  converges at the rate of lam times the loss curvature; when the residual stops falling (the
+  iteration overshoots, or cycles across the kink of a ReLU) the step is halved, which turns the
+  iteration into a damped (Krasnoselskii-Mann) one that settles.
+- ``nesterov``: Nesterov's accelerated gradient on the activities, momentum k/(k+3), restarted
+  whenever the gradient turns against the motion (O'Donoghue & Candes 2015). Any energy.
+
+The relative residual measures how far a state is from equilibrium without a scale: each layer's
+gradient is a balance of a local term a_l (pi_l eps_l for PC; c_l x_l for Hopfield) and the rest
+b_l = g_l - a_l (top-down feedback), and
+
+    residual = max_l ||g_l|| / (||a_l|| + ||g_l - a_l||)   (0/0 taken as 0),
+
+which is 1 when one side is missing and 0 at equilibrium.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+import torch
+from torch import Tensor
+
+
+class Coordinates(Protocol):
+    """What a solver moves."""
+
+    def gradients(self, state) -> list[Tensor]:
+        """dE/dv_l for every free variable v_l (per-sample energy)."""
+
+    def local_terms(self, state) -> list[Tensor]:
+        """The local part a_l of each gradient (for the residual)."""
+
+    def move(self, state, directions: list[Tensor], step_size: float) -> None:
+        """v_l <- v_l - step_size * P_l * direction_l."""
+
+    def begin(self, state, steps: int) -> None:
+        """Before a relaxation of at most ``steps`` steps."""
+
+    def finish(self, state) -> None:
+        """After it (also when it raised): leave the state in the energy's plain form."""
+
+
+@dataclass
+class ActivityCoordinates:
+    """The activities x_l of any energy."""
+
+    energy: object
+
+    def gradients(self, state) -> list[Tensor]:
+        return self.energy.activity_gradients(state)
+
+    def local_terms(self, state) -> list[Tensor]:
+        return self.energy.local_terms(state)
+
+    def move(self, state, directions: list[Tensor], step_size: float) -> None:
+        self.energy.step(state, directions, step_size)
+
+    def begin(self, state, steps: int) -> None:
+        """Lets the energy switch to faster coordinates of its own (the PC energy's reduced
+        first layer) for the run."""
+        self.energy.begin(state, steps)
+
+    def finish(self, state) -> None:
+        self.energy.finish(state)
+
+
+@dataclass
+class ErrorCoordinates:
+    """The prediction errors e_l of a predictive-coding energy (Goemaere et al. 2025)."""
+
+    energy: object
+
+    def gradients(self, state) -> list[Tensor]:
+        return self.energy.error_gradients(state)
+
+    def local_terms(self, state) -> list[Tensor]:
+        return self.energy.local_terms(state)
+
+    def move(self, state, directions: list[Tensor], step_size: float) -> None:
+        self.energy.move_errors(state, directions, step_size)
+
+    def begin(self, state, steps: int) -> None:
+        """Nothing to prepare: the errors are read off the state."""
+
+    def finish(self, state) -> None:
+        """Nothing to write back."""
+
+
+@dataclass
+class Balance:
+    """Per-layer norms of a gradient g_l, its local term a_l and the rest g_l - a_l."""
+
+    gradient: Tensor
+    local: Tensor
+    rest: Tensor
+
+    @classmethod
+    def of(cls, gradients: list[Tensor], local: list[Tensor]) -> "Balance":
+        rest = torch._foreach_sub(gradients, local)
+        return cls(*(torch.stack(torch._foreach_norm(t)) for t in (gradients, local, rest)))
+
+    @property
+    def residual(self) -> float:
+        """max_l ||g_l|| / (||a_l|| + ||g_l - a_l||), 0/0 taken as 0."""
+        scale = self.local + self.rest
+        ratio = torch.where(scale > 0, self.gradient / scale.clamp_min(torch.finfo(scale.dtype).tiny),
+                            torch.zeros_like(scale))
+        return float(ratio.max())
+
+
+def relative_residual(gradients: list[Tensor], local: list[Tensor]) -> float:
+    """The relative residual of the module docstring (0 for no free layers)."""
+    return Balance.of(gradients, local).residual if gradients else 0.0
+
+
+@dataclass
+class Solver:
+    """An update rule in some coordinates. Subclasses set the class attributes.
+
+    Attributes:
+        name: the value of ``solver=`` that selects it.
+        default_step: the step used when an algorithm does not set one.
+        check_every: how many steps apart the energy and the residual are watched (unless a
+            trace asks for every step, or the rule needs the residual at every step).
+        rise_tolerance: a watched energy above its running minimum by more than this fraction
+            of the descent so far (plus rounding) counts as divergence. Monotone rules use a
+            small value; accelerated rules, whose energy may wobble, 1 (never above the start).
+        adaptive: the rule halves its own step on a rise instead of failing.
+    """
+
+    name: ClassVar[str]
+    default_step: ClassVar[float] = 0.1
+    check_every: ClassVar[int] = 1
+    rise_tolerance: ClassVar[float] = 1e-2
+    adaptive: ClassVar[bool] = False
+
+    def coordinates(self, energy) -> Coordinates:
+        return ActivityCoordinates(energy)
+
+    def start(self) -> "Iteration":
+        return Iteration()
+
+    def min_steps(self, free_layers: int) -> int:
+        """Steps before a small residual can be trusted: on the activities, a local update
+        needs one step per layer before every layer has heard from the output."""
+        return free_layers
+
+
+@dataclass
+class Iteration:
+    """The memory of one relaxation (plain descent has none).
+
+    ``needs_residual``: the rule reads the residual before every move (``observe``)."""
+
+    needs_residual: ClassVar[bool] = False
+
+    def direction(self, gradients: list[Tensor]) -> list[Tensor]:
+        return gradients
+
+    def observe(self, residual: float | None) -> float:
+        """Called with the residual before each move; returns a factor for the step size."""
+        return 1.0
+
+    def reset(self) -> None:
+        """Forget the history (after a back-off)."""
+
+    def settled(self, step_size: float, balance: Balance, tol: float) -> bool:
+        """Whether the state has stopped moving although the residual has not vanished (only
+        rules that shrink their own step can tell; plain descent never says so)."""
+        return False
+
+
+@dataclass
+class GradientDescent(Solver):
+    """x_l <- x_l - eta P_l dE/dx_l: the papers' inference dynamics."""
+
+    name: ClassVar[str] = "gd"
+    check_every: ClassVar[int] = 5
+
+
+@dataclass
+class ErrorDescent(Solver):
+    """e_l <- e_l - eta dE/de_l / pi_l on a predictive-coding energy, halving eta when the
+    residual stops falling."""
+
+    name: ClassVar[str] = "error"
+    default_step: ClassVar[float] = 1.0
+    check_every: ClassVar[int] = 5
+    adaptive: ClassVar[bool] = True
+
+    def coordinates(self, energy) -> Coordinates:
+        if not hasattr(energy, "error_gradients"):
+            raise TypeError(f"solver 'error' moves prediction errors and needs a predictive-coding "
+                            f"energy, not {type(energy).__name__}; use solver='gd' or 'nesterov'")
+        return ErrorCoordinates(energy)
+
+    def start(self) -> "Iteration":
+        return DampedIteration()
+
+    def min_steps(self, free_layers: int) -> int:
+        return 0  # every step reaches every layer
+
+
+@dataclass
+class DampedIteration(Iteration):
+    """Halves the step whenever the residual fails to fall.
+
+    At an equilibrium on the kink of a piecewise-linear activation (ReLU, hardsigmoid: PC
+    equilibria sit there for the units whose pre-activation the nudge pushes across zero) the
+    gradient jumps, the residual cannot vanish, and undamped steps cycle across the kink. The
+    halvings then shrink the cycle onto the kink, and the state is taken as settled once the
+    largest relative move of an error, step * ||P_l g_l|| / ||e_l||, is at most ``tol``.
+    """
+
+    needs_residual: ClassVar[bool] = True
+    previous: float = float("inf")
+    damped: bool = False
+
+    def observe(self, residual: float | None) -> float:
+        factor = 0.5 if residual is not None and residual >= self.previous else 1.0
+        if residual is not None:
+            self.previous = residual
+        self.damped = self.damped or factor < 1
+        return factor
+
+    def reset(self) -> None:
+        self.previous = float("inf")
+        self.damped = True
+
+    def settled(self, step_size: float, balance: Balance, tol: float) -> bool:
+        # local_l = pi_l e_l and the move is step * g_l / pi_l: the ratio needs no precisions
+        return self.damped and bool((balance.gradient * step_size <= tol * balance.local).all())
+
+
+@dataclass
+class Nesterov(Solver):
+    """Nesterov's accelerated descent on the activities with gradient restarts."""
+
+    name: ClassVar[str] = "nesterov"
+    check_every: ClassVar[int] = 5
+    rise_tolerance: ClassVar[float] = 1.0
+
+    def start(self) -> "Iteration":
+        return NesterovIteration()
+
+
+@dataclass
+class NesterovIteration(Iteration):
+    """Velocity u_k = m_k u_{k-1} + g_k with m_k = k/(k+3), g_k taken at the look-ahead point,
+    which then moves by -eta P ((1 + m_{k+1}) u_k - m_k u_{k-1}) (Sutskever et al. 2013's form of
+    Nesterov's method); restart (k = 0, u = 0) when g_k . u_{k-1} < 0, i.e. the last move went
+    uphill."""
+
+    velocity: list[Tensor] | None = None
+    count: int = 0
+
+    def direction(self, gradients: list[Tensor]) -> list[Tensor]:
+        previous = self.velocity
+        if previous is not None:
+            turning = sum(float((g * u).sum()) for g, u in zip(gradients, previous))
+            if turning < 0:
+                previous, self.count = None, 0
+        momentum = self.count / (self.count + 3)
+        if previous is None:
+            velocity = list(gradients)
+        else:
+            velocity = [torch.add(g, u, alpha=momentum) for g, u in zip(gradients, previous)]
+        self.count += 1
+        ahead = self.count / (self.count + 3)
+        if previous is None:
+            directions = [v * (1 + ahead) for v in velocity]
+        else:
+            directions = [torch.add(v * (1 + ahead), u, alpha=-momentum)
+                          for v, u in zip(velocity, previous)]
+        self.velocity = velocity
+        return directions
+
+    def reset(self) -> None:
+        self.velocity, self.count = None, 0
+
+
+SOLVERS: dict[str, type[Solver]] = {cls.name: cls for cls in (GradientDescent, ErrorDescent, Nesterov)}
+
+
+def solver_class(name: str) -> type[Solver]:
+    try:
+        return SOLVERS[name]
+    except KeyError:
+        raise ValueError(f"unknown solver {name!r}; choose one of {sorted(SOLVERS)}") from None

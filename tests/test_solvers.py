@@ -1,0 +1,273 @@
+"""Inference solvers, checked against independent oracles.
+
+- Optimality: the state a solver returns satisfies dE/dx = 0 for an energy written here from
+  Millidge et al. 2022's equations and differentiated by autograd (not the library's gradients).
+- The papers' dynamics: ``solver="gd"`` at seed 003's A.1 settings equals 50 steps of
+  x <- x - 0.1 dE/dx written here with autograd, and the update (1/lam) dE/dtheta there.
+- Agreement: every solver reaches the same equilibrium (float64, tanh MLPs and a CNN).
+- Divergence and settings: rising energies raise or back off, bad settings are refused.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pl_energy import DivergenceError, build_algorithm, mlp
+from pl_energy.algorithms.base import NotConvergedWarning
+from pl_energy.core import SOLVERS, Loss, PredictiveCodingEnergy, relax
+from pl_energy.core.solvers import relative_residual
+from helpers import cosine, max_relative
+
+
+def paper_energy(network: nn.Sequential, inputs, activities, targets, lam: float):
+    """Millidge et al. 2022 Eqs. 3 and 10 with cross-entropy: sum_l 1/2 ||x_l - f_l(x_{l-1})||^2
+    over the hidden layers plus lam CE(f_L(x_{L-1}), y), summed over the batch."""
+    layers = list(network)
+    below = [inputs, *activities]
+    internal = sum(0.5 * (x - layer(prev)).pow(2).sum() for layer, prev, x in zip(layers, below, activities))
+    return internal + lam * F.cross_entropy(layers[-1](below[-1]), targets, reduction="sum")
+
+
+def autograd_activity_gradients(network, inputs, activities, targets, lam):
+    xs = [x.detach().requires_grad_(True) for x in activities]
+    return torch.autograd.grad(paper_energy(network, inputs, xs, targets, lam), xs)
+
+
+def tanh_cnn() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(1, 3, 3), nn.Tanh()),
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.Flatten()),
+        nn.Sequential(nn.Linear(4 * 4 * 4, 12), nn.Tanh()),
+        nn.Linear(12, 5),
+    )
+
+
+NETWORKS = {
+    "mlp": (lambda: mlp([20, 16, 12, 8, 5], activation="tanh"), (8, 20)),
+    "cnn": (tanh_cnn, (8, 1, 8, 8)),
+}
+
+
+@pytest.fixture(params=sorted(NETWORKS))
+def tanh_problem(request):
+    build, shape = NETWORKS[request.param]
+    torch.manual_seed(7)
+    network = build().double()
+    return network, torch.randn(*shape, dtype=torch.float64), torch.randint(0, 5, (shape[0],))
+
+
+# --- optimality and agreement -------------------------------------------------------------------
+@pytest.mark.parametrize("lam", [0.01, 1.0])
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+def test_every_solver_reaches_the_equilibrium(solver, lam, tanh_problem):
+    network, inputs, targets = tanh_problem
+    energy = PredictiveCodingEnergy(network, Loss("cross_entropy"), lam=lam)
+    state = energy.free_state(inputs, targets)
+    steps = {"error": 200, "nesterov": 3000, "gd": 20000}[solver]
+    step_size = {"error": None, "nesterov": 0.2, "gd": 0.3}[solver]
+    report = relax(energy, state, steps, step_size, tol=1e-12, solver=solver).report
+    assert report.converged and report.residual <= 1e-12 and report.steps < steps
+
+    # optimality in the paper's own energy, by autograd
+    gradients = autograd_activity_gradients(network, inputs, state.activities[1:], targets, lam)
+    for g, x in zip(gradients, state.activities[1:]):
+        assert g.norm() <= 1e-10 * (x - 0).norm() + 1e-14
+
+    # the same equilibrium as long descent on the activities, read as the same weight update
+    reference_state = energy.free_state(inputs, targets)
+    relax(energy, reference_state, 20000, 0.3, tol=1e-13, solver="gd")
+    update = energy.parameter_gradients(state, scale=1 / lam)
+    reference = energy.parameter_gradients(reference_state, scale=1 / lam)
+    for layer, other in zip(update, reference):
+        for g, h in zip(layer, other):
+            assert (g - h).norm() <= 1e-10 * h.norm()
+
+
+def test_error_solver_reaches_every_layer_in_its_first_step():
+    """Descent on the activities needs L-1 steps before the bottom layer hears from the output;
+    descent on the errors sends the loss gradient through the whole network at every step."""
+    torch.manual_seed(0)
+    network = mlp([10] + [8] * 9 + [3], activation="tanh").double()
+    inputs, targets = torch.randn(4, 10, dtype=torch.float64), torch.randint(0, 3, (4,))
+    for solver, moved in (("gd", False), ("error", True)):
+        energy = PredictiveCodingEnergy(network, Loss("cross_entropy"), lam=0.01)
+        state = energy.free_state(inputs, targets)
+        relax(energy, state, 1, solver=solver)
+        assert bool(energy.error(state, 1).abs().max() > 0) is moved
+
+
+def test_relative_residual_is_scale_free_and_zero_only_at_balance():
+    a, b = torch.randn(3, 4), torch.randn(3, 5)
+    assert relative_residual([a, b], [a, b]) == pytest.approx(1.0)  # no feedback at all
+    assert relative_residual([a * 0, b * 0], [a, b]) == 0.0  # local and feedback terms cancel
+    half = relative_residual([0.5 * a, b * 0], [a, b])
+    assert half == pytest.approx(relative_residual([50 * a, b * 0], [100 * a, 100 * b]))
+    assert relative_residual([a * 0], [a * 0]) == 0.0  # a layer without signal is at rest
+
+
+# --- the papers' dynamics -------------------------------------------------------------------------
+def test_gd_at_the_paper_settings_is_the_papers_inference(tanh_problem):
+    """Seed 003 A.1: 50 steps of x <- x - 0.1 dE/dx, then the update (1/lam) dE/dtheta."""
+    network, inputs, targets = tanh_problem
+    lam = 0.01
+    with torch.no_grad():
+        activities = []
+        x = inputs
+        for layer in list(network)[:-1]:
+            x = layer(x)
+            activities.append(x)
+    for _ in range(50):
+        gradients = autograd_activity_gradients(network, inputs, activities, targets, lam)
+        activities = [x - 0.1 * g for x, g in zip(activities, gradients)]
+    parameters = list(network.parameters())
+    batch = inputs.shape[0]
+    expected = torch.autograd.grad(paper_energy(network, inputs, activities, targets, lam) / (lam * batch),
+                                   parameters)
+    estimate = build_algorithm("pc_nudge", solver="gd", steps=50, step_size=0.1, tol=None).step(
+        network, inputs, targets)
+    names = [name for name, _ in network.named_parameters()]
+    assert max_relative(estimate.gradients, dict(zip(names, expected))) <= 1e-10
+    report = estimate.inference[0]
+    assert (report.solver, report.steps, report.converged) == ("gd", 50, False)
+    assert 0 < report.residual < 1
+
+
+# --- convergence reports ------------------------------------------------------------------------
+def test_default_pc_algorithms_converge_and_say_so(tanh_problem):
+    network, inputs, targets = tanh_problem
+    for name in ("pc_nudge", "pc"):
+        algorithm = build_algorithm(name)
+        assert (algorithm.solver, algorithm.tol) == ("error", 1e-4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", NotConvergedWarning)
+            estimate = algorithm.step(network, inputs, targets)
+        (report,) = estimate.inference
+        assert report.converged and report.residual <= 1e-4 and report.steps <= 10
+        assert estimate.converged
+
+
+def test_a_step_cap_hit_before_tol_warns_once_with_the_fix(tanh_problem):
+    network, inputs, targets = tanh_problem
+    algorithm = build_algorithm("pc", solver="gd", steps=3, tol=1e-8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for _ in range(3):
+            estimate = algorithm.step(network, inputs, targets)
+    messages = [w for w in caught if issubclass(w.category, NotConvergedWarning)]
+    assert len(messages) == 1 and "raise steps" in str(messages[0].message)
+    assert not estimate.converged and estimate.inference[0].residual > 1e-8
+
+
+def test_error_solver_settles_on_relu_kinks():
+    """On ReLU the equilibrium puts a few units on their kink: the residual cannot vanish there,
+    the damped steps settle the state, and a tighter tolerance moves it no further than tol."""
+    torch.manual_seed(1)
+    network = mlp([30, 40, 20, 5]).double()
+    inputs, targets = torch.randn(32, 30, dtype=torch.float64), torch.randint(0, 5, (32,))
+    states = []
+    for tol in (1e-5, 1e-9):
+        energy = PredictiveCodingEnergy(network, Loss("cross_entropy"), lam=1.0)
+        state = energy.free_state(inputs, targets)
+        report = relax(energy, state, 500, tol=tol, solver="error").report
+        assert report.converged and report.step_size < 1.0
+        states.append(state)
+    for x, y in zip(states[0].activities[1:], states[1].activities[1:]):
+        assert (x - y).norm() <= 1e-3 * y.norm()
+
+
+# --- divergence ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def seed_mlp_batch(mnist_tensors):
+    images, labels = mnist_tensors
+    torch.manual_seed(0)
+    return mlp([784, 128, 64, 10]).double(), images[:64].double(), labels[:64]
+
+
+@pytest.mark.parametrize("name,step_size", [("pc_nudge", 1.0), ("pc_nudge", 1.5), ("chl", 2.0)])
+def test_a_rising_energy_raises_instead_of_returning_a_gradient(name, step_size, seed_mlp_batch):
+    network, inputs, targets = seed_mlp_batch
+    algorithm = build_algorithm(name, solver="gd", step_size=step_size, tol=None)
+    with pytest.raises(DivergenceError, match=rf"at step \d+ with step_size {step_size:g} "
+                                              r"\(last good step \d+\); lower step_size"):
+        algorithm.gradients(network, inputs, targets)
+
+
+def test_auto_step_size_leaves_a_stable_step_alone(seed_mlp_batch):
+    network, inputs, targets = seed_mlp_batch
+    auto = build_algorithm("pc_nudge", solver="gd", step_size="auto", steps=50, tol=None)
+    fixed = build_algorithm("pc_nudge", solver="gd", step_size=0.1, steps=50, tol=None)
+    estimate = auto.step(network, inputs, targets)
+    assert (estimate.inference[0].backoffs, estimate.inference[0].step_size) == (0, 0.1)
+    assert max_relative(estimate.gradients, fixed.gradients(network, inputs, targets)) == 0
+    reference = build_algorithm("bp").gradients(network, inputs, targets)
+    assert cosine(estimate.gradients, reference) > 0.99
+
+
+def test_auto_backs_off_from_a_step_that_diverges():
+    torch.manual_seed(2)
+    network = mlp([10, 8, 6, 3], activation="tanh").double()
+    inputs, targets = torch.randn(16, 10, dtype=torch.float64), torch.randint(0, 3, (16,))
+    energy = PredictiveCodingEnergy(network, Loss("cross_entropy"), lam=1.0)
+    fixed = energy.free_state(inputs, targets)
+    with pytest.raises(DivergenceError):
+        relax(energy, fixed, 200, 3.0, solver="gd")
+    state = energy.free_state(inputs, targets)
+    first = float(energy.components(state)[2])
+    relaxation = relax(energy, state, 2000, "auto", tol=1e-10, solver="gd")
+    assert relaxation.report.converged
+    assert float(energy.components(state)[2]) < first
+
+
+@pytest.mark.parametrize("watch", [{"record": True}, {"record": False}, {"tol": 1e-12}])
+def test_divergence_names_the_same_first_bad_step_however_energies_are_watched(watch):
+    torch.manual_seed(2)
+    network = mlp([10, 8, 6, 3], activation="tanh").double()
+    inputs, targets = torch.randn(16, 10, dtype=torch.float64), torch.randint(0, 3, (16,))
+    energy = PredictiveCodingEnergy(network, Loss("cross_entropy"), lam=1.0)
+    messages = []
+    for settings in (watch, {"record": True}):
+        with pytest.raises(DivergenceError) as error:
+            relax(energy, energy.free_state(inputs, targets), 400, 4.0, solver="gd", **settings)
+        messages.append(str(error.value))
+    assert messages[0] == messages[1]
+
+
+# --- settings -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("settings,match", [
+    ({"step_size": 0.0}, "step_size must be > 0"),
+    ({"step_size": -1.0}, "step_size must be > 0"),
+    ({"step_size": math.nan}, "step_size must be > 0"),
+    ({"step_size": math.inf}, "step_size must be > 0"),
+    ({"step_size": "fast"}, "positive number or 'auto'"),
+    ({"tol": 0.0}, r"tol .* must lie in \(0, 1\)"),
+    ({"tol": 2.0}, r"tol .* must lie in \(0, 1\)"),
+    ({"tol": math.nan}, r"tol .* must lie in \(0, 1\)"),
+    ({"steps": -1}, "steps must be an integer >= 0"),
+    ({"steps": 2.5}, "steps must be an integer >= 0"),
+    ({"solver": "newton"}, "unknown solver 'newton'; choose one of"),
+])
+def test_bad_solver_settings_are_refused_when_the_algorithm_is_built(settings, match):
+    with pytest.raises(ValueError, match=match):
+        build_algorithm("pc_nudge", **settings)
+
+
+def test_error_solver_is_refused_for_hopfield_energies():
+    torch.manual_seed(0)
+    network = mlp([5, 4, 3])
+    with pytest.raises(TypeError, match="solver 'error' moves prediction errors"):
+        build_algorithm("ep", solver="error").gradients(network, torch.randn(2, 5), torch.tensor([0, 1]))
+
+
+def test_nesterov_relaxes_the_hopfield_energy_to_the_same_free_equilibrium():
+    torch.manual_seed(3)
+    network = mlp([6, 5, 4], activation="sigmoid").double()
+    inputs = torch.randn(4, 6, dtype=torch.float64)
+    plain = build_algorithm("ep", steps=5000, tol=1e-12).predict(network, inputs)
+    fast = build_algorithm("ep", solver="nesterov", step_size=0.5, steps=5000, tol=1e-12).predict(network, inputs)
+    assert torch.allclose(plain, fast, rtol=0, atol=1e-10)
