@@ -220,6 +220,7 @@ def plot(rows: list[dict], path: Path) -> None:
             axis.semilogy(range(len(finite)), finite, label=label)
         axis.axhline(TARGET, color="grey", lw=0.5)
         axis.set_xscale("symlog", linthresh=10)
+        axis.set_xlim(left=0)
         axis.set_title(row["case"], fontsize=8)
         axis.set_xlabel("inference step")
     axes[0][0].set_ylabel("worst-layer relative error\nof the pc_nudge update")

@@ -9,7 +9,7 @@ algorithm's own ``reference``: dL/dtheta at its free equilibrium (implicit diffe
 - CHL: plain (difference of clamped and free weight gradients / gamma^(L-1)) and corrected
   (seed 003 Eq. 17: first-order term H dx only) against the feedback strength gamma; the output is
   fully clamped, so the error vanishes only as gamma -> 0.
-Inference: ``steps`` steps of 0.5 with a relative energy tolerance.
+Inference: ``steps`` steps of 0.5 with a relative-residual tolerance.
 """
 
 from __future__ import annotations

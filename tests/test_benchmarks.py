@@ -92,3 +92,23 @@ def test_quick_run_has_every_algorithm(bench, tmp_path, capsys):
     after = output.read_text()
     assert after.split("<!-- case b start -->")[1] == before
     assert after.count("<!-- case a start -->") == 1
+
+
+def test_convergence_benchmark_quick_run(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_convergence",
+                                                  REPO / "benchmarks" / "bench_convergence.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    output = tmp_path / "RESULTS.md"
+    output.write_text("# Step-time benchmark\n\n<!-- notes start -->\nnotes\n<!-- notes end -->\n")
+    rows = module.main(["--quick", "--output", str(output)])
+    assert {row["algorithm"] for row in rows} == {"pc_nudge", "pc"}
+    for row in rows:
+        assert set(row["curves"]) == set(module.SOLVERS)
+        assert row["curves"]["error"][0] == pytest.approx(1.0)  # the free state: no update yet
+        assert row["needed"]["error"] is not None and row["default_error"] < 1e-3
+    text = output.read_text()
+    assert text.count("<!-- convergence start -->") == 1 and "notes" in text
+    assert (tmp_path / "convergence.png").is_file()
+    module.main(["--quick", "--output", str(output)])  # a re-run replaces its own section
+    assert output.read_text().count("<!-- convergence start -->") == 1

@@ -95,6 +95,21 @@ def test_hyperparameter_flags_and_dict_merge():
     assert (algorithm.steps, algorithm.beta, algorithm.step_size) == (7, 0.05, 0.25)
 
 
+def test_solver_flags_reach_the_algorithm():
+    cli = make_cli(["--algorithm", "pc_nudge", "--solver", "gd", "--steps", "50", "--step_size", "0.3",
+                    "--trainer.logger", "false"], run=False)
+    algorithm = cli.model.algorithm
+    assert (algorithm.solver, algorithm.steps, algorithm.step_size) == ("gd", 50, 0.3)
+    auto = make_cli(["--algorithm", "ep", "--solver", "nesterov", "--step_size", "auto", "--tol", "1e-6",
+                     "--trainer.logger", "false"], run=False).model.algorithm
+    assert (auto.solver, auto.step_size, auto.tol) == ("nesterov", "auto", 1e-6)
+
+
+def test_bad_solver_flag_is_refused_in_one_line(capsys):
+    with pytest.raises((SystemExit, ValueError), match="unknown solver 'newton'"):
+        make_cli(["--algorithm", "pc_nudge", "--solver", "newton", "--trainer.logger", "false"], run=False)
+
+
 def test_flag_the_algorithm_lacks_is_refused(capsys):
     with pytest.raises(SystemExit):
         make_cli(["--algorithm", "pc_nudge", "--beta", "0.1"], run=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -83,6 +85,28 @@ def test_energy_trace_logged_and_plotted(tmp_path):
     assert len(trace["total"]) == 5  # step 0 + 4 inference steps
     pngs = sorted(p.name for p in (tmp_path / "energy").glob("*.png"))
     assert pngs == ["step_0000000.png", "step_0000002.png"]
+
+
+def test_inference_diagnostics_reach_the_logger(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 6, dtype=torch.float64), torch.randint(0, 3, (16,))
+    module = EnergyModule(network=mlp([6, 5, 4, 3], activation="tanh").double(), algorithm="pc",
+                          trace_every_n_steps=0)
+    logger = CSVLogger(tmp_path, name="run")
+    quiet_trainer(max_steps=4, logger=logger, log_every_n_steps=1).fit(module, loader(x, y, 4))
+    rows = (Path(logger.log_dir) / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    for key in ("inference/steps", "inference/converged", "inference/residual", "inference/backoffs"):
+        assert key in header, header
+    column = {key: header.index(key) for key in ("inference/steps", "inference/converged", "inference/residual")}
+    logged = [row.split(",") for row in rows[1:] if row.split(",")[column["inference/steps"]]]
+    assert len(logged) == 4
+    for row in logged:
+        assert 1 <= float(row[column["inference/steps"]]) <= 100
+        assert float(row[column["inference/converged"]]) == 1.0
+        assert float(row[column["inference/residual"]]) <= 1e-4
 
 
 def test_z_il_matches_bp_for_200_mnist_steps_in_float64(mnist_root):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from ..core.hopfield import HopfieldEnergy, HopfieldState
@@ -46,14 +47,12 @@ class HopfieldAlgorithm(RelaxingAlgorithm):
         loss = as_loss(loss)
         check_batch(inputs, targets)
         energy, state, _ = self.free_phase(network, inputs, targets, loss)
-        parameters = [p for layer in energy.layers for p in layer.parameters()]
-        flat = equilibrium_gradient(
+        trainable = [p for layer in energy.layers for p in layer.parameters() if p.requires_grad]
+        flat = iter(equilibrium_gradient(
             energy.internal_energy, inputs, state.activities[1:],
-            loss.per_sample_gradient(state.output, state.targets), parameters,
-        )
-        per_layer, start = [], 0
-        for layer in energy.layers:
-            count = len(list(layer.parameters()))
-            per_layer.append(flat[start:start + count])
-            start += count
+            loss.per_sample_gradient(state.output, state.targets), trainable,
+        ))
+        # frozen parameters get zeros here; name_layer_gradients leaves them out
+        per_layer = [[next(flat) if p.requires_grad else torch.zeros_like(p) for p in layer.parameters()]
+                     for layer in energy.layers]
         return name_layer_gradients(network, per_layer)

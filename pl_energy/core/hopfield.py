@@ -13,6 +13,15 @@ Inference steps are preconditioned by 1/c_l, so at every layer the top-down inpu
 by gamma relative to the bottom-up one (Xie & Seung 2003; seed 003 Eq. 18). With gamma = 1 this
 is Scellier & Bengio's energy. The layers are those of ``mlp``: ``Linear`` or
 ``Sequential(Linear, activation)``; a plain ``Linear`` output layer has rho_L = identity.
+
+Activations with flat regions (ReLU; hardsigmoid, flat outside [-3, 3]) have their minimum in
+x_l inside the interval where rho_l is linear: beyond it the energy is 1/2 x^2 - const, which
+rises away from it. So the states are kept in that interval (ReLU: x >= 0, hardsigmoid:
+-3 <= x <= 3) with rho_l linear there, and inference is projected descent: a state on a bound
+whose gradient points outwards has a projected gradient of 0 (the first-order optimality, KKT,
+condition of the bound), and every step is clipped back to the interval. This is how Scellier &
+Bengio 2017 relax their hard-sigmoid units; with rho'(0) = 0 taken literally instead, a ReLU
+unit that the feedforward pass leaves at exactly 0 could never switch on, whatever its drive.
 """
 
 from __future__ import annotations
@@ -26,6 +35,35 @@ from .activations import DERIVATIVES
 from .linearization import dense_parts
 from .losses import Loss
 from .networks import feedforward, layers_of
+
+
+@dataclass(frozen=True)
+class Box:
+    """The interval [low, high] (None: unbounded) where an activation is linear with ``slope``."""
+
+    low: float | None
+    high: float | None
+    slope: float
+
+    def project_gradient(self, x: Tensor, gradient: Tensor) -> Tensor:
+        """0 where x sits on a bound and the gradient points out of the interval."""
+        if self.low is not None:
+            gradient = torch.where(x <= self.low, gradient.clamp(max=0), gradient)
+        if self.high is not None:
+            gradient = torch.where(x >= self.high, gradient.clamp(min=0), gradient)
+        return gradient
+
+    def project(self, x: Tensor) -> Tensor:
+        return x.clamp(self.low, self.high)
+
+
+BOXES: dict[type[nn.Module], Box] = {nn.ReLU: Box(0.0, None, 1.0), nn.Hardsigmoid: Box(-3.0, 3.0, 1 / 6)}
+
+
+def _hardsigmoid(x: Tensor) -> Tensor:
+    """torch's hardsigmoid, written so that autograd can differentiate it twice (the implicit
+    reference needs Hessian-vector products; aten's hardsigmoid_backward has no derivative)."""
+    return torch.nn.functional.relu6(x + 3) / 6
 
 
 @dataclass
@@ -65,16 +103,24 @@ class HopfieldEnergy:
             self.linears.append(parts[0])
             self.rhos.append(parts[2])
         self.weights = [self.gamma ** index for index in range(len(self.layers))]
+        self.boxes = [None if rho is None else BOXES.get(type(rho)) for rho in self.rhos]
 
     def _value(self, index: int, x: Tensor) -> Tensor:
         """rho_l(x) for layer l (index 0 is the input: identity)."""
         rho = self.rhos[index - 1] if index > 0 else None
-        return x if rho is None else rho(x)
+        if rho is None:
+            return x
+        return _hardsigmoid(x) if isinstance(rho, nn.Hardsigmoid) else rho(x)
 
-    def _slope(self, index: int, x: Tensor, value: Tensor) -> Tensor | None:
-        """rho_l'(x), or None where rho_l is the identity."""
+    def _slope(self, index: int, x: Tensor, value: Tensor) -> Tensor | float | None:
+        """rho_l'(x) (inside the box for activations with flat regions), or None for slope 1."""
         rho = self.rhos[index - 1] if index > 0 else None
-        return None if rho is None else DERIVATIVES[type(rho)].derivative(x, value)
+        if rho is None:
+            return None
+        box = self.boxes[index - 1]
+        if box is not None:
+            return None if box.slope == 1.0 else box.slope
+        return DERIVATIVES[type(rho)].derivative(x, value)
 
     # --- states -------------------------------------------------------------------------------
     def free_state(self, inputs: Tensor, targets: Tensor | None) -> HopfieldState:
@@ -116,37 +162,56 @@ class HopfieldEnergy:
 
     # --- the energy and its gradients ---------------------------------------------------------
     def activity_gradients(self, state: HopfieldState) -> list[Tensor]:
-        """dE/dx_l = c_l [x_l - rho_l'(x_l) (h_l + gamma W_{l+1}^T rho_{l+1}(x_{l+1}))] (+ nudge)."""
+        """dE/dx_l = c_l [x_l - rho_l'(x_l) (h_l + gamma W_{l+1}^T rho_{l+1}(x_{l+1}))] (+ nudge),
+        projected at the bounds of activations with flat regions."""
+        values = [self._value(index, value) for index, value in enumerate(state.activities)]
+        return [self._layer_gradient(state, values, index) for index in self.free_layers(state)]
+
+    def free_layers(self, state: HopfieldState) -> range:
+        return range(1, len(self.layers) if state.clamped else len(self.layers) + 1)
+
+    def _layer_gradient(self, state: HopfieldState, values: list[Tensor], index: int) -> Tensor:
         x = state.activities
-        values = [self._value(index, value) for index, value in enumerate(x)]
         depth = len(self.layers)
-        last = depth - 1 if state.clamped else depth
-        gradients = []
-        for index in range(1, last + 1):
-            if index == 1:
-                drive = self.input_drive(state)
-            else:
-                linear = self.linears[index - 1]
-                drive = torch.nn.functional.linear(values[index - 1], linear.weight.detach(),
-                                                   None if linear.bias is None else linear.bias.detach())
-            if index < depth:
-                drive = torch.addmm(drive, values[index + 1], self.linears[index].weight.detach(),
-                                    alpha=self.gamma)
-            slope = self._slope(index, x[index], values[index])
-            gradient = x[index] - (drive if slope is None else slope * drive)
-            if self.weights[index - 1] != 1.0:
-                gradient = self.weights[index - 1] * gradient
-            if index == depth and state.beta:
-                gradient = torch.add(gradient, self.loss.per_sample_gradient(x[index], state.targets),
-                                     alpha=state.beta)
-            gradients.append(gradient)
-        return gradients
+        if index == 1:
+            drive = self.input_drive(state)
+        else:
+            linear = self.linears[index - 1]
+            drive = torch.nn.functional.linear(values[index - 1], linear.weight.detach(),
+                                               None if linear.bias is None else linear.bias.detach())
+        if index < depth:
+            drive = torch.addmm(drive, values[index + 1], self.linears[index].weight.detach(),
+                                alpha=self.gamma)
+        slope = self._slope(index, x[index], values[index])
+        gradient = x[index] - (drive if slope is None else slope * drive)
+        if self.weights[index - 1] != 1.0:
+            gradient = self.weights[index - 1] * gradient
+        if index == depth and state.beta:
+            gradient = torch.add(gradient, self.loss.per_sample_gradient(x[index], state.targets),
+                                 alpha=state.beta)
+        box = self.boxes[index - 1]
+        return gradient if box is None else box.project_gradient(x[index], gradient)
+
+    def sweep(self, state: HopfieldState, gradients: list[Tensor], step_size: float) -> None:
+        """One even/odd sweep: the odd layers step with ``gradients`` (taken at the current
+        state), then the even layers with their gradients at the moved odd layers.
+
+        Layers of one parity do not interact, so at step 1 with ReLU, hardsigmoid or linear
+        units each half is the exact minimisation over its layers given the others
+        (x_l = the projection of rho_l' times its net input): block coordinate descent, the
+        asynchronous relaxation of Scellier & Bengio 2017's code.
+        """
+        free = self.free_layers(state)
+        odd = [(index, gradients[index - 1]) for index in free if index % 2 == 1]
+        self._move(state, odd, step_size)
+        values = [self._value(index, value) for index, value in enumerate(state.activities)]
+        even = [(index, self._layer_gradient(state, values, index)) for index in free if index % 2 == 0]
+        self._move(state, even, step_size)
 
     def local_terms(self, state: HopfieldState) -> list[Tensor]:
         """c_l x_l, the part of dE/dx_l from layer l's own 1/2 ||x_l||^2 (free layers only)."""
-        last = len(self.layers) - 1 if state.clamped else len(self.layers)
         return [state.activities[index] if self.weights[index - 1] == 1.0
-                else self.weights[index - 1] * state.activities[index] for index in range(1, last + 1)]
+                else self.weights[index - 1] * state.activities[index] for index in self.free_layers(state)]
 
     def input_drive(self, state: HopfieldState) -> Tensor:
         """h_1 = W_1 x_0 + b_1: the input is clamped, so it is computed once per batch."""
@@ -157,8 +222,14 @@ class HopfieldEnergy:
         return state.input_drive
 
     def step(self, state: HopfieldState, gradients: list[Tensor], step_size: float) -> None:
-        for index, gradient in enumerate(gradients, start=1):
-            state.activities[index] = state.activities[index] - (step_size / self.weights[index - 1]) * gradient
+        """x_l <- x_l - step_size / c_l * gradient_l, projected onto the layer's box."""
+        self._move(state, list(enumerate(gradients, start=1)), step_size)
+
+    def _move(self, state: HopfieldState, moves: list[tuple[int, Tensor]], step_size: float) -> None:
+        for index, gradient in moves:
+            moved = torch.add(state.activities[index], gradient, alpha=-step_size / self.weights[index - 1])
+            box = self.boxes[index - 1]
+            state.activities[index] = moved if box is None else box.project(moved)
 
     def components(self, state: HopfieldState) -> tuple[Tensor, Tensor, Tensor]:
         """(I, L, I + beta L) as batch means."""

@@ -23,12 +23,13 @@ def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
 
 def conjugate_gradient(hvp: Callable[[list[Tensor]], list[Tensor]], rhs: list[Tensor],
                        max_iter: int = 1000, rtol: float = 1e-12) -> list[Tensor]:
-    """Solve H v = rhs per sample (H symmetric positive definite per sample)."""
+    """Solve H v = rhs per sample (H symmetric positive definite per sample), to a residual
+    ||rhs - H v|| of at most ``rtol`` ||rhs|| per sample (or ``max_iter`` iterations)."""
     v = [torch.zeros_like(r) for r in rhs]
     residual = [r.clone() for r in rhs]
     direction = [r.clone() for r in rhs]
     rr = _dot(residual, residual)
-    limit = rtol * rr.clamp_min(torch.finfo(rr.dtype).tiny)
+    limit = rtol ** 2 * rr.clamp_min(torch.finfo(rr.dtype).tiny)  # rr is a squared norm
     for _ in range(max_iter):
         if bool((rr <= limit).all()):
             break

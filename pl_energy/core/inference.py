@@ -195,6 +195,10 @@ class _EnergyWatch:
         self.epsilon = torch.finfo(dtype).eps
 
     def problem(self, value: float) -> str | None:
+        if value == -math.inf:
+            return ("the energy fell without bound (to -inf): it has no minimum for these weights "
+                    "(a Hopfield energy with unbounded units such as ReLU is bounded below only while "
+                    "its couplings are weak; bounded units, e.g. hardsigmoid, always have one)")
         if not math.isfinite(value):
             return f"the energy became {value}"
         allowance = (self.rise_tolerance * (self.start - self.lowest)

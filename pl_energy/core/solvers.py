@@ -30,6 +30,9 @@ Update rules (all act on gradients scaled by P_l):
   iteration into a damped (Krasnoselskii-Mann) one that settles.
 - ``nesterov``: Nesterov's accelerated gradient on the activities, momentum k/(k+3), restarted
   whenever the gradient turns against the motion (O'Donoghue & Candes 2015). Any energy.
+- ``sweep``: layered Hopfield energies: the odd layers move, then the even ones given the moved
+  odd ones (block coordinate descent; at step 1 each block is minimised exactly for ReLU,
+  hardsigmoid and linear units: the asynchronous "dt = 1" relaxation of Scellier & Bengio 2017).
 
 The relative residual measures how far a state is from equilibrium without a scale: each layer's
 gradient is a balance of a local term a_l (pi_l eps_l for PC; c_l x_l for Hopfield) and the rest
@@ -134,6 +137,14 @@ class Balance:
         ratio = torch.where(scale > 0, self.gradient / scale.clamp_min(torch.finfo(scale.dtype).tiny),
                             torch.zeros_like(scale))
         return float(ratio.max())
+
+
+@dataclass
+class SweepCoordinates(ActivityCoordinates):
+    """The activities of a layered Hopfield energy, moved odd layers first, then even ones."""
+
+    def move(self, state, directions: list[Tensor], step_size: float) -> None:
+        self.energy.sweep(state, directions, step_size)
 
 
 def relative_residual(gradients: list[Tensor], local: list[Tensor]) -> float:
@@ -307,7 +318,24 @@ class NesterovIteration(Iteration):
         self.velocity, self.count = None, 0
 
 
-SOLVERS: dict[str, type[Solver]] = {cls.name: cls for cls in (GradientDescent, ErrorDescent, Nesterov)}
+@dataclass
+class EvenOddSweep(Solver):
+    """Block coordinate descent on a layered Hopfield energy: odd layers, then even layers, each
+    block at once (exact block minimisation at step 1 for ReLU, hardsigmoid and linear units)."""
+
+    name: ClassVar[str] = "sweep"
+    default_step: ClassVar[float] = 1.0
+    check_every: ClassVar[int] = 5
+
+    def coordinates(self, energy) -> Coordinates:
+        if not hasattr(energy, "sweep"):
+            raise TypeError(f"solver 'sweep' relaxes layered Hopfield energies, not "
+                            f"{type(energy).__name__}; use solver='error', 'gd' or 'nesterov'")
+        return SweepCoordinates(energy)
+
+
+SOLVERS: dict[str, type[Solver]] = {
+    cls.name: cls for cls in (GradientDescent, ErrorDescent, Nesterov, EvenOddSweep)}
 
 
 def solver_class(name: str) -> type[Solver]:

@@ -1,0 +1,178 @@
+"""The layered Hopfield energy of EP and CHL with activations that have flat regions.
+
+Oracles: the first-order optimality (KKT) conditions of the free equilibrium, written here from
+the energy's definition (Scellier & Bengio 2017) with the network's weights; and an EP written
+here from the papers' equations with autograd and projected descent, not from the library.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pl_energy import build_algorithm, mlp
+from pl_energy.core import HopfieldEnergy, Loss, relax
+from helpers import max_relative
+
+RHO = {"relu": torch.relu, "hardsigmoid": lambda x: F.relu6(x + 3) / 6, "sigmoid": torch.sigmoid}
+BOX = {"relu": (0.0, None), "hardsigmoid": (-3.0, 3.0), "sigmoid": (None, None)}
+
+
+def problem(activation: str, seed: int = 0, sizes=(12, 10, 8, 4), batch: int = 6):
+    torch.manual_seed(seed)
+    network = mlp(list(sizes), activation=activation).double()
+    with torch.no_grad():  # strong weights push hardsigmoid units against their bounds (ReLU
+        for p in network.parameters():  # units need no help; strong ReLU couplings have no minimum)
+            p.mul_(3.0 if activation == "hardsigmoid" else 1.0)
+    return network, torch.randn(batch, sizes[0], dtype=torch.float64), torch.randint(0, sizes[-1], (batch,))
+
+
+def net_inputs(network, activation, inputs, hidden):
+    """h_l = W_l rho(x_{l-1}) + b_l + W_{l+1}^T rho(x_{l+1}) for each hidden layer (gamma = 1)."""
+    rho = RHO[activation]
+    linears = [layer[0] if isinstance(layer, torch.nn.Sequential) else layer for layer in network]
+    values = [inputs] + [rho(x) for x in hidden[:-1]] + [hidden[-1]]  # linear output layer
+    drives = []
+    for l in range(1, len(hidden)):
+        h = linears[l - 1](values[l - 1]) + values[l + 1] @ linears[l].weight
+        drives.append(h)
+    return drives
+
+
+@pytest.mark.parametrize("activation", ["relu", "hardsigmoid", "sigmoid"])
+@pytest.mark.parametrize("solver,step_size", [("gd", 0.5), ("nesterov", 0.5), ("sweep", 1.0)])
+def test_free_equilibrium_satisfies_the_kkt_conditions(activation, solver, step_size):
+    network, inputs, targets = problem(activation)
+    energy = HopfieldEnergy(network, Loss("mse"))
+    state = energy.free_state(inputs, targets)
+    report = relax(energy, state, 20000, step_size, tol=1e-12, solver=solver).report
+    assert report.converged
+    hidden = state.activities[1:]
+    low, high = BOX[activation]
+    for x, h in zip(hidden, net_inputs(network, activation, inputs, hidden)):
+        if activation == "sigmoid":
+            torch.testing.assert_close(x, torch.sigmoid(x) * (1 - torch.sigmoid(x)) * h, rtol=0, atol=1e-9)
+            continue
+        slope = 1.0 if activation == "relu" else 1 / 6
+        inside = x > low if high is None else (x > low) & (x < high)
+        assert inside.any()
+        torch.testing.assert_close(x[inside], slope * h[inside], rtol=0, atol=1e-9)
+        assert (slope * h[x <= low] <= low + 1e-9).all()  # pinned at the lower bound: pushed down
+        if high is not None:
+            assert (slope * h[x >= high] >= high - 1e-9).all()
+        if activation == "relu":  # the bound is active somewhere, so the test means something
+            assert (x <= low).any()
+    output = hidden[-1]  # the linear output unit balances its bottom-up drive
+    last = network[-1]
+    torch.testing.assert_close(output, last(RHO[activation](hidden[-2])), rtol=0, atol=1e-9)
+
+
+def test_relu_units_left_at_zero_by_the_feedforward_pass_switch_on():
+    """The feedforward start leaves inactive units at exactly 0; the equilibrium needs some of
+    them on (their drive from above is positive), and reaches a lower energy than the start."""
+    network, inputs, targets = problem("relu", seed=3)
+    energy = HopfieldEnergy(network, Loss("mse"))
+    state = energy.free_state(inputs, targets)
+    start = [x.clone() for x in state.activities[1:-1]]
+    relax(energy, state, 20000, 1.0, tol=1e-12, solver="sweep")
+    switched = sum(int(((a == 0) & (b > 0)).sum()) for a, b in zip(start, state.activities[1:-1]))
+    assert switched > 0
+
+
+def paper_ep(network, activation, inputs, targets, beta, steps=20000, eta=0.2):
+    """EP from the equations (Scellier & Bengio 2017): projected descent on
+    E = sum_l 1/2 ||x_l||^2 - rho(x_l).(W_l rho(x_{l-1}) + b_l) (+ beta * 1/2 ||x_L - y||^2)
+    over states in the box where rho is linear (rho(x) = x on x >= 0 for ReLU, x/6 + 1/2 on
+    [-3, 3] for hardsigmoid), the free phase from 0, the nudged phase from the free equilibrium,
+    and the update (dE/dtheta(nudged) - dE/dtheta(free)) / beta of the batch mean, by autograd."""
+    rho = {"relu": lambda x: x, "hardsigmoid": lambda x: x / 6 + 0.5}[activation]
+    low, high = BOX[activation]
+    linears = [layer[0] if isinstance(layer, torch.nn.Sequential) else layer for layer in network]
+    y = F.one_hot(targets, linears[-1].out_features).double()
+
+    def energy(xs, nudge):
+        values = [inputs] + [rho(x) for x in xs[:-1]] + [xs[-1]]
+        total = sum(0.5 * x.pow(2).sum() for x in xs)
+        total = total - sum((values[l] * linears[l - 1](values[l - 1])).sum() for l in range(1, len(values)))
+        return total + nudge * 0.5 * (xs[-1] - y).pow(2).sum()
+
+    def relaxed(xs, nudge):
+        for _ in range(steps):
+            xs = [x.detach().requires_grad_(True) for x in xs]
+            grads = torch.autograd.grad(energy(xs, nudge), xs)
+            moved = [x - eta * g for x, g in zip(xs, grads)]
+            moved = [m.clamp(low, high) for m in moved[:-1]] + [moved[-1]]
+            if max(float((m - x).abs().max()) for m, x in zip(moved, xs)) < 1e-14:
+                return [m.detach() for m in moved]
+            xs = moved
+        return [x.detach() for x in xs]
+
+    start = [torch.zeros(inputs.shape[0], linear.out_features, dtype=torch.float64) for linear in linears]
+    free = relaxed(start, 0.0)
+    nudged = relaxed(free, beta)
+    parameters = list(network.parameters())
+    batch = inputs.shape[0]
+    up = torch.autograd.grad(energy(nudged, 0.0) / batch, parameters)
+    down = torch.autograd.grad(energy(free, 0.0) / batch, parameters)
+    names = [name for name, _ in network.named_parameters()]
+    return {name: (a - b) / beta for name, a, b in zip(names, up, down)}
+
+
+@pytest.mark.parametrize("activation", ["relu", "hardsigmoid"])
+def test_ep_matches_an_implementation_written_from_the_papers_equations(activation):
+    network, inputs, targets = problem(activation, sizes=(6, 5, 4, 3), batch=4)
+    expected = paper_ep(network, activation, inputs, targets, beta=0.05)
+    algorithm = build_algorithm("ep", beta=0.05, solver="sweep", step_size=1.0, steps=20000, tol=1e-13)
+    estimate = algorithm.gradients(network, inputs, targets, loss="mse")
+    assert max_relative(estimate, expected) <= 1e-8
+
+
+def test_ep_reference_matches_a_dense_implicit_solve():
+    """dL/dtheta at the free equilibrium, against the same formula solved with a dense Hessian
+    (torch.linalg.solve) instead of conjugate gradients: accurate to 1e-10."""
+    network, inputs, targets = problem("relu", sizes=(6, 5, 4, 3), batch=3)
+    algorithm = build_algorithm("ep", solver="sweep", step_size=1.0, steps=20000, tol=1e-13)
+    reference = algorithm.reference(network, inputs, targets, loss="mse")
+    energy, state, _ = algorithm.free_phase(network, inputs, targets, Loss("mse"))
+    free = [x.detach().requires_grad_(True) for x in state.activities[1:]]
+    sizes = [x[0].numel() for x in free]
+    parameters = list(network.parameters())
+    total = {name: torch.zeros_like(p) for name, p in network.named_parameters()}
+    for sample in range(inputs.shape[0]):
+        def internal(*flat):
+            xs = [f.reshape(1, -1) for f in flat]
+            return energy.internal_energy([inputs[sample:sample + 1], *xs])
+        point = tuple(x[sample].detach() for x in free)
+        hessian = torch.autograd.functional.hessian(internal, point)
+        dense = torch.cat([torch.cat([hessian[i][j].reshape(sizes[i], sizes[j]) for j in range(len(sizes))], 1)
+                           for i in range(len(sizes))], 0)
+        loss_gradient = torch.zeros(sum(sizes), dtype=torch.float64)
+        output = state.activities[-1][sample]
+        target = F.one_hot(targets[sample], 3).double()
+        loss_gradient[-sizes[-1]:] = output - target
+        v = torch.linalg.solve(dense, loss_gradient)
+        xs = [p.detach().clone().requires_grad_(True) for p in point]
+        grad_x = torch.autograd.grad(internal(*xs), xs, create_graph=True)
+        mixed = torch.autograd.grad(torch.cat([g.reshape(-1) for g in grad_x]) @ v, parameters)
+        for (name, _), g in zip(network.named_parameters(), mixed):
+            total[name] -= g / inputs.shape[0]
+    assert max_relative(reference, total) <= 1e-10
+
+
+def test_an_energy_without_a_minimum_is_named():
+    """ReLU units are unbounded: with strong couplings the energy falls without end."""
+    network, inputs, targets = problem("relu")
+    with torch.no_grad():
+        for p in network.parameters():
+            p.mul_(3.0)
+    with pytest.raises(FloatingPointError, match="fell without bound.*no minimum"):
+        build_algorithm("ep", steps=5000).gradients(network, inputs, targets)
+
+
+def test_hardsigmoid_reference_and_frozen_parameters():
+    network, inputs, targets = problem("hardsigmoid", sizes=(6, 5, 3), batch=4)
+    network[0][0].bias.requires_grad_(False)
+    for name in ("ep", "chl"):
+        reference = build_algorithm(name, steps=2000, tol=1e-12).reference(network, inputs, targets)
+        assert "0.0.bias" not in reference and all(torch.isfinite(g).all() for g in reference.values())
