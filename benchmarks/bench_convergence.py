@@ -186,6 +186,49 @@ def run(quick: bool, rounds: int) -> list[dict]:
     return rows
 
 
+HOPFIELD_SOLVERS = {"gd 0.5 (the ep/chl default)": ("gd", 0.5), "gd 1.0": ("gd", 1.0),
+                    "nesterov 0.5": ("nesterov", 0.5), "sweep 1.0": ("sweep", 1.0)}
+
+
+def hopfield_free_phases(quick: bool, rounds: int) -> list[dict]:
+    """The EP/CHL free phase of seed 003's MLP (ReLU and clip units, float64) to a relative
+    residual of 1e-6: steps and time per solver, timed in interleaved rounds."""
+    from pl_energy.core import HopfieldEnergy
+
+    root = bench_step.data_root()
+    sizes = [784, 16, 10] if quick else [784, 128, 64, 10]
+    spec = bench_step.Case("free", "free", lambda: None, 64, (784,), 10, "mnist", 1, 0)
+    x, y = bench_step.mnist_batches(spec, 1, root)[0] if root is not None else bench_step.random_batches(spec, 1)[0]
+    x = x.double()
+    rows = []
+    for activation in ("relu", "clip"):
+        torch.manual_seed(0)
+        energy = HopfieldEnergy(mlp(sizes, activation).double(), alg_loss())
+        times = {label: [] for label in HOPFIELD_SOLVERS}
+        steps = {}
+        for _ in range(rounds):
+            for label, (solver, step) in HOPFIELD_SOLVERS.items():
+                state = energy.free_state(x, y)
+                start = time.perf_counter()
+                report = relax(energy, state, 5000, step, tol=1e-6, solver=solver).report
+                times[label].append(time.perf_counter() - start)
+                steps[label] = report.steps if report.converged else None
+        base = statistics.median(times[next(iter(HOPFIELD_SOLVERS))])
+        rows.append(dict(activation=activation, steps=steps,
+                         ms={k: 1e3 * statistics.median(v) for k, v in times.items()},
+                         fraction={k: statistics.median(v) / base for k, v in times.items()}))
+    return rows
+
+
+def hopfield_table(rows: list[dict]) -> str:
+    head = "| units | " + " | ".join(f"{label}: steps, ms (x the default)" for label in HOPFIELD_SOLVERS) + " |\n"
+    head += "|---" * (1 + len(HOPFIELD_SOLVERS)) + "|\n"
+    lines = [f"| {row['activation']} | " + " | ".join(
+        f"{row['steps'][k]}, {row['ms'][k]:.1f} ({row['fraction'][k]:.2f}x)" for k in HOPFIELD_SOLVERS) + " |"
+        for row in rows]
+    return head + "\n".join(lines) + "\n"
+
+
 def table(rows: list[dict]) -> str:
     head = ("| network | algorithm | " + " | ".join(f"{label}: steps to 1e-3 (x BP)" for label in SOLVERS)
             + " | default (error, tol 1e-4): steps, error, x BP |\n")
@@ -230,7 +273,7 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def section(rows: list[dict], command: str, load: tuple) -> str:
+def section(rows: list[dict], command: str, load: tuple, hopfield: list[dict]) -> str:
     return (
         "## Convergence of inference (issue: inference that converges)\n\n"
         f"- command: `{command}`\n"
@@ -241,7 +284,10 @@ def section(rows: list[dict], command: str, load: tuple) -> str:
         "- one real MNIST batch of 64, float64 (VGG-5: float32); error = worst layer's relative error "
         "of the weight update against the converged equilibrium's (see the script's docstring); "
         "x BP = median over interleaved rounds of the whole estimate's time over textbook BP's\n\n"
-        + table(rows) + f"\n![error against inference steps, pc_nudge]({PLOT.name})\n"
+        + table(rows) + f"\n![error against inference steps, pc_nudge]({PLOT.name})\n\n"
+        "EP/CHL free phase of seed 003's MLP (Hopfield energy, batch 64, float64) to a relative "
+        "residual of 1e-6, from the feedforward pass; median of interleaved rounds:\n\n"
+        + hopfield_table(hopfield)
     )
 
 
@@ -266,10 +312,13 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--plot", type=Path, default=None, help=f"figure path (default {PLOT.name} beside the output)")
     args = parser.parse_args(argv)
     load_before = bench_step._load()
-    rows = run(args.quick, args.rounds or (2 if args.quick else 21))
+    rounds = args.rounds or (2 if args.quick else 21)
+    rows = run(args.quick, rounds)
+    hopfield = hopfield_free_phases(args.quick, rounds)
+    print(hopfield_table(hopfield))
     command = "python benchmarks/bench_convergence.py" + (" --quick" if args.quick else "")
     plot(rows, args.plot or args.output.parent / PLOT.name)
-    write(args.output, section(rows, command, (load_before, bench_step._load())))
+    write(args.output, section(rows, command, (load_before, bench_step._load()), hopfield))
     return rows
 
 

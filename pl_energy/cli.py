@@ -15,10 +15,15 @@ SGD (lr 0.001, momentum 0.9) on :class:`~pl_energy.data.MNISTDataModule`. The
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
 import sys
+import warnings
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
@@ -94,6 +99,9 @@ class EnergyCLI(LightningCLI):
                                 "init_args": {"lr": 0.001, "momentum": 0.9}},
             "data": {"class_path": "pl_energy.data.MNISTDataModule"},
             "agreement.every_n_steps": 50,
+            "seed_everything": 0,
+            "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                               "init_args": {"save_dir": "."}},
         })
 
     def before_instantiate_classes(self) -> None:
@@ -111,6 +119,11 @@ class EnergyCLI(LightningCLI):
                 f"its hyper-parameters are: {', '.join(valid) or 'none'}"
             )
         config.model.algorithm_hparams = hparams or None
+        logger = config.trainer.get("logger")
+        if (hasattr(logger, "get") and str(logger.get("class_path", "")).endswith("CSVLogger")
+                and logger.get("init_args", {}).get("save_dir") == "."
+                and config.trainer.get("default_root_dir")):  # the CSV log follows the root dir
+            logger["init_args"]["save_dir"] = config.trainer.default_root_dir
         if _uses_wandb(config.trainer.get("logger")) and not os.environ.get("WANDB_MODE"):
             if not wandb_api_key_available():
                 os.environ["WANDB_MODE"] = "offline"
@@ -118,8 +131,60 @@ class EnergyCLI(LightningCLI):
                       "(sync later with `wandb sync`)", file=sys.stderr)
 
 
+    def after_fit(self) -> None:
+        self._say_where_outputs_went()
+
+    def after_validate(self) -> None:
+        self._say_where_outputs_went()
+
+    def after_test(self) -> None:
+        self._say_where_outputs_went()
+
+    def after_predict(self) -> None:
+        """Save what ``predict`` returned: the outputs and their argmax, as one tensor each."""
+        batches = self.trainer.predict_loop.predictions
+        if self.trainer.is_global_zero and batches:
+            if isinstance(batches[0], list):  # several dataloaders: keep the first
+                batches = batches[0]
+            outputs = torch.cat([b.cpu() for b in batches])
+            path = Path(self.trainer.log_dir or ".") / "predictions.pt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"outputs": outputs, "predictions": outputs.argmax(-1)}, path)
+            print(f"pl-energy: {outputs.shape[0]} predictions (outputs {tuple(outputs.shape)} and their "
+                  f"argmax) saved to {path}; load them with torch.load({str(path)!r})")
+        self._say_where_outputs_went()
+
+    def _say_where_outputs_went(self) -> None:
+        """One line naming the run's folder (logs, metrics.csv, plots, config) and checkpoint."""
+        trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
+        where = [f"pl-energy: outputs in {trainer.log_dir}"] if trainer.log_dir else []
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger" and getattr(logger, "experiment", None) is not None:
+                where.append(f"W&B run {getattr(logger.experiment, 'dir', None) or logger.name}")
+        checkpoint = getattr(trainer.checkpoint_callback, "best_model_path", "") or getattr(
+            trainer.checkpoint_callback, "last_model_path", "")
+        if checkpoint:
+            where.append(f"checkpoint {checkpoint}")
+        if where:
+            print("; ".join(where))
+
+
+def _drop_lightning_tips() -> None:
+    """Lightning prints two advertising tips per run; pl-energy runs without them."""
+    def no_tips(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(no_tips)
+
+
 def make_cli(args: ArgsType = None, run: bool = True) -> EnergyCLI:
     """Build (and with ``run`` execute) the ``pl-energy`` LightningCLI; returns it for inspection."""
+    _drop_lightning_tips()
+    # Lightning 2.6 calls a torch API that torch 2.14 deprecates, once per run: not the user's to fix
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     return EnergyCLI(
         EnergyModule,
         LightningDataModule,

@@ -312,5 +312,17 @@ def _output_width(network: nn.Module) -> int | None:
     return width
 
 
+#: Which phase an algorithm's trace records, and the symbol of its supervised weight.
+TRACED_PHASES = {
+    "pc": ("the clamped phase", "\N{GREEK SMALL LETTER LAMDA}"),
+    "pc_nudge": ("the nudged phase", "\N{GREEK SMALL LETTER LAMDA}"),
+    "fa_z_il": ("the Fa-Z-IL dynamics", "\N{GREEK SMALL LETTER LAMDA}"),
+    "ep": ("the nudged phase (+\N{GREEK SMALL LETTER BETA})", "\N{GREEK SMALL LETTER BETA}"),
+    "chl": ("the clamped phase (output clamped, L not in E)", "0\N{MIDDLE DOT}"),
+}
+
+
 def _energy_figure(data, algorithm: str, step: int):
-    return energy_trace_figure(data, title=f"{algorithm}: energy per inference step, training step {step}")
+    phase, weight = TRACED_PHASES.get(algorithm, ("inference", "\N{GREEK SMALL LETTER LAMDA}"))
+    return energy_trace_figure(
+        data, title=f"{algorithm}: energy per inference step of {phase}, training step {step}", weight=weight)

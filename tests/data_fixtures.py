@@ -26,24 +26,53 @@ FAKE_WNIDS = (TENCH, TABBY, CHURCH, TRAILER_TRUCK, UNMAPPED)
 IMAGES_PER_CLASS = {"train": 3, "val": 2}
 
 
+def data_candidates() -> list[Path]:
+    """Where MNIST may already be: ``$PL_ENERGY_DATA``, the CLI's default ``./data`` (from the
+    repository root, where the README's main job puts it, and from the working directory), and
+    ``<repo>/../shared/data``."""
+    candidates = [Path(os.environ["PL_ENERGY_DATA"])] if os.environ.get("PL_ENERGY_DATA") else []
+    return candidates + [REPO / "data", Path.cwd() / "data", REPO.parent / "shared" / "data"]
+
+
 def shared_data_root() -> Path | None:
-    """``$PL_ENERGY_DATA``, else ``<repo>/../shared/data``, if it holds MNIST/raw/ with the 4 files."""
-    candidates = []
-    if os.environ.get("PL_ENERGY_DATA"):
-        candidates.append(Path(os.environ["PL_ENERGY_DATA"]))
-    candidates.append(REPO.parent / "shared" / "data")
-    for c in candidates:
+    """The first of ``data_candidates()`` that holds MNIST/raw/ with the 4 files."""
+    for c in data_candidates():
         if all((c / "MNIST" / "raw" / f).is_file() for f in MNIST_FILES):
             return c
     return None
 
 
+def download_mnist(timeout: float = 10.0) -> Path | None:
+    """Download MNIST into ``<repo>/data`` (what the main job does); None when offline."""
+    import socket
+
+    from torchvision.datasets import MNIST
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try:
+        MNIST(str(REPO / "data"), train=True, download=True)
+        MNIST(str(REPO / "data"), train=False, download=True)
+    except Exception:  # any network failure means: offline
+        return None
+    finally:
+        socket.setdefaulttimeout(previous)
+    return shared_data_root()
+
+
+MISSING_MNIST = (
+    "MNIST not found in $PL_ENERGY_DATA, ./data or ../shared/data, and it could not be downloaded: "
+    "run `pl-energy fit --trainer.fast_dev_run 1` from the repository root once online (it puts MNIST "
+    "in ./data), or set PL_ENERGY_DATA to a folder holding MNIST/raw/*.gz"
+)
+
+
 @pytest.fixture(scope="session")
 def mnist_root(tmp_path_factory) -> Path:
     """A writable data dir with a copy of the 4 raw MNIST .gz files in MNIST/raw/."""
-    src = shared_data_root()
+    src = shared_data_root() or download_mnist()
     if src is None:
-        pytest.skip("MNIST raw files not found: set PL_ENERGY_DATA to a folder with MNIST/raw/*.gz")
+        pytest.skip(MISSING_MNIST)
     dst = tmp_path_factory.mktemp("mnist_data")
     (dst / "MNIST" / "raw").mkdir(parents=True)
     for f in MNIST_FILES:

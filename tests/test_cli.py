@@ -33,6 +33,11 @@ def test_fit_pc_nudge_20_steps_as_a_subprocess(mnist_root, tmp_path):
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     (version,) = (tmp_path / "lightning_logs").iterdir()
+    # the run says where its outputs went, and prints none of Lightning's avoidable noise
+    assert f"pl-energy: outputs in {version}" in result.stdout
+    assert "checkpoint " in result.stdout.splitlines()[-1]
+    for noise in ("No seed found", "Tip:", "tensorboardX", "LeafSpec"):
+        assert noise not in result.stdout + result.stderr, noise
     checkpoints = list((version / "checkpoints").glob("*.ckpt"))
     assert [c.name for c in checkpoints] == ["epoch=0-step=20.ckpt"]
     config = (version / "config.yaml").read_text()
@@ -52,6 +57,16 @@ def test_fit_pc_nudge_20_steps_as_a_subprocess(mnist_root, tmp_path):
                     "--trainer.default_root_dir", str(tmp_path / subcommand)])
         prefix = "val" if subcommand == "validate" else "test"
         assert f"{prefix}/acc" in cli.trainer.callback_metrics
+
+    # predict writes the outputs and their argmax, and says where
+    cli = make_cli(["predict", "--algorithm", "pc_nudge", "--data.data_dir", str(mnist_root),
+                    "--ckpt_path", str(checkpoints[0]), "--trainer.enable_progress_bar", "false",
+                    "--trainer.limit_predict_batches", "3", "--data.batch_size", "16",
+                    "--trainer.default_root_dir", str(tmp_path / "predict")])
+    (saved,) = (tmp_path / "predict").rglob("predictions.pt")
+    predictions = torch.load(saved)
+    assert predictions["outputs"].shape == (48, 10)
+    assert torch.equal(predictions["predictions"], predictions["outputs"].argmax(-1))
 
 
 def test_unknown_algorithm_lists_the_valid_names(capsys):

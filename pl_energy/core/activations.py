@@ -25,6 +25,15 @@ class Derivatives:
     backward: Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
+class Clip(nn.Hardtanh):
+    """rho(x) = min(max(x, 0), 1): the "hard sigmoid" of Scellier & Bengio 2017 and Laborieux et
+    al. 2021, bounded with slope 1 in between (torch's ``Hardsigmoid`` has slope 1/6, which
+    shrinks every layer's signal six-fold in a Hopfield network)."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0, 1.0)
+
+
 DERIVATIVES: dict[type[nn.Module], Derivatives] = {
     nn.ReLU: Derivatives(lambda pre, post: (pre > 0).to(pre.dtype),
                          lambda c, pre, post: aten.threshold_backward(c, post, 0)),
@@ -35,6 +44,8 @@ DERIVATIVES: dict[type[nn.Module], Derivatives] = {
     nn.Hardsigmoid: Derivatives(lambda pre, post: ((pre > -3) & (pre < 3)).to(pre.dtype) / 6,
                                 lambda c, pre, post: aten.hardsigmoid_backward(c, pre)),
     nn.Identity: Derivatives(lambda pre, post: torch.ones_like(pre), lambda c, pre, post: c),
+    Clip: Derivatives(lambda pre, post: ((pre > 0) & (pre < 1)).to(pre.dtype),
+                      lambda c, pre, post: aten.hardtanh_backward(c, pre, 0.0, 1.0)),
 }
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -42,6 +53,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
     "hardsigmoid": nn.Hardsigmoid,
+    "clip": Clip,
     "identity": nn.Identity,
 }
 

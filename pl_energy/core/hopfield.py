@@ -14,10 +14,10 @@ by gamma relative to the bottom-up one (Xie & Seung 2003; seed 003 Eq. 18). With
 is Scellier & Bengio's energy. The layers are those of ``mlp``: ``Linear`` or
 ``Sequential(Linear, activation)``; a plain ``Linear`` output layer has rho_L = identity.
 
-Activations with flat regions (ReLU; hardsigmoid, flat outside [-3, 3]) have their minimum in
-x_l inside the interval where rho_l is linear: beyond it the energy is 1/2 x^2 - const, which
-rises away from it. So the states are kept in that interval (ReLU: x >= 0, hardsigmoid:
--3 <= x <= 3) with rho_l linear there, and inference is projected descent: a state on a bound
+Activations with flat regions (ReLU; clip, flat outside [0, 1]; hardsigmoid, flat outside
+[-3, 3]) have their minimum in x_l inside the interval where rho_l is linear: beyond it the
+energy is 1/2 x^2 - const, which rises away from it. So the states are kept in that interval
+(ReLU: x >= 0, clip: 0 <= x <= 1, hardsigmoid: -3 <= x <= 3) with rho_l linear there, and inference is projected descent: a state on a bound
 whose gradient points outwards has a projected gradient of 0 (the first-order optimality, KKT,
 condition of the bound), and every step is clipped back to the interval. This is how Scellier &
 Bengio 2017 relax their hard-sigmoid units; with rho'(0) = 0 taken literally instead, a ReLU
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .activations import DERIVATIVES
+from .activations import DERIVATIVES, Clip
 from .linearization import dense_parts
 from .losses import Loss
 from .networks import feedforward, layers_of
@@ -57,7 +57,8 @@ class Box:
         return x.clamp(self.low, self.high)
 
 
-BOXES: dict[type[nn.Module], Box] = {nn.ReLU: Box(0.0, None, 1.0), nn.Hardsigmoid: Box(-3.0, 3.0, 1 / 6)}
+BOXES: dict[type[nn.Module], Box] = {nn.ReLU: Box(0.0, None, 1.0), nn.Hardsigmoid: Box(-3.0, 3.0, 1 / 6),
+                                     Clip: Box(0.0, 1.0, 1.0)}
 
 
 def _hardsigmoid(x: Tensor) -> Tensor:
