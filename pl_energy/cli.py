@@ -131,6 +131,26 @@ class EnergyCLI(LightningCLI):
                       "(sync later with `wandb sync`)", file=sys.stderr)
 
 
+    def before_fit(self) -> None:
+        self._quiet_wandb()
+
+    def before_validate(self) -> None:
+        self._quiet_wandb()
+
+    def before_test(self) -> None:
+        self._quiet_wandb()
+
+    def before_predict(self) -> None:
+        self._quiet_wandb()
+
+    def _quiet_wandb(self) -> None:
+        """Lightning's WandbLogger always passes ``anonymous=None`` to ``wandb.init``, which
+        makes every run print "The anonymous setting has no effect"; drop the unset value."""
+        for logger in self.trainer.loggers:
+            init = getattr(logger, "_wandb_init", None)
+            if isinstance(init, dict) and init.get("anonymous", 0) is None:
+                del init["anonymous"]
+
     def after_fit(self) -> None:
         self._say_where_outputs_went()
 

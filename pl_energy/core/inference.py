@@ -134,7 +134,10 @@ def relax(
     try:
         while True:
             gradients = coordinates.gradients(state)
-            checking = taken % every == 0 or taken >= steps or iteration.needs_residual
+            # the residual: at the end, before every move for rules that read it, and every
+            # `every` steps when a tolerance asks for it
+            checking = (taken >= steps or iteration.needs_residual
+                        or (tol is not None and taken % every == 0))
             if checking and not gradients:  # no free layer: the state is its own equilibrium
                 residual, converged = 0.0, tol is not None
                 break

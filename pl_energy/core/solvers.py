@@ -214,7 +214,7 @@ class GradientDescent(Solver):
     """x_l <- x_l - eta P_l dE/dx_l: the papers' inference dynamics."""
 
     name: ClassVar[str] = "gd"
-    check_every: ClassVar[int] = 5
+    check_every: ClassVar[int] = 10
 
 
 @dataclass
