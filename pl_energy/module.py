@@ -20,7 +20,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from .algorithms import ALGORITHMS, Algorithm, build_algorithm
+from .algorithms import ALGORITHMS, Algorithm, algorithm_class, build_algorithm
 from .core import mlp
 from .core.losses import as_loss
 from .plotting import energy_trace_figure, log_figure_to
@@ -49,7 +49,9 @@ class EnergyModule(pl.LightningModule):
             omitted, ``pl_energy.mlp(sizes, activation)`` is built.
         sizes: layer widths of the default MLP (input first, classes last); seed 003's MNIST net
             is 784-128-64-10.
-        activation: hidden activation of the default MLP (e.g. ``relu``, ``tanh``, ``sigmoid``).
+        activation: hidden activation of the default MLP (``relu``, ``tanh``, ``sigmoid``,
+            ``hardsigmoid``, ``clip``, ``identity``); by default the algorithm's own (``clip``
+            for ep and chl, whose Hopfield energy needs bounded units; ``relu`` otherwise).
         algorithm: one of bp, pc, z_il, fa_z_il, pc_nudge, ep, chl.
         algorithm_hparams: the algorithm's hyper-parameters, e.g. ``{"lam": 0.01, "steps": 50}``
             for pc_nudge; unset ones keep the algorithm's defaults.
@@ -70,7 +72,7 @@ class EnergyModule(pl.LightningModule):
         self,
         network: nn.Module | None = None,
         sizes: Sequence[int] = DEFAULT_SIZES,
-        activation: str = "relu",
+        activation: str | None = None,
         algorithm: str = "pc_nudge",
         algorithm_hparams: dict[str, Any] | None = None,
         loss: Literal["cross_entropy", "mse"] = "cross_entropy",
@@ -91,6 +93,7 @@ class EnergyModule(pl.LightningModule):
         self.automatic_optimization = False
         self.algorithm_name = algorithm
         self.algorithm: Algorithm = build_algorithm(algorithm, **dict(algorithm_hparams or {}))
+        activation = activation or algorithm_class(algorithm).default_activation
         self.network = network if network is not None else mlp(list(sizes), activation=activation)
         self.loss = loss
         self.optimizer_factory = optimizer

@@ -22,8 +22,9 @@ class NotConvergedWarning(UserWarning):
 
 NOT_CONVERGED = (
     "inference stopped at its step cap before the residual reached tol, so this estimate is read "
-    "off a state short of equilibrium; raise steps, loosen tol, or use solver='error' (see "
-    "Estimate.inference for the residual)"
+    "off a state short of equilibrium; raise steps, loosen tol, or use a faster solver "
+    "(solver='error' for pc and pc_nudge, 'nesterov' or 'sweep' for ep and chl; "
+    "Estimate.inference has the residual)"
 )
 
 
@@ -62,6 +63,8 @@ class Algorithm:
     """Base class. Subclasses are dataclasses of hyper-parameters implementing ``estimate``."""
 
     name: ClassVar[str]
+    #: The hidden activation of the default network (``pl_energy.mlp``) for this algorithm.
+    default_activation: ClassVar[str] = "relu"
     last_trace: InferenceTrace | None = None
 
     def step(self, network: nn.Module, inputs: Tensor, targets: Tensor,

@@ -22,7 +22,7 @@ from .hopfield_common import HopfieldAlgorithm
 
 @dataclass
 class EquilibriumPropagation(HopfieldAlgorithm):
-    beta: float = 0.1
+    beta: float = 0.05
     nudged_steps: int | None = None
     centered: bool = False
     name = "ep"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -20,12 +21,23 @@ class HopfieldAlgorithm(RelaxingAlgorithm):
 
     Args:
         gamma: feedback strength; layer l's energy is weighted gamma^(l-1).
-        solver, steps, step_size, tol, trace: inference settings (``RelaxingAlgorithm``);
-            descent of 100 steps of 0.5 by default.
+        solver, steps, step_size, tol, trace: inference settings (``RelaxingAlgorithm``). By
+            default every phase converges: accelerated descent (``solver="nesterov"``, step
+            0.5) to a relative residual of 1e-6, at most 500 steps. On seed 003's MLP it needs
+            about 40 steps at initialisation and 110-135 after an epoch of training (even/odd
+            sweeps: 30 and 140-205, at 1.5 gradients a sweep). With 30 sweeps and no tolerance,
+            EP on MNIST reached 28% after one epoch; converged, 78%.
+
+    The default network of ``EnergyModule`` for these algorithms has ``clip`` units
+    (min(max(x, 0), 1), Scellier & Bengio 2017): bounded, so the energy always has a minimum,
+    with slope 1, so signals do not shrink layer by layer as with sigmoid units.
     """
 
-    steps: int = 100
+    default_activation: ClassVar[str] = "clip"
+    solver: str = "nesterov"
+    steps: int = 500
     step_size: float | str | None = 0.5
+    tol: float | None = 1e-6
     gamma: float = 1.0
 
     def energy(self, network: nn.Module, loss: Loss) -> HopfieldEnergy:

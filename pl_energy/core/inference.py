@@ -198,8 +198,10 @@ class _EnergyWatch:
         self.epsilon = torch.finfo(dtype).eps
 
     def problem(self, value: float) -> str | None:
-        if value == -math.inf:
-            return ("the energy fell without bound (to -inf): it has no minimum for these weights "
+        plunged = self.lowest < self.start - 1e6 * (1 + abs(self.start))  # down by many orders
+        if value == -math.inf or (not math.isfinite(value) and plunged):
+            return (f"the energy fell without bound (to {self.lowest:.3g}, then {value}): it has no "
+                    "minimum for these weights "
                     "(a Hopfield energy with unbounded units such as ReLU is bounded below only while "
                     "its couplings are weak; bounded units, e.g. hardsigmoid, always have one)")
         if not math.isfinite(value):
