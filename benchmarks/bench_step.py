@@ -83,8 +83,8 @@ VARIANTS = (
     Variant("pc_nudge", "pc_nudge", dict(PAPER_SETTINGS)),
     Variant("pc_converged", "pc"),
     Variant("pc_nudge_converged", "pc_nudge"),
-    Variant("ep", "ep", dict(steps=50), dense_only=True),
-    Variant("chl", "chl", dict(steps=50), dense_only=True),
+    Variant("ep", "ep", dict(solver="gd", steps=50, step_size=0.5, tol=None, beta=0.1), dense_only=True),
+    Variant("chl", "chl", dict(solver="gd", steps=50, step_size=0.5, tol=None), dense_only=True),
 )
 VARIANT_NOTES = {
     "bp_textbook": "opt.zero_grad(); CE(net(x), y).backward(); opt.step()  (the reference)",

@@ -46,7 +46,7 @@ def main(argv=None) -> dict:
     x, y = train_x[:batch].double(), train_y[:batch]
     seeds = 1 if args.quick else 5
     steps = 60 if args.quick else 800
-    common = dict(steps=steps, step_size=0.5, tol=1e-13, trace=False)
+    common = dict(solver="gd", steps=steps, step_size=0.5, tol=1e-13, trace=False)
     betas = [1e-3, 1e-2, 1e-1] if args.quick else [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]
     gammas = [0.03, 0.1, 0.3] if args.quick else [0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 1.0]
     results = {"setup": {"sizes": SIZES, "activation": "sigmoid", "loss": "mse", "batch": batch,
