@@ -90,3 +90,10 @@ def test_timing(run):
     ratio = r["ratio_to_bp"]
     assert ratio["bp"] == 1.0 and all(math.isfinite(v) and v > 0 for v in ratio.values())
     assert ratio["il"] > ratio["z_il"]  # 20 inference steps cost more than one sweep
+
+
+def test_ep_mnist(run):
+    r = run("ep_mnist")
+    for name in ("bp", "ep", "chl"):
+        assert 0.0 <= r[name]["test_accuracy"] <= 1.0 and len(r[name]["val_accuracy"]) == 1
+    assert r["ep"]["converged_fraction"] > 0.5 and r["ep"]["mean_inference_steps"] > 2
