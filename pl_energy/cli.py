@@ -161,17 +161,24 @@ class EnergyCLI(LightningCLI):
         self._say_where_outputs_went()
 
     def after_predict(self) -> None:
-        """Save what ``predict`` returned: the outputs and their argmax, as one tensor each."""
-        batches = self.trainer.predict_loop.predictions
-        if self.trainer.is_global_zero and batches:
+        """Save what ``predict`` returned: the outputs and their argmax, as one tensor each. Under
+        several processes each rank saves its own share (``predictions_rank<r>.pt``), in the
+        order its sampler gave it."""
+        trainer = self.trainer
+        batches = trainer.predict_loop.predictions
+        if batches:
             if isinstance(batches[0], list):  # several dataloaders: keep the first
                 batches = batches[0]
             outputs = torch.cat([b.cpu() for b in batches])
-            path = Path(self.trainer.log_dir or ".") / "predictions.pt"
+            name = (f"predictions_rank{trainer.global_rank}.pt" if trainer.world_size > 1
+                    else "predictions.pt")
+            path = Path(trainer.log_dir or ".") / name
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"outputs": outputs, "predictions": outputs.argmax(-1)}, path)
-            print(f"pl-energy: {outputs.shape[0]} predictions (outputs {tuple(outputs.shape)} and their "
-                  f"argmax) saved to {path}; load them with torch.load({str(path)!r})")
+            share = (f" (rank {trainer.global_rank}'s share of {trainer.world_size}; the sampler may "
+                     "pad and reorder)" if trainer.world_size > 1 else "")
+            print(f"pl-energy: {outputs.shape[0]} predictions{share} (outputs {tuple(outputs.shape)} "
+                  f"and their argmax) saved to {path}; load them with torch.load({str(path)!r})")
         self._say_where_outputs_went()
 
     def _say_where_outputs_went(self) -> None:

@@ -175,11 +175,13 @@ class EnergyModule(pl.LightningModule):
 
     def _log_inference(self, reports, batch_size: int) -> None:
         """``inference/steps`` (all phases), ``inference/converged`` (1 when every phase reached
-        its tolerance), ``inference/residual`` (the largest final residual) and
+        its tolerance), ``inference/settled`` (1 when a phase stopped on kinks with its residual
+        above the tolerance), ``inference/residual`` (the largest final residual) and
         ``inference/backoffs`` (step halvings after a rising energy)."""
         values = {
             "inference/steps": float(sum(report.steps for report in reports)),
             "inference/converged": float(all(report.converged for report in reports)),
+            "inference/settled": float(any(report.settled for report in reports)),
             "inference/residual": max(report.residual for report in reports),
             "inference/backoffs": float(sum(report.backoffs for report in reports)),
         }

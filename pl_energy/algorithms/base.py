@@ -17,14 +17,16 @@ from ..core.trace import InferenceTrace
 
 
 class NotConvergedWarning(UserWarning):
-    """Inference hit its step cap before the residual reached the tolerance."""
+    """Inference stopped (step cap, or settled on kinks) before its residual reached the tolerance."""
 
 
 NOT_CONVERGED = (
-    "inference stopped at its step cap before the residual reached tol, so this estimate is read "
-    "off a state short of equilibrium; raise steps, loosen tol, or use a faster solver "
-    "(solver='error' for pc and pc_nudge, 'nesterov' or 'sweep' for ep and chl; "
-    "Estimate.inference has the residual)"
+    "inference stopped before its residual reached tol, so this estimate is read off a state that "
+    "may be short of equilibrium: the step cap was hit (raise steps, loosen tol, or use a faster "
+    "solver: 'error' for pc and pc_nudge, 'nesterov' or 'sweep' for ep and chl), or the damped "
+    "steps settled on the kinks of a ReLU/max-pool energy, where the residual cannot vanish and "
+    "the update depends on the slope taken at each kink (a smooth activation avoids it); "
+    "Estimate.inference has the residual"
 )
 
 

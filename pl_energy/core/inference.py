@@ -4,11 +4,11 @@
 state, and watches it:
 
 - Convergence. With ``tol`` set it stops once the relative residual
-  max_l ||dE/dv_l|| / (||a_l|| + ||dE/dv_l - a_l||) is at most ``tol`` (see ``solvers``), or
-  once a solver that damps its own step has settled on a kink of the energy (moves of at most
-  ``tol``, relative); the report says whether it got there, after how many steps and at what
-  residual. The final residual is always measured and reported, also for a fixed number of
-  steps.
+  max_l ||dE/dv_l|| / (||a_l|| + ||dE/dv_l - a_l||) is at most ``tol`` (see ``solvers``): the
+  report then says ``converged``. A solver that damps its own step also stops once its moves
+  are at most ``tol`` (relative) while the residual is not: the report says ``settled``, not
+  converged. The final residual is always measured, in the plain coordinates of the state that
+  is returned, and reported, also for a fixed number of steps.
 - Divergence. Descent on a smooth energy does not raise it. The energy is watched every step when
   the trace is recorded, else every ``check_every`` steps of the solver and at the last step; a
   value above the running minimum by more than the solver's ``rise_tolerance`` times the descent
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from .energy import Energy
-from .solvers import Balance, Solver, solver_class
+from .solvers import Balance, GradientDescent, Solver, solver_class
 from .trace import InferenceTrace
 
 ROUNDING_ALLOWANCE = 64  # machine epsilons of |E| that a watched energy may rise by rounding
@@ -45,12 +45,16 @@ class InferenceReport:
 
     Attributes:
         solver: the solver's name.
-        steps: steps taken.
+        steps: steps that led to the returned state (steps undone by a back-off not counted).
         converged: the residual reached ``tol`` (always False without a tolerance).
-        residual: the relative residual at the final state (0 at an equilibrium).
-        step_size: the step size at the end (smaller than the start after back-offs).
+        residual: the relative residual at the returned state (0 at an equilibrium).
+        step_size: the step size at the end (smaller than the start after back-offs or damping).
         backoffs: how often the step was halved after the energy rose.
         tol: the tolerance asked for, if any.
+        settled: the solver stopped because its damped steps no longer moved the state although
+            the residual stayed above ``tol`` (``converged`` is then False). This is what happens
+            at equilibria on the kinks of ReLU or max-pool networks, where the residual cannot
+            vanish; it can also happen short of equilibrium, so it is reported, not trusted.
     """
 
     solver: str
@@ -60,6 +64,7 @@ class InferenceReport:
     step_size: float
     backoffs: int = 0
     tol: float | None = None
+    settled: bool = False
 
 
 @dataclass
@@ -125,11 +130,17 @@ def relax(
             "network parameters contain NaN or Inf")
     rows = [first] if record else []
     iteration = solver.start()
-    eta, taken, backoffs, converged, residual = first_step, 0, 0, False, None
-    good, good_step = start, 0
-    if on_step is None:
+    eta, taken, kept, backoffs = first_step, 0, 0, 0  # kept: the steps behind the current state
+    converged = settled = False
+    residual = None
+    good, good_step, good_kept = start, 0, 0
+    # the energy's fast coordinates (the PC energy's reduced first layer) change the norms the
+    # residual is measured in, so they serve only runs that decide nothing by the residual
+    fast = (on_step is None and tol is None and not adaptive and isinstance(solver, GradientDescent)
+            and not iteration.needs_residual)
+    if fast:
         coordinates.begin(state, steps)
-    else:
+    elif on_step is not None:
         on_step(0, state)
     try:
         while True:
@@ -145,15 +156,17 @@ def relax(
                 balance = Balance.of(gradients, coordinates.local_terms(state))
                 residual = balance.residual
                 trusted = taken >= solver.min_steps(len(gradients)) or residual == 0
-                if tol is not None and trusted and (
-                        residual <= tol or iteration.settled(eta, balance, tol)):
+                if tol is not None and trusted and residual <= tol:
                     converged = True
+                    break
+                if tol is not None and trusted and iteration.settled(eta, balance, tol):
+                    settled = True
                     break
             if taken >= steps:
                 break
             eta *= iteration.observe(residual if checking else None)
             coordinates.move(state, iteration.direction(gradients), eta)
-            taken += 1
+            taken, kept = taken + 1, kept + 1
             if on_step is not None:
                 on_step(taken, state)
             if not (record or taken % every == 0 or taken == steps):
@@ -163,7 +176,7 @@ def relax(
             if problem is None:
                 if record:
                     rows.append(row)
-                good, good_step = energy.snapshot(state), taken
+                good, good_step, good_kept = energy.snapshot(state), taken, kept
                 continue
             if not adaptive:
                 if every > 1:  # name the first bad step, not the first watched one
@@ -171,6 +184,7 @@ def relax(
                     relax(energy, state, taken, first_step, record=True, solver=solver)
                 raise _divergence(problem, taken, eta, good_step)
             energy.restore(state, good)
+            kept = good_kept
             eta, backoffs = eta / 2, backoffs + 1
             iteration.reset()
             if eta < first_step * SMALLEST_STEP_FRACTION:
@@ -179,9 +193,12 @@ def relax(
                     f"after {backoffs} back-offs at step {taken}); check the inputs and the network "
                     "for NaN/Inf or extreme values")
     finally:
-        coordinates.finish(state)
-    report = InferenceReport(name, taken, converged, float(residual), eta, backoffs, tol)
-    trace = InferenceTrace.from_rows(rows, converged, steps=taken) if record else None
+        if fast:
+            coordinates.finish(state)
+    if fast and residual:  # measured in the fast coordinates: measure it again in plain ones
+        residual = Balance.of(coordinates.gradients(state), coordinates.local_terms(state)).residual
+    report = InferenceReport(name, kept, converged, float(residual), eta, backoffs, tol, settled)
+    trace = InferenceTrace.from_rows(rows, converged, steps=kept) if record else None
     return Relaxation(report, trace)
 
 
