@@ -162,17 +162,22 @@ class EnergyCLI(LightningCLI):
 
     def after_predict(self) -> None:
         """Save what ``predict`` returned: the outputs and their argmax, as one tensor each. Under
-        several processes each rank saves its own share (``predictions_rank<r>.pt``), in the
-        order its sampler gave it."""
+        ``ddp`` each rank saves its own share (``predictions_rank<r>.pt``), in the order its
+        sampler gave it; under ``ddp_spawn`` the predictions stay in the worker processes and
+        nothing is saved (it says so)."""
         trainer = self.trainer
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks
         batches = trainer.predict_loop.predictions
+        if not batches and trainer.world_size > 1 and trainer.is_global_zero:
+            print("pl-energy: no predictions reached this process (under ddp_spawn they stay in the "
+                  "workers): use --trainer.strategy ddp to save them")
         if batches:
             if isinstance(batches[0], list):  # several dataloaders: keep the first
                 batches = batches[0]
             outputs = torch.cat([b.cpu() for b in batches])
             name = (f"predictions_rank{trainer.global_rank}.pt" if trainer.world_size > 1
                     else "predictions.pt")
-            path = Path(trainer.log_dir or ".") / name
+            path = Path(log_dir or ".") / name
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"outputs": outputs, "predictions": outputs.argmax(-1)}, path)
             share = (f" (rank {trainer.global_rank}'s share of {trainer.world_size}; the sampler may "
@@ -184,9 +189,10 @@ class EnergyCLI(LightningCLI):
     def _say_where_outputs_went(self) -> None:
         """One line naming the run's folder (logs, metrics.csv, plots, config) and checkpoint."""
         trainer = self.trainer
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks before rank 0 speaks
         if not trainer.is_global_zero:
             return
-        where = [f"pl-energy: outputs in {trainer.log_dir}"] if trainer.log_dir else []
+        where = [f"pl-energy: outputs in {log_dir}"] if log_dir else []
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger" and getattr(logger, "experiment", None) is not None:
                 where.append(f"W&B run {getattr(logger.experiment, 'dir', None) or logger.name}")

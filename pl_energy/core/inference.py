@@ -168,7 +168,7 @@ def relax(
             coordinates.move(state, iteration.direction(gradients), eta)
             taken, kept = taken + 1, kept + 1
             if on_step is not None:
-                on_step(taken, state)
+                on_step(kept, state)
             if not (record or taken % every == 0 or taken == steps):
                 continue
             row = energy.components(state)
@@ -185,6 +185,8 @@ def relax(
                 raise _divergence(problem, taken, eta, good_step)
             energy.restore(state, good)
             kept = good_kept
+            if on_step is not None:
+                on_step(kept, state)
             eta, backoffs = eta / 2, backoffs + 1
             iteration.reset()
             if eta < first_step * SMALLEST_STEP_FRACTION:
@@ -192,6 +194,16 @@ def relax(
                     f"inference found no step that lowers the energy (step_size fell to {eta:g} "
                     f"after {backoffs} back-offs at step {taken}); check the inputs and the network "
                     "for NaN/Inf or extreme values")
+        if taken != good_step:  # stopped between two watches: the returned state is watched too
+            problem = watch.problem(float(energy.components(state)[2]))
+            if problem is not None and not adaptive:
+                energy.restore(state, start)  # name the first bad step, as above
+                relax(energy, state, taken, first_step, record=True, solver=solver)
+                raise _divergence(problem, taken, eta, good_step)
+            if problem is not None:  # back to the last good state, which is then not converged
+                energy.restore(state, good)
+                kept, converged, settled = good_kept, False, False
+                residual = Balance.of(coordinates.gradients(state), coordinates.local_terms(state)).residual
     finally:
         if fast:
             coordinates.finish(state)
