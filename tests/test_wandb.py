@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from lightning_helpers import REPO, read_wandb_records, wandb_config, wandb_history_keys
@@ -33,8 +35,13 @@ def test_offline_run_holds_agreement_and_energy(no_wandb_key, mnist_root, tmp_pa
     assert "W&B: no API key found, logging offline" in capsys.readouterr().err
 
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
-    records = read_wandb_records(run_file)
-    history = wandb_history_keys(records)
+    history = {}
+    for _ in range(50):  # W&B's service process may still be writing the file: wait up to 10 s
+        records = read_wandb_records(run_file)
+        history = wandb_history_keys(records)
+        if "agreement/plot/_type" in history:
+            break
+        time.sleep(0.2)
     for key in ("agreement/cosine", "agreement/rel_error", "agreement/sign", "agreement/norm_ratio",
                 "agreement/cosine/0", "energy/internal", "energy/supervised", "energy/total",
                 "train/loss_step", "val/acc", "energy/trace/_type", "agreement/plot/_type"):
