@@ -1,7 +1,7 @@
 """Every algorithm is a small configuration of the energy core."""
 
-from .base import Algorithm, Estimate
+from .base import Algorithm, Estimate, NotConvergedWarning
 from .registry import ALGORITHMS, algorithm_class, build_algorithm, hyperparameters_of
 
-__all__ = ["ALGORITHMS", "Algorithm", "Estimate", "algorithm_class", "build_algorithm",
-           "hyperparameters_of"]
+__all__ = ["ALGORITHMS", "Algorithm", "Estimate", "NotConvergedWarning", "algorithm_class",
+           "build_algorithm", "hyperparameters_of"]
