@@ -1,7 +1,7 @@
 """``pl-energy``: the LightningCLI of pl_energy.
 
     pl-energy fit --algorithm pc_nudge                       # seed 003's MNIST setup
-    pl-energy fit --algorithm ep --beta 0.02 --steps 400     # algorithm hyper-parameters
+    pl-energy fit --algorithm ep --beta 0.05 --tol 1e-5      # algorithm hyper-parameters
     pl-energy fit --config configs/mnist_z_il.yaml
     pl-energy fit --config configs/mnist_pc_nudge.yaml --config configs/wandb.yaml
     pl-energy fit --algorithm bp --trainer.devices 2 --trainer.strategy ddp
