@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_step  # noqa: E402  (MNIST loading, machine description)
 from pl_energy import build_algorithm, mlp  # noqa: E402
 from pl_energy.core import relax  # noqa: E402
+from pl_energy.core.losses import as_loss  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
@@ -85,7 +86,7 @@ def curve(network, x, y, algorithm: str, solver: str, step_size, cap: int, refer
     """error_t for t = 0..cap (shorter when the solver diverges or reaches 1e-7)."""
     lam = LAMS[algorithm]
     alg = build_algorithm(algorithm, solver=solver, step_size=step_size, tol=None, steps=cap)
-    energy = alg.energy(network, alg_loss(), lam)
+    energy = alg.energy(network, as_loss("cross_entropy"), lam)
     state = energy.free_state(x, y)
     errors: list[float] = []
 
@@ -106,16 +107,10 @@ def curve(network, x, y, algorithm: str, solver: str, step_size, cap: int, refer
     return errors
 
 
-def alg_loss():
-    from pl_energy.core import Loss
-
-    return Loss("cross_entropy")
-
-
 def converged_reference(network, x, y, algorithm: str, dtype: torch.dtype):
     lam = LAMS[algorithm]
     alg = build_algorithm(algorithm)
-    energy = alg.energy(network, alg_loss(), lam)
+    energy = alg.energy(network, as_loss("cross_entropy"), lam)
     state = energy.free_state(x, y)
     tol = 1e-10 if dtype == torch.float64 else 1e-6
     report = relax(energy, state, 2000, tol=tol, solver="error").report
@@ -173,7 +168,7 @@ def run(quick: bool, rounds: int) -> list[dict]:
             runs["default"] = dict(name=algorithm)
             ratios = timed_ratios(network, x, y, runs, case.get("rounds", rounds))
             default = build_algorithm(algorithm).step(network, x, y)
-            energy = build_algorithm(algorithm).energy(network, alg_loss(), LAMS[algorithm])
+            energy = build_algorithm(algorithm).energy(network, as_loss("cross_entropy"), LAMS[algorithm])
             state = energy.free_state(x, y)
             relax(energy, state, 100, tol=1e-4, solver="error")
             rows.append(dict(case=name, algorithm=algorithm, curves=curves, needed=needed, ratios=ratios,
@@ -203,7 +198,7 @@ def hopfield_free_phases(quick: bool, rounds: int) -> list[dict]:
     rows = []
     for activation in ("relu", "clip"):
         torch.manual_seed(0)
-        energy = HopfieldEnergy(mlp(sizes, activation).double(), alg_loss())
+        energy = HopfieldEnergy(mlp(sizes, activation).double(), as_loss("cross_entropy"))
         times = {label: [] for label in HOPFIELD_SOLVERS}
         steps = {}
         for _ in range(rounds):

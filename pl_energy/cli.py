@@ -131,18 +131,6 @@ class EnergyCLI(LightningCLI):
                       "(sync later with `wandb sync`)", file=sys.stderr)
 
 
-    def before_fit(self) -> None:
-        self._quiet_wandb()
-
-    def before_validate(self) -> None:
-        self._quiet_wandb()
-
-    def before_test(self) -> None:
-        self._quiet_wandb()
-
-    def before_predict(self) -> None:
-        self._quiet_wandb()
-
     def _quiet_wandb(self) -> None:
         """Lightning's WandbLogger always passes ``anonymous=None`` to ``wandb.init``, which
         makes every run print "The anonymous setting has no effect"; drop the unset value."""
@@ -151,14 +139,8 @@ class EnergyCLI(LightningCLI):
             if isinstance(init, dict) and init.get("anonymous", 0) is None:
                 del init["anonymous"]
 
-    def after_fit(self) -> None:
-        self._say_where_outputs_went()
-
-    def after_validate(self) -> None:
-        self._say_where_outputs_went()
-
-    def after_test(self) -> None:
-        self._say_where_outputs_went()
+    # LightningCLI calls before_<subcommand> and after_<subcommand> when they exist
+    before_fit = before_validate = before_test = before_predict = _quiet_wandb
 
     def after_predict(self) -> None:
         """Save what ``predict`` returned: the outputs and their argmax, as one tensor each. Under
@@ -202,6 +184,8 @@ class EnergyCLI(LightningCLI):
             where.append(f"checkpoint {checkpoint}")
         if where:
             print("; ".join(where))
+
+    after_fit = after_validate = after_test = _say_where_outputs_went
 
 
 def _drop_lightning_tips() -> None:

@@ -197,7 +197,7 @@ class EnergyModule(pl.LightningModule):
         data = trace.as_dict()
         self.energy_traces.append((step, data))
         if self._trainer is not None:
-            log_figure_to(self.trainer, lambda: _energy_figure(data, self.algorithm_name, step),
+            log_figure_to(self.trainer, lambda: _energy_figure(data, self.algorithm, step),
                           Path("energy") / f"step_{step:07d}.png", "energy/trace", step)
 
     def on_train_epoch_end(self) -> None:
@@ -317,17 +317,7 @@ def _output_width(network: nn.Module) -> int | None:
     return width
 
 
-#: Which phase an algorithm's trace records, and the symbol of its supervised weight.
-TRACED_PHASES = {
-    "pc": ("the clamped phase", "\N{GREEK SMALL LETTER LAMDA}"),
-    "pc_nudge": ("the nudged phase", "\N{GREEK SMALL LETTER LAMDA}"),
-    "fa_z_il": ("the Fa-Z-IL dynamics", "\N{GREEK SMALL LETTER LAMDA}"),
-    "ep": ("the nudged phase (+\N{GREEK SMALL LETTER BETA})", "\N{GREEK SMALL LETTER BETA}"),
-    "chl": ("the clamped phase (output clamped, L not in E)", "0\N{MIDDLE DOT}"),
-}
-
-
-def _energy_figure(data, algorithm: str, step: int):
-    phase, weight = TRACED_PHASES.get(algorithm, ("inference", "\N{GREEK SMALL LETTER LAMDA}"))
+def _energy_figure(data, algorithm: Algorithm, step: int):
     return energy_trace_figure(
-        data, title=f"{algorithm}: energy per inference step of {phase}, training step {step}", weight=weight)
+        data, title=f"{algorithm.name}: energy per inference step of {algorithm.traced_phase}, "
+                    f"training step {step}", weight=algorithm.supervised_weight)

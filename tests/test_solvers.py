@@ -172,11 +172,17 @@ def test_reported_residual_is_the_returned_states_in_plain_coordinates(seed_mlp_
     assert report.residual == pytest.approx(by_hand, rel=1e-9)
 
 
-def test_steps_undone_by_a_back_off_are_not_counted():
+@pytest.fixture
+def clamped_pc():
+    """A small tanh PC network with its output clamped (lam = 1): large steps diverge."""
     torch.manual_seed(2)
     network = mlp([10, 8, 6, 3], activation="tanh").double()
     inputs, targets = torch.randn(16, 10, dtype=torch.float64), torch.randint(0, 3, (16,))
-    energy = PredictiveCodingEnergy(network, Loss("cross_entropy"), lam=1.0)
+    return PredictiveCodingEnergy(network, Loss("cross_entropy"), lam=1.0), inputs, targets
+
+
+def test_steps_undone_by_a_back_off_are_not_counted(clamped_pc):
+    energy, inputs, targets = clamped_pc
     state = energy.free_state(inputs, targets)
     relaxation = relax(energy, state, 3, 8.0, record=True, solver="error")
     report = relaxation.report
@@ -244,11 +250,8 @@ def test_auto_step_size_leaves_a_stable_step_alone(seed_mlp_batch):
     assert cosine(estimate.gradients, reference) > 0.99
 
 
-def test_auto_backs_off_from_a_step_that_diverges():
-    torch.manual_seed(2)
-    network = mlp([10, 8, 6, 3], activation="tanh").double()
-    inputs, targets = torch.randn(16, 10, dtype=torch.float64), torch.randint(0, 3, (16,))
-    energy = PredictiveCodingEnergy(network, Loss("cross_entropy"), lam=1.0)
+def test_auto_backs_off_from_a_step_that_diverges(clamped_pc):
+    energy, inputs, targets = clamped_pc
     fixed = energy.free_state(inputs, targets)
     with pytest.raises(DivergenceError):
         relax(energy, fixed, 200, 3.0, solver="gd")
@@ -260,11 +263,8 @@ def test_auto_backs_off_from_a_step_that_diverges():
 
 
 @pytest.mark.parametrize("watch", [{"record": True}, {"record": False}, {"tol": 1e-12}])
-def test_divergence_names_the_same_first_bad_step_however_energies_are_watched(watch):
-    torch.manual_seed(2)
-    network = mlp([10, 8, 6, 3], activation="tanh").double()
-    inputs, targets = torch.randn(16, 10, dtype=torch.float64), torch.randint(0, 3, (16,))
-    energy = PredictiveCodingEnergy(network, Loss("cross_entropy"), lam=1.0)
+def test_divergence_names_the_same_first_bad_step_however_energies_are_watched(watch, clamped_pc):
+    energy, inputs, targets = clamped_pc
     messages = []
     for settings in (watch, {"record": True}):
         with pytest.raises(DivergenceError) as error:

@@ -67,6 +67,9 @@ class Algorithm:
     name: ClassVar[str]
     #: The hidden activation of the default network (``pl_energy.mlp``) for this algorithm.
     default_activation: ClassVar[str] = "relu"
+    #: The phase a recorded trace shows, and the symbol of the supervised term's weight in it.
+    traced_phase: ClassVar[str] = "inference"
+    supervised_weight: ClassVar[str] = "\N{GREEK SMALL LETTER LAMDA}"
     last_trace: InferenceTrace | None = None
 
     def step(self, network: nn.Module, inputs: Tensor, targets: Tensor,
@@ -179,10 +182,11 @@ class RelaxingAlgorithm(Algorithm):
     Args:
         solver: "gd" (fixed-step descent on the activities: the papers' dynamics), "error"
             (descent on the prediction errors, predictive-coding energies only; converges in a
-            few steps at any depth) or "nesterov" (accelerated descent on the activities).
+            few steps at any depth), "nesterov" (accelerated descent on the activities) or
+            "sweep" (even/odd layer blocks, Hopfield energies only).
         steps: the step cap of each phase; the exact number of steps when ``tol`` is None.
         step_size: the solver's step (None: its default, 0.1 for gd and nesterov, 1.0 for
-            error); "auto" halves it whenever the energy rises instead of raising
+            error and sweep); "auto" halves it whenever the energy rises instead of raising
             ``DivergenceError``.
         tol: stop a phase once its relative residual is at most this (see
             ``pl_energy.core.solvers``); None runs exactly ``steps`` steps. Reaching the cap

@@ -42,6 +42,8 @@ class ContrastiveHebbian(HopfieldAlgorithm):
     solver: str = "sweep"
     step_size: float | str | None = 1.0
     name = "chl"
+    traced_phase = "the clamped phase (output clamped, L not in E)"
+    supervised_weight = "0\N{MIDDLE DOT}"
 
     def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                  record: bool) -> Estimate:

@@ -26,6 +26,8 @@ class EquilibriumPropagation(HopfieldAlgorithm):
     nudged_steps: int | None = None
     centered: bool = False
     name = "ep"
+    traced_phase = "the nudged phase (+\N{GREEK SMALL LETTER BETA})"
+    supervised_weight = "\N{GREEK SMALL LETTER BETA}"
 
     def __post_init__(self):
         super().__post_init__()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -12,7 +13,10 @@ from ..core.hopfield import HopfieldEnergy, HopfieldState
 from ..core.implicit import equilibrium_gradient
 from ..core.inference import Relaxation
 from ..core.losses import Loss, as_loss
-from .base import RelaxingAlgorithm, check_batch, name_layer_gradients
+from .base import NotConvergedWarning, RelaxingAlgorithm, check_batch, name_layer_gradients
+
+#: Above this free-phase residual the implicit-differentiation reference is flagged.
+REFERENCE_RESIDUAL = 1e-6
 
 
 @dataclass
@@ -58,7 +62,13 @@ class HopfieldAlgorithm(RelaxingAlgorithm):
         """dL/dtheta at this algorithm's free equilibrium (implicit differentiation)."""
         loss = as_loss(loss)
         check_batch(inputs, targets)
-        energy, state, _ = self.free_phase(network, inputs, targets, loss)
+        energy, state, relaxation = self.free_phase(network, inputs, targets, loss)
+        if relaxation.report.residual > REFERENCE_RESIDUAL:
+            warnings.warn(
+                f"the reference is the implicit gradient at a free equilibrium, but the free phase "
+                f"stopped at a relative residual of {relaxation.report.residual:.1e}: it is taken at "
+                "a state that is not one; set tol (e.g. 1e-8) and enough steps", NotConvergedWarning,
+                stacklevel=2)
         trainable = [p for layer in energy.layers for p in layer.parameters() if p.requires_grad]
         flat = iter(equilibrium_gradient(
             energy.internal_energy, inputs, state.activities[1:],

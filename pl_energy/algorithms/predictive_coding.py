@@ -53,6 +53,7 @@ class PredictiveCoding(RelaxingAlgorithm):
     steps: int = 100
     tol: float | None = 1e-4
     name = "pc"
+    traced_phase = "the clamped phase"
 
     def __post_init__(self):
         super().__post_init__()
@@ -97,3 +98,4 @@ class PredictiveCoding(RelaxingAlgorithm):
 class PCNudge(PredictiveCoding):
     lam: float = 0.01
     name = "pc_nudge"
+    traced_phase = "the nudged phase"

@@ -80,6 +80,7 @@ class FastZIL(ZeroDivergenceIL):
     steps: int | None = None
     full_dynamics: bool = False
     name = "fa_z_il"
+    traced_phase = "the Fa-Z-IL dynamics"
 
     def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                  record: bool) -> Estimate:

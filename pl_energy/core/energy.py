@@ -47,10 +47,12 @@ class Energy(Protocol):
         """Put ``state`` back to ``snapshot``."""
 
     def begin(self, state, steps: int) -> None:
-        """Before descent on the activities: an energy may switch to faster coordinates."""
+        """Before fixed-step descent on the activities: an energy may switch to faster
+        coordinates of its own."""
 
     def finish(self, state) -> None:
-        """After it: back to plain coordinates."""
+        """After it (also when it raised): back to plain coordinates."""
 
-    def parameter_gradients(self, state, *args, **kwargs) -> list[list[Tensor]]:
-        """dE/dtheta per layer, in ``layer.parameters()`` order."""
+    def parameter_gradients(self, state, scale: float = 1.0) -> list[list[Tensor]]:
+        """scale * dE/dtheta of the batch-mean energy per layer, in ``layer.parameters()`` order
+        (pass ``scale`` by keyword: the Hopfield energy also takes a second phase to subtract)."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from .energy import Energy
-from .solvers import Balance, GradientDescent, Solver, solver_class
+from .solvers import Balance, GradientDescent, Solver, relative_residual, solver_class
 from .trace import InferenceTrace
 
 ROUNDING_ALLOWANCE = 64  # machine epsilons of |E| that a watched energy may rise by rounding
@@ -123,7 +123,7 @@ def relax(
     every = 1 if record else solver.check_every
     start = energy.snapshot(state)
     first = energy.components(state)
-    watch = _EnergyWatch(float(first[2]), solver.rise_tolerance, state_dtype(first[2]))
+    watch = _EnergyWatch(float(first[2]), solver.rise_tolerance, first[2].dtype)
     if not math.isfinite(watch.start):
         raise DivergenceError(
             f"the energy is {watch.start} before inference starts: the inputs, targets or "
@@ -134,37 +134,43 @@ def relax(
     converged = settled = False
     residual = None
     good, good_step, good_kept = start, 0, 0
+
+    def fail(problem: str) -> DivergenceError:
+        """The error to raise; with sparse watches, first replay every step to name the first bad one."""
+        if every > 1:
+            energy.restore(state, start)
+            relax(energy, state, taken, first_step, record=True, solver=solver)
+        return _divergence(problem, taken, eta, good_step)
+
     # the energy's fast coordinates (the PC energy's reduced first layer) change the norms the
-    # residual is measured in, so they serve only runs that decide nothing by the residual
-    fast = (on_step is None and tol is None and not adaptive and isinstance(solver, GradientDescent)
-            and not iteration.needs_residual)
+    # residual is measured in, so they serve only fixed-step descent, whose residual is taken
+    # once, at the end, after the state is back in plain coordinates
+    fast = on_step is None and tol is None and not adaptive and isinstance(solver, GradientDescent)
     if fast:
-        coordinates.begin(state, steps)
+        energy.begin(state, steps)
     elif on_step is not None:
         on_step(0, state)
     try:
         while True:
+            if fast and taken >= steps:
+                break
             gradients = coordinates.gradients(state)
             # the residual: at the end, before every move for rules that read it, and every
             # `every` steps when a tolerance asks for it
-            checking = (taken >= steps or iteration.needs_residual
-                        or (tol is not None and taken % every == 0))
-            if checking and not gradients:  # no free layer: the state is its own equilibrium
-                residual, converged = 0.0, tol is not None
-                break
-            if checking:
+            if taken >= steps or iteration.needs_residual or (tol is not None and taken % every == 0):
+                if not gradients:  # no free layer: the state is its own equilibrium
+                    residual, converged = 0.0, tol is not None
+                    break
                 balance = Balance.of(gradients, coordinates.local_terms(state))
                 residual = balance.residual
-                trusted = taken >= solver.min_steps(len(gradients)) or residual == 0
-                if tol is not None and trusted and residual <= tol:
-                    converged = True
-                    break
-                if tol is not None and trusted and iteration.settled(eta, balance, tol):
-                    settled = True
-                    break
+                if tol is not None and (taken >= solver.min_steps(len(gradients)) or residual == 0):
+                    converged = residual <= tol
+                    settled = not converged and iteration.settled(eta, balance, tol)
+                    if converged or settled:
+                        break
             if taken >= steps:
                 break
-            eta *= iteration.observe(residual if checking else None)
+            eta *= iteration.observe(residual if iteration.needs_residual else None)
             coordinates.move(state, iteration.direction(gradients), eta)
             taken, kept = taken + 1, kept + 1
             if on_step is not None:
@@ -179,10 +185,7 @@ def relax(
                 good, good_step, good_kept = energy.snapshot(state), taken, kept
                 continue
             if not adaptive:
-                if every > 1:  # name the first bad step, not the first watched one
-                    energy.restore(state, start)
-                    relax(energy, state, taken, first_step, record=True, solver=solver)
-                raise _divergence(problem, taken, eta, good_step)
+                raise fail(problem)
             energy.restore(state, good)
             kept = good_kept
             if on_step is not None:
@@ -197,25 +200,18 @@ def relax(
         if taken != good_step:  # stopped between two watches: the returned state is watched too
             problem = watch.problem(float(energy.components(state)[2]))
             if problem is not None and not adaptive:
-                energy.restore(state, start)  # name the first bad step, as above
-                relax(energy, state, taken, first_step, record=True, solver=solver)
-                raise _divergence(problem, taken, eta, good_step)
+                raise fail(problem)
             if problem is not None:  # back to the last good state, which is then not converged
                 energy.restore(state, good)
-                kept, converged, settled = good_kept, False, False
-                residual = Balance.of(coordinates.gradients(state), coordinates.local_terms(state)).residual
+                kept, converged, settled, residual = good_kept, False, False, None
     finally:
         if fast:
-            coordinates.finish(state)
-    if fast and residual:  # measured in the fast coordinates: measure it again in plain ones
-        residual = Balance.of(coordinates.gradients(state), coordinates.local_terms(state)).residual
+            energy.finish(state)
+    if residual is None:  # fast coordinates, or a state restored after the last measurement
+        residual = relative_residual(coordinates.gradients(state), coordinates.local_terms(state))
     report = InferenceReport(name, kept, converged, float(residual), eta, backoffs, tol, settled)
     trace = InferenceTrace.from_rows(rows, converged, steps=kept) if record else None
     return Relaxation(report, trace)
-
-
-def state_dtype(value) -> torch.dtype:
-    return value.dtype if isinstance(value, torch.Tensor) and value.is_floating_point() else torch.float64
 
 
 class _EnergyWatch:

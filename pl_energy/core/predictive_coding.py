@@ -127,34 +127,46 @@ class PredictiveCodingEnergy:
     def weighted_error(self, state: PCState, index: int) -> Tensor:
         """pi_l eps_l = -d_l for a hidden layer l (for x_1 in reduced coordinates: pi_1 S)."""
         reduced = index == 1 and state.reduced is not None
-        error = state.reduced.coordinates if reduced else self.error(state, index)
+        return self._weigh(state.reduced.coordinates if reduced else self.error(state, index), index)
+
+    def _weigh(self, error: Tensor, index: int) -> Tensor:
         precision = self.precisions[index - 1]
         return error if precision == 1.0 else precision * error
 
-    def local_terms(self, state: PCState) -> list[Tensor]:
-        """pi_l eps_l, the local part of dE/dx_l and of dE/de_l (l = 1..L-1)."""
-        return [self.weighted_error(state, index) for index in range(1, len(self.layers))]
+    def local_terms(self, state: PCState, errors: list[Tensor] | None = None) -> list[Tensor]:
+        """pi_l eps_l, the local part of dE/dx_l and of dE/de_l (l = 1..L-1); ``errors`` are the
+        eps_l when the caller has them."""
+        if errors is None:
+            return [self.weighted_error(state, index) for index in range(1, len(self.layers))]
+        return [self._weigh(error, index) for index, error in enumerate(errors, start=1)]
 
-    def error_gradients(self, state: PCState) -> list[Tensor]:
+    def errors(self, state: PCState) -> list[Tensor]:
+        """eps_l = x_l - mu_l for l = 1..L-1 (plain coordinates)."""
+        return [self.error(state, index) for index in range(1, len(self.layers))]
+
+    def error_gradients(self, state: PCState, errors: list[Tensor] | None = None) -> list[Tensor]:
         """dE/de_l = pi_l e_l + lam (d x_L / d x_l)^T dL/dmu_L for l = 1..L-1, the errors taken as
         the free variables (x_l = mu_l + e_l; Goemaere et al. 2025): the loss gradient sent down
-        through every layer's Jacobian at the current state, as in backprop."""
-        top = len(self.layers)
+        through every layer's Jacobian at the current state, as in backprop. ``errors`` are the
+        e_l when the caller has them."""
+        local = self.local_terms(state, errors)
         adjoint = self.loss.per_sample_gradient(state.output, state.targets)
-        gradients: list[Tensor] = [adjoint] * (top - 1)
-        for index in range(top - 1, 0, -1):
+        gradients: list[Tensor] = list(local)
+        for index in range(len(self.layers) - 1, 0, -1):
             adjoint = state.linearizations[index].input_vjp(adjoint)
-            gradients[index - 1] = torch.add(self.weighted_error(state, index), adjoint, alpha=self.lam)
+            gradients[index - 1] = torch.add(local[index - 1], adjoint, alpha=self.lam)
         return gradients
 
-    def move_errors(self, state: PCState, directions: list[Tensor], step_size: float) -> None:
+    def move_errors(self, state: PCState, directions: list[Tensor], step_size: float,
+                    errors: list[Tensor] | None = None) -> list[Tensor]:
         """e_l <- e_l - step_size / pi_l * direction_l, then x_l = mu_l + e_l from the bottom up
-        (each mu_l re-predicted from the moved x_{l-1})."""
-        errors = [torch.add(self.error(state, index), direction,
-                            alpha=-step_size / self.precisions[index - 1])
-                  for index, direction in enumerate(directions, start=1)]
-        for index, error in enumerate(errors, start=1):
+        (each mu_l re-predicted from the moved x_{l-1}); returns the new errors."""
+        errors = self.errors(state) if errors is None else errors
+        moved = [torch.add(error, direction, alpha=-step_size / self.precisions[index - 1])
+                 for index, (error, direction) in enumerate(zip(errors, directions), start=1)]
+        for index, error in enumerate(moved, start=1):
             self.set_activity(state, index, state.linearizations[index - 1].output + error)
+        return moved
 
     def activity_gradients(self, state: PCState, lowest: int = 1) -> list[Tensor]:
         """dE/dx_l = -d_l + J_{l+1}^T d_{l+1} for l = lowest..L-1, from the top down.
@@ -215,12 +227,7 @@ class PredictiveCodingEnergy:
         signal = self.signal(state, index) * (scale / state.activities[0].shape[0])
         return state.linearizations[index - 1].parameter_vjp(signal)
 
-    def parameter_gradients(self, state: PCState, minus: PCState | None = None,
-                            scale: float = 1.0) -> list[list[Tensor]]:
-        """scale * dE/dtheta per layer at ``state`` (minus that at ``minus``, when given)."""
-        per_layer = [self.layer_parameter_gradients(state, index, scale)
-                     for index in range(1, len(self.layers) + 1)]
-        if minus is None:
-            return per_layer
-        return [[g - h for g, h in zip(layer, other)]
-                for layer, other in zip(per_layer, self.parameter_gradients(minus, scale=scale))]
+    def parameter_gradients(self, state: PCState, scale: float = 1.0) -> list[list[Tensor]]:
+        """scale * dE/dtheta per layer at ``state``."""
+        return [self.layer_parameter_gradients(state, index, scale)
+                for index in range(1, len(self.layers) + 1)]

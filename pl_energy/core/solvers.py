@@ -45,7 +45,7 @@ which is 1 when one side is missing and 0 at equilibrium.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import torch
@@ -64,12 +64,6 @@ class Coordinates(Protocol):
     def move(self, state, directions: list[Tensor], step_size: float) -> None:
         """v_l <- v_l - step_size * P_l * direction_l."""
 
-    def begin(self, state, steps: int) -> None:
-        """Before a relaxation of at most ``steps`` steps."""
-
-    def finish(self, state) -> None:
-        """After it (also when it raised): leave the state in the energy's plain form."""
-
 
 @dataclass
 class ActivityCoordinates:
@@ -86,35 +80,34 @@ class ActivityCoordinates:
     def move(self, state, directions: list[Tensor], step_size: float) -> None:
         self.energy.step(state, directions, step_size)
 
-    def begin(self, state, steps: int) -> None:
-        """Lets the energy switch to faster coordinates of its own (the PC energy's reduced
-        first layer) for the run."""
-        self.energy.begin(state, steps)
-
-    def finish(self, state) -> None:
-        self.energy.finish(state)
-
 
 @dataclass
-class ErrorCoordinates:
-    """The prediction errors e_l of a predictive-coding energy (Goemaere et al. 2025)."""
+class ErrorCoordinates(ActivityCoordinates):
+    """The prediction errors e_l of a predictive-coding energy (Goemaere et al. 2025).
 
-    energy: object
+    A step reads the errors three times (gradient, residual, move) and the move produces the
+    next ones, so they are kept for the activities they belong to (activities are replaced,
+    never changed in place, so the same tensors mean the same errors)."""
+
+    _activities: tuple = ()
+    _errors: list[Tensor] | None = None
+
+    def errors(self, state) -> list[Tensor]:
+        current = tuple(state.activities)
+        if (self._errors is None or len(current) != len(self._activities)
+                or any(a is not b for a, b in zip(current, self._activities))):
+            self._activities, self._errors = current, self.energy.errors(state)
+        return self._errors
 
     def gradients(self, state) -> list[Tensor]:
-        return self.energy.error_gradients(state)
+        return self.energy.error_gradients(state, self.errors(state))
 
     def local_terms(self, state) -> list[Tensor]:
-        return self.energy.local_terms(state)
+        return self.energy.local_terms(state, self.errors(state))
 
     def move(self, state, directions: list[Tensor], step_size: float) -> None:
-        self.energy.move_errors(state, directions, step_size)
-
-    def begin(self, state, steps: int) -> None:
-        """Nothing to prepare: the errors are read off the state."""
-
-    def finish(self, state) -> None:
-        """Nothing to write back."""
+        moved = self.energy.move_errors(state, directions, step_size, self.errors(state))
+        self._activities, self._errors = tuple(state.activities), moved
 
 
 @dataclass
@@ -296,8 +289,8 @@ class NesterovIteration(Iteration):
     def direction(self, gradients: list[Tensor]) -> list[Tensor]:
         previous = self.velocity
         if previous is not None:
-            turning = sum(float((g * u).sum()) for g, u in zip(gradients, previous))
-            if turning < 0:
+            turning = torch.stack([torch.vdot(g.flatten(), u.flatten()) for g, u in zip(gradients, previous)])
+            if float(turning.sum()) < 0:  # one synchronisation per step
                 previous, self.count = None, 0
         momentum = self.count / (self.count + 3)
         if previous is None:
