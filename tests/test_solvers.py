@@ -303,6 +303,15 @@ def test_nesterov_relaxes_the_hopfield_energy_to_the_same_free_equilibrium():
     torch.manual_seed(3)
     network = mlp([6, 5, 4], activation="sigmoid").double()
     inputs = torch.randn(4, 6, dtype=torch.float64)
-    plain = build_algorithm("ep", steps=5000, tol=1e-12).predict(network, inputs)
-    fast = build_algorithm("ep", solver="nesterov", step_size=0.5, steps=5000, tol=1e-12).predict(network, inputs)
+    plain = build_algorithm("ep", solver="gd", step_size=0.5, steps=5000, tol=1e-12).predict(network, inputs)
+    algorithm = build_algorithm("ep", solver="nesterov", step_size=0.5, steps=5000, tol=1e-12)
+    fast = algorithm.predict(network, inputs)
     assert torch.allclose(plain, fast, rtol=0, atol=1e-10)
+    # and it is the equilibrium of Scellier & Bengio's energy, written here:
+    # x_1 = sigma'(x_1) (W_1 x_0 + b_1 + W_2^T x_2), x_2 = W_2 sigma(x_1) + b_2
+    _, state, _ = algorithm.free_phase(network, inputs, None, Loss("mse"))
+    x1, x2 = state.activities[1], state.activities[2]
+    first, second = network[0][0], network[1]
+    slope = torch.sigmoid(x1) * (1 - torch.sigmoid(x1))
+    torch.testing.assert_close(x1, slope * (first(inputs) + x2 @ second.weight), rtol=0, atol=1e-10)
+    torch.testing.assert_close(x2, second(torch.sigmoid(x1)), rtol=0, atol=1e-10)
