@@ -148,10 +148,13 @@ def test_hopfield_energy_gradients_match_autograd(activation):
     assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(flat, weight_grads))
 
 
-def test_hopfield_rejects_conv_layers():
-    network = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten())
-    with pytest.raises(TypeError, match="layer 1 .*Conv2d.*layered dense networks"):
-        HopfieldEnergy(network, Loss("mse"))
+def test_hopfield_refuses_layers_without_a_hopfield_energy():
+    """An activation inside a layer (or a stateful layer) has no Hopfield bilinear form."""
+    for inner in (nn.ReLU(), nn.BatchNorm2d(2), nn.Dropout()):
+        network = nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, 3), inner, nn.MaxPool2d(2), nn.ReLU()),
+                                nn.Sequential(nn.Flatten(), nn.Linear(2, 3)))
+        with pytest.raises(TypeError, match=f"layer 1 has a {type(inner).__name__} inside it"):
+            HopfieldEnergy(network, Loss("mse"))
 
 
 def test_equilibrium_gradient_matches_finite_differences():

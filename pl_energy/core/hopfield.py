@@ -1,18 +1,23 @@
-"""The layered Hopfield energy of EP and CHL (seed 003 Eq. 8; Scellier & Bengio 2017).
+"""The layered Hopfield energy of EP and CHL (Millidge et al. 2022 Eq. 8; Scellier & Bengio 2017).
 
-For layers l = 1..L with weights W_l, biases b_l and nonlinearities rho_l (rho_0 = identity on
-the clamped input x_0), with feedback strength gamma weighting layer l by c_l = gamma^(l-1):
+For layers l = 1..L, each a coupling g_l (``couplings``: W_l u + b_l for a dense layer,
+P(W_l * u + b_l) for a convolution with pooling P, Laborieux et al. 2021) and an activation
+rho_l (rho_0 = identity on the clamped input x_0), with feedback strength gamma weighting layer
+l by c_l = gamma^(l-1):
 
-    E = sum_l c_l [ 1/2 ||x_l||^2 - rho_l(x_l)^T (W_l rho_{l-1}(x_{l-1}) + b_l) ] + beta * L(x_L, y)
+    E = sum_l c_l [ 1/2 ||x_l||^2 - rho_l(x_l) . g_l(rho_{l-1}(x_{l-1})) ] + beta * L(x_L, y)
 
-    dE/dx_l = c_l [x_l - rho_l'(x_l) h_l] - c_{l+1} rho_l'(x_l) (W_{l+1}^T rho_{l+1}(x_{l+1}))
-              (+ beta dL/dx_L at the output),  h_l = W_l rho_{l-1}(x_{l-1}) + b_l
-    dE/dW_l = -c_l rho_l(x_l) rho_{l-1}(x_{l-1})^T,   dE/db_l = -c_l rho_l(x_l)
+    dE/dx_l = c_l [x_l - rho_l'(x_l) h_l] - c_{l+1} rho_l'(x_l) J_{l+1}^T rho_{l+1}(x_{l+1})
+              (+ beta dL/dx_L at the output),  h_l = g_l(rho_{l-1}(x_{l-1})),
+              J_{l+1} = dg_{l+1}/du at u = rho_l(x_l)  (W_{l+1} for a dense layer)
+    dE/dtheta_l = -c_l (dg_l/dtheta_l)^T rho_l(x_l)   (dense: dE/dW_l = -c_l rho(x_l) rho(x_{l-1})^T)
 
 Inference steps are preconditioned by 1/c_l, so at every layer the top-down input is weighted
-by gamma relative to the bottom-up one (Xie & Seung 2003; seed 003 Eq. 18). With gamma = 1 this
-is Scellier & Bengio's energy. The layers are those of ``mlp``: ``Linear`` or
-``Sequential(Linear, activation)``; a plain ``Linear`` output layer has rho_L = identity.
+by gamma relative to the bottom-up one (Xie & Seung 2003; Millidge et al. 2022 Eq. 18). With
+gamma = 1 this is Scellier & Bengio's energy. A layer is its coupling followed by one
+activation, e.g. ``Sequential(Linear, Clip)`` (as ``mlp`` builds), ``Sequential(Conv2d,
+MaxPool2d, Clip)`` or ``Sequential(Flatten, Linear)``; without a trailing activation rho_l is
+the identity (the usual output layer).
 
 Activations with flat regions (ReLU; clip, flat outside [0, 1]; hardsigmoid, flat outside
 [-3, 3]) have their minimum in x_l inside the interval where rho_l is linear: beyond it the
@@ -32,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from .activations import DERIVATIVES, Clip
-from .linearization import dense_parts
+from .couplings import make_coupling, split_layer
 from .losses import Loss
 from .networks import feedforward, layers_of
 
@@ -83,7 +88,7 @@ class HopfieldState:
 
 
 class HopfieldEnergy:
-    """Layered Hopfield energy over the ``Linear`` layers of an MLP."""
+    """Layered Hopfield energy over a stack of dense or convolutional layers."""
 
     def __init__(self, network: nn.Module, loss: Loss, gamma: float = 1.0):
         self.layers = layers_of(network)
@@ -91,18 +96,12 @@ class HopfieldEnergy:
         if not gamma > 0:
             raise ValueError(f"gamma (feedback strength) must be > 0, got {gamma}")
         self.gamma = float(gamma)
-        self.linears: list[nn.Linear] = []
+        self.couplings = []
         self.rhos: list[nn.Module | None] = []
         for index, layer in enumerate(self.layers, start=1):
-            parts = dense_parts(layer)
-            if parts is None:
-                raise TypeError(
-                    f"layer {index} ({type(layer).__name__}) is not Linear or Sequential(Linear, "
-                    f"activation) with an activation in {[t.__name__ for t in DERIVATIVES]}; the "
-                    "Hopfield energy of EP/CHL needs layered dense networks such as pl_energy.mlp"
-                )
-            self.linears.append(parts[0])
-            self.rhos.append(parts[2])
+            coupling, rho = split_layer(layer, tuple(DERIVATIVES))
+            self.couplings.append(make_coupling(coupling, index))
+            self.rhos.append(rho)
         self.weights = [self.gamma ** index for index in range(len(self.layers))]
         self.boxes = [None if rho is None else BOXES.get(type(rho)) for rho in self.rhos]
 
@@ -129,8 +128,6 @@ class HopfieldEnergy:
 
         ``targets`` may be None for prediction (the free phase does not read them).
         """
-        if inputs.dim() != 2:
-            raise ValueError(f"the Hopfield energy takes flat inputs (B, features), got {tuple(inputs.shape)}")
         with torch.no_grad():
             activities = feedforward(self.layers, inputs)
         if targets is not None:
@@ -174,15 +171,9 @@ class HopfieldEnergy:
     def _layer_gradient(self, state: HopfieldState, values: list[Tensor], index: int) -> Tensor:
         x = state.activities
         depth = len(self.layers)
-        if index == 1:
-            drive = self.input_drive(state)
-        else:
-            linear = self.linears[index - 1]
-            drive = torch.nn.functional.linear(values[index - 1], linear.weight.detach(),
-                                               None if linear.bias is None else linear.bias.detach())
+        drive = self.input_drive(state) if index == 1 else self.couplings[index - 1].forward(values[index - 1])
         if index < depth:
-            drive = torch.addmm(drive, values[index + 1], self.linears[index].weight.detach(),
-                                alpha=self.gamma)
+            drive = self.couplings[index].add_transpose(drive, values[index], values[index + 1], self.gamma)
         slope = self._slope(index, x[index], values[index])
         gradient = x[index] - (drive if slope is None else slope * drive)
         if self.weights[index - 1] != 1.0:
@@ -198,9 +189,11 @@ class HopfieldEnergy:
         state), then the even layers with their gradients at the moved odd layers.
 
         Layers of one parity do not interact, so at step 1 with ReLU, hardsigmoid or linear
-        units each half is the exact minimisation over its layers given the others
-        (x_l = the projection of rho_l' times its net input): block coordinate descent, the
-        asynchronous relaxation of Scellier & Bengio 2017's code.
+        units and affine couplings each half is the exact minimisation over its layers given the
+        others (x_l = the projection of rho_l' times its net input): block coordinate descent,
+        the asynchronous relaxation of Scellier & Bengio 2017's code. With max-pooling the
+        top-down input depends on the layer's own state (the pool's switches), and a sweep is
+        the fixed-point update of Laborieux et al. 2021. A step above 1 over-relaxes (SOR).
         """
         free = self.free_layers(state)
         odd = [(index, gradients[index - 1]) for index in free if index % 2 == 1]
@@ -217,9 +210,7 @@ class HopfieldEnergy:
     def input_drive(self, state: HopfieldState) -> Tensor:
         """h_1 = W_1 x_0 + b_1: the input is clamped, so it is computed once per batch."""
         if state.input_drive is None:
-            linear = self.linears[0]
-            with torch.no_grad():
-                state.input_drive = torch.nn.functional.linear(state.activities[0], linear.weight, linear.bias)
+            state.input_drive = self.couplings[0].forward(state.activities[0])
         return state.input_drive
 
     def step(self, state: HopfieldState, gradients: list[Tensor], step_size: float) -> None:
@@ -244,13 +235,12 @@ class HopfieldEnergy:
         """Sum over the batch of I(x); differentiable in x and in the parameters (pass the
         clamped input's drive h_1 when it is known and no gradient through W_1 is needed)."""
         total = activities[0].new_zeros(())
-        for index, linear in enumerate(self.linears, start=1):
+        for index, coupling in enumerate(self.couplings, start=1):
             value = self._value(index, activities[index])
             if index == 1 and input_drive is not None:
                 drive = input_drive
             else:
-                drive = torch.nn.functional.linear(self._value(index - 1, activities[index - 1]),
-                                                   linear.weight, linear.bias)
+                drive = coupling.module(self._value(index - 1, activities[index - 1]))
             layer = 0.5 * activities[index].pow(2).sum() - (value * drive).sum()
             total = total + self.weights[index - 1] * layer
         return total
@@ -260,20 +250,18 @@ class HopfieldEnergy:
         """scale * dE/dtheta of the batch-mean energy at ``state`` (minus that at ``minus``), per
         layer in ``parameters()`` order.
 
-        dE/dW_l = -c_l rho(x_l)^T rho(x_{l-1}): a difference of two phases is one product of the
-        phases stacked along the batch, so no weight-sized intermediate is formed.
+        dE/dtheta_l = -c_l (dg_l/dtheta_l)^T rho(x_l): a difference of two phases is one
+        vector-Jacobian product of the phases stacked along the batch (for a dense layer one
+        matrix product, so no weight-sized intermediate is formed).
         """
         phases = [(state, 1.0)] + ([(minus, -1.0)] if minus is not None else [])
         batch = state.activities[0].shape[0]
         grads = []
-        for index, linear in enumerate(self.linears, start=1):
+        for index, coupling in enumerate(self.couplings, start=1):
             factor = -self.weights[index - 1] * scale / batch
             above = torch.cat([self._value(index, phase.activities[index]) * (sign * factor)
                                for phase, sign in phases])
             below = torch.cat([self._value(index - 1, phase.activities[index - 1])
                                for phase, _ in phases])
-            layer = [above.t() @ below]
-            if linear.bias is not None:
-                layer.append(above.sum(0))
-            grads.append(layer)
+            grads.append(coupling.parameter_vjp(below, above))
         return grads

@@ -1,0 +1,119 @@
+"""Couplings: what joins two layers of activity in a layered Hopfield energy.
+
+Layer l of a Hopfield network is a coupling g_l followed by an elementwise activation rho_l, and
+the energy couples rho_l(x_l) to g_l(rho_{l-1}(x_{l-1})):
+
+    E = sum_l c_l [ 1/2 ||x_l||^2 - rho_l(x_l) . g_l(rho_{l-1}(x_{l-1})) ] (+ beta L)
+
+For a dense layer g_l(u) = W_l u + b_l (Scellier & Bengio 2017). For a convolutional layer
+g_l(u) = P(W_l * u + b_l), P a max- or average-pool: the "primitive function" of Ernoult et al.
+2019 and Laborieux et al. 2021. Inference and learning need, at a point u = rho(x_{l-1}):
+
+- ``forward(u)`` = g(u), layer l's bottom-up net input;
+- ``add_transpose(base, u, v, alpha)`` = base + alpha J_g(u)^T v, the top-down input that layer
+  l - 1 receives from v = rho(x_l) (a transposed convolution, with the pooling's switches);
+- ``parameter_vjp(u, v)`` = (dg(u)/dtheta)^T v, the Hebbian weight gradient.
+
+A coupling is made of affine maps (``Linear``, convolutions) and positively homogeneous,
+piecewise-linear reshapes and pools, so every layer's energy stays the Hopfield bilinear form
+piece by piece; an activation or a stateful layer inside it (BatchNorm, Dropout) is refused.
+``DenseCoupling`` writes a ``Linear`` in closed form; ``ModuleCoupling`` takes any allowed
+stack through ``torch.func`` (so that corrected CHL can take forward-mode derivatives of it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vjp
+
+#: Modules a coupling may be built of: affine maps, reshapes and pools.
+COUPLING_PARTS: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Flatten, nn.Unflatten, nn.Identity,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+)
+
+
+class DenseCoupling:
+    """g(u) = W u + b in closed form: only the matrix products the energy needs."""
+
+    def __init__(self, linear: nn.Linear):
+        self.module = linear
+
+    def forward(self, u: Tensor) -> Tensor:
+        bias = self.module.bias
+        return torch.nn.functional.linear(u, self.module.weight.detach(),
+                                          None if bias is None else bias.detach())
+
+    def add_transpose(self, base: Tensor, u: Tensor, v: Tensor, alpha: float) -> Tensor:
+        """base + alpha v W (J_g does not depend on u)."""
+        weight = self.module.weight.detach()
+        if base.dim() == 2:
+            return torch.addmm(base, v, weight, alpha=alpha)
+        return torch.add(base, v @ weight, alpha=alpha)
+
+    def parameter_vjp(self, u: Tensor, v: Tensor) -> list[Tensor]:
+        """(v^T u, sum_batch v): one product over every sample (and phase) stacked in ``u``."""
+        v2, u2 = v.reshape(-1, v.shape[-1]), u.reshape(-1, u.shape[-1])
+        grads = [v2.t() @ u2]
+        if self.module.bias is not None:
+            grads.append(v2.sum(0))
+        return grads
+
+
+class ModuleCoupling:
+    """Any stack of ``COUPLING_PARTS`` (convolution, pooling, flattening, linear)."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def _parameters(self) -> dict[str, Tensor]:
+        """The parameters as constants of inference (no graph reaches the weights)."""
+        return {name: p.detach() for name, p in self.module.named_parameters()}
+
+    def forward(self, u: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.module(u)
+
+    def add_transpose(self, base: Tensor, u: Tensor, v: Tensor, alpha: float) -> Tensor:
+        params = self._parameters()
+        _, pullback = vjp(lambda below: functional_call(self.module, params, (below,)), u.detach())
+        (transposed,) = pullback(v)
+        return torch.add(base, transposed, alpha=alpha)
+
+    def parameter_vjp(self, u: Tensor, v: Tensor) -> list[Tensor]:
+        params = self._parameters()
+        if not params:
+            return []
+        _, pullback = vjp(lambda p: functional_call(self.module, p, (u,)), params)
+        (grads,) = pullback(v)
+        return [grads[name] for name in params]
+
+
+Coupling = DenseCoupling | ModuleCoupling
+
+
+def split_layer(layer: nn.Module, activations: tuple[type[nn.Module], ...]) -> tuple[nn.Module, nn.Module | None]:
+    """(coupling, activation) of a layer: a trailing elementwise activation of one of the types
+    ``activations`` is rho_l; everything before it is g_l (the whole layer when there is none)."""
+    if isinstance(layer, nn.Sequential) and len(layer) >= 2 and isinstance(layer[-1], activations):
+        parts = list(layer.children())
+        return (parts[0] if len(parts) == 2 else nn.Sequential(*parts[:-1])), parts[-1]
+    return layer, None
+
+
+def make_coupling(module: nn.Module, index: int) -> Coupling:
+    """The coupling for ``module`` (layer ``index`` without its activation), or a TypeError that
+    names the part that cannot couple two layers of a Hopfield energy."""
+    if isinstance(module, nn.Linear):
+        return DenseCoupling(module)
+    leaves = [m for m in module.modules() if not list(m.children())] or [module]
+    for leaf in leaves:
+        if not isinstance(leaf, COUPLING_PARTS):
+            raise TypeError(
+                f"layer {index} has a {type(leaf).__name__} inside it: a layer of the Hopfield energy of "
+                "EP/CHL is affine maps, reshapes and pools (Linear, Conv, Flatten, MaxPool, AvgPool) "
+                "followed by one activation at its end, e.g. Sequential(Conv2d, MaxPool2d, Clip) or "
+                "Sequential(Flatten, Linear); activations or stateful layers (BatchNorm, Dropout) "
+                "elsewhere have no Hopfield energy")
+    return ModuleCoupling(module)
