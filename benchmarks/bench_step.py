@@ -9,7 +9,7 @@ algorithm is timed the same way as every other algorithm and must be no slower.
 Cases
   a  ``mlp([784, 128, 64, 10])``, batch 64, real MNIST (seed 003 A.1), cross-entropy
   b  ``mlp([50176, 4096, 2048, 1024, 27])``, batch 1, random float32 input (seed 000 A.9)
-  c  a small CNN on MNIST (1x28x28), batch 64 (ep/chl: n/a, their energy is dense-only)
+  c  a small CNN on MNIST (1x28x28), batch 64 (ep/chl: n/a, the cost model of their step is dense-only)
 
 Protocol: ``torch.set_num_threads(1)`` (``--threads``), a warm-up of every variant, then
 ``--repeats`` rounds; each round times every variant once, in an order rotated from round to
@@ -68,7 +68,7 @@ class Variant:
     key: str                    # row label
     algorithm: str | None       # None: textbook autograd BP
     hparams: dict = field(default_factory=dict)
-    dense_only: bool = False    # the Hopfield energy (ep, chl) needs Linear layers
+    dense_only: bool = False    # ep, chl: the cost model of the Hopfield step covers dense layers only
 
     def build(self):
         return build_algorithm(self.algorithm, **self.hparams)
@@ -457,7 +457,7 @@ def run_case(case: Case, args, device: torch.device) -> dict:
     rows = []
     for variant in chosen:
         if variant.key not in steppers:
-            rows.append(dict(key=variant.key, na="n/a: the Hopfield energy needs dense layers"))
+            rows.append(dict(key=variant.key, na="n/a: the cost model of the Hopfield step covers dense layers only"))
             continue
         ts = times[variant.key]
         steps = steppers[variant.key].steps_taken

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -20,6 +22,14 @@ def max_relative(estimate: dict[str, Tensor], reference: dict[str, Tensor]) -> f
 def relative_l2(estimate: dict[str, Tensor], reference: dict[str, Tensor]) -> float:
     a, b = flat(estimate), flat({k: reference[k] for k in estimate})
     return ((a - b).norm() / b.norm()).item()
+
+
+def log_slope(xs, ys) -> float:
+    """Least-squares slope of log(y) against log(x): the order of a power law y ~ x^k."""
+    x = torch.tensor([math.log(v) for v in xs])
+    y = torch.tensor([math.log(v) for v in ys])
+    x, y = x - x.mean(), y - y.mean()
+    return float((x @ y) / (x @ x))
 
 
 def cosine(estimate: dict[str, Tensor], reference: dict[str, Tensor]) -> float:

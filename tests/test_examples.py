@@ -22,12 +22,13 @@ def run(mnist_root, tmp_path_factory):
     if str(EXAMPLES) not in sys.path:
         sys.path.insert(0, str(EXAMPLES))
 
-    def _run(name: str):
+    def _run(name: str, *extra: str, stem: str | None = None):
         out = tmp_path_factory.mktemp(name)
         module = importlib.import_module(name)
-        returned = module.main(["--quick", "--out", str(out), "--data-dir", str(mnist_root)])
-        written = json.loads((out / f"{name}.json").read_text())
-        assert (out / f"{name}.png").stat().st_size > 1000
+        returned = module.main(["--quick", "--out", str(out), "--data-dir", str(mnist_root), *extra])
+        stem = stem or name
+        written = json.loads((out / f"{stem}.json").read_text())
+        assert (out / f"{stem}.png").stat().st_size > 1000
         assert set(written) == set(returned)
         return written
 
@@ -97,3 +98,9 @@ def test_ep_mnist(run):
     for name in ("bp", "ep", "chl"):
         assert 0.0 <= r[name]["test_accuracy"] <= 1.0 and len(r[name]["val_accuracy"]) == 1
     assert r["ep"]["converged_fraction"] > 0.5 and r["ep"]["mean_inference_steps"] > 2
+
+
+def test_ep_mnist_conv(run):
+    r = run("ep_mnist", "--network", "conv", "--algorithms", "bp", "ep", stem="ep_mnist_conv")
+    assert set(r) == {"setup", "bp", "ep"} and "Conv2d" in r["setup"]["network"]
+    assert r["ep"]["converged_fraction"] > 0.5 and 0.0 <= r["ep"]["test_accuracy"] <= 1.0

@@ -22,12 +22,28 @@ from .hopfield_common import HopfieldAlgorithm
 
 @dataclass
 class EquilibriumPropagation(HopfieldAlgorithm):
-    beta: float = 0.05
+    """EP on the Hopfield energy.
+
+    Args:
+        beta: nudging strength. The default, centered with beta = 0.5, is Laborieux et al.
+            2021's remedy for one-sided EP's bias: on MNIST (784-512-10, Adam) it reaches 94.6%
+            validation accuracy after one epoch; EP's error against its reference shrinks as
+            beta (one-sided) or beta^2 (centered) until a nudge moves a unit across a kink of a
+            clip/ReLU unit or a max-pool switch (``tests/test_hopfield_conv.py``).
+        nudged_steps: step cap of the nudged phases (default: ``steps``).
+        centered: nudge by +beta and -beta and take the symmetric difference.
+        gamma, solver, steps, step_size, tol, trace: as ``HopfieldAlgorithm``.
+    """
+
+    beta: float = 0.5
     nudged_steps: int | None = None
-    centered: bool = False
+    centered: bool = True
     name = "ep"
     traced_phase = "the nudged phase (+\N{GREEK SMALL LETTER BETA})"
     supervised_weight = "\N{GREEK SMALL LETTER BETA}"
+
+    def nudge(self, network: nn.Module) -> float:
+        return self.beta
 
     def __post_init__(self):
         super().__post_init__()

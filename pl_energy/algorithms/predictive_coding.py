@@ -62,6 +62,9 @@ class PredictiveCoding(RelaxingAlgorithm):
         if not 0 < self.gamma <= 1:
             raise ValueError(f"gamma (feedback strength) must lie in (0, 1], got {self.gamma}")
 
+    def nudge(self, network: nn.Module) -> float:
+        return self.lam
+
     def energy(self, network: nn.Module, loss: Loss, lam: float) -> PredictiveCodingEnergy:
         depth = len(layers_of(network))
         precisions = [self.gamma ** -(depth - index) for index in range(1, depth)]

@@ -184,7 +184,7 @@ def relax(
                     rows.append(row)
                 good, good_step, good_kept = energy.snapshot(state), taken, kept
                 continue
-            if not adaptive:
+            if not adaptive or watch.unbounded:  # no step size finds a minimum that is not there
                 raise fail(problem)
             energy.restore(state, good)
             kept = good_kept
@@ -219,12 +219,14 @@ class _EnergyWatch:
 
     def __init__(self, start: float, rise_tolerance: float, dtype: torch.dtype):
         self.start = self.lowest = start
+        self.unbounded = False
         self.rise_tolerance = rise_tolerance
         self.epsilon = torch.finfo(dtype).eps
 
     def problem(self, value: float) -> str | None:
         plunged = self.lowest < self.start - 1e6 * (1 + abs(self.start))  # down by many orders
         if value == -math.inf or (not math.isfinite(value) and plunged):
+            self.unbounded = True
             return (f"the energy fell without bound (to {self.lowest:.3g}, then {value}): it has no "
                     "minimum for these weights "
                     "(a Hopfield energy with unbounded units such as ReLU is bounded below only while "

@@ -1,0 +1,105 @@
+"""Inputs that used to give wrong numbers quietly: each now works correctly or fails in one line.
+
+Oracles: backprop through autograd (``bp``) for exact algorithms, the algorithms' own
+references, and the messages users read.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from pl_energy import build_algorithm
+from helpers import max_relative
+
+
+def tied_network() -> nn.Sequential:
+    """Two hidden layers sharing one weight matrix (a tied, or recurrent-unrolled, layer)."""
+    torch.manual_seed(0)
+    first, second = nn.Linear(6, 6), nn.Linear(6, 6)
+    second.weight = first.weight
+    return nn.Sequential(nn.Sequential(first, nn.Tanh()), nn.Sequential(second, nn.Tanh()),
+                         nn.Linear(6, 3)).double()
+
+
+@pytest.mark.parametrize("name", ["z_il", "fa_z_il", "pc_nudge", "pc", "ep", "chl"])
+def test_tied_weights_get_the_sum_over_their_uses(name):
+    """Oracle: the same network with the two uses untied (two equal copies of the weight); the
+    tied weight's gradient is the sum of the copies' (and BP's itself for the exact z_il)."""
+    network = tied_network()
+    untied = tied_network()
+    untied[1][0].weight = nn.Parameter(untied[0][0].weight.detach().clone())
+    inputs, targets = torch.randn(5, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 1, 0])
+    keys = {key for key, _ in network.named_parameters()}
+    assert "1.0.weight" not in keys  # listed once, under its first use
+    algorithm = build_algorithm(name, **({"tol": 1e-12} if name in ("pc", "pc_nudge", "ep", "chl") else {}))
+    estimate = algorithm.gradients(network, inputs, targets)
+    reference = algorithm.reference(network, inputs, targets)
+    assert set(estimate) == set(reference) == keys
+    separate = algorithm.gradients(untied, inputs, targets)
+    separate_reference = algorithm.reference(untied, inputs, targets)
+    for tied, copies in ((estimate, separate), (reference, separate_reference)):
+        torch.testing.assert_close(tied["0.0.weight"], copies["0.0.weight"] + copies["1.0.weight"], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(tied["2.weight"], copies["2.weight"], rtol=1e-9, atol=1e-12)
+    if name in ("z_il", "fa_z_il"):  # exact: the tied weight's update is BP's to rounding
+        assert max_relative(estimate, build_algorithm("bp").gradients(network, inputs, targets)) <= 1e-10
+
+
+# --- precision -----------------------------------------------------------------------------------
+RELAXING = ["pc", "pc_nudge", "ep", "chl"]
+
+
+def small_problem(dtype=torch.float32, activation="tanh", sizes=(8, 6, 4)):
+    from pl_energy import mlp
+
+    torch.manual_seed(0)
+    network = mlp(list(sizes), activation=activation).to(dtype)
+    return network, torch.rand(5, 8, dtype=dtype), torch.tensor([0, 1, 2, 3, 0])
+
+
+@pytest.mark.parametrize("name", RELAXING)
+def test_half_precision_parameters_are_refused_by_relaxing_algorithms(name):
+    network, inputs, targets = small_problem(torch.bfloat16)
+    with pytest.raises(TypeError, match=rf"{name} reads its update .*bfloat16.*cosine 0\.\d+.*'32-true'"):
+        build_algorithm(name).gradients(network, inputs, targets)
+
+
+@pytest.mark.parametrize("name", ["bp", "z_il"])
+def test_exact_algorithms_still_run_in_half_precision(name):
+    network, inputs, targets = small_problem(torch.bfloat16)
+    gradients = build_algorithm(name).gradients(network, inputs, targets)
+    assert all(g.dtype == torch.bfloat16 for g in gradients.values())
+
+
+@pytest.mark.parametrize("name", RELAXING)
+def test_autocast_does_not_reach_inference(name):
+    """Under bf16 autocast (Lightning's bf16-mixed) the estimate and the reference are those of
+    float32; before, pc_nudge's cosine with BP fell to 0.54 there."""
+    network, inputs, targets = small_problem(activation="clip" if name in ("ep", "chl") else "tanh")
+    algorithm = build_algorithm(name)
+    plain, reference = algorithm.gradients(network, inputs, targets), algorithm.reference(network, inputs, targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = algorithm.gradients(network, inputs, targets)
+        mixed_reference = algorithm.reference(network, inputs, targets)
+    for key in plain:
+        torch.testing.assert_close(mixed[key], plain[key], rtol=0, atol=0)
+        torch.testing.assert_close(mixed_reference[key], reference[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name,settings", [("ep", {"beta": 1e-6}), ("pc_nudge", {"lam": 1e-6}),
+                                           ("chl", {"gamma": 1e-3})])
+def test_a_nudge_below_the_dtypes_resolution_warns(name, settings):
+    from pl_energy import PrecisionWarning
+
+    # three layers for CHL: its clamped displacement reaches layer 1 scaled by gamma^2
+    network, inputs, targets = small_problem(activation="clip" if name in ("ep", "chl") else "tanh",
+                                             sizes=(8, 6, 6, 4) if name == "chl" else (8, 6, 4))
+    algorithm = build_algorithm(name, **settings)
+    with pytest.warns(PrecisionWarning, match="machine epsilons of torch.float32.*float64"):
+        algorithm.gradients(network, inputs, targets)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrecisionWarning)
+        algorithm.gradients(network.double(), inputs.double(), targets)
