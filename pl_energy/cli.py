@@ -79,8 +79,67 @@ def _uses_wandb(logger: Any) -> bool:
     return False
 
 
+def _argument_events(tokens: list[str]) -> list[tuple[str, ...]]:
+    """The ``--config`` files (with the algorithm they set and whether they hold its
+    hyper-parameters), ``--algorithm`` flags and ``--model.algorithm_hparams`` flags, in order."""
+    import yaml
+
+    events: list[tuple[str, ...]] = []
+    for index, token in enumerate(tokens):
+        name, _, value = token.partition("=")
+        if not value and index + 1 < len(tokens):
+            value = tokens[index + 1]
+        if name == "--config" and Path(value).is_file():
+            loaded = yaml.safe_load(Path(value).read_text()) or {}
+            model = loaded.get("model") or {}
+            events.append(("config", value, str(loaded.get("algorithm") or ""),
+                           "yes" if model.get("algorithm_hparams") else ""))
+        elif name == "--algorithm":
+            events.append(("algorithm", value))
+        elif name == "--model.algorithm_hparams":
+            events.append(("hparams",))
+    return events
+
+
 class EnergyCLI(LightningCLI):
-    """LightningCLI with ``--algorithm``, algorithm hyper-parameter flags and MNIST defaults."""
+    """LightningCLI with ``--algorithm``, algorithm hyper-parameter flags and MNIST defaults.
+
+    A config file's ``algorithm_hparams`` belong to the algorithm it names: ``--config
+    configs/mnist_z_il.yaml --algorithm pc_nudge`` runs pc_nudge from its own defaults (the flags
+    still apply), not with z_il's lam = 1; an ``--algorithm`` flag placed before a config file
+    that names another algorithm is refused, since the later argument would win in silence.
+    """
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        tokens = sys.argv[1:] if args is None else args
+        self._events = _argument_events(list(tokens)) if isinstance(tokens, (list, tuple)) else []
+
+    def _algorithm_of_the_hyperparameters(self, chosen: str, hparams: dict) -> dict:
+        """Refuse an ``--algorithm`` flag that a later config file overrides; drop a config file's
+        hyper-parameters that were written for another algorithm than the one chosen."""
+        events = getattr(self, "_events", [])
+        flags = [index for index, event in enumerate(events) if event[0] == "algorithm"]
+        for index, event in enumerate(events):
+            before = [f for f in flags if f < index]
+            if event[0] == "config" and event[2] and before and not any(f > index for f in flags):
+                first = events[before[-1]][1]
+                if first != event[2]:
+                    self.parser.error(
+                        f"--algorithm {first} comes before --config {event[1]}, which sets algorithm "
+                        f"{event[2]} and wins (later arguments override earlier ones): put --algorithm "
+                        "after --config")
+        sources = [index for index, event in enumerate(events) if event[0] == "config" and event[3]]
+        if not sources:
+            return hparams
+        last = sources[-1]
+        _, path, written_for, _ = events[last]
+        explicit = any(event[0] == "hparams" for event in events[last + 1:])
+        if written_for and written_for != chosen and not explicit:
+            print(f"pl-energy: {path} holds {written_for}'s hyper-parameters; {chosen} starts from its "
+                  "own defaults (flags such as --steps still apply)", file=sys.stderr)
+            return {}
+        return hparams
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--algorithm", choices=list(ALGORITHMS), default="pc_nudge",
@@ -106,7 +165,8 @@ class EnergyCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        hparams = dict(config.model.algorithm_hparams or {})
+        hparams = self._algorithm_of_the_hyperparameters(
+            config.model.algorithm, dict(config.model.algorithm_hparams or {}))
         for name in HPARAM_FLAGS:
             value = config.get(name)
             if value is not None:

@@ -112,3 +112,9 @@ def test_convergence_benchmark_quick_run(tmp_path):
     assert (tmp_path / "convergence.png").is_file()
     module.main(["--quick", "--output", str(output)])  # a re-run replaces its own section
     assert output.read_text().count("<!-- convergence start -->") == 1
+    text = output.read_text()
+    free = module.main(["--quick", "--hopfield-only", "--output", str(output)])  # only the EP/CHL table
+    assert {row["activation"] for row in free} == {"relu", "clip"}
+    assert all(steps is not None for row in free for steps in row["steps"].values())
+    again = output.read_text()
+    assert again.count(module.HOPFIELD_INTRO) == 1 and again.split(module.HOPFIELD_INTRO)[0] == text.split(module.HOPFIELD_INTRO)[0]

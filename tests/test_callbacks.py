@@ -22,6 +22,10 @@ def test_agreement_metrics():
     opposite = agreement_metrics(-2 * u, u)
     assert opposite["cosine"] == pytest.approx(-1.0) and opposite["sign"] == 0.0
     assert opposite["rel_error"] == pytest.approx(3.0) and opposite["norm_ratio"] == pytest.approx(2.0)
+    # exact zeros have no sign: they are left out, not counted as agreeing or disagreeing
+    zeros = agreement_metrics(torch.tensor([0.0, 0.0, 1.0, -1.0]), torch.tensor([0.0, 1e-9, 2.0, 1.0]))
+    assert zeros["sign"] == 0.5
+    assert math.isnan(agreement_metrics(torch.zeros(3), torch.ones(3))["sign"])
 
 
 def _run(mnist_tensors, algorithm, hparams, tmp_path, steps=3):

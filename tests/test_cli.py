@@ -148,3 +148,23 @@ def test_imagenet_config_parses(capsys):
 
 def test_every_algorithm_has_a_mnist_config():
     assert sorted(p.stem for p in CONFIGS.glob("mnist_*.yaml")) == sorted(f"mnist_{a}" for a in ALGORITHMS)
+
+
+def test_switching_algorithm_starts_from_its_own_defaults(capsys):
+    """configs/mnist_z_il.yaml holds z_il's lam = 1.0; pc_nudge chosen after it keeps its 0.01."""
+    cli = make_cli(["--config", str(CONFIGS / "mnist_z_il.yaml"), "--algorithm", "pc_nudge", "--trainer.logger", "false"],
+                   run=False)
+    assert cli.model.algorithm.name == "pc_nudge" and cli.model.algorithm.lam == 0.01
+    assert "holds z_il's hyper-parameters; pc_nudge starts from its own defaults" in capsys.readouterr().err
+    flagged = make_cli(["--config", str(CONFIGS / "mnist_pc_nudge.yaml"), "--algorithm", "ep", "--steps", "40",
+                        "--trainer.logger", "false"], run=False).model.algorithm
+    assert flagged.name == "ep" and flagged.steps == 40 and flagged.beta == 0.5  # flags apply, defaults otherwise
+    same = make_cli(["--config", str(CONFIGS / "mnist_pc_nudge.yaml"), "--trainer.logger", "false"], run=False)
+    assert same.model.algorithm.solver == "gd" and same.model.algorithm.steps == 50  # its own: kept
+
+
+def test_an_algorithm_flag_overridden_by_a_later_config_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        make_cli(["--algorithm", "pc_nudge", "--config", str(CONFIGS / "mnist_z_il.yaml"), "--trainer.logger", "false"],
+                 run=False)
+    assert "--algorithm pc_nudge comes before --config" in capsys.readouterr().err

@@ -186,3 +186,35 @@ def test_torchvision_layout_errors(tmp_path):
     with pytest.raises(ValueError) as ei:
         make(tmp_path)
     _one_line(ei, "torchvision could not read")
+
+
+# ------------------------------------------------------------------ files that are not as expected
+def test_a_truncated_jpeg_is_named(tmp_path):
+    root = write_jpeg_tree(tmp_path / "imagenet")
+    broken = sorted((root / "train" / FAKE_WNIDS[0]).iterdir())[0]
+    broken.write_bytes(broken.read_bytes()[:200])
+    dm = make(root, augment=False)
+    index = next(i for i, (path, _) in enumerate(dm.train_set.samples) if path == str(broken))
+    with pytest.raises(ValueError, match=f"cannot read the image {broken}"):
+        dm.train_set[index]
+
+
+def test_sixteen_bit_pngs_keep_their_contrast(tmp_path):
+    """A 16-bit grey PNG (0..65535) used to be clipped at 255 and load almost white."""
+    import numpy as np
+    from PIL import Image
+
+    from pl_energy.data.imagenet import _PILLoader
+
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0..65520
+    path = tmp_path / "ramp.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")
+    loaded = np.asarray(_PILLoader("L", None)(str(path)), dtype=np.float64)
+    np.testing.assert_allclose(loaded, ramp / 256, atol=1.0)  # 8-bit: within one level of v / 256
+
+
+@pytest.mark.parametrize("size", [0, -3, 2.5])
+def test_a_bad_image_size_is_refused(tmp_path, size):
+    with pytest.raises(ValueError, match="image_size must be a positive int"):
+        ImageNetDataModule(root=str(tmp_path), image_size=size)

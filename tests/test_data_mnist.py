@@ -58,7 +58,7 @@ def test_same_pixels_as_torchvision(dm_flat, mnist_root):  # noqa: F811
     from torchvision.datasets import MNIST
     from torchvision.transforms.functional import to_tensor
 
-    tv = MNIST(str(mnist_root), train=True)
+    tv = MNIST(str(mnist_root), train=True, download=True)  # an independent reader: torchvision's
     for j in (0, 123, 49_999):
         i = int(dm_flat.train_indices[j])
         img, label = tv[i]
@@ -119,3 +119,69 @@ def test_missing_files_download_fails(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError) as ei:
         dm.prepare_data()
     _check_missing_message(ei.value, (tmp_path / "MNIST" / "raw").resolve())
+
+
+# --- files as users have them (the real IDX format, written here) ---------------------------------
+def _write_idx(path, magic: int, dims: tuple[int, ...], payload: bytes, packed: bool = True) -> None:
+    import gzip
+
+    data = b"".join(v.to_bytes(4, "big") for v in (magic, *dims)) + payload
+    path.write_bytes(gzip.compress(data) if packed else data)
+
+
+def _fake_mnist(root, packed: bool = True, images: int = 60_000, tests: int = 10_000):
+    """The four files with the real headers and sizes (zero pixels, labels i % 10)."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if packed else ""
+    for split, count in (("train", images), ("t10k", tests)):
+        _write_idx(raw / f"{split}-images-idx3-ubyte{suffix}", 2051, (count, 28, 28), bytes(count * 784), packed)
+        _write_idx(raw / f"{split}-labels-idx1-ubyte{suffix}", 2049, (count,),
+                   bytes(i % 10 for i in range(count)), packed)
+    return raw
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_valid_local_files_load_without_a_download_from_a_read_only_folder(tmp_path, packed):
+    raw = _fake_mnist(tmp_path, packed)
+    for path in [*raw.iterdir(), raw]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        dm = MNISTDataModule(data_dir=str(tmp_path), download=False, limit_train=10)
+        dm.prepare_data()
+        dm.setup()
+        x, y = dm.test_set.tensors
+        assert x.shape == (10_000, 784) and y[:12].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+        assert sorted(p.name for p in raw.iterdir()) == sorted(p.name for p in raw.iterdir())  # nothing written
+    finally:
+        for path in [raw, *raw.iterdir()]:
+            path.chmod(0o755)
+
+
+def test_a_truncated_file_is_named(tmp_path):
+    raw = _fake_mnist(tmp_path)
+    target = raw / "t10k-images-idx3-ubyte.gz"
+    target.write_bytes(target.read_bytes()[:-20])
+    dm = MNISTDataModule(data_dir=str(tmp_path), download=False)
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz is not a complete gzip file"):
+        dm.setup("test")
+
+
+def test_swapped_files_are_named(tmp_path):
+    raw = _fake_mnist(tmp_path)
+    images, labels = raw / "train-images-idx3-ubyte.gz", raw / "train-labels-idx1-ubyte.gz"
+    data = images.read_bytes()
+    images.write_bytes(labels.read_bytes())
+    labels.write_bytes(data)
+    dm = MNISTDataModule(data_dir=str(tmp_path), download=False)
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz does not hold train-images.*swapped"):
+        dm.setup("fit")
+
+
+def test_a_short_file_is_named(tmp_path):
+    raw = _fake_mnist(tmp_path, packed=False)
+    target = raw / "train-labels-idx1-ubyte"
+    target.write_bytes(target.read_bytes()[:-5])
+    dm = MNISTDataModule(data_dir=str(tmp_path), download=False)
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte holds 59995 bytes of data, expected 60000: it is truncated"):
+        dm.setup("fit")

@@ -103,3 +103,95 @@ def test_a_nudge_below_the_dtypes_resolution_warns(name, settings):
     with warnings.catch_warnings():
         warnings.simplefilter("error", PrecisionWarning)
         algorithm.gradients(network.double(), inputs.double(), targets)
+
+
+# --- hyper-parameters ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name,settings,message", [
+    ("z_il", {"lam": float("nan")}, "z_il: lam must be float"),
+    ("fa_z_il", {"lam": float("inf")}, "fa_z_il: lam must be float"),
+    ("pc_nudge", {"lam": float("nan")}, "pc_nudge: lam must be float"),
+    ("pc", {"centered": "no"}, "pc: centered must be bool"),
+    ("ep", {"centered": 1}, "ep: centered must be bool"),
+    ("ep", {"gamma": 2.0}, r"ep: gamma \(feedback strength\) must lie in \(0, 1\]"),
+    ("chl", {"gamma": 0.0}, r"chl: gamma \(feedback strength\) must lie in \(0, 1\]"),
+    ("ep", {"nudged_steps": 0}, "nudged_steps must be >= 1"),
+    ("ep", {"beta": float("nan")}, "ep: beta must be float"),
+    ("pc_nudge", {"step_size": float("inf")}, r"step_size must be float \| str \| None \(finite\), got inf"),
+    ("pc_nudge", {"steps": 2.5}, "steps must be int"),
+])
+def test_bad_hyperparameters_are_refused_in_one_line(name, settings, message):
+    with pytest.raises(ValueError, match=message):
+        build_algorithm(name, **settings)
+
+
+def test_zero_inference_steps_warn():
+    with pytest.warns(UserWarning, match="steps=0 runs no inference.*updates are 0"):
+        build_algorithm("pc_nudge", steps=0)
+
+
+# --- batches -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int16])
+@pytest.mark.parametrize("name", ["bp", "z_il", "pc_nudge", "ep"])
+def test_integer_class_targets_of_any_dtype_work(name, dtype):
+    network, inputs, targets = small_problem(activation="clip" if name == "ep" else "tanh")
+    algorithm = build_algorithm(name)
+    expected = algorithm.gradients(network, inputs, targets)
+    got = algorithm.gradients(network, inputs, targets.to(dtype))
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["bp", "z_il", "pc", "pc_nudge", "ep", "chl"])
+def test_an_empty_batch_fails_in_one_line(name):
+    network, inputs, targets = small_problem()
+    with pytest.raises(ValueError, match="the batch is empty"):
+        build_algorithm(name).gradients(network, inputs[:0], targets[:0])
+
+
+@pytest.mark.parametrize("name", ["bp", "pc_nudge"])
+def test_inference_mode_is_named(name):
+    network, inputs, targets = small_problem()
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="outside it .*torch.no_grad.. is fine"):
+        build_algorithm(name).gradients(network, inputs, targets)
+
+
+def test_float_class_targets_are_refused_also_by_bp():
+    network, inputs, targets = small_problem()
+    with pytest.raises(ValueError, match="class-index targets must be integers"):
+        build_algorithm("bp").gradients(network, inputs, targets.float())
+
+
+# --- layers --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("stateful", [lambda: nn.Dropout(0.2), lambda: nn.BatchNorm1d(6)], ids=["dropout", "batchnorm"])
+@pytest.mark.parametrize("name", ["pc", "pc_nudge"])
+def test_stateful_layers_in_training_mode_are_refused_by_relaxing_algorithms(name, stateful):
+    torch.manual_seed(0)
+    stateful = stateful()
+    network = nn.Sequential(nn.Sequential(nn.Linear(8, 6), stateful, nn.Tanh()), nn.Linear(6, 4))
+    inputs, targets = torch.rand(5, 8), torch.tensor([0, 1, 2, 3, 0])
+    with pytest.raises(ValueError, match=f"layer 1 holds a {type(stateful).__name__} in training mode"):
+        build_algorithm(name).gradients(network, inputs, targets)
+    network.eval()  # the same layers in eval mode are deterministic: accepted, and exact for z_il
+    build_algorithm(name).gradients(network, inputs, targets)
+    assert max_relative(build_algorithm("z_il").gradients(network.double(), inputs.double(), targets),
+                        build_algorithm("bp").gradients(network, inputs.double(), targets)) <= 1e-10
+
+
+def test_a_parameter_free_top_level_layer_warns():
+    """A CNN written flat (each ReLU, pool and Flatten its own layer) relaxes those too."""
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
+    inputs, targets = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
+    with pytest.warns(UserWarning, match="layer 2 .ReLU. has no parameters.*group parameter-free modules"):
+        build_algorithm("pc_nudge").gradients(network, inputs, targets)
+    grouped = nn.Sequential(nn.Sequential(network[0], network[1], network[2]), network[3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_algorithm("pc_nudge").gradients(grouped, inputs, targets)
+
+
+@pytest.mark.parametrize("name", ["bp", "z_il", "pc_nudge", "ep"])
+def test_a_wrong_input_width_names_the_layer(name):
+    network, inputs, targets = small_problem()
+    with pytest.raises(ValueError, match=r"layer 1 \(Sequential.*Linear\(in_features=8.*cannot take an input of shape \(5, 7\)"):
+        build_algorithm(name).gradients(network, inputs[:, :7], targets)

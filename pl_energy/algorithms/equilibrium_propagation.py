@@ -49,6 +49,8 @@ class EquilibriumPropagation(HopfieldAlgorithm):
         super().__post_init__()
         if self.beta == 0:
             raise ValueError("beta must be non-zero")
+        if self.nudged_steps is not None and self.nudged_steps < 1:
+            raise ValueError(f"nudged_steps must be >= 1 (or None: steps), got {self.nudged_steps}")
 
     def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                  record: bool) -> Estimate:

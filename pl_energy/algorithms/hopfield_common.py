@@ -45,6 +45,11 @@ class HopfieldAlgorithm(RelaxingAlgorithm):
     tol: float | None = 1e-6
     gamma: float = 1.0
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"{self.name}: gamma (feedback strength) must lie in (0, 1], got {self.gamma}")
+
     def energy(self, network: nn.Module, loss: Loss) -> HopfieldEnergy:
         return HopfieldEnergy(network, loss, gamma=self.gamma)
 

@@ -45,6 +45,7 @@ class ZeroDivergenceIL(Algorithm):
     name = "z_il"
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.gamma > 0 or self.lam == 0:
             raise ValueError(f"need gamma > 0 and lam != 0, got gamma={self.gamma}, lam={self.lam}")
 

@@ -37,8 +37,9 @@ class Loss:
                 f"but the output has {batch}"
             )
         if targets.dim() == 1:
-            if targets.is_floating_point():
-                raise ValueError("class-index targets must be integers (shape (B,))")
+            if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+                raise ValueError(f"class-index targets must be integers (shape (B,)), got {targets.dtype}")
+            targets = targets.long()  # any integer dtype (uint8, int32 from numpy or a file)
             if len(features) != 1:
                 raise ValueError(
                     f"class-index targets need an output of shape (B, C), got {tuple(output.shape)}"

@@ -107,11 +107,18 @@ class _PILLoader:
         self.draft_size = draft_size
 
     def __call__(self, path: str) -> Image.Image:
-        with open(path, "rb") as f:
-            img = Image.open(f)
-            if self.draft_size is not None:
-                img.draft("RGB", (self.draft_size, self.draft_size))
-            return img.convert(self.mode)
+        try:
+            with open(path, "rb") as f:
+                img = Image.open(f)
+                if self.draft_size is not None:
+                    img.draft("RGB", (self.draft_size, self.draft_size))
+                if img.mode.startswith("I;16") or img.mode == "I":
+                    # 16-bit (or 32-bit integer) pixels: PIL's convert would clip them at 255, so
+                    # every pixel above 255 turned white; scale 0..65535 to 0..255 instead
+                    img = img.convert("I").point(lambda value: value * (1 / 256)).convert("L")
+                return img.convert(self.mode)
+        except (OSError, SyntaxError, ValueError) as exc:  # truncated, corrupt or not an image
+            raise ValueError(f"cannot read the image {path}: {exc}") from exc
 
 
 class ImageListDataset(Dataset):
@@ -209,6 +216,8 @@ class ImageNetDataModule(SplitDataModule):
         self.unmapped = unmapped
         self.grayscale = grayscale
         self.flatten = flatten
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(f"image_size must be a positive int (pixels), got {image_size!r}")
         self.image_size = image_size
         self.augment = augment
         self.normalize = normalize

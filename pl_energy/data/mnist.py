@@ -16,13 +16,16 @@
   Downloading happens in :meth:`prepare_data` only. Without network, put the
   four original files ``train-images-idx3-ubyte.gz``,
   ``train-labels-idx1-ubyte.gz``, ``t10k-images-idx3-ubyte.gz`` and
-  ``t10k-labels-idx1-ubyte.gz`` into ``<data_dir>/MNIST/raw/``: torchvision
-  then extracts them without downloading anything.
+  ``t10k-labels-idx1-ubyte.gz`` into ``<data_dir>/MNIST/raw/``. They are read
+  as they are (gzip-compressed or extracted), so the folder may be read-only,
+  and a truncated, corrupt or swapped file is named with its problem.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
+import zlib
 from pathlib import Path
 
 import torch
@@ -37,6 +40,32 @@ MNIST_FILES = (
     "t10k-labels-idx1-ubyte.gz",
 )
 TRAIN_TOTAL = 60_000
+#: IDX header of each file: (magic number, item count, item shape), LeCun et al.'s format.
+IDX_HEADERS = {"train-images-idx3-ubyte": (2051, 60_000, (28, 28)), "train-labels-idx1-ubyte": (2049, 60_000, ()),
+               "t10k-images-idx3-ubyte": (2051, 10_000, (28, 28)), "t10k-labels-idx1-ubyte": (2049, 10_000, ())}
+
+
+def read_idx(raw_folder: Path, stem: str) -> torch.Tensor:
+    """One MNIST file as a uint8 tensor, from ``stem`` or ``stem.gz`` in ``raw_folder``; a file
+    that is missing, truncated, not gzip, or another of the four (swapped) fails naming it."""
+    plain, packed = raw_folder / stem, raw_folder / f"{stem}.gz"
+    path = plain if plain.is_file() else packed
+    if not path.is_file():
+        raise FileNotFoundError(f"{packed} is missing")
+    try:
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise ValueError(f"{path} is not a complete gzip file ({exc}): download it again") from exc
+    magic, count, shape = IDX_HEADERS[stem]
+    header = 4 * (2 + len(shape))
+    values = [int.from_bytes(data[i:i + 4], "big") for i in range(0, min(header, len(data)) - 3, 4)]
+    if values[:1] != [magic] or values[1:] != [count, *shape]:
+        raise ValueError(f"{path} does not hold {stem} (its header reads {values}, expected "
+                         f"{[magic, count, *shape]}): the files may be swapped or corrupt")
+    size = count * (shape[0] * shape[1] if shape else 1)
+    if len(data) != header + size:
+        raise ValueError(f"{path} holds {len(data) - header} bytes of data, expected {size}: it is truncated")
+    return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(count, *shape)
 
 
 def default_data_dir() -> str:
@@ -106,33 +135,43 @@ class MNISTDataModule(SplitDataModule):
     def raw_folder(self) -> Path:
         return Path(self.data_dir) / "MNIST" / "raw"
 
-    def _missing_error(self) -> FileNotFoundError:
+    def _missing_error(self, cause: str = "") -> FileNotFoundError:
+        how = "could not be downloaded" + cause if self.download else "download=False"
         return FileNotFoundError(
-            f"MNIST not found and could not be downloaded: put the four files {', '.join(MNIST_FILES)} "
+            f"MNIST not found ({how}): put the four files {', '.join(MNIST_FILES)} "
             f"into {self.raw_folder.resolve()}/ (or point data_dir / $PL_ENERGY_DATA at a folder holding MNIST/raw/)"
         )
 
+    def _present(self) -> bool:
+        return all((self.raw_folder / stem).is_file() or (self.raw_folder / f"{stem}.gz").is_file()
+                   for stem in IDX_HEADERS)
+
     def prepare_data(self) -> None:
-        """Download (or extract the local ``.gz`` files) once; never called per process."""
+        """Download the files once when they are missing (never called per process); files that
+        are present are read as they are, without a download or extraction."""
+        if self._present():
+            return
+        if not self.download:
+            raise self._missing_error()
         from torchvision.datasets import MNIST
 
         for train in (True, False):
             try:
-                MNIST(self.data_dir, train=train, download=self.download)
-            except Exception as exc:  # URLError, RuntimeError("Dataset not found"/"Error downloading"), ...
-                raise self._missing_error() from exc
+                MNIST(self.data_dir, train=train, download=True)
+            except Exception as exc:  # URLError, RuntimeError("Error downloading"), PermissionError, ...
+                cause = " ".join(str(exc).split())  # one line, however the exception wrote it
+                raise self._missing_error(f" ({type(exc).__name__}: {cause[:200]})") from exc
 
     # ------------------------------------------------------------------ setup
     def _load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        from torchvision.datasets import MNIST
-
-        try:
-            ds = MNIST(self.data_dir, train=train, download=False)
-        except RuntimeError as exc:
-            raise self._missing_error() from exc
-        x = ds.data.to(torch.float32).div_(255.0)
+        if not self._present():
+            raise self._missing_error()
+        split = "train" if train else "t10k"
+        images = read_idx(self.raw_folder, f"{split}-images-idx3-ubyte")
+        labels = read_idx(self.raw_folder, f"{split}-labels-idx1-ubyte")
+        x = images.to(torch.float32).div_(255.0)
         x = x.reshape(len(x), 784) if self.flatten else x.unsqueeze(1)
-        return x, ds.targets.to(torch.long)
+        return x, labels.to(torch.long)
 
     def split_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Indices (into the 60k training set) of the train and validation splits for ``seed``."""
