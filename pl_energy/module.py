@@ -10,6 +10,7 @@ after ``manual_backward`` returns, ``p.grad`` is the mean of the ranks' estimate
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -266,6 +267,23 @@ class EnergyModule(pl.LightningModule):
         states = checkpoint.get(RNG_KEY)
         if states is not None and self._trainer is not None and self.trainer.training:
             set_rng_states(states)
+        saved = checkpoint.get("pl_energy")
+        if saved:
+            now = {"algorithm": self.algorithm_name, "algorithm_hparams": self.algorithm.hparams()}
+            differs = [f"{key}: {saved.get(key)} -> {now[key]}" for key in now if saved.get(key) != now[key]]
+            if differs:
+                warnings.warn("this checkpoint was trained with other settings than this run uses ("
+                              + "; ".join(differs) + ")", UserWarning, stacklevel=2)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's ``load_from_checkpoint``; a new ``algorithm=`` starts from its own defaults
+        (pass ``algorithm_hparams`` to set them) instead of inheriting the saved algorithm's."""
+        if "algorithm" in kwargs and "algorithm_hparams" not in kwargs:
+            saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+            if saved.get("algorithm") not in (None, kwargs["algorithm"]):
+                kwargs["algorithm_hparams"] = None
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def describe(self) -> str:
         """One line naming the algorithm and its hyper-parameters."""

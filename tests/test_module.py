@@ -164,3 +164,20 @@ def test_resume_from_checkpoint_continues_exactly(mnist_root, tmp_path):
     assert resumed.lr_schedulers().get_last_lr() == straight.lr_schedulers().get_last_lr()
     assert [r["step"] for r in resumed_agreement.history] == [0, 4, 8, 12, 16]
     assert resumed_agreement.history == straight_agreement.history
+
+
+def test_a_checkpoint_loaded_for_another_algorithm_starts_from_its_defaults(tmp_path):
+    """load_from_checkpoint(path, algorithm="ep") used to inherit pc_nudge's steps and lam."""
+    torch.manual_seed(0)
+    module = EnergyModule(network=mlp([6, 5, 3]).double(), algorithm="pc_nudge",
+                          algorithm_hparams={"steps": 7, "lam": 0.02})
+    x, y = torch.rand(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
+    trainer = quiet_trainer(max_steps=1)
+    trainer.fit(module, loader(x, y, 8))
+    path = tmp_path / "pc_nudge.ckpt"
+    trainer.save_checkpoint(path)
+    with pytest.warns(UserWarning, match="trained with other settings than this run uses .algorithm: pc_nudge -> ep"):
+        loaded = EnergyModule.load_from_checkpoint(path, network=mlp([6, 5, 3]).double(), algorithm="ep")
+    assert loaded.algorithm.name == "ep" and loaded.algorithm.steps == 500 and loaded.algorithm.beta == 0.5
+    same = EnergyModule.load_from_checkpoint(path, network=mlp([6, 5, 3]).double())
+    assert same.algorithm.name == "pc_nudge" and (same.algorithm.steps, same.algorithm.lam) == (7, 0.02)

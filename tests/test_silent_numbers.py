@@ -116,8 +116,9 @@ def test_a_nudge_below_the_dtypes_resolution_warns(name, settings):
     ("chl", {"gamma": 0.0}, r"chl: gamma \(feedback strength\) must lie in \(0, 1\]"),
     ("ep", {"nudged_steps": 0}, "nudged_steps must be >= 1"),
     ("ep", {"beta": float("nan")}, "ep: beta must be float"),
-    ("pc_nudge", {"step_size": float("inf")}, r"step_size must be float \| str \| None \(finite\), got inf"),
-    ("pc_nudge", {"steps": 2.5}, "steps must be int"),
+    ("pc_nudge", {"step_size": float("inf")}, "step_size must be > 0 and finite"),
+    ("pc_nudge", {"steps": 2.5}, "steps must be an integer >= 0"),
+    ("z_il", {"gamma": "1"}, "z_il: gamma must be float"),
 ])
 def test_bad_hyperparameters_are_refused_in_one_line(name, settings, message):
     with pytest.raises(ValueError, match=message):

@@ -302,8 +302,8 @@ class RelaxingAlgorithm(Algorithm):
     trace: bool = False
 
     def __post_init__(self):
+        check_settings(self.solver, self.steps, self.step_size, self.tol)  # the precise messages first
         super().__post_init__()
-        check_settings(self.solver, self.steps, self.step_size, self.tol)
         if self.steps == 0:
             warnings.warn(f"{self.name}: steps=0 runs no inference, so no signal reaches a hidden layer and "
                           "their updates are 0 (the t = 0 point of Song et al. 2020's Fig. 3); set steps >= 1 "

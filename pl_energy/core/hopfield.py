@@ -208,7 +208,7 @@ class HopfieldEnergy:
                 else self.weights[index - 1] * state.activities[index] for index in self.free_layers(state)]
 
     def input_drive(self, state: HopfieldState) -> Tensor:
-        """h_1 = W_1 x_0 + b_1: the input is clamped, so it is computed once per batch."""
+        """h_1 = g_1(x_0): the input is clamped, so it is computed once per batch."""
         if state.input_drive is None:
             state.input_drive = self.couplings[0].forward(state.activities[0])
         return state.input_drive
