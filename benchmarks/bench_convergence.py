@@ -322,6 +322,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--plot", type=Path, default=None, help=f"figure path (default {PLOT.name} beside the output)")
     parser.add_argument("--hopfield-only", action="store_true", help="re-run only the EP/CHL free-phase table")
     args = parser.parse_args(argv)
+    torch.set_num_threads(1)
     load_before = bench_step._load()
     rounds = args.rounds or (2 if args.quick else 21)
     if args.hopfield_only:

@@ -8,7 +8,10 @@
     pl-energy test --config configs/mnist_pc_nudge.yaml --ckpt_path path/to.ckpt
 
 The defaults train seed 003's MNIST setup: an MLP 784-128-64-10 (relu), cross-entropy, batch 64,
-SGD (lr 0.001, momentum 0.9) on :class:`~pl_energy.data.MNISTDataModule`. The
+SGD (lr 0.001, momentum 0.9) on :class:`~pl_energy.data.MNISTDataModule`.
+``--trainer.gradient_clip_val``, ``--trainer.gradient_clip_algorithm`` and
+``--trainer.accumulate_grad_batches`` are applied by the module (Lightning refuses them under
+manual optimisation). The
 :class:`~pl_energy.callbacks.GradientAgreement` callback is always attached
 (``--agreement.every_n_steps``, 0 disables it).
 """
@@ -179,6 +182,13 @@ class EnergyCLI(LightningCLI):
                 f"its hyper-parameters are: {', '.join(valid) or 'none'}"
             )
         config.model.algorithm_hparams = hparams or None
+        # under manual optimisation Lightning refuses these Trainer options: the module applies them
+        for key, unset in (("gradient_clip_val", None), ("gradient_clip_algorithm", None),
+                           ("accumulate_grad_batches", 1)):
+            value = config.trainer.get(key)
+            if value is not None and value != unset:
+                config.model[key] = value
+                config.trainer[key] = unset
         logger = config.trainer.get("logger")
         if (hasattr(logger, "get") and str(logger.get("class_path", "")).endswith("CSVLogger")
                 and logger.get("init_args", {}).get("save_dir") == "."

@@ -62,6 +62,14 @@ class EnergyModule(pl.LightningModule):
         lr_scheduler: optional callable taking the optimiser and returning an LR scheduler.
         lr_scheduler_interval: step the scheduler after every optimiser ``step`` or every ``epoch``.
         lr_scheduler_monitor: metric given to ``ReduceLROnPlateau``-style schedulers.
+        gradient_clip_val: clip each applied update (the estimate, after the DDP all-reduce) to
+            this norm or value before the optimiser step; None leaves it as it is. Lightning
+            refuses ``Trainer(gradient_clip_val=...)`` under manual optimisation; the CLI moves
+            ``--trainer.gradient_clip_val`` here.
+        gradient_clip_algorithm: ``norm`` (the global L2 norm) or ``value`` (elementwise).
+        accumulate_grad_batches: average the estimates of this many batches into one optimiser
+            step (the CLI moves ``--trainer.accumulate_grad_batches`` here); under DDP the
+            batches in between are not synchronised (``no_sync``).
         trace_every_n_steps: record the energy of every inference step every n training steps,
             log ``energy/internal``, ``energy/supervised``, ``energy/total`` (final step) and save
             a plot of the trace (0 disables).
@@ -81,6 +89,9 @@ class EnergyModule(pl.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["step", "epoch"] = "epoch",
         lr_scheduler_monitor: str = "val/loss",
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: Literal["norm", "value"] = "norm",
+        accumulate_grad_batches: int = 1,
         trace_every_n_steps: int = 100,
         num_classes: int | None = None,
     ) -> None:
@@ -101,6 +112,14 @@ class EnergyModule(pl.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.lr_scheduler_interval = lr_scheduler_interval
         self.lr_scheduler_monitor = lr_scheduler_monitor
+        if gradient_clip_val is not None and not gradient_clip_val > 0:
+            raise ValueError(f"gradient_clip_val must be > 0 (or None), got {gradient_clip_val}")
+        if isinstance(accumulate_grad_batches, bool) or not isinstance(accumulate_grad_batches, int) \
+                or accumulate_grad_batches < 1:
+            raise ValueError(f"accumulate_grad_batches must be an integer >= 1, got {accumulate_grad_batches!r}")
+        self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = gradient_clip_algorithm
+        self.accumulate_grad_batches = accumulate_grad_batches
         self.trace_every_n_steps = int(trace_every_n_steps)
         classes = num_classes or _output_width(self.network)
         if classes is None:
@@ -155,11 +174,18 @@ class EnergyModule(pl.LightningModule):
             surrogate = term if surrogate is None else surrogate + term
         if surrogate is None:
             raise RuntimeError("the network has no trainable parameters")
-        self.manual_backward(surrogate)
-        opt.step()
-        opt.zero_grad()
-        if self.lr_scheduler_interval == "step":
-            self._step_scheduler()
+        # manual accumulation (Lightning's documented pattern): the mean of k estimates, one step
+        stepping = (batch_idx + 1) % self.accumulate_grad_batches == 0 or self.trainer.is_last_batch
+        with opt.toggle_model(sync_grad=stepping):
+            self.manual_backward(surrogate / self.accumulate_grad_batches)
+        if stepping:
+            if self.gradient_clip_val is not None:
+                self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val,
+                                    gradient_clip_algorithm=self.gradient_clip_algorithm)
+            opt.step()
+            opt.zero_grad()
+            if self.lr_scheduler_interval == "step":
+                self._step_scheduler()
 
         batch_size = inputs.shape[0]
         loss = estimate.loss.detach()

@@ -181,3 +181,47 @@ def test_a_checkpoint_loaded_for_another_algorithm_starts_from_its_defaults(tmp_
     assert loaded.algorithm.name == "ep" and loaded.algorithm.steps == 500 and loaded.algorithm.beta == 0.5
     same = EnergyModule.load_from_checkpoint(path, network=mlp([6, 5, 3]).double())
     assert same.algorithm.name == "pc_nudge" and (same.algorithm.steps, same.algorithm.lam) == (7, 0.02)
+
+
+def test_accumulation_steps_every_k_batches_with_the_mean_estimate(tmp_path):
+    """Oracle: k=2 accumulation equals one step on the mean of the two batches' BP gradients."""
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
+    module = EnergyModule(network=mlp([6, 5, 3]).double(), algorithm="bp", accumulate_grad_batches=2,
+                          optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+    start = [p.detach().clone() for p in module.network.parameters()]
+    expected = [torch.zeros_like(p) for p in start]
+    for chunk in (slice(0, 4), slice(4, 8)):
+        grads = build_algorithm("bp").gradients(module.network, x[chunk], y[chunk])
+        for e, g in zip(expected, grads.values()):
+            e += g / 2
+    seen = []
+
+    class Watch(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen.append(flat_parameters(pl_module.network))
+
+    quiet_trainer(max_epochs=1, callbacks=[Watch()]).fit(module, loader(x, y, 4))
+    assert torch.equal(seen[0], flat_parameters(torch.nn.ParameterList(start)))  # no step after batch 1
+    for p, p0, g in zip(module.network.parameters(), start, expected):
+        torch.testing.assert_close(p.detach(), p0 - 0.5 * g, rtol=0, atol=1e-12)
+
+
+def test_clipping_bounds_the_applied_update():
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
+    module = EnergyModule(network=mlp([6, 5, 3]).double(), algorithm="z_il", gradient_clip_val=1e-3,
+                          optimizer=lambda p: torch.optim.SGD(p, lr=1.0))
+    start = flat_parameters(module.network)
+    assert build_algorithm("z_il").gradients(module.network, x, y)["1.weight"].norm() > 1e-2  # would move more
+    quiet_trainer(max_steps=1).fit(module, loader(x, y, 8))
+    assert (flat_parameters(module.network) - start).norm() == pytest.approx(1e-3, rel=1e-4)  # torch adds 1e-6 to the norm
+
+
+def test_the_cli_moves_clipping_and_accumulation_into_the_module():
+    from pl_energy.cli import make_cli
+
+    cli = make_cli(["--algorithm", "pc_nudge", "--trainer.gradient_clip_val", "0.5", "--trainer.accumulate_grad_batches",
+                    "4", "--trainer.logger", "false"], run=False)
+    assert (cli.model.gradient_clip_val, cli.model.accumulate_grad_batches) == (0.5, 4)
+    assert cli.trainer.accumulate_grad_batches == 1 and cli.trainer.gradient_clip_val is None

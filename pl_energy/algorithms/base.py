@@ -160,7 +160,7 @@ class Algorithm:
             measured = HALF_PRECISION_COSINE.get(self.name)
             raise TypeError(
                 f"{self.name} reads its update from a small difference of relaxed states, which "
-                f"{parameter.dtype} cannot resolve (measured agreement with the exact gradient: cosine "
+                f"{parameter.dtype} cannot resolve (in bfloat16 its cosine with the exact float32 gradient measured "
                 f"{measured} on MNIST); train in float32 or float64 (Trainer precision '32-true' or "
                 "'64-true'; the mixed modes are fine, inference runs outside autocast), or use z_il/bp")
         nudge = self.nudge(network)
@@ -260,7 +260,7 @@ def _non_finite(network: nn.Module, inputs: Tensor) -> ValueError:
     bad = [name for name, p in network.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         return ValueError(f"parameters {bad} contain NaN or Inf: training diverged; lower the "
-                          "learning rate or clip the updates")
+                          "learning rate or clip the updates (EnergyModule gradient_clip_val, --trainer.gradient_clip_val)")
     return ValueError("the loss is NaN or Inf although inputs and parameters are finite; check "
                       "the targets and the network's outputs")
 
