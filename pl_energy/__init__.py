@@ -13,12 +13,17 @@ __all__ = ["ALGORITHMS", "Algorithm", "DivergenceError", "EnergyModule", "Estima
 __version__ = "0.1.0"
 
 _LIGHTNING = {"EnergyModule": "module", "GradientAgreement": "callbacks"}
+#: Subpackages that import Lightning (or torchvision), loaded on first use as attributes too.
+_SUBMODULES = ("data", "module", "callbacks", "cli", "plotting")
 
 
 def __getattr__(name: str):
-    """The Lightning shell is imported on first use, so the core stays importable without it."""
-    if name in _LIGHTNING:
-        import importlib
+    """The Lightning shell is imported on first use, so the core stays importable without it
+    (``pl_energy.data.MNISTDataModule`` works after a bare ``import pl_energy``)."""
+    import importlib
 
+    if name in _LIGHTNING:
         return getattr(importlib.import_module(f".{_LIGHTNING[name]}", __name__), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -168,3 +168,13 @@ def test_an_algorithm_flag_overridden_by_a_later_config_is_refused(capsys):
         make_cli(["--algorithm", "pc_nudge", "--config", str(CONFIGS / "mnist_z_il.yaml"), "--trainer.logger", "false"],
                  run=False)
     assert "--algorithm pc_nudge comes before --config" in capsys.readouterr().err
+
+
+def test_python_dash_m_and_the_data_subpackage_after_a_bare_import(tmp_path):
+    code = "import pl_energy; print(pl_energy.data.MNISTDataModule.__name__)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "MNISTDataModule", result.stderr
+    result = subprocess.run([sys.executable, "-m", "pl_energy", "fit", "--help"], cwd=tmp_path, env=_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--algorithm" in result.stdout, result.stderr

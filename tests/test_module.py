@@ -170,7 +170,7 @@ def test_a_checkpoint_loaded_for_another_algorithm_starts_from_its_defaults(tmp_
     """load_from_checkpoint(path, algorithm="ep") used to inherit pc_nudge's steps and lam."""
     torch.manual_seed(0)
     module = EnergyModule(network=mlp([6, 5, 3]).double(), algorithm="pc_nudge",
-                          algorithm_hparams={"steps": 7, "lam": 0.02})
+                          algorithm_hparams={"steps": 7, "lam": 0.02}, trace_every_n_steps=0)
     x, y = torch.rand(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
     trainer = quiet_trainer(max_steps=1)
     trainer.fit(module, loader(x, y, 8))
@@ -188,7 +188,7 @@ def test_accumulation_steps_every_k_batches_with_the_mean_estimate(tmp_path):
     torch.manual_seed(0)
     x, y = torch.rand(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
     module = EnergyModule(network=mlp([6, 5, 3]).double(), algorithm="bp", accumulate_grad_batches=2,
-                          optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+                          optimizer=lambda p: torch.optim.SGD(p, lr=0.5), trace_every_n_steps=0)
     start = [p.detach().clone() for p in module.network.parameters()]
     expected = [torch.zeros_like(p) for p in start]
     for chunk in (slice(0, 4), slice(4, 8)):
@@ -211,7 +211,7 @@ def test_clipping_bounds_the_applied_update():
     torch.manual_seed(0)
     x, y = torch.rand(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
     module = EnergyModule(network=mlp([6, 5, 3]).double(), algorithm="z_il", gradient_clip_val=1e-3,
-                          optimizer=lambda p: torch.optim.SGD(p, lr=1.0))
+                          optimizer=lambda p: torch.optim.SGD(p, lr=1.0), trace_every_n_steps=0)
     start = flat_parameters(module.network)
     assert build_algorithm("z_il").gradients(module.network, x, y)["1.weight"].norm() > 1e-2  # would move more
     quiet_trainer(max_steps=1).fit(module, loader(x, y, 8))
