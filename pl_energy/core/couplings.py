@@ -62,23 +62,46 @@ class DenseCoupling:
 
 
 class ModuleCoupling:
-    """Any stack of ``COUPLING_PARTS`` (convolution, pooling, flattening, linear)."""
+    """Any stack of ``COUPLING_PARTS`` (convolution, pooling, flattening, linear).
+
+    Inference asks, at the same point u = rho(x_{l-1}), for the top-down input of layer l - 1
+    (a VJP, which runs g forward) and then for layer l's net input g(u): the VJP's forward pass
+    is kept for the latest u, so a full gradient costs one forward and one backward pass per
+    coupling. The point is recognised by identity (states are replaced, never changed in place)
+    and by the parameters' version counters (an optimiser step changes them in place).
+    """
 
     def __init__(self, module: nn.Module):
         self.module = module
+        self._point: tuple | None = None  # (u, parameter versions, g(u), pullback)
 
     def _parameters(self) -> dict[str, Tensor]:
         """The parameters as constants of inference (no graph reaches the weights)."""
         return {name: p.detach() for name, p in self.module.named_parameters()}
 
+    def _versions(self) -> tuple[int, ...]:
+        return tuple(p._version for p in self.module.parameters())
+
+    def _linearized(self, u: Tensor) -> tuple | None:
+        point = self._point
+        if point is not None and point[0] is u and point[1] == self._versions():
+            return point
+        return None
+
     def forward(self, u: Tensor) -> Tensor:
+        point = self._linearized(u)
+        if point is not None:
+            return point[2]
         with torch.no_grad():
             return self.module(u)
 
     def add_transpose(self, base: Tensor, u: Tensor, v: Tensor, alpha: float) -> Tensor:
-        params = self._parameters()
-        _, pullback = vjp(lambda below: functional_call(self.module, params, (below,)), u.detach())
-        (transposed,) = pullback(v)
+        point = self._linearized(u)
+        if point is None:
+            params = self._parameters()
+            output, pullback = vjp(lambda below: functional_call(self.module, params, (below,)), u.detach())
+            point = self._point = (u, self._versions(), output, pullback)
+        (transposed,) = point[3](v)
         return torch.add(base, transposed, alpha=alpha)
 
     def parameter_vjp(self, u: Tensor, v: Tensor) -> list[Tensor]:
