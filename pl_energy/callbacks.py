@@ -105,12 +105,17 @@ class GradientAgreement(Callback):
         batch = getattr(pl_module, "last_batch", None)
         if batch is None:
             raise RuntimeError("GradientAgreement: the module did not stash its batch in last_batch")
-        inputs, targets = batch
+        # with gradient accumulation the update is the mean of several batches' estimates: so is
+        # the reference (the weights do not move in between)
+        batches = getattr(pl_module, "pending_batches", None) or [batch]
         network = pl_module.network
         named = [(name, p) for name, p in network.named_parameters() if p.requires_grad]
-        reference = pl_module.algorithm.reference(network, inputs, targets, pl_module.loss)
-        flat_reference = torch.cat([reference[name].detach().reshape(-1).to(p.dtype)
-                                    for name, p in named])
+        flat_reference = None
+        for inputs, targets in batches:
+            reference = pl_module.algorithm.reference(network, inputs, targets, pl_module.loss)
+            flat = torch.cat([reference[name].detach().reshape(-1).to(p.dtype) for name, p in named])
+            flat_reference = flat if flat_reference is None else flat_reference + flat
+        flat_reference = flat_reference / len(batches)
         flat_reference = trainer.strategy.reduce(flat_reference.clone(), reduce_op="mean")
         flat_update = torch.cat([
             (p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1)

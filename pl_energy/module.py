@@ -129,6 +129,8 @@ class EnergyModule(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.last_batch: tuple[Tensor, Tensor] | None = None
+        #: The batches whose estimates the next optimiser step averages (one without accumulation).
+        self.pending_batches: list[tuple[Tensor, Tensor]] = []
         self.last_estimate = None
         self.energy_traces: list[tuple[int, dict[str, list[float]]]] = []
 
@@ -157,6 +159,9 @@ class EnergyModule(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         inputs, targets = self._prepare(batch)
         self.last_batch = (inputs, targets)
+        if not self.pending_batches or batch_idx % self.accumulate_grad_batches == 0:
+            self.pending_batches = []
+        self.pending_batches.append((inputs, targets))  # the batches of the coming optimiser step
         record = self._trace_due()
         step = int(self.global_step)
         # The algorithm runs on the plain network (not a DDP wrapper): its own autograd calls must
@@ -179,6 +184,10 @@ class EnergyModule(pl.LightningModule):
         with opt.toggle_model(sync_grad=stepping):
             self.manual_backward(surrogate / self.accumulate_grad_batches)
         if stepping:
+            if len(self.pending_batches) != self.accumulate_grad_batches:  # a shorter last group
+                for p in self.network.parameters():
+                    if p.grad is not None:
+                        p.grad.mul_(self.accumulate_grad_batches / len(self.pending_batches))
             if self.gradient_clip_val is not None:
                 self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val,
                                     gradient_clip_algorithm=self.gradient_clip_algorithm)

@@ -94,3 +94,25 @@ def test_refuses_sharded_strategies_and_foreign_modules():
         callback.setup(SimpleNamespace(strategy=SingleDeviceStrategy("cpu")), BoringModel(), "fit")
     with pytest.raises(ValueError):
         GradientAgreement(every_n_steps=-1)
+
+
+@pytest.mark.parametrize("network, algorithm, accumulate, threshold", [
+    ("plain", "z_il", 3, 1 - 1e-12),      # the update averages 3 batches, and so does the reference
+    ("dropout", "pc_nudge", 1, 0.999),    # one mask per batch, shared by the estimate and its reference
+    ("batchnorm", "z_il", 2, 1 - 1e-12),
+])
+def test_agreement_under_accumulation_and_with_stateful_layers(mnist_tensors, network, algorithm, accumulate,
+                                                               threshold):
+    x, y = mnist_subset(mnist_tensors, 8 * 7)
+    torch.manual_seed(0)
+    inner = {"plain": torch.nn.Identity(), "dropout": torch.nn.Dropout(0.2), "batchnorm": torch.nn.BatchNorm1d(16)}
+    net = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(784, 16), inner[network], torch.nn.Tanh()),
+                              torch.nn.Linear(16, 10)).double()
+    hparams = {"tol": 1e-10, "steps": 500} if algorithm == "pc_nudge" else {}
+    module = EnergyModule(network=net, algorithm=algorithm, algorithm_hparams=hparams, trace_every_n_steps=0,
+                          accumulate_grad_batches=accumulate)
+    callback = GradientAgreement(every_n_steps=1, per_layer=False, plot=False)
+    quiet_trainer(max_epochs=1, callbacks=[callback]).fit(module, loader(x, y, 8))
+    assert len(callback.history) == -(-7 // accumulate)  # one per optimiser step, the last group shorter
+    for row in callback.history:
+        assert row["cosine"] >= threshold and row["norm_ratio"] == pytest.approx(1.0, abs=0.05), row

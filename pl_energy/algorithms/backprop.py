@@ -13,6 +13,7 @@ from .base import Algorithm, Estimate, backprop_gradients
 @dataclass
 class Backprop(Algorithm):
     name = "bp"
+    one_forward_per_batch = False  # one forward pass: Dropout and BatchNorm as autograd has them
 
     def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                  record: bool) -> Estimate:

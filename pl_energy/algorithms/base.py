@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -13,6 +14,7 @@ from torch import Tensor, nn
 
 import warnings
 
+from ..core.forward_semantics import FixedForward, fixed_forward
 from ..core.inference import InferenceReport, Relaxation, check_settings, relax
 from ..core.losses import Loss, as_loss
 from ..core.networks import feedforward
@@ -31,8 +33,9 @@ class PrecisionWarning(UserWarning):
 #: 64, default settings), for the message that refuses half precision (before this check such
 #: estimates were returned without a word).
 HALF_PRECISION_COSINE = {"pc_nudge": 0.74, "pc": 0.76, "ep": 0.96, "chl": 0.56}
-#: Layers whose output in training mode changes from one call to the next.
-STATEFUL_LAYERS = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+#: How many recent batches' Dropout masks and BatchNorm statistics are kept for their references
+#: (gradient accumulation compares the mean of that many batches).
+REMEMBERED_BATCHES = 16
 #: A nudge whose displacement is below this many machine epsilons is warned about.
 RESOLVED_NUDGE = 1e3
 
@@ -85,12 +88,18 @@ class Algorithm:
     #: Whether the estimate is a small difference of relaxed states, accurate only in 32 or 64
     #: bits: such algorithms run outside autocast and refuse half-precision parameters.
     precision_sensitive: ClassVar[bool] = False
+    #: Whether the algorithm evaluates layers more than once per batch, so that Dropout masks
+    #: and BatchNorm statistics are fixed for the batch (``core.forward_semantics``); its
+    #: ``reference`` then uses the same masks and statistics (the statistics as constants).
+    one_forward_per_batch: ClassVar[bool] = True
     #: The hidden activation of the default network (``pl_energy.mlp``) for this algorithm.
     default_activation: ClassVar[str] = "relu"
     #: The phase a recorded trace shows, and the symbol of the supervised term's weight in it.
     traced_phase: ClassVar[str] = "inference"
     supervised_weight: ClassVar[str] = "\N{GREEK SMALL LETTER LAMDA}"
     last_trace: InferenceTrace | None = None
+    #: The forward semantics of the latest batches, for their references (``same_forward``).
+    _forwards: dict[int, tuple[weakref.ref, FixedForward]] | None = None
 
     def __post_init__(self):
         check_hyperparameter_types(self)
@@ -106,8 +115,14 @@ class Algorithm:
         record = getattr(self, "trace", False) if record is None else record
         # phases never build graphs (autograd paths enable it locally); a difference of relaxed
         # states is computed in the parameters' dtype, never under autocast
-        with torch.no_grad(), self._precision(inputs):
+        semantics = fixed_forward(network) if self.one_forward_per_batch else contextlib.nullcontext()
+        with torch.no_grad(), self._precision(inputs), semantics as frozen:
             estimate = self.estimate(network, inputs, targets, loss, record)
+        if frozen is not None and frozen.layers:  # only networks with Dropout or BatchNorm
+            forwards = self._forwards = self._forwards if self._forwards is not None else {}
+            forwards[id(inputs)] = (weakref.ref(inputs), frozen)  # the batch itself is not kept
+            while len(forwards) > REMEMBERED_BATCHES:
+                del forwards[next(iter(forwards))]
         if not torch.isfinite(estimate.loss):
             raise _non_finite(network, inputs)
         self.last_trace = estimate.trace
@@ -124,7 +139,7 @@ class Algorithm:
         parameters' dtype, also under autocast: a reference is a measurement)."""
         loss = as_loss(loss)
         check_batch(inputs, targets)
-        with torch.autocast(inputs.device.type, enabled=False):
+        with torch.autocast(inputs.device.type, enabled=False), self.same_forward(network, inputs):
             return backprop_gradients(network, inputs, targets, loss)[0]
 
     def predict(self, network: nn.Module, inputs: Tensor) -> Tensor:
@@ -143,8 +158,20 @@ class Algorithm:
         None when the algorithm's estimate is not a difference of nudged states."""
         return None
 
+    def same_forward(self, network: nn.Module, inputs: Tensor):
+        """The forward semantics of ``inputs``: the Dropout masks and BatchNorm statistics that
+        ``step`` used on this very batch (one of the latest ``REMEMBERED_BATCHES``), so that a
+        reference differentiates the function the estimate was read from; else those of a fresh
+        forward pass."""
+        if not self.one_forward_per_batch:
+            return contextlib.nullcontext()  # bp: its own single forward pass, as autograd has it
+        known = (self._forwards or {}).get(id(inputs))
+        if known is not None and known[0]() is inputs and all(m in known[1].layers for m in FixedForward(network).layers):
+            return known[1].replay()
+        return fixed_forward(network)
+
     def _check_layers(self, network: nn.Module) -> None:
-        """Refuse layers whose output changes from one call to the next (see ``RelaxingAlgorithm``)."""
+        """Warn about layers that are probably not meant as layers (see ``RelaxingAlgorithm``)."""
 
     def _precision(self, inputs: Tensor):
         """A context in which the estimate runs: autocast off for precision-sensitive ones."""
@@ -310,10 +337,9 @@ class RelaxingAlgorithm(Algorithm):
                           "to learn", UserWarning, stacklevel=3)
 
     def _check_layers(self, network: nn.Module) -> None:
-        """Inference evaluates every layer at each step: a Dropout in training mode would draw a
-        new mask each time and a BatchNorm renormalise with new statistics (and update its
-        running ones steps + 1 times), so the energy would change under the solver (measured:
-        pc_nudge 77x and 71x off). Such layers are refused until they are put in eval mode."""
+        """A top-level child without parameters becomes a layer of the energy, with an activity
+        of its own to relax: almost always a CNN written flat, which is warned about. (Dropout
+        and BatchNorm keep one mask and one set of statistics per batch: ``core.forward_semantics``.)"""
         for index, layer in enumerate(network.children(), start=1):
             if next(layer.parameters(), None) is None:
                 warnings.warn(
@@ -322,14 +348,6 @@ class RelaxingAlgorithm(Algorithm):
                     "parameter-free modules with the layer before them, e.g. Sequential(Conv2d, ReLU, "
                     "MaxPool2d) (a CNN written flat measured cosine 0.958 with BP against 0.9987 grouped, "
                     "and ran 3.3x slower)", UserWarning, stacklevel=4)
-            for module in layer.modules():
-                if module.training and isinstance(module, STATEFUL_LAYERS):
-                    raise ValueError(
-                        f"layer {index} holds a {type(module).__name__} in training mode: {self.name} "
-                        "evaluates every layer at each inference step, so it would draw a new dropout "
-                        "mask or renormalise with new batch statistics at each step; put those modules in "
-                        "eval mode (e.g. network.apply(lambda m: m.eval() if isinstance(m, (nn.Dropout, "
-                        "nn.BatchNorm2d)) else None)), or train with z_il or bp")
 
     def relax(self, energy, state, record: bool = False, steps: int | None = None) -> Relaxation:
         """One inference phase on ``state`` in place (see ``core.relax``); warns once per
