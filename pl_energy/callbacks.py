@@ -50,12 +50,15 @@ class GradientAgreement(Callback):
     The update is ``p.grad`` inside ``on_before_optimizer_step`` (already the mean over processes);
     the reference is ``algorithm.reference`` on the module's stashed batch
     (``pl_module.last_batch``), reduced with ``trainer.strategy.reduce(..., "mean")`` on every
-    rank, so both sides are the same batch mean on 1 or N processes. Logs, globally and per layer
+    rank, so both sides are the same batch mean on 1 or N processes (with gradient accumulation,
+    the mean over the accumulated batches). Each measurement is written to every logger once, at
+    the step it was made (also in runs shorter than ``log_every_n_steps``), globally and per layer
     (top-level child of the network):
 
     - ``agreement/cosine`` and ``agreement/cosine/<layer>``: cosine similarity;
     - ``agreement/rel_error``: relative L2 error ``|update - reference| / |reference|``;
-    - ``agreement/sign``: fraction of parameters whose update has the reference's sign;
+    - ``agreement/sign``: fraction of parameters whose update has the reference's sign (among
+      those where neither is exactly zero);
     - ``agreement/norm_ratio``: ``|update| / |reference|``.
 
     At the end of training a plot of the global metrics over training is saved as
@@ -137,9 +140,14 @@ class GradientAgreement(Callback):
                     logged[f"agreement/{key}/{layer}"] = value
                     row[f"{key}/{layer}"] = value
         self.history.append(row)
-        # The values are identical on every rank (both sides are reduced): no sync needed.
-        for key, value in logged.items():
-            pl_module.log(key, value, on_step=True, on_epoch=False, sync_dist=False)
+        # Logged once, at the step it was measured, straight to the loggers: through
+        # ``pl_module.log`` Lightning would re-log the last value at every logging step (under
+        # another step's label) and drop a measurement made between two logging steps. The values
+        # are identical on every rank (both sides are reduced): rank 0 writes them.
+        trainer.callback_metrics.update({key: torch.tensor(value) for key, value in logged.items()})
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(logged, step=step)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

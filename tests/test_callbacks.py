@@ -116,3 +116,23 @@ def test_agreement_under_accumulation_and_with_stateful_layers(mnist_tensors, ne
     assert len(callback.history) == -(-7 // accumulate)  # one per optimiser step, the last group shorter
     for row in callback.history:
         assert row["cosine"] >= threshold and row["norm_ratio"] == pytest.approx(1.0, abs=0.05), row
+
+
+def test_agreement_reaches_the_csv_once_at_the_step_it_was_measured(mnist_tensors, tmp_path):
+    """Before, a value measured every n steps was re-logged stale at later logging steps, the
+    step-0 value was labelled step 49, and a run shorter than log_every_n_steps wrote none."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    x, y = mnist_subset(mnist_tensors, 8 * 7)
+    torch.manual_seed(0)
+    module = EnergyModule(network=mlp([784, 16, 10]).double(), algorithm="z_il", trace_every_n_steps=0)
+    callback = GradientAgreement(every_n_steps=3, per_layer=False, plot=False)
+    logger = CSVLogger(tmp_path, name="run")
+    quiet_trainer(max_steps=7, callbacks=[callback], logger=logger, log_every_n_steps=50).fit(module, loader(x, y, 8))
+    rows = [row for row in csv.DictReader(open(tmp_path / "run" / "version_0" / "metrics.csv"))
+            if row.get("agreement/cosine")]
+    assert [int(row["step"]) for row in rows] == [0, 3, 6] == [int(r["step"]) for r in callback.history]
+    for row, measured in zip(rows, callback.history):
+        assert float(row["agreement/cosine"]) == pytest.approx(measured["cosine"], abs=1e-12)
