@@ -201,6 +201,15 @@ class EnergyCLI(LightningCLI):
                       "(sync later with `wandb sync`)", file=sys.stderr)
 
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+        """A ``GradientAgreement`` given through ``--trainer.callbacks`` replaces the one the CLI
+        attaches (``--agreement.*``): Lightning allows one instance of a stateful callback."""
+        given = config.get("callbacks") or []
+        given = given if isinstance(given, list) else [given]
+        if any(isinstance(callback, GradientAgreement) for callback in given):
+            callbacks = [c for c in callbacks if not isinstance(c, GradientAgreement)]
+        return super()._instantiate_trainer(config, callbacks)
+
     def _quiet_wandb(self) -> None:
         """Lightning's WandbLogger always passes ``anonymous=None`` to ``wandb.init``, which
         makes every run print "The anonymous setting has no effect"; drop the unset value."""

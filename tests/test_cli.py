@@ -178,3 +178,10 @@ def test_python_dash_m_and_the_data_subpackage_after_a_bare_import(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pl_energy", "fit", "--help"], cwd=tmp_path, env=_env(),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "--algorithm" in result.stdout, result.stderr
+
+
+def test_a_gradient_agreement_given_as_a_trainer_callback_replaces_the_default():
+    cli = make_cli(["--algorithm", "pc_nudge", "--trainer.callbacks+=pl_energy.callbacks.GradientAgreement",
+                    "--trainer.callbacks.every_n_steps", "7", "--trainer.logger", "false"], run=False)
+    mine = [c for c in cli.trainer.callbacks if type(c).__name__ == "GradientAgreement"]
+    assert len(mine) == 1 and mine[0].every_n_steps == 7
