@@ -159,10 +159,8 @@ class EnergyModule(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         inputs, targets = self._prepare(batch)
         self.last_batch = (inputs, targets)
-        if not self.pending_batches or batch_idx % self.accumulate_grad_batches == 0:
-            self.pending_batches = []
         self.pending_batches.append((inputs, targets))  # the batches of the coming optimiser step
-        record = self._trace_due()
+        record = self._trace_due() and len(self.pending_batches) == 1  # once per optimiser step
         step = int(self.global_step)
         # The algorithm runs on the plain network (not a DDP wrapper): its own autograd calls must
         # not touch the reducer. Only manual_backward below arms the gradient all-reduce.
@@ -193,6 +191,7 @@ class EnergyModule(pl.LightningModule):
                                     gradient_clip_algorithm=self.gradient_clip_algorithm)
             opt.step()
             opt.zero_grad()
+            self.pending_batches = []
             if self.lr_scheduler_interval == "step":
                 self._step_scheduler()
 
@@ -235,6 +234,9 @@ class EnergyModule(pl.LightningModule):
         if self._trainer is not None:
             log_figure_to(self.trainer, lambda: _energy_figure(data, self.algorithm, step),
                           Path("energy") / f"step_{step:07d}.png", "energy/trace", step)
+
+    def on_train_epoch_start(self) -> None:
+        self.pending_batches = []  # accumulation groups end with the epoch (or an interrupted run)
 
     def on_train_epoch_end(self) -> None:
         if self.lr_scheduler_interval == "epoch":
