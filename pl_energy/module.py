@@ -235,6 +235,14 @@ class EnergyModule(pl.LightningModule):
             log_figure_to(self.trainer, lambda: _energy_figure(data, self.algorithm, step),
                           Path("energy") / f"step_{step:07d}.png", "energy/trace", step)
 
+    def on_fit_start(self) -> None:
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if self.gradient_clip_val is not None and scaler is not None:
+            # Lightning unscales inside optimizer.step, after any clipping we could do: the clip
+            # would act on loss-scaled updates (Lightning issue #9694)
+            raise ValueError("gradient_clip_val cannot be combined with precision '16-mixed' (its loss scaling "
+                             "is undone only inside the optimiser step): use 'bf16-mixed' or 32-bit")
+
     def on_train_epoch_start(self) -> None:
         self.pending_batches = []  # accumulation groups end with the epoch (or an interrupted run)
 
@@ -317,7 +325,9 @@ class EnergyModule(pl.LightningModule):
         """Lightning's ``load_from_checkpoint``; a new ``algorithm=`` starts from its own defaults
         (pass ``algorithm_hparams`` to set them) instead of inheriting the saved algorithm's."""
         if "algorithm" in kwargs and "algorithm_hparams" not in kwargs:
-            saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+            from lightning.fabric.utilities.cloud_io import _load  # local paths, URLs and fsspec alike
+
+            saved = _load(checkpoint_path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
             if saved.get("algorithm") not in (None, kwargs["algorithm"]):
                 kwargs["algorithm_hparams"] = None
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)

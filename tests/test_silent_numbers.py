@@ -118,6 +118,7 @@ def test_a_nudge_below_the_dtypes_resolution_warns(name, settings):
     ("ep", {"beta": float("nan")}, "ep: beta must be float"),
     ("pc_nudge", {"step_size": float("inf")}, "step_size must be > 0 and finite"),
     ("pc_nudge", {"steps": 2.5}, "steps must be an integer >= 0"),
+    ("pc", {"lam": True}, "pc: lam must be float"),
     ("z_il", {"gamma": "1"}, "z_il: gamma must be float"),
 ])
 def test_bad_hyperparameters_are_refused_in_one_line(name, settings, message):
@@ -237,3 +238,56 @@ def test_batchnorm_running_statistics_move_as_in_one_training_forward_pass():
     torch.testing.assert_close(layer.running_mean, own.running_mean, rtol=0, atol=1e-15)
     torch.testing.assert_close(layer.running_var, own.running_var, rtol=0, atol=1e-15)
     assert int(layer.num_batches_tracked) == int(own.num_batches_tracked) == 1
+
+
+def test_forward_semantics_nest_and_leave_the_layers_as_they_were():
+    from pl_energy.core.forward_semantics import fixed_forward
+
+    network = stateful_network("dropout")
+    layer = network[0][1]
+    with fixed_forward(network) as outer:
+        with fixed_forward(network):
+            pass
+        assert layer.forward is outer.layers[layer]  # the outer batch's mask is back
+    assert "forward" not in layer.__dict__  # and then the class's own forward
+
+
+def test_the_mask_is_an_inverted_dropout_mask_of_rate_p():
+    network = stateful_network("dropout")
+    inputs, targets = torch.rand(256, 8, dtype=torch.float64), torch.randint(0, 4, (256,))
+    algorithm = build_algorithm("z_il")
+    algorithm.gradients(network, inputs, targets)
+    mask = algorithm._forwards[id(inputs)][1].layers[network[0][1]].mask
+    assert set(torch.unique(mask).tolist()) == {0.0, 1 / 0.7}
+    assert float((mask == 0).double().mean()) == pytest.approx(0.3, abs=0.03)
+
+
+def test_channel_dropout_is_refused_rather_than_masked_elementwise():
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Dropout2d(0.2), nn.ReLU(), nn.Flatten()),
+                            nn.Linear(8, 3))
+    with pytest.raises(TypeError, match="Dropout2d in training mode is not supported.*use nn.Dropout"):
+        build_algorithm("pc_nudge").gradients(network, torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0]))
+
+
+def test_a_reference_of_an_unseen_batch_leaves_the_running_statistics_alone():
+    network = stateful_network("batchnorm")
+    inputs, targets = torch.rand(16, 8, dtype=torch.float64), torch.randint(0, 4, (16,))
+    before = network[0][1].running_mean.clone()
+    build_algorithm("pc_nudge").reference(network, inputs, targets)
+    assert torch.equal(network[0][1].running_mean, before) and int(network[0][1].num_batches_tracked) == 0
+
+
+def test_hyperparameters_of_a_user_subclass_written_without_future_annotations():
+    import dataclasses as dc
+
+    from pl_energy.algorithms.base import check_hyperparameter_types
+
+    namespace = {}
+    exec("import dataclasses\nfrom pl_energy.algorithms.base import Algorithm\n"
+         "@dataclasses.dataclass\nclass Mine(Algorithm):\n    x: float = 0.5\n    k: int = 3\n"
+         "    name = 'mine'\n", namespace)
+    check_hyperparameter_types(namespace["Mine"]())
+    with pytest.raises(ValueError, match="mine: x must be float"):
+        namespace["Mine"](x=float("nan"))
+    assert dc.is_dataclass(namespace["Mine"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import numbers
+import typing
 import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -166,9 +168,9 @@ class Algorithm:
         if not self.one_forward_per_batch:
             return contextlib.nullcontext()  # bp: its own single forward pass, as autograd has it
         known = (self._forwards or {}).get(id(inputs))
-        if known is not None and known[0]() is inputs and all(m in known[1].layers for m in FixedForward(network).layers):
+        if known is not None and known[0]() is inputs and set(known[1].layers) == set(FixedForward(network).layers):
             return known[1].replay()
-        return fixed_forward(network)
+        return fixed_forward(network, update_running=False)  # a reference must not move the running statistics
 
     def _check_layers(self, network: nn.Module) -> None:
         """Warn about layers that are probably not meant as layers (see ``RelaxingAlgorithm``)."""
@@ -207,21 +209,34 @@ def check_hyperparameter_types(algorithm: Algorithm) -> None:
         return
     for field in dataclasses.fields(algorithm):
         value = getattr(algorithm, field.name)
-        allowed = {part.strip() for part in str(field.type).split("|")}
+        allowed = _type_names(field.type)
+        if not allowed <= {"None", "bool", "str", "int", "float"}:
+            continue  # a type this check does not know (a subclass's own): its class checks it
         if value is None:
             fits = "None" in allowed
         elif isinstance(value, bool):
             fits = "bool" in allowed
         elif isinstance(value, str):
             fits = "str" in allowed
-        elif isinstance(value, int):
+        elif isinstance(value, numbers.Integral):
             fits = bool({"int", "float"} & allowed)
-        elif isinstance(value, float):
+        elif isinstance(value, numbers.Real):
             fits = "float" in allowed and math.isfinite(value)
         else:
             fits = False
         if not fits:
-            raise ValueError(f"{algorithm.name}: {field.name} must be {field.type} (finite), got {value!r}")
+            raise ValueError(f"{algorithm.name}: {field.name} must be {' | '.join(sorted(allowed))} (finite), "
+                             f"got {value!r}")
+
+
+def _type_names(annotation) -> set[str]:
+    """{'float', 'None', ...} of an annotation, written as a string (``from __future__ import
+    annotations``) or as the types themselves."""
+    if isinstance(annotation, str):
+        return {part.strip() for part in annotation.split("|")}
+    if isinstance(annotation, type):
+        return {"None" if annotation is type(None) else annotation.__name__}
+    return set().union(*(_type_names(arg) for arg in typing.get_args(annotation))) or {repr(annotation)}
 
 
 def backprop_gradients(network: nn.Module, inputs: Tensor, targets: Tensor,

@@ -39,8 +39,9 @@ class _FixedDropout:
 
 
 class _FixedBatchNorm:
-    def __init__(self, module: nn.modules.batchnorm._BatchNorm):
+    def __init__(self, module: nn.modules.batchnorm._BatchNorm, update_running: bool = True):
         self.module = module
+        self.update_running = update_running
         self.statistics: tuple[Tensor, Tensor] | None = None
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -50,7 +51,8 @@ class _FixedBatchNorm:
             with torch.no_grad():
                 mean, var = x.mean(axes), x.var(axes, unbiased=False)
                 self.statistics = (mean, var)
-                if module.track_running_stats and module.running_mean is not None:
+                if self.update_running and module.training and module.track_running_stats \
+                        and module.running_mean is not None:
                     count = x.numel() // x.shape[1]
                     momentum = module.momentum if module.momentum is not None else 1.0 / float(
                         module.num_batches_tracked + 1)
@@ -63,8 +65,15 @@ class _FixedBatchNorm:
 
 def _stateful(module: nn.Module) -> bool:
     """A Dropout or BatchNorm in training mode, or a BatchNorm without running statistics (which
-    normalises with each input's own statistics in eval mode too)."""
+    normalises with each input's own statistics in eval mode too). Other dropout layers
+    (channel-wise Dropout1d/2d/3d, AlphaDropout) in training mode are refused: a mask of their
+    own kind is not implemented here, and an elementwise one would be another layer."""
     if isinstance(module, nn.modules.dropout._DropoutNd):
+        if module.training and module.p > 0 and type(module) is not nn.Dropout:
+            raise TypeError(
+                f"{type(module).__name__} in training mode is not supported by the energy algorithms (its "
+                "mask would change at every inference step, and only nn.Dropout's elementwise mask is held "
+                "fixed per batch): use nn.Dropout, or put the layer in eval mode")
         return module.training and module.p > 0
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return module.training or module.running_mean is None
@@ -74,26 +83,31 @@ def _stateful(module: nn.Module) -> bool:
 class FixedForward:
     """The masks and statistics of one batch (see the module docstring)."""
 
-    def __init__(self, network: nn.Module):
+    def __init__(self, network: nn.Module, update_running: bool = True):
         self.layers = {module: (_FixedDropout(module) if isinstance(module, nn.modules.dropout._DropoutNd)
-                                else _FixedBatchNorm(module))
+                                else _FixedBatchNorm(module, update_running))
                        for module in network.modules() if _stateful(module)}
 
     @contextmanager
     def replay(self) -> Iterator["FixedForward"]:
         """Evaluate the network's stateful layers with this batch's masks and statistics."""
+        previous = {module: module.__dict__.get("forward") for module in self.layers}
         for module, fixed in self.layers.items():
             module.forward = fixed
         try:
             yield self
         finally:
-            for module in self.layers:
-                del module.forward  # back to the class's forward
+            for module, before in previous.items():  # back to what was there (nested replays too)
+                if before is None:
+                    del module.forward
+                else:
+                    module.forward = before
 
 
 @contextmanager
-def fixed_forward(network: nn.Module) -> Iterator[FixedForward]:
-    """Fix the masks and statistics of the network's stateful layers for one batch."""
-    frozen = FixedForward(network)
+def fixed_forward(network: nn.Module, update_running: bool = True) -> Iterator[FixedForward]:
+    """Fix the masks and statistics of the network's stateful layers for one batch
+    (``update_running=False``: leave BatchNorm's running statistics alone, for a measurement)."""
+    frozen = FixedForward(network, update_running)
     with frozen.replay():
         yield frozen

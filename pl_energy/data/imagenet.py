@@ -112,12 +112,12 @@ class _PILLoader:
                 img = Image.open(f)
                 if self.draft_size is not None:
                     img.draft("RGB", (self.draft_size, self.draft_size))
-                if img.mode.startswith("I;16") or img.mode == "I":
-                    # 16-bit (or 32-bit integer) pixels: PIL's convert would clip them at 255, so
-                    # every pixel above 255 turned white; scale 0..65535 to 0..255 instead
+                if img.mode.startswith("I;16") or (img.mode == "I" and img.getextrema()[1] > 255):
+                    # 16-bit pixels: PIL's convert would clip them at 255, so every pixel above
+                    # 255 turned white; scale 0..65535 to 0..255 instead
                     img = img.convert("I").point(lambda value: value * (1 / 256)).convert("L")
                 return img.convert(self.mode)
-        except (OSError, SyntaxError, ValueError) as exc:  # truncated, corrupt or not an image
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # truncated, corrupt, not an image
             raise ValueError(f"cannot read the image {path}: {exc}") from exc
 
 
