@@ -147,7 +147,6 @@ def first_below(errors: list[float], target: float) -> int | None:
 
 
 def run(quick: bool, rounds: int) -> list[dict]:
-    torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     root = bench_step.data_root()
     rows = []

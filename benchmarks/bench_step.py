@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gzip
 import math
 import os
 import platform
@@ -239,22 +238,17 @@ def data_root() -> Path | None:
     return None
 
 
-def _idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as handle:
-        raw = handle.read()
-    dims = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
 def mnist_batches(case: Case, count: int, root: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``count`` batches from the start of the seeded (seed 0) 50k train split, pixels / 255.
 
-    The raw .gz files are read directly (read-only is fine): the same split as
-    ``pl_energy.data.MNISTDataModule(seed=0)`` without its torchvision extraction step.
+    The raw .gz files are read in place by the data module's reader: the same split as
+    ``pl_energy.data.MNISTDataModule(seed=0)``.
     """
-    images = torch.from_numpy(_idx(root / "MNIST" / "raw" / MNIST_FILES[0]).copy())
-    labels = torch.from_numpy(_idx(root / "MNIST" / "raw" / MNIST_FILES[1]).astype(np.int64))
+    from pl_energy.data.mnist import read_idx
+
+    raw = root / "MNIST" / "raw"
+    images = read_idx(raw, MNIST_FILES[0].removesuffix(".gz"))
+    labels = read_idx(raw, MNIST_FILES[1].removesuffix(".gz")).long()
     order = torch.randperm(60_000, generator=torch.Generator().manual_seed(0))[:50_000]
     chosen = order[: count * case.batch]
     x = images[chosen].to(torch.float32).div_(255.0).reshape(len(chosen), *case.input_shape)

@@ -10,9 +10,7 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -37,7 +35,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke-run setting (seconds)")
     p.add_argument("--data-dir", default=None,
                    help="folder with MNIST/raw/*.gz (default $PL_ENERGY_DATA, else ../shared/data, "
-                        "else ./data); copied to a temp dir when read-only")
+                        "else ./data); read in place")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     return p
 
@@ -49,22 +47,14 @@ def setup(args) -> Path:
     return out
 
 
-def _writable_mnist_dir(data_dir: str | None) -> str:
+def _mnist_dir(data_dir: str | None) -> str:
+    """The first folder holding MNIST/raw/*.gz (MNISTDataModule reads them in place, writing
+    nothing, so a shared or read-only folder serves as it is)."""
     candidates = [data_dir] if data_dir else [os.environ.get("PL_ENERGY_DATA"),
                                               str(REPO.parent / "shared" / "data"), "./data"]
     for c in candidates:
         if c and all((Path(c) / "MNIST" / "raw" / f).is_file() for f in MNIST_FILES):
-            raw = Path(c) / "MNIST" / "raw"
-            if (raw / "train-images-idx3-ubyte").is_file() and (raw / "t10k-images-idx3-ubyte").is_file():
-                return c  # already extracted: torchvision only reads
-            # torchvision extracts the .gz files next to themselves: never write into the given
-            # (possibly shared or read-only) folder, copy the four files to a temp dir instead
-            dst = Path(tempfile.gettempdir()) / "pl_energy_data"
-            (dst / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
-            for f in MNIST_FILES:
-                if not (dst / "MNIST" / "raw" / f).is_file():
-                    shutil.copy(raw / f, dst / "MNIST" / "raw" / f)
-            return str(dst)
+            return c
     raise FileNotFoundError(f"MNIST raw files not found in {candidates}; pass --data-dir")
 
 
@@ -72,9 +62,9 @@ def mnist(data_dir: str | None = None):
     """Real MNIST as (train_x, train_y, test_x, test_y): the seeded 50k train split, 10k test."""
     from pl_energy.data import MNISTDataModule
 
-    root = _writable_mnist_dir(data_dir)
+    root = _mnist_dir(data_dir)
     if root not in _MNIST_CACHE:
-        module = MNISTDataModule(data_dir=root)  # "download" only extracts the local .gz
+        module = MNISTDataModule(data_dir=root, download=False)
         module.prepare_data()
         module.setup()
         _MNIST_CACHE[root] = (*module.train_set.tensors, *module.test_set.tensors)

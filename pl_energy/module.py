@@ -178,7 +178,7 @@ class EnergyModule(pl.LightningModule):
         if surrogate is None:
             raise RuntimeError("the network has no trainable parameters")
         # manual accumulation (Lightning's documented pattern): the mean of k estimates, one step
-        stepping = (batch_idx + 1) % self.accumulate_grad_batches == 0 or self.trainer.is_last_batch
+        stepping = len(self.pending_batches) == self.accumulate_grad_batches or self.trainer.is_last_batch
         with opt.toggle_model(sync_grad=stepping):
             self.manual_backward(surrogate / self.accumulate_grad_batches)
         if stepping:

@@ -188,7 +188,6 @@ def test_conv_reference_matches_finite_differences_through_re_relaxed_equilibria
             assert (up - down) / (2 * h) == pytest.approx(reference[name][index].item(), rel=1e-6, abs=1e-12)
 
 
-_slope = log_slope
 
 
 def _ep_errors(network, inputs, targets, betas, **settings):
@@ -216,8 +215,8 @@ def test_conv_ep_approaches_its_reference_at_the_theorys_rates(pool, unit, betas
     inputs, targets = batch(8)
     one_sided, centered, last_cosine = _ep_errors(network, inputs, targets, betas, solver=solver[0],
                                                   step_size=solver[1], steps=20000, tol=1e-14)
-    assert 0.9 <= _slope(betas, one_sided) <= 1.1, one_sided
-    assert _slope(betas, centered) >= 1.8, centered
+    assert 0.9 <= log_slope(betas, one_sided) <= 1.1, one_sided
+    assert log_slope(betas, centered) >= 1.8, centered
     assert centered[-1] <= limit[0] and last_cosine >= limit[1]
 
 
@@ -233,7 +232,7 @@ def test_conv_chl_approaches_its_reference_and_corrected_chl_is_closer():
                                  reference))
         corrected.append(relative_l2(build_algorithm("chl", gamma=gamma, corrected=True, **settings)
                                      .gradients(network, inputs, targets), reference))
-    assert 0.9 <= _slope(gammas, plain) <= 1.1, plain
+    assert 0.9 <= log_slope(gammas, plain) <= 1.1, plain
     assert all(c < p for c, p in zip(corrected, plain)), (corrected, plain)
 
 

@@ -27,7 +27,6 @@ def seed003_batch(mnist_tensors):
     return network, images[:64].double(), labels[:64]
 
 
-_slope = log_slope
 
 
 def _training_agreement(images, labels, batches: int = 30, **settings) -> tuple[list[float], list[float]]:
@@ -99,7 +98,7 @@ def test_pc_nudge_error_is_linear_in_lam_at_convergence(seed003_batch):
     network, inputs, targets = seed003_batch
     one_sided = _nudge_errors(network, inputs, targets, False, LAMS, smooth=False)
     centered = _nudge_errors(network, inputs, targets, True, LAMS, smooth=False)
-    assert 0.85 <= _slope(LAMS, one_sided) <= 1.15, one_sided
+    assert 0.85 <= log_slope(LAMS, one_sided) <= 1.15, one_sided
     assert all(c < o for c, o in zip(centered, one_sided)), (centered, one_sided)
     # ReLU units that cross their kink between phases make the error non-smooth in lam, so
     # centered nudging is quadratic only once lam is small enough that none do
@@ -113,8 +112,8 @@ def test_centered_nudging_is_quadratic_for_a_smooth_network(mnist_tensors):
     inputs, targets = images[:64].double(), labels[:64]
     one_sided = _nudge_errors(network, inputs, targets, False, LAMS, smooth=True)
     centered = _nudge_errors(network, inputs, targets, True, LAMS, smooth=True)
-    assert 0.95 <= _slope(LAMS, one_sided) <= 1.05, one_sided
-    assert 1.9 <= _slope(LAMS, centered) <= 2.1, centered
+    assert 0.95 <= log_slope(LAMS, one_sided) <= 1.05, one_sided
+    assert 1.9 <= log_slope(LAMS, centered) <= 2.1, centered
 
 
 def test_pc_approaches_bp_as_feedback_weakens():
@@ -152,8 +151,8 @@ def test_ep_approaches_its_reference_linearly_and_centered_quadratically(mnist_t
                              .gradients(network, inputs, targets), reference) for b in betas]
     centered = [relative_l2(build_algorithm("ep", beta=b, centered=True, **settings)
                             .gradients(network, inputs, targets), reference) for b in betas]
-    assert 0.9 <= _slope(betas, one_sided) <= 1.1, one_sided
-    assert _slope(betas, centered) >= 1.8, centered
+    assert 0.9 <= log_slope(betas, one_sided) <= 1.1, one_sided
+    assert log_slope(betas, centered) >= 1.8, centered
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "tanh", "hardsigmoid"])
@@ -172,5 +171,5 @@ def test_chl_approaches_its_reference_and_corrected_chl_is_closer(mnist_tensors,
         corrected.append(relative_l2(build_algorithm("chl", gamma=gamma, corrected=True, **settings)
                                      .gradients(network, inputs, targets), reference))
     assert plain == sorted(plain, reverse=True), plain
-    assert 0.8 <= _slope(gammas, plain) <= 1.2, plain
+    assert 0.8 <= log_slope(gammas, plain) <= 1.2, plain
     assert all(c < p for c, p in zip(corrected, plain)), (corrected, plain)
