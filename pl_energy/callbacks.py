@@ -12,7 +12,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override
 
-from .plotting import agreement_figure, log_figure_to
+from .outputs import log_figure
+from .plotting import agreement_figure
 
 __all__ = ["GradientAgreement", "agreement_metrics"]
 
@@ -155,7 +156,7 @@ class GradientAgreement(Callback):
             return
         name = getattr(pl_module, "algorithm_name", type(pl_module.algorithm).__name__)
         history = list(self.history)
-        self.plot_path = log_figure_to(
+        self.plot_path = log_figure(
             trainer, lambda: agreement_figure(history, title=f"{name}: agreement with the reference gradient"),
             "agreement.png", "agreement/plot", trainer.global_step,
         )

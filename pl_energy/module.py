@@ -10,6 +10,7 @@ after ``manual_backward`` returns, ``p.grad`` is the mean of the ranks' estimate
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,16 +24,17 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .algorithms import ALGORITHMS, Algorithm, algorithm_class, build_algorithm
 from .core import mlp
+from .configuration import factory_from, network_from, plain_hyperparameters
 from .core.losses import as_loss
-from .plotting import energy_trace_figure, log_figure_to
+from .outputs import log_figure
+from .plotting import energy_trace_figure
 
 DEFAULT_SIZES = (784, 128, 64, 10)
 RNG_KEY = "pl_energy_rng_states"
 
 
-def default_optimizer(params) -> torch.optim.Optimizer:
-    """Seed 003's MNIST optimiser: SGD, lr 0.001, momentum 0.9."""
-    return torch.optim.SGD(params, lr=0.001, momentum=0.9)
+#: Millidge et al. 2022's MNIST optimiser (A.1): SGD, lr 0.001, momentum 0.9.
+default_optimizer = functools.partial(torch.optim.SGD, lr=0.001, momentum=0.9)
 
 
 def check_algorithm_name(name: str) -> str:
@@ -46,8 +48,11 @@ class EnergyModule(pl.LightningModule):
     """Train a network with an energy-based learning algorithm (or backprop) under Lightning.
 
     Args:
-        network: the network, an ``nn.Sequential`` whose top-level children are the layers. When
-            omitted, ``pl_energy.mlp(sizes, activation)`` is built.
+        network: the network, an ``nn.Sequential`` whose top-level children are the layers (or
+            its ``{"class_path", "init_args"}`` description, e.g. of
+            :class:`~pl_energy.core.networks.ConvNet`). When omitted, ``pl_energy.mlp(sizes,
+            activation)`` is built. The checkpoint keeps its description (see
+            :mod:`pl_energy.configuration`), so ``load_from_checkpoint(path)`` rebuilds it.
         sizes: layer widths of the default MLP (input first, classes last); seed 003's MNIST net
             is 784-128-64-10.
         activation: hidden activation of the default MLP (``relu``, ``tanh``, ``sigmoid``,
@@ -58,8 +63,11 @@ class EnergyModule(pl.LightningModule):
             for pc_nudge; unset ones keep the algorithm's defaults.
         loss: ``cross_entropy`` or ``mse`` (half squared error to one-hot targets).
         optimizer: a callable taking the parameters and returning the optimiser
-            (default: SGD, lr 0.001, momentum 0.9).
-        lr_scheduler: optional callable taking the optimiser and returning an LR scheduler.
+            (default: SGD, lr 0.001, momentum 0.9), or its description. Classes and
+            ``functools.partial(cls, **kwargs)`` are saved in the checkpoint; a function is not
+            (a warning says so when the checkpoint is written).
+        lr_scheduler: optional callable taking the optimiser and returning an LR scheduler (or its
+            description).
         lr_scheduler_interval: step the scheduler after every optimiser ``step`` or every ``epoch``.
         lr_scheduler_monitor: metric given to ``ReduceLROnPlateau``-style schedulers.
         gradient_clip_val: clip each applied update (the estimate, after the DDP all-reduce) to
@@ -79,7 +87,7 @@ class EnergyModule(pl.LightningModule):
 
     def __init__(
         self,
-        network: nn.Module | None = None,
+        network: nn.Sequential | None = None,
         sizes: Sequence[int] = DEFAULT_SIZES,
         activation: str | None = None,
         algorithm: str = "pc_nudge",
@@ -101,7 +109,12 @@ class EnergyModule(pl.LightningModule):
             raise ValueError(f"unknown loss {loss!r}; choose 'cross_entropy' or 'mse'")
         if trace_every_n_steps is None or trace_every_n_steps < 0:
             raise ValueError(f"trace_every_n_steps must be >= 0, got {trace_every_n_steps}")
-        self.save_hyperparameters(ignore=["network", "optimizer", "lr_scheduler"])
+        with warnings.catch_warnings():  # the network is replaced by its description just below
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        #: Arguments the checkpoint cannot hold (a lambda optimiser, a custom module).
+        self.unsaved_arguments = plain_hyperparameters(self.hparams)
+        network, optimizer, lr_scheduler = network_from(network), factory_from(optimizer), factory_from(lr_scheduler)
         self.automatic_optimization = False
         self.algorithm_name = algorithm
         self.algorithm: Algorithm = build_algorithm(algorithm, **dict(algorithm_hparams or {}))
@@ -232,7 +245,7 @@ class EnergyModule(pl.LightningModule):
         data = trace.as_dict()
         self.energy_traces.append((step, data))
         if self._trainer is not None:
-            log_figure_to(self.trainer, lambda: _energy_figure(data, self.algorithm, step),
+            log_figure(self.trainer, lambda: _energy_figure(data, self.algorithm, step),
                           Path("energy") / f"step_{step:07d}.png", "energy/trace", step)
 
     def on_fit_start(self) -> None:
@@ -292,6 +305,9 @@ class EnergyModule(pl.LightningModule):
 
     # ------------------------------------------------------------ optimisation
     def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise ValueError("this module has no optimiser: its checkpoint could not hold the one it was "
+                             "trained with (a lambda or a function); pass optimizer= to load_from_checkpoint")
         optimizer = self.optimizer_factory(self.network.parameters())
         if self.lr_scheduler_factory is None:
             return optimizer
@@ -301,6 +317,12 @@ class EnergyModule(pl.LightningModule):
 
     # ------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.unsaved_arguments and not getattr(self, "_warned_unsaved", False):
+            self._warned_unsaved = True
+            warnings.warn(f"the checkpoint cannot hold this module's {' and '.join(self.unsaved_arguments)} "
+                          "(a lambda, a function or a custom module): pass them again to "
+                          "EnergyModule.load_from_checkpoint, or give a class, a functools.partial or a "
+                          "pl_energy.core.networks builder", UserWarning, stacklevel=2)
         # Lightning restores optimiser, schedulers and loop state but not the global RNGs, which
         # seed the train loader's shuffling at the start of every epoch: save them so that a run
         # resumed from an epoch-boundary checkpoint draws the same batches as an uninterrupted one.

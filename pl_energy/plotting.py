@@ -1,17 +1,17 @@
-"""Small matplotlib helpers (Agg backend, no display needed) for agreement and energy plots."""
+"""Figures of agreement and energy traces, as ``matplotlib.figure.Figure`` objects.
+
+The figures are built without ``pyplot``: no backend is chosen or changed (inline plots in a
+notebook keep working), no display is needed, and nothing is left open in pyplot's registry.
+In a notebook, show one by leaving it as a cell's last value.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 ENERGY_COMPONENTS = ("internal", "supervised", "total")
 
@@ -26,7 +26,8 @@ def energy_trace_figure(trace: Mapping[str, Sequence[float]], title: str = "",
     term's weight, lambda for PC, beta for EP).
     """
     titles = ("I (internal energy)", "L (supervised loss, unweighted)", f"E = I + {weight} L (total)")
-    fig, axes = plt.subplots(1, len(ENERGY_COMPONENTS), figsize=(11, 3), squeeze=False)
+    fig = Figure(figsize=(11, 3))
+    axes = fig.subplots(1, len(ENERGY_COMPONENTS), squeeze=False)
     for ax, name, text in zip(axes[0], ENERGY_COMPONENTS, titles):
         values = list(trace.get(name, []))
         ax.plot(range(len(values)), values, marker="." if len(values) < 30 else None)
@@ -58,7 +59,8 @@ def agreement_figure(history: Sequence[Mapping[str, float]], title: str = "") ->
     ``cosine``, ``rel_error``, ``sign``, ``norm_ratio``.
     """
     metrics = ("cosine", "rel_error", "sign", "norm_ratio")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(13, 3), squeeze=False)
+    fig = Figure(figsize=(13, 3))
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     steps = [row["step"] for row in history]
     for ax, name in zip(axes[0], metrics):
         values = [row[name] for row in history]
@@ -74,30 +76,8 @@ def agreement_figure(history: Sequence[Mapping[str, float]], title: str = "") ->
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as PNG (creating folders) and close it."""
+    """Write ``fig`` as PNG (creating folders)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
     return path
-
-
-def log_figure_to(trainer: "pl.Trainer", make_figure, relative_path: str | Path, key: str,
-                  step: int | None = None) -> Path | None:
-    """Save a figure as PNG under the trainer's ``log_dir`` and send it to W&B loggers.
-
-    Must be called on every rank (``trainer.log_dir`` is a collective under DDP); only global
-    rank 0 draws, writes and logs. Returns the path on rank 0, else None.
-    """
-    log_dir = trainer.log_dir or trainer.default_root_dir
-    return _rank_zero_save_figure(trainer, make_figure, Path(log_dir) / relative_path, key, step)
-
-
-@rank_zero_only
-def _rank_zero_save_figure(trainer, make_figure, path: Path, key: str, step: int | None):
-    path = save_figure(make_figure(), path)
-    for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger":
-            logger.log_image(key=key, images=[str(path)], step=step)
-    return path
-

@@ -32,7 +32,8 @@ def test_offline_run_holds_agreement_and_energy(no_wandb_key, mnist_root, tmp_pa
                 "--trainer.enable_progress_bar", "false",
                 "--agreement.every_n_steps", "2", "--model.trace_every_n_steps", "2"])
     cli.trainer.logger.experiment.finish()  # flush the offline run file
-    assert "W&B: no API key found, logging offline" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "W&B: no API key found, logging offline" in printed.err
 
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
     history = {}
@@ -56,3 +57,20 @@ def test_offline_run_holds_agreement_and_energy(no_wandb_key, mnist_root, tmp_pa
     config = wandb_config(records)
     assert config.get("algorithm") == "pc_nudge", sorted(config)
     assert config.get("algorithm_hparams") == {"steps": 10}
+    # the whole configuration reaches the run config: optimiser, network, data and seed
+    assert config.get("optimizer") == {"class_path": "torch.optim.SGD",
+                                       "init_args": {"lr": 0.001, "momentum": 0.9, "dampening": 0.0,
+                                                     "weight_decay": 0.0, "nesterov": False,
+                                                     "maximize": False, "foreach": None,
+                                                     "differentiable": False, "fused": None}}, config.get("optimizer")
+    assert config.get("seed_everything") == 0
+    assert config["model"]["optimizer"]["init_args"]["lr"] == 0.001
+    assert config["data"]["class_path"] == "pl_energy.data.MNISTDataModule"
+    assert config["trainer"]["max_steps"] == 4
+    # every output in the run's own folder, beside its checkpoints (not in the working directory)
+    run = tmp_path / "pl-energy" / cli.trainer.logger.version
+    assert (run / "config.yaml").is_file() and (run / "agreement.png").is_file()
+    assert sorted(p.name for p in (run / "energy").iterdir()) == ["step_0000000.png", "step_0000002.png"]
+    assert list((run / "checkpoints").glob("*.ckpt"))
+    assert not (tmp_path / "config.yaml").exists() and not (tmp_path / "energy").exists()
+    assert f"pl-energy: outputs in {run}" in printed.out

@@ -14,21 +14,102 @@ from torch import Tensor, nn
 from .activations import make_activation
 
 
-def mlp(sizes: Sequence[int], activation: str = "relu", bias: bool = True) -> nn.Sequential:
+class MLP(nn.Sequential):
     """The seeds' MLPs: ``Linear`` + activation per hidden layer, a linear output layer.
 
-    ``mlp([784, 128, 64, 10])`` is seed 003's MNIST net (A.1); ``mlp([50176, 4096, 2048, 1024, 27])``
-    seed 000's ImageNet net (A.9). Each top-level child is one layer of the energy model.
+    ``MLP([784, 128, 64, 10])`` is Millidge et al. 2022's MNIST net (A.1); ``MLP([50176, 4096,
+    2048, 1024, 27])`` Song et al. 2020's ImageNet net (A.9). Each top-level child is one layer
+    of the energy model.
+
+    Args:
+        sizes: layer widths, input first, classes last.
+        activation: hidden activation (a name of ``pl_energy.core.activations.ACTIVATIONS``).
+        bias: give every ``Linear`` a bias.
     """
-    sizes = list(sizes)
-    if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
-        raise ValueError(f"mlp needs at least two positive sizes (input, output), got {sizes}")
-    layers: list[nn.Module] = []
-    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        linear = nn.Linear(fan_in, fan_out, bias=bias)
-        is_output = index == len(sizes) - 2
-        layers.append(linear if is_output else nn.Sequential(linear, make_activation(activation)))
-    return nn.Sequential(*layers)
+
+    def __init__(self, sizes: Sequence[int], activation: str = "relu", bias: bool = True) -> None:
+        sizes = [int(s) for s in sizes]
+        if len(sizes) < 2 or any(s < 1 for s in sizes):
+            raise ValueError(f"an MLP needs at least two positive sizes (input, output), got {sizes}")
+        layers: list[nn.Module] = []
+        for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            linear = nn.Linear(fan_in, fan_out, bias=bias)
+            is_output = index == len(sizes) - 2
+            layers.append(linear if is_output else nn.Sequential(linear, make_activation(activation)))
+        super().__init__(*layers)
+        self.init_args = {"sizes": sizes, "activation": activation, "bias": bias}
+
+
+def mlp(sizes: Sequence[int], activation: str = "relu", bias: bool = True) -> MLP:
+    """``MLP(sizes, activation, bias)``."""
+    return MLP(sizes, activation=activation, bias=bias)
+
+
+class ConvNet(nn.Sequential):
+    """A VGG-style convolutional network (Simonyan and Zisserman 2015) as energy layers.
+
+    Conv block b is one layer: ``Conv2d(k x k, padding) -> pool (pool_size) -> activation``.
+    Pooling comes before the activation: max-pooling commutes with any non-decreasing activation
+    (relu, clip, tanh, sigmoid), and one trailing activation per layer is the form the Hopfield
+    energy of EP and CHL needs (Ernoult et al. 2019). The dense head is ``Flatten -> Linear ->
+    activation`` for each hidden width, then a linear output layer (one layer each; the first
+    holds the ``Flatten``). With ``in_shape=(1, 28, 28)`` and flat inputs (MNIST's default
+    ``flatten=True``) the first layer starts with an ``Unflatten``.
+
+    Args:
+        in_shape: the image's (channels, height, width).
+        channels: output channels of each conv block.
+        num_classes: width of the output layer.
+        kernel_size: side of the square convolution kernels.
+        padding: zero padding of every convolution (``kernel_size // 2`` keeps the size).
+        pool: ``max``, ``avg`` or ``none`` (no pooling).
+        pool_size: side and stride of the square pooling windows.
+        hidden: widths of the dense hidden layers between the conv blocks and the output.
+        activation: the activation of every hidden layer (a name of ``ACTIVATIONS``).
+        flat_input: the inputs arrive flattened (``C*H*W`` features) and the first layer
+            unflattens them.
+    """
+
+    def __init__(self, in_shape: Sequence[int] = (1, 28, 28), channels: Sequence[int] = (32, 64),
+                 num_classes: int = 10, kernel_size: int = 3, padding: int = 1, pool: str = "max",
+                 pool_size: int = 2, hidden: Sequence[int] = (), activation: str = "relu",
+                 flat_input: bool = False) -> None:
+        in_shape, channels, hidden = [int(v) for v in in_shape], [int(v) for v in channels], [int(v) for v in hidden]
+        if len(in_shape) != 3 or min(in_shape) < 1:
+            raise ValueError(f"in_shape is (channels, height, width), got {in_shape}")
+        if pool not in POOLS:
+            raise ValueError(f"unknown pool {pool!r}; choose one of {sorted(POOLS)}")
+        layers: list[nn.Module] = []
+        depth, height, width = in_shape
+        for index, out in enumerate(channels):
+            block: list[nn.Module] = [nn.Unflatten(1, tuple(in_shape))] if index == 0 and flat_input else []
+            block.append(nn.Conv2d(depth, out, kernel_size, padding=padding))
+            height, width = height + 2 * padding - kernel_size + 1, width + 2 * padding - kernel_size + 1
+            if pool != "none":
+                block.append(POOLS[pool](pool_size))
+                height, width = height // pool_size, width // pool_size
+            if min(height, width) < 1:
+                raise ValueError(f"conv block {index + 1} of {channels} leaves no pixels of the "
+                                 f"{in_shape[1]}x{in_shape[2]} input: use fewer blocks, padding or less pooling")
+            block.append(make_activation(activation))
+            layers.append(nn.Sequential(*block))
+            depth = out
+        features = depth * height * width if channels else in_shape[0] * in_shape[1] * in_shape[2]
+        for index, size in enumerate([*hidden, int(num_classes)]):
+            head: list[nn.Module] = [nn.Flatten()] if index == 0 else []
+            head.append(nn.Linear(features, size))
+            if index < len(hidden):
+                head.append(make_activation(activation))
+            layers.append(nn.Sequential(*head) if len(head) > 1 else head[0])
+            features = size
+        super().__init__(*layers)
+        self.init_args = {"in_shape": in_shape, "channels": channels, "num_classes": int(num_classes),
+                          "kernel_size": kernel_size, "padding": padding, "pool": pool,
+                          "pool_size": pool_size, "hidden": hidden, "activation": activation,
+                          "flat_input": flat_input}
+
+
+POOLS: dict[str, type[nn.Module]] = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d, "none": nn.Identity}
 
 
 def layers_of(network: nn.Module) -> list[nn.Module]:
