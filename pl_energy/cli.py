@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -28,35 +29,58 @@ from typing import Any
 
 import torch
 
-from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.cli import ArgsType, LightningCLI, SaveConfigCallback
+from jsonargparse import DefaultHelpFormatter
+from lightning.pytorch.loggers import CSVLogger
 
 from .algorithms import ALGORITHMS, hyperparameters_of
+from .algorithms.registry import hyperparameter_docs, hyperparameter_types
 from .callbacks import GradientAgreement
 from .module import EnergyModule
+from .outputs import run_directory
 
-#: Command-line flags for the algorithms' hyper-parameters: name -> (type, help).
-HPARAM_FLAGS: dict[str, tuple[type, str]] = {
-    "solver": (str, "inference solver: gd (the papers' dynamics), error (PC energies: descent on "
-                    "the prediction errors, the default of pc and pc_nudge) or nesterov"),
-    "steps": (int, "inference step cap; the exact number of steps when tol is null (pc, pc_nudge, "
-                   "fa_z_il, ep, chl)"),
-    "step_size": (float | str, "inference step size, or 'auto' to halve it when the energy rises "
-                               "(pc, pc_nudge, ep, chl)"),
-    "tol": (float, "stop inference once the relative residual is at most tol (pc, pc_nudge, ep, chl)"),
-    "lam": (float, "weight lam of the supervised energy, E = I + lam L (pc, pc_nudge, z_il, fa_z_il)"),
-    "gamma": (float, "feedback strength / inference rate (pc, z_il, fa_z_il, ep, chl)"),
-    "beta": (float, "nudging strength (ep)"),
-    "nudged_steps": (int, "inference steps of the nudged phase (ep; default: steps)"),
-    "centered": (bool, "symmetric +/- nudging, error O(lam^2) / O(beta^2) (pc, pc_nudge, ep)"),
-    "corrected": (bool, "corrected CHL (chl)"),
-}
+def hyperparameter_flags() -> dict[str, tuple[Any, str]]:
+    """The ``--<name>`` flag of every algorithm hyper-parameter: its type and help, read from the
+    algorithm dataclasses (fields, annotations and ``Args:`` docstrings), so that a new field is a
+    new flag. A name that means different things in different algorithms (``gamma``) lists each
+    meaning with the algorithms it belongs to; the help ends with every algorithm's default."""
+    flags: dict[str, tuple[Any, str]] = {}
+    for name in ALGORITHMS:
+        for field, kind in hyperparameter_types(name).items():
+            if field not in flags:
+                flags[field] = (kind, "")
+    for field, (kind, _) in flags.items():
+        meanings: dict[str, list[str]] = {}
+        defaults = []
+        for name in ALGORITHMS:
+            docs = hyperparameter_docs(name)
+            if field in docs:
+                meanings.setdefault(_first_sentence(docs[field]), []).append(name)
+                defaults.append(f"{name}={hyperparameters_of(name)[field]}")
+        text = "; ".join(f"{meaning} [{', '.join(names)}]" for meaning, names in meanings.items())
+        flags[field] = (kind, f"{text} Defaults: {', '.join(defaults)}.")
+    return flags
+
+
+def _first_sentence(text: str) -> str:
+    return re.split(r"(?<=\.)\s(?=[A-Z])", " ".join(text.split()), maxsplit=1)[0].rstrip(".")
+
+
+def _type_name(kind: Any) -> str:
+    return getattr(kind, "__name__", None) or str(kind).replace("NoneType", "None")
 
 
 def _algorithm_help() -> str:
-    lines = [f"{name} ({', '.join(f'{k}={v}' for k, v in hyperparameters_of(name).items()) or 'no hyper-parameters'})"
-             for name in ALGORITHMS]
-    return "The learning algorithm, with its hyper-parameters and defaults: " + "; ".join(lines)
+    return ("The learning algorithm: " + ", ".join(ALGORITHMS) + ". Its hyper-parameters are the flags "
+            "of the group below (each says which algorithms have it and their defaults).")
+
+
+def wandb_installed() -> bool:
+    """True if the optional ``wandb`` package (``pip install 'pl-energy[wandb]'``) is importable."""
+    import importlib.util
+
+    return importlib.util.find_spec("wandb") is not None
 
 
 def wandb_api_key_available() -> bool:
@@ -102,6 +126,77 @@ def _argument_events(tokens: list[str]) -> list[tuple[str, ...]]:
         elif name == "--model.algorithm_hparams":
             events.append(("hparams",))
     return events
+
+
+#: Flags whose help is Lightning's (the formatter keeps its first sentence).
+LIGHTNING_FLAGS = ("trainer.", "ckpt_path", "weights_only", "seed_everything")
+
+
+class BriefHelpFormatter(DefaultHelpFormatter):
+    """``--help`` that fits on a few screens: the Trainer's flags keep the first sentence of
+    Lightning's documentation, and the lists of known subclasses (hundreds of ``nn.Module``
+    and Lightning classes) give way to the ``--<flag>.help CLASS`` that describes one."""
+
+    def __init__(self, prog: str, **kwargs: Any) -> None:
+        import shutil
+
+        kwargs.setdefault("width", max(100, shutil.get_terminal_size().columns - 2))
+        kwargs.setdefault("max_help_position", 34)
+        super().__init__(prog, **kwargs)
+
+    def _get_help_string(self, action) -> str:
+        if getattr(action, "complete_help", False):
+            return action.help
+        text = super()._get_help_string(action)
+        text = re.sub(r", known subclasses: [^)]*\)", ")", text, flags=re.S)
+        if action.dest.startswith(LIGHTNING_FLAGS) and "(" in text:
+            description, _, details = text.rpartition(" (")
+            first = re.split(r"(?<=[.:])\s", " ".join(description.split()), maxsplit=1)[0]
+            default = re.search(r"default: .*\)$", details)
+            text = f"{first} ({default.group(0) if default else details}"
+        return text
+
+    def _format_usage(self, usage, actions, groups, prefix) -> str:
+        text = super()._format_usage(usage, actions, groups, prefix)
+        lines = text.strip().splitlines()
+        if len(lines) <= 4:
+            return text
+        command = lines[0].split(" [", 1)[0]  # "usage: pl-energy [options] fit"
+        command = lines[0][:lines[0].index(" [-c") if " [-c" in lines[0] else len(command)]
+        return (f"{command} [-c CONFIG] [--algorithm NAME] [--<hyper-parameter> VALUE]\n"
+                f"{' ' * len('usage: ')}[--model.* ...] [--data.* ...] [--trainer.* ...] [--agreement.* ...]\n\n")
+
+    def _format_action(self, action) -> str:
+        if action.dest.startswith("trainer.") and any(o.endswith(".help") for o in action.option_strings):
+            return ""  # --trainer.<flag>.help CLASS still works; the usage line names it
+        return super()._format_action(action)
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """``config.yaml`` in the run's own folder (:func:`~pl_energy.outputs.run_directory`, also
+    under W&B, where Lightning would write it to the shared ``save_dir``), and the whole
+    configuration (network, optimiser, data, trainer, seed) in each logger's run config (W&B's
+    config, TensorBoard's hparams); the CSV logger has the file beside its metrics."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        directory = run_directory(trainer)  # a collective under DDP
+        if trainer.is_global_zero:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, str(directory / self.config_filename), skip_none=False,
+                             overwrite=True, multifile=self.multifile)
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        import yaml
+
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in trainer.loggers:
+            if not isinstance(logger, CSVLogger):
+                logger.log_hyperparams(config)
 
 
 class EnergyCLI(LightningCLI):
@@ -153,8 +248,10 @@ class EnergyCLI(LightningCLI):
             "Override the chosen algorithm's defaults (they are merged into "
             "model.algorithm_hparams; a flag the algorithm does not have is an error).",
         )
-        for name, (kind, text) in HPARAM_FLAGS.items():
-            group.add_argument(f"--{name}", type=kind | None, default=None, help=text)
+        for name, (kind, text) in hyperparameter_flags().items():
+            action = group.add_argument(f"--{name}", type=kind | None, default=None,
+                                        help=f"{text} Type: {_type_name(kind)}.")
+            action.complete_help = True  # the help says it all (every default is unset)
         parser.add_lightning_class_args(GradientAgreement, "agreement")
         parser.set_defaults({
             "model.optimizer": {"class_path": "torch.optim.SGD",
@@ -170,7 +267,7 @@ class EnergyCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         hparams = self._algorithm_of_the_hyperparameters(
             config.model.algorithm, dict(config.model.algorithm_hparams or {}))
-        for name in HPARAM_FLAGS:
+        for name in hyperparameter_flags():
             value = config.get(name)
             if value is not None:
                 hparams[name] = value
@@ -194,6 +291,8 @@ class EnergyCLI(LightningCLI):
                 and logger.get("init_args", {}).get("save_dir") == "."
                 and config.trainer.get("default_root_dir")):  # the CSV log follows the root dir
             logger["init_args"]["save_dir"] = config.trainer.default_root_dir
+        if _uses_wandb(config.trainer.get("logger")) and not wandb_installed():
+            self.parser.error("logging to W&B needs the wandb package: pip install 'pl-energy[wandb]'")
         if _uses_wandb(config.trainer.get("logger")) and not os.environ.get("WANDB_MODE"):
             if not wandb_api_key_available():
                 os.environ["WANDB_MODE"] = "offline"
@@ -227,7 +326,7 @@ class EnergyCLI(LightningCLI):
         sampler gave it; under ``ddp_spawn`` the predictions stay in the worker processes and
         nothing is saved (it says so)."""
         trainer = self.trainer
-        log_dir = trainer.log_dir  # a collective under DDP: every rank asks
+        log_dir = run_directory(trainer)  # a collective under DDP: every rank asks
         batches = trainer.predict_loop.predictions
         if not batches and trainer.world_size > 1 and trainer.is_global_zero:
             print("pl-energy: no predictions reached this process (under ddp_spawn they stay in the "
@@ -238,7 +337,7 @@ class EnergyCLI(LightningCLI):
             outputs = torch.cat([b.cpu() for b in batches])
             name = (f"predictions_rank{trainer.global_rank}.pt" if trainer.world_size > 1
                     else "predictions.pt")
-            path = Path(log_dir or ".") / name
+            path = log_dir / name
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"outputs": outputs, "predictions": outputs.argmax(-1)}, path)
             share = (f" (rank {trainer.global_rank}'s share of {trainer.world_size}; the sampler may "
@@ -250,10 +349,10 @@ class EnergyCLI(LightningCLI):
     def _say_where_outputs_went(self) -> None:
         """One line naming the run's folder (logs, metrics.csv, plots, config) and checkpoint."""
         trainer = self.trainer
-        log_dir = trainer.log_dir  # a collective under DDP: every rank asks before rank 0 speaks
+        log_dir = run_directory(trainer)  # a collective under DDP: every rank asks before rank 0 speaks
         if not trainer.is_global_zero:
             return
-        where = [f"pl-energy: outputs in {log_dir}"] if log_dir else []
+        where = [f"pl-energy: outputs in {log_dir}"]
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger" and getattr(logger, "experiment", None) is not None:
                 where.append(f"W&B run {getattr(logger.experiment, 'dir', None) or logger.name}")
@@ -285,12 +384,14 @@ def make_cli(args: ArgsType = None, run: bool = True) -> EnergyCLI:
         EnergyModule,
         LightningDataModule,
         subclass_mode_data=True,
+        save_config_callback=SaveRunConfig,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         args=args,
         run=run,
         parser_kwargs={"description": "Train energy-based learning algorithms (PC, Z-IL, PC-Nudge, "
-                                      "EP, CHL) or backprop with PyTorch Lightning."},
+                                      "EP, CHL) or backprop with PyTorch Lightning.",
+                       "formatter_class": BriefHelpFormatter},
     )
 
 

@@ -11,7 +11,9 @@ import torch
 
 from lightning_helpers import REPO
 from pl_energy import ALGORITHMS
-from pl_energy.cli import make_cli
+from pl_energy.algorithms import hyperparameters_of
+from pl_energy.algorithms.registry import hyperparameter_docs
+from pl_energy.cli import hyperparameter_flags, make_cli
 
 CONFIGS = REPO / "configs"
 
@@ -134,7 +136,7 @@ def test_flag_the_algorithm_lacks_is_refused(capsys):
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("mnist_*.yaml")))
 def test_mnist_configs_build(config):
     cli = make_cli(["--config", str(CONFIGS / config), "--trainer.logger", "false"], run=False)
-    assert cli.model.algorithm_name == config.removeprefix("mnist_").removesuffix(".yaml")
+    assert cli.model.algorithm_name == config.removeprefix("mnist_").removeprefix("cnn_").removesuffix(".yaml")
 
 
 def test_imagenet_config_parses(capsys):
@@ -146,8 +148,24 @@ def test_imagenet_config_parses(capsys):
     assert "- 50176" in printed and "classes: high_level_27" in printed and "batch_size: 1" in printed
 
 
-def test_every_algorithm_has_a_mnist_config():
-    assert sorted(p.stem for p in CONFIGS.glob("mnist_*.yaml")) == sorted(f"mnist_{a}" for a in ALGORITHMS)
+def test_every_algorithm_has_a_mnist_config_and_a_cnn_config():
+    assert sorted(p.stem for p in CONFIGS.glob("mnist_*.yaml")) == sorted(
+        [f"mnist_{a}" for a in ALGORITHMS] + [f"mnist_cnn_{a}" for a in ALGORITHMS])
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_cnn_config_trains_a_step(algorithm, mnist_root, tmp_path):
+    cli = make_cli(["fit", "--config", str(CONFIGS / f"mnist_cnn_{algorithm}.yaml"),
+                    "--model.network.init_args.channels", "[2, 3]", "--data.data_dir", str(mnist_root),
+                    "--data.limit_train", "64", "--data.batch_size", "16", "--trainer.max_steps", "2",
+                    "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(tmp_path),
+                    "--trainer.enable_progress_bar", "false", "--agreement.every_n_steps", "1"])
+    assert cli.trainer.global_step == 2
+    cosines = [
+        row["cosine"] for c in cli.trainer.callbacks if type(c).__name__ == "GradientAgreement" for row in c.history]
+    assert len(cosines) == 2 and all(abs(c) <= 1 + 1e-9 for c in cosines)
+    if algorithm in ("bp", "z_il", "fa_z_il"):  # exact: BP's update (float32)
+        assert min(cosines) > 0.9999, cosines
 
 
 def test_switching_algorithm_starts_from_its_own_defaults(capsys):
@@ -185,3 +203,28 @@ def test_a_gradient_agreement_given_as_a_trainer_callback_replaces_the_default()
                     "--trainer.callbacks.every_n_steps", "7", "--trainer.logger", "false"], run=False)
     mine = [c for c in cli.trainer.callbacks if type(c).__name__ == "GradientAgreement"]
     assert len(mine) == 1 and mine[0].every_n_steps == 7
+
+
+def test_help_fits_on_a_few_screens_and_names_every_hyperparameter(capsys):
+    with pytest.raises(SystemExit):
+        make_cli(["fit", "--help"])
+    text = capsys.readouterr().out
+    assert len(text.splitlines()) < 300
+    assert "known subclasses" not in text
+    for name in ALGORITHMS:
+        for field in hyperparameters_of(name):
+            assert f"--{field} " in text, field
+
+
+def test_every_dataclass_field_is_a_documented_flag():
+    flags = hyperparameter_flags()
+    for name in ALGORITHMS:
+        for field, doc in hyperparameter_docs(name).items():
+            assert doc, f"{name}.{field} has no Args: entry"
+            assert field in flags and f"[{name}" in flags[field][1] or f", {name}" in flags[field][1]
+
+
+def test_a_field_without_a_hand_written_flag_reaches_the_algorithm():
+    cli = make_cli(["--algorithm", "fa_z_il", "--full_dynamics", "true", "--steps", "4",
+                    "--trainer.logger", "false"], run=False)
+    assert cli.model.algorithm.full_dynamics is True and cli.model.algorithm.steps == 4

@@ -12,6 +12,8 @@ from .base import Algorithm, Estimate, backprop_gradients
 
 @dataclass
 class Backprop(Algorithm):
+    """Backprop through the network (autograd); no hyper-parameters."""
+
     name = "bp"
     one_forward_per_batch = False  # one forward pass: Dropout and BatchNorm as autograd has them
 

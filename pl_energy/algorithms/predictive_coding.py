@@ -99,6 +99,13 @@ class PredictiveCoding(RelaxingAlgorithm):
 
 @dataclass
 class PCNudge(PredictiveCoding):
+    """PC-Nudge: predictive coding with a weak supervised nudge (Millidge et al. 2022, Sec. 4).
+
+    Args:
+        lam: weight of the supervised term, E = I + lam L; the update approaches BP's as lam -> 0.
+        gamma, centered, solver, steps, step_size, tol, trace: as ``PredictiveCoding``.
+    """
+
     lam: float = 0.01
     name = "pc_nudge"
     traced_phase = "the nudged phase"

@@ -39,6 +39,15 @@ from .base import Algorithm, Estimate
 
 @dataclass
 class ZeroDivergenceIL(Algorithm):
+    """Z-IL: each layer learns at the step the error wave reaches it (Song et al. 2020, Alg. 2).
+
+    Args:
+        gamma: inference rate of the activity updates, x <- x - gamma dE/dx (C3: gamma = 1
+            gives BP's updates exactly; otherwise layer k below the output gets gamma^k times).
+        lam: weight of the supervised term, E = I + lam L (1: the target clamps the output).
+        trace: record the energy of every step by default (``step(record=...)`` overrides it).
+    """
+
     gamma: float = 1.0
     lam: float = 1.0
     trace: bool = False
@@ -78,6 +87,17 @@ class ZeroDivergenceIL(Algorithm):
 
 @dataclass
 class FastZIL(ZeroDivergenceIL):
+    """Fa-Z-IL: Z-IL without a control signal; plasticity opens with a neuron's first error
+    (Song et al. 2020, Alg. 3).
+
+    Args:
+        steps: inference steps of the full dynamics (default: depth - 1, the fewest that reach
+            every layer); unused when ``full_dynamics`` is False.
+        full_dynamics: run every neuron's PC dynamics for all steps, as a circuit would
+            (otherwise only what the plasticity gate lets through: z_il's arithmetic).
+        gamma, lam, trace: as ``ZeroDivergenceIL``.
+    """
+
     steps: int | None = None
     full_dynamics: bool = False
     name = "fa_z_il"
