@@ -65,7 +65,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .loading import SplitDataModule
-from .mnist import default_data_dir
+from .loading import default_data_dir
 
 MAPPING_FILE = Path(__file__).with_name("imagenet_high_level_27.json")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -1,9 +1,33 @@
-"""The DataLoaders every pl_energy DataModule serves from its train/val/test datasets."""
+"""What every pl_energy DataModule shares: the data folder, the seeded train/validation split,
+and the DataLoaders it serves from its train/val/test datasets."""
 
 from __future__ import annotations
 
+import os
+
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader, Dataset
+
+
+def default_data_dir() -> str:
+    """``$PL_ENERGY_DATA`` if set (and non-empty), else ``./data``: the folder every data set
+    lives under (``MNIST/raw``, ``FashionMNIST/raw``, ``cifar-10-batches-py``, ``imagenet``...)."""
+    return os.environ.get("PL_ENERGY_DATA") or "./data"
+
+
+def seeded_split(total: int, val_size: int, seed: int,
+                 limit_train: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the train and validation splits of a training set of ``total`` items: a
+    ``torch.randperm`` seeded by ``seed``, its last ``val_size`` for validation; ``limit_train``
+    keeps the first N of the train split."""
+    if not 0 < val_size < total:
+        raise ValueError(f"val_size must be in 1..{total - 1}, got {val_size}")
+    if limit_train is not None and limit_train < 1:
+        raise ValueError(f"limit_train must be a positive int or None, got {limit_train}")
+    perm = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    train, val = perm[: total - val_size], perm[total - val_size:]
+    return (train if limit_train is None else train[:limit_train]), val
 
 
 class SplitDataModule(pl.LightningDataModule):

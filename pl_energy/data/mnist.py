@@ -1,4 +1,5 @@
-"""MNIST as a LightningDataModule.
+"""MNIST and Fashion-MNIST as LightningDataModules (the same IDX files, LeCun et al. 1998;
+Xiao et al. 2017).
 
 * torchvision's MNIST, pixels scaled to [0, 1] (``uint8 / 255``, no
   normalisation).
@@ -24,14 +25,13 @@
 from __future__ import annotations
 
 import gzip
-import os
 import zlib
 from pathlib import Path
 
 import torch
 from torch.utils.data import TensorDataset
 
-from .loading import SplitDataModule
+from .loading import SplitDataModule, default_data_dir, seeded_split
 
 MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -68,11 +68,6 @@ def read_idx(raw_folder: Path, stem: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(count, *shape)
 
 
-def default_data_dir() -> str:
-    """``$PL_ENERGY_DATA`` if set (and non-empty), else ``./data``."""
-    return os.environ.get("PL_ENERGY_DATA") or "./data"
-
-
 class MNISTDataModule(SplitDataModule):
     """MNIST with a seeded 50k/10k train/validation split and the 10k test set.
 
@@ -94,6 +89,8 @@ class MNISTDataModule(SplitDataModule):
     """
 
     num_classes: int = 10
+    #: The data set's folder under ``data_dir`` (``<data_dir>/<folder>/raw``) and torchvision class.
+    folder: str = "MNIST"
 
     def __init__(
         self,
@@ -111,10 +108,7 @@ class MNISTDataModule(SplitDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if not 0 < val_size < TRAIN_TOTAL:
-            raise ValueError(f"val_size must be in 1..{TRAIN_TOTAL - 1}, got {val_size}")
-        if limit_train is not None and limit_train < 1:
-            raise ValueError(f"limit_train must be a positive int or None, got {limit_train}")
+        seeded_split(TRAIN_TOTAL, val_size, seed, limit_train)  # checks the split's settings
         self.data_dir = str(data_dir) if data_dir else default_data_dir()
         self.set_loader_options(batch_size, num_workers, pin_memory, persistent_workers, shuffle)
         self.flatten = flatten
@@ -133,13 +127,14 @@ class MNISTDataModule(SplitDataModule):
     # ------------------------------------------------------------------ files
     @property
     def raw_folder(self) -> Path:
-        return Path(self.data_dir) / "MNIST" / "raw"
+        return Path(self.data_dir) / self.folder / "raw"
 
     def _missing_error(self, cause: str = "") -> FileNotFoundError:
         how = "could not be downloaded" + cause if self.download else "download=False"
         return FileNotFoundError(
-            f"MNIST not found ({how}): put the four files {', '.join(MNIST_FILES)} "
-            f"into {self.raw_folder.resolve()}/ (or point data_dir / $PL_ENERGY_DATA at a folder holding MNIST/raw/)"
+            f"{self.folder} not found ({how}): put the four files {', '.join(MNIST_FILES)} "
+            f"into {self.raw_folder.resolve()}/ (or point data_dir / $PL_ENERGY_DATA at a folder holding "
+            f"{self.folder}/raw/)"
         )
 
     def _present(self) -> bool:
@@ -153,11 +148,11 @@ class MNISTDataModule(SplitDataModule):
             return
         if not self.download:
             raise self._missing_error()
-        from torchvision.datasets import MNIST
+        import torchvision.datasets
 
         for train in (True, False):
             try:
-                MNIST(self.data_dir, train=train, download=True)
+                getattr(torchvision.datasets, self.folder)(self.data_dir, train=train, download=True)
             except Exception as exc:  # URLError, RuntimeError("Error downloading"), PermissionError, ...
                 cause = " ".join(str(exc).split())  # one line, however the exception wrote it
                 raise self._missing_error(f" ({type(exc).__name__}: {cause[:200]})") from exc
@@ -175,12 +170,7 @@ class MNISTDataModule(SplitDataModule):
 
     def split_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Indices (into the 60k training set) of the train and validation splits for ``seed``."""
-        gen = torch.Generator().manual_seed(self.seed)
-        perm = torch.randperm(TRAIN_TOTAL, generator=gen)
-        train_idx, val_idx = perm[: TRAIN_TOTAL - self.val_size], perm[TRAIN_TOTAL - self.val_size :]
-        if self.limit_train is not None:
-            train_idx = train_idx[: self.limit_train]
-        return train_idx, val_idx
+        return seeded_split(TRAIN_TOTAL, self.val_size, self.seed, self.limit_train)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and self.train_set is None:
@@ -190,3 +180,11 @@ class MNISTDataModule(SplitDataModule):
             self.val_set = TensorDataset(x[self.val_indices], y[self.val_indices])
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = TensorDataset(*self._load(train=False))
+
+
+class FashionMNISTDataModule(MNISTDataModule):
+    """Fashion-MNIST (Xiao et al. 2017): 28x28 grey images of 10 kinds of clothing, in MNIST's
+    IDX files under ``<data_dir>/FashionMNIST/raw/``, with MNIST's splits and options (the
+    arguments of :class:`MNISTDataModule`)."""
+
+    folder = "FashionMNIST"
