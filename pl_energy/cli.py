@@ -25,7 +25,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -74,6 +74,25 @@ def _type_name(kind: Any) -> str:
 def _algorithm_help() -> str:
     return ("The learning algorithm: " + ", ".join(ALGORITHMS) + ". Its hyper-parameters are the flags "
             "of the group below (each says which algorithms have it and their defaults).")
+
+
+def cpu_threads(requested: int | str, processes: int = 1) -> tuple[int, str]:
+    """The torch CPU threads of each process and why: ``requested`` if it is a number; for
+    ``"auto"``, the cores this process may use shared among the node's ``processes``, less the
+    cores other jobs keep busy (the 1-minute load average). Oversubscribed cores are the costly
+    side: with two threads on two cores while another job used one, an epoch of chl took 585 s
+    against 27 s with one thread; one thread too few costs at most its share (a CNN step 1.5x)."""
+    if requested != "auto":
+        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+            raise ValueError(f"--threads must be a positive integer or 'auto', got {requested!r}")
+        return requested, "as asked"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cores // max(1, processes))
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    if busy and cores - busy < share * processes:
+        threads = max(1, (cores - busy) // max(1, processes))
+        return threads, f"{cores} cores, about {busy} kept busy by other jobs (load average)"
+    return share, f"{cores} cores" + (f" shared by {processes} processes" if processes > 1 else "")
 
 
 def wandb_installed() -> bool:
@@ -252,6 +271,10 @@ class EnergyCLI(LightningCLI):
             action = group.add_argument(f"--{name}", type=kind | None, default=None,
                                         help=f"{text} Type: {_type_name(kind)}.")
             action.complete_help = True  # the help says it all (every default is unset)
+        parser.add_argument("--threads", type=int | Literal["auto"], default="auto",
+                            help="torch CPU threads per process on CPU runs; 'auto': the free cores "
+                                 "shared among this node's processes (one thread on a 2-core machine "
+                                 "where another job runs: oversubscribed cores slowed chl 20x)")
         parser.add_lightning_class_args(GradientAgreement, "agreement")
         parser.set_defaults({
             "model.optimizer": {"class_path": "torch.optim.SGD",
@@ -286,6 +309,7 @@ class EnergyCLI(LightningCLI):
             if value is not None and value != unset:
                 config.model[key] = value
                 config.trainer[key] = unset
+        self._set_cpu_threads(config)
         logger = config.trainer.get("logger")
         if (hasattr(logger, "get") and str(logger.get("class_path", "")).endswith("CSVLogger")
                 and logger.get("init_args", {}).get("save_dir") == "."
@@ -299,6 +323,24 @@ class EnergyCLI(LightningCLI):
                 print("W&B: no API key found, logging offline to ./wandb "
                       "(sync later with `wandb sync`)", file=sys.stderr)
 
+
+    @staticmethod
+    def _set_cpu_threads(config) -> None:
+        """``--threads`` on CPU runs (GPU runs keep torch's default)."""
+        accelerator = str(config.trainer.get("accelerator") or "auto")
+        if accelerator not in ("cpu", "auto") or (accelerator == "auto" and torch.cuda.is_available()):
+            return
+        devices = config.trainer.get("devices")
+        processes = devices if isinstance(devices, int) and devices > 0 else (
+            len(devices) if isinstance(devices, (list, tuple)) else 1)
+        try:
+            threads, why = cpu_threads(config.get("threads", "auto"), processes)
+        except ValueError as error:
+            raise SystemExit(f"pl-energy: {error}") from None
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+        print(f"pl-energy: {threads} CPU thread{'s' if threads > 1 else ''} per process ({why}; "
+              "--threads N sets it)", file=sys.stderr)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
         """A ``GradientAgreement`` given through ``--trainer.callbacks`` replaces the one the CLI

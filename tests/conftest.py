@@ -22,3 +22,10 @@ def mnist_tensors(mnist_root):  # noqa: F811
     images = torch.cat([module.train_set.tensors[0], module.val_set.tensors[0]])
     labels = torch.cat([module.train_set.tensors[1], module.val_set.tensors[1]])
     return images, labels
+
+
+@pytest.fixture(autouse=True)
+def one_thread_after_each_test():
+    """The CLI sets torch's threads (``--threads auto``): every test starts from the suite's one."""
+    yield
+    torch.set_num_threads(1)

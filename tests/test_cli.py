@@ -228,3 +228,25 @@ def test_a_field_without_a_hand_written_flag_reaches_the_algorithm():
     cli = make_cli(["--algorithm", "fa_z_il", "--full_dynamics", "true", "--steps", "4",
                     "--trainer.logger", "false"], run=False)
     assert cli.model.algorithm.full_dynamics is True and cli.model.algorithm.steps == 4
+
+
+@pytest.mark.parametrize("load, processes, expected", [(0.1, 1, 4), (0.2, 2, 2), (1.2, 1, 3), (3.6, 1, 1),
+                                                       (2.0, 2, 1), (9.0, 1, 1)])
+def test_auto_threads_share_the_free_cores(monkeypatch, load, processes, expected):
+    from pl_energy.cli import cpu_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load), raising=False)
+    assert cpu_threads("auto", processes)[0] == expected
+    assert cpu_threads(3, processes) == (3, "as asked")
+
+
+def test_threads_flag_sets_torch_threads_on_cpu_runs(capsys):
+    before = torch.get_num_threads()
+    try:
+        make_cli(["--algorithm", "bp", "--threads", "1", "--trainer.accelerator", "cpu",
+                  "--trainer.logger", "false"], run=False)
+        assert torch.get_num_threads() == 1
+        assert "pl-energy: 1 CPU thread per process (as asked" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
