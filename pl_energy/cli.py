@@ -363,8 +363,8 @@ class EnergyCLI(LightningCLI):
     before_fit = before_validate = before_test = before_predict = _quiet_wandb
 
     def after_predict(self) -> None:
-        """Save what ``predict`` returned: the outputs and their argmax, as one tensor each. Under
-        ``ddp`` each rank saves its own share (``predictions_rank<r>.pt``), in the order its
+        """Save what ``predict`` returned: the class predictions and the outputs, one tensor each.
+        Under ``ddp`` each rank saves its own share (``predictions_rank<r>.pt``), in the order its
         sampler gave it; under ``ddp_spawn`` the predictions stay in the worker processes and
         nothing is saved (it says so)."""
         trainer = self.trainer
@@ -376,16 +376,16 @@ class EnergyCLI(LightningCLI):
         if batches:
             if isinstance(batches[0], list):  # several dataloaders: keep the first
                 batches = batches[0]
-            outputs = torch.cat([b.cpu() for b in batches])
+            saved = {key: torch.cat([batch[key].cpu() for batch in batches]) for key in batches[0]}
             name = (f"predictions_rank{trainer.global_rank}.pt" if trainer.world_size > 1
                     else "predictions.pt")
             path = log_dir / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"outputs": outputs, "predictions": outputs.argmax(-1)}, path)
+            torch.save(saved, path)
             share = (f" (rank {trainer.global_rank}'s share of {trainer.world_size}; the sampler may "
                      "pad and reorder)" if trainer.world_size > 1 else "")
-            print(f"pl-energy: {outputs.shape[0]} predictions{share} (outputs {tuple(outputs.shape)} "
-                  f"and their argmax) saved to {path}; load them with torch.load({str(path)!r})")
+            print(f"pl-energy: {len(saved['predictions'])} class predictions{share} and their outputs "
+                  f"{tuple(saved['outputs'].shape)} saved to {path}; load them with torch.load({str(path)!r})")
         self._say_where_outputs_went()
 
     def _say_where_outputs_went(self) -> None:

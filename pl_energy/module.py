@@ -297,11 +297,14 @@ class EnergyModule(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> Tensor:
         return self._evaluate(batch, "test", self.test_acc)
 
-    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """``{"predictions": class indices, "outputs": the network's outputs}`` of a batch
+        (inputs, or (inputs, targets)); ``Trainer.predict`` returns one such dict per batch."""
         inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
         with torch.inference_mode(False), torch.enable_grad():
             inputs = inputs.to(self.network_dtype).clone()
-            return self.algorithm.predict(self.network, inputs).detach()
+            outputs = self.algorithm.predict(self.network, inputs).detach()
+        return {"predictions": outputs.argmax(-1), "outputs": outputs}
 
     # ------------------------------------------------------------ optimisation
     def configure_optimizers(self):

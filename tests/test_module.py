@@ -68,6 +68,9 @@ def test_validate_and_test_predict_with_the_algorithm():
     accuracy = float((expected.argmax(-1) == y).double().mean())
     assert val["val/acc"] == pytest.approx(accuracy) and test["test/acc"] == pytest.approx(accuracy)
     assert set(val) == {"val/loss", "val/acc"}
+    batches = trainer.predict(module, loader(x, y, 8))  # class predictions, with the outputs
+    assert torch.equal(torch.cat([b["predictions"] for b in batches]), expected.argmax(-1))
+    torch.testing.assert_close(torch.cat([b["outputs"] for b in batches]), expected)
 
 
 def test_energy_trace_logged_and_plotted(tmp_path):
