@@ -104,3 +104,18 @@ def test_ep_mnist_conv(run):
     r = run("ep_mnist", "--network", "conv", "--algorithms", "bp", "ep", stem="ep_mnist_conv")
     assert set(r) == {"setup", "bp", "ep"} and "Conv2d" in r["setup"]["network"]
     assert r["ep"]["converged_fraction"] > 0.5 and 0.0 <= r["ep"]["test_accuracy"] <= 1.0
+
+
+def test_tutorial_runs_as_written(mnist_root, tmp_path):
+    """The documentation's tutorial (docs/tutorial.md includes examples/tutorial.py), executed."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(EXAMPLES / "tutorial.py"), "--quick", "--data-dir", str(mnist_root),
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    for name in ("bp", "z_il", "fa_z_il"):
+        assert f"{name:9s} cosine with BP 1.000000" in out  # exact in float64
+    assert "pc_nudge  cosine with BP 0.99" in out
+    assert "outputs differ by 0.0" in out

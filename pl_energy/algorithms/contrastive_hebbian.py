@@ -33,8 +33,9 @@ class ContrastiveHebbian(HopfieldAlgorithm):
     Args:
         gamma: feedback strength; the update is scaled by gamma^-(L-1).
         corrected: keep only the first-order term of the phase difference (seed 003 Eq. 17).
-        solver, steps, step_size, tol, trace: as ``HopfieldAlgorithm`` (over-relaxed even/odd
-            sweeps to a residual of 1e-6).
+
+    The inference settings (``solver``, ``steps``, ``step_size``, ``tol``, ``trace``) are
+    ``HopfieldAlgorithm``'s: over-relaxed even/odd sweeps to a residual of 1e-6.
     """
 
     gamma: float = 0.1

@@ -32,7 +32,9 @@ class EquilibriumPropagation(HopfieldAlgorithm):
             clip/ReLU unit or a max-pool switch (``tests/test_hopfield_conv.py``).
         nudged_steps: step cap of the nudged phases (default: ``steps``).
         centered: nudge by +beta and -beta and take the symmetric difference.
-        gamma, solver, steps, step_size, tol, trace: as ``HopfieldAlgorithm``.
+
+    ``gamma`` and the inference settings (``solver``, ``steps``, ``step_size``, ``tol``,
+    ``trace``) are ``HopfieldAlgorithm``'s.
     """
 
     beta: float = 0.5

@@ -24,14 +24,15 @@ class HopfieldAlgorithm(RelaxingAlgorithm):
 
     Args:
         gamma: feedback strength; layer l's energy is weighted gamma^(l-1).
-        solver, steps, step_size, tol, trace: inference settings (``RelaxingAlgorithm``). By
-            default every phase converges: over-relaxed even/odd sweeps (``solver="sweep"``,
-            step 1.3: successive over-relaxation of Scellier & Bengio's asynchronous updates,
-            halved if the energy ever rises, ``step_size="auto"``) to a relative residual of
-            1e-6, at most 500 sweeps. On seed 003's MLP at
-            initialisation that is 15 sweeps, 0.23x the time of descent at step 0.5 (110
-            steps) and 0.42x of nesterov (``benchmarks/RESULTS.md``). With 30 sweeps and no
-            tolerance, EP on MNIST reached 28% after one epoch; converged, 74-78%.
+
+    The inference settings (``solver``, ``steps``, ``step_size``, ``tol``, ``trace``) are
+    ``RelaxingAlgorithm``'s. By default every phase converges: over-relaxed even/odd sweeps
+    (``solver="sweep"``, step 1.3: successive over-relaxation of Scellier & Bengio's
+    asynchronous updates, halved if the energy ever rises, ``step_size="auto"``) to a relative
+    residual of 1e-6, at most 500 sweeps. On seed 003's MLP at initialisation that is 15 sweeps,
+    0.23x the time of descent at step 0.5 (110 steps) and 0.42x of nesterov
+    (``benchmarks/RESULTS.md``). With 30 sweeps and no tolerance, EP on MNIST reached 28% after
+    one epoch; converged, 74-78%.
 
     The default network of ``EnergyModule`` for these algorithms has ``clip`` units
     (min(max(x, 0), 1), Scellier & Bengio 2017): bounded, so the energy always has a minimum,

@@ -42,8 +42,9 @@ class PredictiveCoding(RelaxingAlgorithm):
         lam: weight of the supervised term, E = I + lam L (1: the target clamps the output).
         gamma: precision ratio pi_{l+1}/pi_l in (0, 1] (feedback strength).
         centered: +lam and -lam phases, error O(lam^2).
-        solver, steps, step_size, tol, trace: inference settings (``RelaxingAlgorithm``);
-            converged by default.
+
+    The inference settings (``solver``, ``steps``, ``step_size``, ``tol``, ``trace``) are
+    ``RelaxingAlgorithm``'s, converged by default.
     """
 
     lam: float = 1.0
@@ -103,7 +104,8 @@ class PCNudge(PredictiveCoding):
 
     Args:
         lam: weight of the supervised term, E = I + lam L; the update approaches BP's as lam -> 0.
-        gamma, centered, solver, steps, step_size, tol, trace: as ``PredictiveCoding``.
+
+    ``gamma``, ``centered`` and the inference settings are ``PredictiveCoding``'s.
     """
 
     lam: float = 0.01

@@ -31,17 +31,13 @@ def hyperparameters_of(name: str) -> dict[str, Any]:
 
 def hyperparameter_docs(name: str) -> dict[str, str]:
     """Each hyper-parameter of algorithm ``name`` with its ``Args:`` entry, read from the class's
-    docstring and its bases' (an entry for one name wins over a shared ``a, b: as X`` one)."""
+    docstring or, for an inherited field, from the nearest base class that documents it."""
     cls = algorithm_class(name)
-    single: dict[str, str] = {}
-    shared: dict[str, str] = {}
+    docs: dict[str, str] = {}
     for klass in cls.__mro__:
-        for names, text in _args_entries(inspect.getdoc(klass) or "" if "__doc__" in vars(klass) else ""):
-            target = single if len(names) == 1 else shared
-            for entry in names:
-                target.setdefault(entry, text)
-    fields = [field.name for field in dataclasses.fields(cls)]
-    return {field: single.get(field) or shared.get(field, "") for field in fields}
+        for field, text in _args_entries(inspect.getdoc(klass) or "" if "__doc__" in vars(klass) else ""):
+            docs.setdefault(field, text)
+    return {field.name: docs.get(field.name, "") for field in dataclasses.fields(cls)}
 
 
 def hyperparameter_types(name: str) -> dict[str, Any]:
@@ -51,17 +47,17 @@ def hyperparameter_types(name: str) -> dict[str, Any]:
     return {field.name: hints[field.name] for field in dataclasses.fields(cls)}
 
 
-def _args_entries(docstring: str) -> list[tuple[list[str], str]]:
-    """The ``(names, text)`` entries of a Google-style ``Args:`` section."""
-    match = re.search(r"^Args:\n((?:[ \t]+\S.*\n?|\n(?=[ \t]))+)", docstring, flags=re.M)
+def _args_entries(docstring: str) -> list[tuple[str, str]]:
+    """The ``(name, text)`` entries of a Google-style ``Args:`` section."""
+    match = re.search(r"^Args:\n((?:[ \t]+\S.*\n?)+)", docstring, flags=re.M)
     if not match:
         return []
-    entries: list[tuple[list[str], str]] = []
+    entries: list[tuple[str, str]] = []
     for line in match.group(1).splitlines():
-        head = re.match(r"^ {4}([a-z_][\w, ]*):\s*(.*)$", line)
+        head = re.match(r"^ {4}([a-z_]\w*):\s*(.*)$", line)
         if head:
-            entries.append(([n.strip() for n in head.group(1).split(",")], head.group(2)))
-        elif entries and line.strip():
+            entries.append((head.group(1), head.group(2)))
+        elif entries:
             entries[-1] = (entries[-1][0], f"{entries[-1][1]} {line.strip()}")
     return entries
 

@@ -95,7 +95,8 @@ class FastZIL(ZeroDivergenceIL):
             every layer); unused when ``full_dynamics`` is False.
         full_dynamics: run every neuron's PC dynamics for all steps, as a circuit would
             (otherwise only what the plasticity gate lets through: z_il's arithmetic).
-        gamma, lam, trace: as ``ZeroDivergenceIL``.
+
+    ``gamma``, ``lam`` and ``trace`` are ``ZeroDivergenceIL``'s.
     """
 
     steps: int | None = None

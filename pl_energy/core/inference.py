@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -91,7 +92,7 @@ def check_settings(solver: str, steps: int, step_size: float | str | None, tol: 
 
 def relax(
     energy: Energy,
-    state,
+    state: Any,
     steps: int,
     step_size: float | str | None = None,
     tol: float | None = None,
