@@ -218,6 +218,33 @@ class SaveRunConfig(SaveConfigCallback):
                 logger.log_hyperparams(config)
 
 
+#: The data module of the CLI's defaults (Millidge et al. 2022's MNIST setup).
+DEFAULT_DATA = "pl_energy.data.MNISTDataModule"
+
+
+def _import_class(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    return getattr(__import__(module, fromlist=[name]), name)
+
+
+def _explicit_data_arguments(tokens: list[str]) -> set[str]:
+    """The data module arguments a command line gives: ``--data.X``, ``--data.init_args.X`` and
+    the ``data.init_args`` of its ``--config`` files."""
+    import yaml
+
+    given: set[str] = set()
+    for index, token in enumerate(tokens):
+        name, _, value = token.partition("=")
+        if name.startswith("--data.") and not name.endswith(".help"):
+            given.add(name.removeprefix("--data.").removeprefix("init_args.").split(".")[0])
+        elif name == "--config":
+            path = Path(value or (tokens[index + 1] if index + 1 < len(tokens) else ""))
+            if path.is_file():
+                data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
+                given.update((data.get("init_args") or {}) if isinstance(data, dict) else {})
+    return given
+
+
 class EnergyCLI(LightningCLI):
     """LightningCLI with ``--algorithm``, algorithm hyper-parameter flags and MNIST defaults.
 
@@ -231,6 +258,29 @@ class EnergyCLI(LightningCLI):
         super().parse_arguments(parser, args)
         tokens = sys.argv[1:] if args is None else args
         self._events = _argument_events(list(tokens)) if isinstance(tokens, (list, tuple)) else []
+        self._data_arguments = _explicit_data_arguments(list(tokens)) if isinstance(tokens, (list, tuple)) else set()
+
+    def _drop_carried_data_defaults(self, data) -> None:
+        """jsonargparse keeps the default data module's init_args that the chosen one also takes:
+        ``--data CIFAR10DataModule`` would inherit MNIST's ``val_size=10000``, ``batch_size=64`` and
+        ``flatten=True`` in silence. An argument the user did not give goes back to the chosen
+        class's own default."""
+        if not hasattr(data, "get") or data.get("class_path") in (None, DEFAULT_DATA):
+            return
+        import inspect
+
+        from jsonargparse import Namespace
+
+        chosen = _import_class(str(data["class_path"]))
+        mnist = inspect.signature(_import_class(DEFAULT_DATA).__init__).parameters
+        own = inspect.signature(chosen.__init__).parameters
+        init_args = data.get("init_args") or Namespace()
+        for key in list(init_args.keys()):
+            if key in self._data_arguments or key not in mnist or key not in own:
+                continue
+            default = own[key].default
+            if default is not inspect.Parameter.empty and init_args[key] == mnist[key].default != default:
+                init_args[key] = default
 
     def _algorithm_of_the_hyperparameters(self, chosen: str, hparams: dict) -> dict:
         """Refuse an ``--algorithm`` flag that a later config file overrides; drop a config file's
@@ -279,7 +329,7 @@ class EnergyCLI(LightningCLI):
         parser.set_defaults({
             "model.optimizer": {"class_path": "torch.optim.SGD",
                                 "init_args": {"lr": 0.001, "momentum": 0.9}},
-            "data": {"class_path": "pl_energy.data.MNISTDataModule"},
+            "data": {"class_path": DEFAULT_DATA},
             "agreement.every_n_steps": 50,
             "seed_everything": 0,
             "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
@@ -310,6 +360,7 @@ class EnergyCLI(LightningCLI):
                 config.model[key] = value
                 config.trainer[key] = unset
         self._set_cpu_threads(config)
+        self._drop_carried_data_defaults(config.get("data"))
         logger = config.trainer.get("logger")
         if (hasattr(logger, "get") and str(logger.get("class_path", "")).endswith("CSVLogger")
                 and logger.get("init_args", {}).get("save_dir") == "."

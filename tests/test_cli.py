@@ -250,3 +250,19 @@ def test_threads_flag_sets_torch_threads_on_cpu_runs(capsys):
         assert "pl-energy: 1 CPU thread per process (as asked" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+def test_another_data_module_does_not_inherit_mnists_defaults(tmp_path):
+    """jsonargparse carries the default MNIST module's init_args over to the chosen class: CIFAR
+    would get MNIST's 10,000 validation images, batch 64 and flat inputs without a word."""
+    cli = make_cli(["--data", "pl_energy.data.CIFAR10DataModule", "--data.data_dir", str(tmp_path),
+                    "--trainer.logger", "false"], run=False)
+    data = cli.datamodule
+    assert (data.val_size, data.batch_size, data.flatten) == (5_000, 128, False)
+    cli = make_cli(["--data", "pl_energy.data.CIFAR10DataModule", "--data.batch_size", "64",
+                    "--data.data_dir", str(tmp_path), "--trainer.logger", "false"], run=False)
+    assert cli.datamodule.batch_size == 64  # given: kept
+    config = tmp_path / "cifar.yaml"
+    config.write_text("data:\n  class_path: pl_energy.data.CIFAR10DataModule\n  init_args:\n    val_size: 10000\n")
+    cli = make_cli(["--config", str(config), "--data.data_dir", str(tmp_path), "--trainer.logger", "false"], run=False)
+    assert (cli.datamodule.val_size, cli.datamodule.batch_size) == (10_000, 128)

@@ -44,3 +44,4 @@ def test_the_cifar_cli_line_of_the_data_page_parses(tmp_path):
     cli = make_cli(["--data", "pl_energy.data.CIFAR10DataModule", "--data.augment", "true",
                     "--data.data_dir", str(tmp_path), "--trainer.logger", "false"], run=False)
     assert cli.datamodule.augment is True
+
