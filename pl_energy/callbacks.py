@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
+from torchmetrics.aggregation import MaxMetric, MeanMetric, MinMetric
 from typing_extensions import override
 
 from .outputs import log_figure
@@ -62,6 +63,10 @@ class GradientAgreement(Callback):
       those where neither is exactly zero);
     - ``agreement/norm_ratio``: ``|update| / |reference|``.
 
+    At the end of every training epoch the epoch's summary is logged (torchmetrics aggregators):
+    ``agreement/cosine_min``, ``agreement/cosine_mean``, ``agreement/rel_error_max`` and
+    ``agreement/rel_error_mean`` over that epoch's measurements.
+
     At the end of training a plot of the global metrics over training is saved as
     ``<log_dir>/agreement.png`` and logged as the image ``agreement/plot`` to W&B loggers.
 
@@ -82,6 +87,12 @@ class GradientAgreement(Callback):
         self.plot = plot
         self.history: list[dict[str, float]] = []
         self.plot_path: Path | None = None
+        #: The epoch summaries: (metric, statistic) -> aggregator, reset at every epoch's end.
+        # every rank measures the same (reduced) values: no synchronisation, which would also need
+        # the aggregators on the backend's device
+        local = {"sync_on_compute": False}
+        self.summaries = {("cosine", "min"): MinMetric(**local), ("cosine", "mean"): MeanMetric(**local),
+                          ("rel_error", "max"): MaxMetric(**local), ("rel_error", "mean"): MeanMetric(**local)}
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -141,6 +152,8 @@ class GradientAgreement(Callback):
                     logged[f"agreement/{key}/{layer}"] = value
                     row[f"{key}/{layer}"] = value
         self.history.append(row)
+        for (metric, _), aggregator in self.summaries.items():
+            aggregator.update(torch.tensor(values[metric], dtype=torch.float64))
         # Logged once, at the step it was measured, straight to the loggers: through
         # ``pl_module.log`` Lightning would re-log the last value at every logging step (under
         # another step's label) and drop a measurement made between two logging steps. The values
@@ -149,6 +162,20 @@ class GradientAgreement(Callback):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(logged, step=step)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Log the epoch's summaries (the same on every rank: each measurement is reduced)."""
+        if not self.summaries[("cosine", "min")].update_called:
+            return
+        logged = {f"agreement/{metric}_{statistic}": float(aggregator.compute())
+                  for (metric, statistic), aggregator in self.summaries.items()}
+        for aggregator in self.summaries.values():
+            aggregator.reset()
+        trainer.callback_metrics.update({key: torch.tensor(value) for key, value in logged.items()})
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(logged, step=trainer.global_step)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

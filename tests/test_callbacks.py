@@ -136,3 +136,27 @@ def test_agreement_reaches_the_csv_once_at_the_step_it_was_measured(mnist_tensor
     assert [int(row["step"]) for row in rows] == [0, 3, 6] == [int(r["step"]) for r in callback.history]
     for row, measured in zip(rows, callback.history):
         assert float(row["agreement/cosine"]) == pytest.approx(measured["cosine"], abs=1e-12)
+
+
+def test_epoch_summaries_are_the_min_and_mean_of_the_epochs_measurements(mnist_tensors, tmp_path):
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    x, y = mnist_subset(mnist_tensors, 8 * 4)
+    torch.manual_seed(0)
+    module = EnergyModule(network=mlp([784, 16, 10]), algorithm="pc_nudge", trace_every_n_steps=0)
+    callback = GradientAgreement(every_n_steps=1, per_layer=False, plot=False)
+    logger = CSVLogger(tmp_path, name="run")
+    quiet_trainer(max_epochs=2, callbacks=[callback], logger=logger).fit(module, loader(x, y, 8))
+    rows = list(csv.DictReader(open(tmp_path / "run" / "version_0" / "metrics.csv")))
+    summaries = [row for row in rows if row.get("agreement/cosine_min")]
+    assert [int(row["step"]) for row in summaries] == [4, 8]
+    for epoch, row in enumerate(summaries):
+        measured = callback.history[4 * epoch:4 * epoch + 4]
+        cosines = [m["cosine"] for m in measured]
+        errors = [m["rel_error"] for m in measured]
+        assert float(row["agreement/cosine_min"]) == pytest.approx(min(cosines), abs=1e-7)
+        assert float(row["agreement/cosine_mean"]) == pytest.approx(sum(cosines) / 4, abs=1e-7)
+        assert float(row["agreement/rel_error_max"]) == pytest.approx(max(errors), abs=1e-7)
+        assert float(row["agreement/rel_error_mean"]) == pytest.approx(sum(errors) / 4, abs=1e-7)
