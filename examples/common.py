@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -69,6 +70,69 @@ def mnist(data_dir: str | None = None):
         module.setup()
         _MNIST_CACHE[root] = (*module.train_set.tensors, *module.test_set.tensors)
     return _MNIST_CACHE[root]
+
+
+# --- training ------------------------------------------------------------------------------------
+def accuracy(algorithm, network, x, y, batch: int = 1000) -> float:
+    """Accuracy of the algorithm's prediction (the feedforward pass, or the free equilibrium)."""
+    with torch.no_grad():
+        correct = sum(int((algorithm.predict(network, x[i:i + batch]).argmax(-1) == y[i:i + batch]).sum())
+                      for i in range(0, len(x), batch))
+    return correct / len(x)
+
+
+def train(algorithm, network, data, epochs: int, lr: float, batches: int | None,
+          agreement_every: int = 100) -> dict:
+    """Train ``network`` with ``algorithm`` (batch 64, Adam at ``lr`` cosine-annealed to 0, one
+    seeded batch order, the same for every algorithm): validation accuracy and wall time per
+    epoch, the update's cosine with its exact reference every ``agreement_every`` batches (its
+    time counts in the epoch), test accuracy and the fraction of converged inference phases."""
+    train_x, train_y, val_x, val_y, test_x, test_y = data
+    optimizer = torch.optim.Adam(network.parameters(), lr=lr)
+    per_epoch = batches or -(-len(train_x) // 64)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * per_epoch)
+    order = torch.Generator().manual_seed(0)
+    rows = {"hparams": algorithm.hparams(), "val_accuracy": [], "seconds": [], "converged": [], "steps": [],
+            "reference_cosine": []}
+    start = time.time()
+    for _ in range(epochs):
+        permutation = torch.randperm(len(train_x), generator=order)
+        for index, chunk in enumerate(permutation.split(64)):
+            if batches is not None and index >= batches:
+                break
+            estimate = algorithm.step(network, train_x[chunk], train_y[chunk])
+            if algorithm.name != "bp" and index % agreement_every == 0:
+                reference = algorithm.reference(network, train_x[chunk], train_y[chunk])
+                rows["reference_cosine"].append(cosine(estimate.gradients, reference))
+            rows["converged"].append(estimate.converged)
+            rows["steps"].append(sum(report.steps for report in estimate.inference))
+            for key, parameter in network.named_parameters():
+                parameter.grad = estimate.gradients[key]
+            optimizer.step()
+            schedule.step()
+        rows["val_accuracy"].append(accuracy(algorithm, network, val_x, val_y))
+        rows["seconds"].append(time.time() - start)
+        print(algorithm.name, "epoch", len(rows["val_accuracy"]), "validation accuracy", rows["val_accuracy"][-1],
+              f"{rows['seconds'][-1]:.0f} s", flush=True)
+    rows["test_accuracy"] = accuracy(algorithm, network, test_x, test_y)
+    rows["converged_fraction"] = sum(rows["converged"]) / max(len(rows["converged"]), 1)
+    rows["mean_inference_steps"] = sum(rows["steps"]) / max(len(rows["steps"]), 1)
+    del rows["converged"], rows["steps"]
+    return rows
+
+
+def mnist_splits(data_dir: str | None, quick: bool, images: bool = False):
+    """(train_x, train_y, val_x, val_y, test_x, test_y): the seeded 50k train split, its last 10k
+    held out for validation, and the 10k test images; ``images`` gives 1x28x28 tensors, ``quick``
+    keeps 200 validation and test images."""
+    train_x, train_y, test_x, test_y = mnist(data_dir)
+    if images:
+        train_x, test_x = train_x.reshape(-1, 1, 28, 28), test_x.reshape(-1, 1, 28, 28)
+    val_x, val_y = train_x[-10_000:], train_y[-10_000:]
+    train_x, train_y = train_x[:-10_000], train_y[:-10_000]
+    if quick:
+        val_x, val_y, test_x, test_y = val_x[:200], val_y[:200], test_x[:200], test_y[:200]
+    return train_x, train_y, val_x, val_y, test_x, test_y
 
 
 # --- gradient metrics ---------------------------------------------------------------------------

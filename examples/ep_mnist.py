@@ -21,12 +21,10 @@ time; at the end, test accuracy and the fraction of inference phases that conver
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import nn
 
-from common import cosine, mnist, parser, plt, save_figure, save_json, setup
+from common import mnist_splits, parser, plt, save_figure, save_json, setup, train
 
 import pl_energy
 from pl_energy.core.activations import Clip
@@ -44,50 +42,6 @@ def network_for(kind: str, name: str, quick: bool) -> nn.Sequential:
                          nn.Sequential(nn.Flatten(), nn.Linear(16 * width[1], 10)))
 
 
-def accuracy(algorithm, network, x, y, batch: int = 1000) -> float:
-    with torch.no_grad():
-        correct = sum(int((algorithm.predict(network, x[i:i + batch]).argmax(-1) == y[i:i + batch]).sum())
-                      for i in range(0, len(x), batch))
-    return correct / len(x)
-
-
-def train(name: str, kind: str, data, epochs: int, lr: float, batches: int | None) -> dict:
-    train_x, train_y, val_x, val_y, test_x, test_y = data
-    torch.manual_seed(0)
-    network = network_for(kind, name, batches is not None)
-    algorithm = pl_energy.build_algorithm(name)
-    optimizer = torch.optim.Adam(network.parameters(), lr=lr)
-    per_epoch = batches or -(-len(train_x) // 64)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * per_epoch)
-    order = torch.Generator().manual_seed(0)
-    rows = {"hparams": algorithm.hparams(), "val_accuracy": [], "seconds": [], "converged": [], "steps": [], "reference_cosine": []}
-    start = time.time()
-    for _ in range(epochs):
-        permutation = torch.randperm(len(train_x), generator=order)
-        for index, chunk in enumerate(permutation.split(64)):
-            if batches is not None and index >= batches:
-                break
-            estimate = algorithm.step(network, train_x[chunk], train_y[chunk])
-            if name != "bp" and index % AGREEMENT_EVERY == 0:  # time spent here is in the epoch times
-                reference = algorithm.reference(network, train_x[chunk], train_y[chunk])
-                rows["reference_cosine"].append(cosine(estimate.gradients, reference))
-            rows["converged"].append(estimate.converged)
-            rows["steps"].append(sum(report.steps for report in estimate.inference))
-            for key, parameter in network.named_parameters():
-                parameter.grad = estimate.gradients[key]
-            optimizer.step()
-            schedule.step()
-        rows["val_accuracy"].append(accuracy(algorithm, network, val_x, val_y))
-        rows["seconds"].append(time.time() - start)
-        print(name, "epoch", len(rows["val_accuracy"]), "validation accuracy", rows["val_accuracy"][-1],
-              f"{rows['seconds'][-1]:.0f} s", flush=True)
-    rows["test_accuracy"] = accuracy(algorithm, network, test_x, test_y)
-    rows["converged_fraction"] = sum(rows["converged"]) / max(len(rows["converged"]), 1)
-    rows["mean_inference_steps"] = sum(rows["steps"]) / max(len(rows["steps"]), 1)
-    del rows["converged"], rows["steps"]
-    return rows
-
-
 def main(argv=None) -> dict:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=10)
@@ -96,20 +50,16 @@ def main(argv=None) -> dict:
     p.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
     args = p.parse_args(argv)
     out = setup(args)
-    train_x, train_y, test_x, test_y = mnist(args.data_dir)
-    if args.network == "conv":
-        train_x, test_x = train_x.reshape(-1, 1, 28, 28), test_x.reshape(-1, 1, 28, 28)
-    val_x, val_y = train_x[-10_000:], train_y[-10_000:]
-    train_x, train_y = train_x[:-10_000], train_y[:-10_000]
+    data = mnist_splits(args.data_dir, args.quick, images=args.network == "conv")
     batches = 20 if args.quick else None
-    if args.quick:
-        val_x, val_y, test_x, test_y = val_x[:200], val_y[:200], test_x[:200], test_y[:200]
     epochs = 1 if args.quick else args.epochs
-    data = (train_x, train_y, val_x, val_y, test_x, test_y)
     results = {"setup": {"network": repr(network_for(args.network, "ep", args.quick)), "optimizer": "Adam, cosine-annealed",
                          "lr": args.lr, "batch": 64, "epochs": epochs, "batches_per_epoch": batches}}
     for name in args.algorithms:
-        results[name] = train(name, args.network, data, epochs, args.lr, batches)
+        torch.manual_seed(0)
+        network = network_for(args.network, name, args.quick)
+        results[name] = train(pl_energy.build_algorithm(name), network, data, epochs, args.lr, batches,
+                              AGREEMENT_EVERY)
     figure, axis = plt.subplots(figsize=(5, 3.5))
     for name in args.algorithms:
         rows = results[name]

@@ -68,7 +68,8 @@ class GradientAgreement(Callback):
     ``agreement/rel_error_mean`` over that epoch's measurements.
 
     At the end of training a plot of the global metrics over training is saved as
-    ``<log_dir>/agreement.png`` and logged as the image ``agreement/plot`` to W&B loggers.
+    ``agreement.png`` in the run's folder (``pl_energy.outputs``) and logged as the image
+    ``agreement/plot`` to W&B and TensorBoard loggers.
 
     Works with single-device, ``ddp``, ``ddp_spawn`` (and multi-node) strategies; sharded
     strategies (FSDP, DeepSpeed, model parallel) are refused at ``setup``.
@@ -110,6 +111,11 @@ class GradientAgreement(Callback):
                     f"GradientAgreement needs an EnergyModule (with .algorithm, .network, .loss, "
                     f".last_batch); {type(pl_module).__name__} has no {attribute!r}"
                 )
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for aggregator in self.summaries.values():  # an epoch's summary holds that epoch only
+            aggregator.reset()
 
     @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -170,8 +176,6 @@ class GradientAgreement(Callback):
             return
         logged = {f"agreement/{metric}_{statistic}": float(aggregator.compute())
                   for (metric, statistic), aggregator in self.summaries.items()}
-        for aggregator in self.summaries.values():
-            aggregator.reset()
         trainer.callback_metrics.update({key: torch.tensor(value) for key, value in logged.items()})
         if trainer.is_global_zero:
             for logger in trainer.loggers:

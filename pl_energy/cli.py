@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 import torch
 
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import ArgsType, LightningCLI, SaveConfigCallback
-from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.loggers import CSVLogger
 
 from .algorithms import ALGORITHMS, hyperparameters_of
@@ -39,6 +39,7 @@ from .algorithms.registry import hyperparameter_docs, hyperparameter_types
 from .callbacks import GradientAgreement
 from .module import EnergyModule
 from .outputs import run_directory
+
 
 def hyperparameter_flags() -> dict[str, tuple[Any, str]]:
     """The ``--<name>`` flag of every algorithm hyper-parameter: its type and help, read from the
@@ -74,6 +75,10 @@ def _type_name(kind: Any) -> str:
 def _algorithm_help() -> str:
     return ("The learning algorithm: " + ", ".join(ALGORITHMS) + ". Its hyper-parameters are the flags "
             "of the group below (each says which algorithms have it and their defaults).")
+
+
+#: Set by the CLI to the thread count it chose, for the processes DDP starts from it.
+THREADS_VARIABLE = "PL_ENERGY_THREADS"
 
 
 def cpu_threads(requested: int | str, processes: int = 1) -> tuple[int, str]:
@@ -180,8 +185,8 @@ class BriefHelpFormatter(DefaultHelpFormatter):
         lines = text.strip().splitlines()
         if len(lines) <= 4:
             return text
-        command = lines[0].split(" [", 1)[0]  # "usage: pl-energy [options] fit"
-        command = lines[0][:lines[0].index(" [-c") if " [-c" in lines[0] else len(command)]
+        first = lines[0]  # "usage: pl-energy [options] fit [-c CONFIG] ..."
+        command = first[:first.index(" [-c")] if " [-c" in first else first.split(" [", 1)[0]
         return (f"{command} [-c CONFIG] [--algorithm NAME] [--<hyper-parameter> VALUE]\n"
                 f"{' ' * len('usage: ')}[--model.* ...] [--data.* ...] [--trainer.* ...] [--agreement.* ...]\n\n")
 
@@ -200,11 +205,21 @@ class SaveRunConfig(SaveConfigCallback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.already_saved:
             return
-        directory = run_directory(trainer)  # a collective under DDP
+        directory = str(run_directory(trainer))  # a collective under DDP
+        if self.save_to_log_dir:
+            from lightning.fabric.utilities.cloud_io import get_filesystem
+
+            path = f"{directory.rstrip('/')}/{self.config_filename}"
+            fs = get_filesystem(directory)
+            exists = trainer.strategy.broadcast(fs.isfile(path) if trainer.is_global_zero else False)
+            if exists and not self.overwrite:
+                raise RuntimeError(f"{path} exists: delete it, or set LightningCLI(save_config_kwargs="
+                                   "{'overwrite': True}) to overwrite it")
+            if trainer.is_global_zero:
+                fs.makedirs(directory, exist_ok=True)
+                self.parser.save(self.config, path, skip_none=False, overwrite=self.overwrite,
+                                 multifile=self.multifile)
         if trainer.is_global_zero:
-            directory.mkdir(parents=True, exist_ok=True)
-            self.parser.save(self.config, str(directory / self.config_filename), skip_none=False,
-                             overwrite=True, multifile=self.multifile)
             self.save_config(trainer, pl_module, stage)
             self.already_saved = True
         self.already_saved = trainer.strategy.broadcast(self.already_saved)
@@ -222,27 +237,33 @@ class SaveRunConfig(SaveConfigCallback):
 DEFAULT_DATA = "pl_energy.data.MNISTDataModule"
 
 
-def _import_class(path: str) -> type:
-    module, _, name = path.rpartition(".")
-    return getattr(__import__(module, fromlist=[name]), name)
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
-def _explicit_data_arguments(tokens: list[str]) -> set[str]:
-    """The data module arguments a command line gives: ``--data.X``, ``--data.init_args.X`` and
-    the ``data.init_args`` of its ``--config`` files."""
+def with_default_data(tokens: list[str]) -> list[str]:
+    """``tokens`` with ``--data=<DEFAULT_DATA>`` first after the subcommand when they name no
+    data module themselves (a ``--data`` value, ``--data.class_path`` or a config file's
+    ``data``). The parser has no data default: jsonargparse would carry a default class's
+    init_args over to the one chosen, and CIFAR-10 would inherit MNIST's 10,000 validation
+    images, batch 64 and flat inputs in silence."""
     import yaml
 
-    given: set[str] = set()
+    at = next((i + 1 for i, token in enumerate(tokens) if token in SUBCOMMANDS), 0)
     for index, token in enumerate(tokens):
-        name, _, value = token.partition("=")
-        if name.startswith("--data.") and not name.endswith(".help"):
-            given.add(name.removeprefix("--data.").removeprefix("init_args.").split(".")[0])
-        elif name == "--config":
-            path = Path(value or (tokens[index + 1] if index + 1 < len(tokens) else ""))
-            if path.is_file():
-                data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
-                given.update((data.get("init_args") or {}) if isinstance(data, dict) else {})
-    return given
+        name, equals, value = token.partition("=")
+        if name == "--data" and (equals or (index + 1 < len(tokens) and not tokens[index + 1].startswith("--"))):
+            return tokens
+        if name == "--data.class_path":
+            return tokens
+        if name in ("--config", "-c"):
+            path = Path(value if equals else (tokens[index + 1] if index + 1 < len(tokens) else ""))
+            loaded = yaml.safe_load(path.read_text()) if path.is_file() else None
+            # a config before the subcommand is the top-level parser's: its sections are subcommands
+            top_level = index < at
+            sections = ([loaded.get(c) for c in SUBCOMMANDS] if top_level else [loaded]) if isinstance(loaded, dict) else []
+            if any(isinstance(section, dict) and section.get("data") for section in sections):
+                return tokens
+    return [*tokens[:at], f"--data={DEFAULT_DATA}", *tokens[at:]]
 
 
 class EnergyCLI(LightningCLI):
@@ -255,32 +276,15 @@ class EnergyCLI(LightningCLI):
     """
 
     def parse_arguments(self, parser, args) -> None:
-        super().parse_arguments(parser, args)
         tokens = sys.argv[1:] if args is None else args
+        if isinstance(tokens, (list, tuple)):
+            tokens = with_default_data(list(tokens))
+        elif isinstance(tokens, dict) and not tokens.get("data"):
+            tokens = {**tokens, "data": {"class_path": DEFAULT_DATA}}
+        with warnings.catch_warnings():  # the command line itself, completed: not a second source
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            super().parse_arguments(parser, tokens)
         self._events = _argument_events(list(tokens)) if isinstance(tokens, (list, tuple)) else []
-        self._data_arguments = _explicit_data_arguments(list(tokens)) if isinstance(tokens, (list, tuple)) else set()
-
-    def _drop_carried_data_defaults(self, data) -> None:
-        """jsonargparse keeps the default data module's init_args that the chosen one also takes:
-        ``--data CIFAR10DataModule`` would inherit MNIST's ``val_size=10000``, ``batch_size=64`` and
-        ``flatten=True`` in silence. An argument the user did not give goes back to the chosen
-        class's own default."""
-        if not hasattr(data, "get") or data.get("class_path") in (None, DEFAULT_DATA):
-            return
-        import inspect
-
-        from jsonargparse import Namespace
-
-        chosen = _import_class(str(data["class_path"]))
-        mnist = inspect.signature(_import_class(DEFAULT_DATA).__init__).parameters
-        own = inspect.signature(chosen.__init__).parameters
-        init_args = data.get("init_args") or Namespace()
-        for key in list(init_args.keys()):
-            if key in self._data_arguments or key not in mnist or key not in own:
-                continue
-            default = own[key].default
-            if default is not inspect.Parameter.empty and init_args[key] == mnist[key].default != default:
-                init_args[key] = default
 
     def _algorithm_of_the_hyperparameters(self, chosen: str, hparams: dict) -> dict:
         """Refuse an ``--algorithm`` flag that a later config file overrides; drop a config file's
@@ -329,7 +333,6 @@ class EnergyCLI(LightningCLI):
         parser.set_defaults({
             "model.optimizer": {"class_path": "torch.optim.SGD",
                                 "init_args": {"lr": 0.001, "momentum": 0.9}},
-            "data": {"class_path": DEFAULT_DATA},
             "agreement.every_n_steps": 50,
             "seed_everything": 0,
             "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
@@ -360,7 +363,6 @@ class EnergyCLI(LightningCLI):
                 config.model[key] = value
                 config.trainer[key] = unset
         self._set_cpu_threads(config)
-        self._drop_carried_data_defaults(config.get("data"))
         logger = config.trainer.get("logger")
         if (hasattr(logger, "get") and str(logger.get("class_path", "")).endswith("CSVLogger")
                 and logger.get("init_args", {}).get("save_dir") == "."
@@ -374,24 +376,33 @@ class EnergyCLI(LightningCLI):
                 print("W&B: no API key found, logging offline to ./wandb "
                       "(sync later with `wandb sync`)", file=sys.stderr)
 
-
     @staticmethod
     def _set_cpu_threads(config) -> None:
-        """``--threads`` on CPU runs (GPU runs keep torch's default)."""
+        """``--threads`` on CPU runs (GPU runs keep torch's default). The choice is exported
+        (``OMP_NUM_THREADS``, ``PL_ENERGY_THREADS``), so the processes DDP starts (``ddp``
+        re-runs the command, ``ddp_spawn`` spawns workers) use the same count instead of each
+        reading the load average, which the others then raise."""
         accelerator = str(config.trainer.get("accelerator") or "auto")
         if accelerator not in ("cpu", "auto") or (accelerator == "auto" and torch.cuda.is_available()):
             return
         devices = config.trainer.get("devices")
+        if isinstance(devices, str) and devices.strip().isdigit():
+            devices = int(devices)
         processes = devices if isinstance(devices, int) and devices > 0 else (
             len(devices) if isinstance(devices, (list, tuple)) else 1)
+        requested = config.get("threads", "auto")
+        inherited = os.environ.get(THREADS_VARIABLE)
         try:
-            threads, why = cpu_threads(config.get("threads", "auto"), processes)
+            threads, why = ((int(inherited), "the launching process's choice") if requested == "auto" and inherited
+                            else cpu_threads(requested, processes))
         except ValueError as error:
             raise SystemExit(f"pl-energy: {error}") from None
+        os.environ[THREADS_VARIABLE] = os.environ["OMP_NUM_THREADS"] = str(threads)
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
-        print(f"pl-energy: {threads} CPU thread{'s' if threads > 1 else ''} per process ({why}; "
-              "--threads N sets it)", file=sys.stderr)
+        if requested != "auto" or not inherited:
+            print(f"pl-energy: {threads} CPU thread{'s' if threads > 1 else ''} per process ({why}; "
+                  "--threads N sets it)", file=sys.stderr)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
         """A ``GradientAgreement`` given through ``--trainer.callbacks`` replaces the one the CLI

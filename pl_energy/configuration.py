@@ -10,26 +10,30 @@ loggers (W&B's run config) can show, and :class:`~pl_energy.module.EnergyModule`
 from __future__ import annotations
 
 import functools
-import importlib
 from typing import Any, Callable
 
 from torch import nn
 
-from .core.network_spec import build_network, describe_network
+from .core.network_spec import as_plain, build_network, class_path, describe_network, import_object
 
 
 def describe_factory(factory: Any) -> dict[str, Any] | None:
     """The description of an optimiser or scheduler factory, or None if it has none.
 
-    A class, ``functools.partial(cls, **kwargs)`` and LightningCLI's own descriptions can be
-    described; a lambda or a function cannot (its arguments are hidden in its code).
+    A class, ``functools.partial(cls, **kwargs)`` with plain keyword values and LightningCLI's
+    own descriptions can be described; a lambda, a function, or a partial holding one (a
+    ``LambdaLR``'s ``lr_lambda``) cannot.
     """
     if isinstance(factory, dict) and "class_path" in factory:
         return factory
     if isinstance(factory, functools.partial) and isinstance(factory.func, type) and not factory.args:
-        return {"class_path": _path_of(factory.func), "init_args": dict(factory.keywords)}
-    if isinstance(factory, type):
-        return {"class_path": _path_of(factory), "init_args": {}}
+        path = class_path(factory.func)
+        try:
+            return None if path is None else {"class_path": path, "init_args": as_plain(dict(factory.keywords))}
+        except TypeError:
+            return None
+    if isinstance(factory, type) and class_path(factory) is not None:
+        return {"class_path": class_path(factory), "init_args": {}}
     return None
 
 
@@ -39,9 +43,7 @@ def factory_from(description: Any) -> Callable | None:
     if description is None or callable(description):
         return description
     if isinstance(description, dict) and "class_path" in description:
-        module, _, name = description["class_path"].rpartition(".")
-        cls = getattr(importlib.import_module(module), name)
-        return functools.partial(cls, **dict(description.get("init_args") or {}))
+        return functools.partial(import_object(description["class_path"]), **dict(description.get("init_args") or {}))
     raise TypeError(f"expected a callable or a {{'class_path': ..., 'init_args': ...}} dict, got {description!r}")
 
 
@@ -52,21 +54,9 @@ def network_from(network: Any) -> nn.Module | None:
     return build_network(network)
 
 
-def plain_hyperparameters(hparams: dict[str, Any]) -> list[str]:
-    """Replace the network, optimiser and scheduler in ``hparams`` by their descriptions, in
-    place; returns the names of those that have none (set to None: pass them again to
-    ``load_from_checkpoint``)."""
-    missing = []
-    for name, describe in (("network", describe_network), ("optimizer", describe_factory),
-                           ("lr_scheduler", describe_factory)):
-        value = hparams.get(name)
-        if value is None or (isinstance(value, dict) and "class_path" in value):
-            continue
-        hparams[name] = describe(value)
-        if hparams[name] is None:
-            missing.append(name)
-    return missing
-
-
-def _path_of(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+def plain_arguments(network: Any, optimizer: Any, lr_scheduler: Any) -> tuple[Any, Any, Any]:
+    """The network, optimiser and scheduler as the checkpoint keeps them: their descriptions,
+    None where there is none."""
+    return tuple(value if value is None or (isinstance(value, dict) and "class_path" in value) else describe(value)
+                 for value, describe in ((network, describe_network), (optimizer, describe_factory),
+                                         (lr_scheduler, describe_factory)))

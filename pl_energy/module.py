@@ -24,7 +24,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .algorithms import ALGORITHMS, Algorithm, algorithm_class, build_algorithm
 from .core import mlp
-from .configuration import factory_from, network_from, plain_hyperparameters
+from .configuration import factory_from, network_from, plain_arguments
 from .core.losses import as_loss
 from .outputs import log_figure
 from .plotting import energy_trace_figure
@@ -109,12 +109,15 @@ class EnergyModule(pl.LightningModule):
             raise ValueError(f"unknown loss {loss!r}; choose 'cross_entropy' or 'mse'")
         if trace_every_n_steps is None or trace_every_n_steps < 0:
             raise ValueError(f"trace_every_n_steps must be >= 0, got {trace_every_n_steps}")
-        with warnings.catch_warnings():  # the network is replaced by its description just below
-            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
-            self.save_hyperparameters()
+        given = network_from(network), factory_from(optimizer), factory_from(lr_scheduler)
+        # save_hyperparameters reads __init__'s arguments by name: it keeps their descriptions
+        # (LightningCLI passes its own, the config's, instead)
+        network, optimizer, lr_scheduler = plain_arguments(*given)
+        self.save_hyperparameters()
+        network, optimizer, lr_scheduler = given
         #: Arguments the checkpoint cannot hold (a lambda optimiser, a custom module).
-        self.unsaved_arguments = plain_hyperparameters(self.hparams)
-        network, optimizer, lr_scheduler = network_from(network), factory_from(optimizer), factory_from(lr_scheduler)
+        self.unsaved_arguments = [name for name, value in zip(("network", "optimizer", "lr_scheduler"), given)
+                                  if value is not None and self.hparams.get(name) is None]
         self.automatic_optimization = False
         self.algorithm_name = algorithm
         self.algorithm: Algorithm = build_algorithm(algorithm, **dict(algorithm_hparams or {}))
@@ -246,7 +249,7 @@ class EnergyModule(pl.LightningModule):
         self.energy_traces.append((step, data))
         if self._trainer is not None:
             log_figure(self.trainer, lambda: _energy_figure(data, self.algorithm, step),
-                          Path("energy") / f"step_{step:07d}.png", "energy/trace", step)
+                       Path("energy") / f"step_{step:07d}.png", "energy/trace", step)
 
     def on_fit_start(self) -> None:
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
@@ -400,9 +403,10 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def _output_width(network: nn.Module) -> int | None:
+    """The ``out_features`` of the network's last module that has one (``Linear``, ``ScaledLinear``)."""
     width = None
     for module in network.modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(getattr(module, "out_features", None), int):
             width = module.out_features
     return width
 

@@ -1,9 +1,11 @@
 """Where a run's outputs go: one folder per run, for every logger, and figures sent to the loggers.
 
-The run's folder is ``<save_dir>/<name>/<version>`` of the first logger, the folder Lightning's
-``ModelCheckpoint`` already puts ``checkpoints/`` in: ``./lightning_logs/version_N`` for the CSV
-and TensorBoard loggers, ``<save_dir>/<project>/<run id>`` for W&B (where ``trainer.log_dir``
-would be the shared ``save_dir``, and each run would overwrite the last one's files). The
+The run's folder is the first logger's: its ``log_dir`` for the CSV and TensorBoard loggers
+(``./lightning_logs/version_N``, the folder Lightning's ``ModelCheckpoint`` puts ``checkpoints/``
+in; with TensorBoard's ``sub_dir`` the files go to that sub-folder and the checkpoints stay
+above it), ``<save_dir>/<project>/<run id>`` for W&B (beside its checkpoints; there
+``trainer.log_dir`` is the shared ``save_dir``, where each run would overwrite the last one's
+files). The
 configuration, plots, energy traces and predictions of a run are written there.
 """
 

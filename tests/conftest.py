@@ -25,7 +25,12 @@ def mnist_tensors(mnist_root):  # noqa: F811
 
 
 @pytest.fixture(autouse=True)
-def one_thread_after_each_test():
-    """The CLI sets torch's threads (``--threads auto``): every test starts from the suite's one."""
+def one_thread_after_each_test(monkeypatch):
+    """The CLI sets torch's threads and exports its choice (``--threads auto``): every test
+    starts from the suite's one thread and an environment without the choice."""
+    import os
+
+    monkeypatch.delenv("PL_ENERGY_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
     yield
     torch.set_num_threads(1)

@@ -252,6 +252,20 @@ def test_threads_flag_sets_torch_threads_on_cpu_runs(capsys):
         torch.set_num_threads(before)
 
 
+def test_threads_under_ddp_count_the_processes_and_reach_the_workers(monkeypatch, capsys):
+    import pl_energy.cli as cli_module
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0), raising=False)
+    make_cli(["--algorithm", "bp", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+              "--trainer.strategy", "ddp_spawn", "--trainer.logger", "false"], run=False)
+    assert torch.get_num_threads() == 4  # 8 cores, 2 processes: "2" is a count, not a name
+    assert os.environ["OMP_NUM_THREADS"] == os.environ[cli_module.THREADS_VARIABLE] == "4"
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.0, 6.0, 6.0), raising=False)  # the workers' own load
+    make_cli(["--algorithm", "bp", "--trainer.accelerator", "cpu", "--trainer.logger", "false"], run=False)
+    assert torch.get_num_threads() == 4  # a process started by the launcher keeps its choice
+
+
 def test_another_data_module_does_not_inherit_mnists_defaults(tmp_path):
     """jsonargparse carries the default MNIST module's init_args over to the chosen class: CIFAR
     would get MNIST's 10,000 validation images, batch 64 and flat inputs without a word."""
@@ -266,3 +280,26 @@ def test_another_data_module_does_not_inherit_mnists_defaults(tmp_path):
     config.write_text("data:\n  class_path: pl_energy.data.CIFAR10DataModule\n  init_args:\n    val_size: 10000\n")
     cli = make_cli(["--config", str(config), "--data.data_dir", str(tmp_path), "--trainer.logger", "false"], run=False)
     assert (cli.datamodule.val_size, cli.datamodule.batch_size) == (10_000, 128)
+
+
+def test_a_data_module_named_any_way_keeps_what_the_user_gave(tmp_path, capsys):
+    """The review's cases: a config's values equal to MNIST's defaults, a JSON --data value, a
+    top-level config with a fit: section."""
+    given = tmp_path / "given.yaml"
+    given.write_text("data:\n  class_path: pl_energy.data.CIFAR10DataModule\n  init_args:\n"
+                     "    batch_size: 64\n    flatten: true\n")
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("fit:\n  data:\n    class_path: pl_energy.data.CIFAR10DataModule\n")
+    common = ["--trainer.logger", "false", "--model.sizes", "[3072, 10]"]
+    cli = make_cli(["-c", str(given), "--data.data_dir", str(tmp_path), *common], run=False)
+    assert (cli.datamodule.batch_size, cli.datamodule.flatten, cli.datamodule.val_size) == (64, True, 5_000)
+    cli = make_cli(["--data", '{"class_path": "pl_energy.data.CIFAR10DataModule", "init_args": {"batch_size": 64}}',
+                    "--data.data_dir", str(tmp_path), *common], run=False)
+    assert (cli.datamodule.batch_size, cli.datamodule.val_size) == (64, 5_000)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # runs fit: parse only, through --print_config
+        make_cli(["-c", str(nested), "fit", "--print_config"])
+    printed = capsys.readouterr().out
+    assert "class_path: pl_energy.data.CIFAR10DataModule" in printed and "val_size: 5000" in printed
+    cli = make_cli(["--trainer.logger", "false"], run=False)  # nothing named: MNIST
+    assert type(cli.datamodule).__name__ == "MNISTDataModule"

@@ -137,3 +137,32 @@ def test_tensorboard_gets_the_figures_scalars_and_config_in_the_run_folder(mnist
     assert [event.step for event in events.Scalars("agreement/cosine")] == [0, 2]
     hparams = (run / "hparams.yaml").read_text()
     assert "torch.optim.SGD" in hparams and "lr: 0.001" in hparams
+
+
+def test_what_cannot_be_described_is_named_not_pickled(tmp_path):
+    """A LambdaLR's lr_lambda, frozen or tied parameters and float64 weights: the review's cases."""
+    from pl_energy.configuration import describe_factory
+
+    assert describe_factory(functools.partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=lambda e: 0.9 ** e)) is None
+    assert describe_factory(functools.partial(torch.optim.Adam, betas=(0.8, 0.9))) == {
+        "class_path": "torch.optim.adam.Adam", "init_args": {"betas": [0.8, 0.9]}}
+    frozen = mlp([4, 3, 2])
+    frozen[0][0].weight.requires_grad_(False)
+    assert describe_network(frozen) is None
+    tied = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    tied[1].weight = tied[0].weight
+    assert describe_network(tied) is None
+    network = mlp([784, 256, 10]).double()
+    state = torch.random.get_rng_state()
+    wide = describe_network(network)
+    assert torch.equal(torch.random.get_rng_state(), state)  # rebuilt on the meta device
+    assert wide["dtype"] == "float64" and next(build_network(wide).parameters()).dtype == torch.float64
+
+
+def test_the_logged_hyperparameters_are_descriptions_not_objects(tmp_path):
+    module = EnergyModule(network=mlp([784, 16, 10]), algorithm="bp",
+                          optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    for hparams in (module.hparams, module.hparams_initial):  # loggers get hparams_initial
+        assert hparams["network"] == {"class_path": "pl_energy.core.networks.MLP",
+                                      "init_args": {"sizes": [784, 16, 10], "activation": "relu", "bias": True}}
+        assert hparams["optimizer"] == {"class_path": "torch.optim.sgd.SGD", "init_args": {"lr": 0.1}}

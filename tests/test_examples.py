@@ -119,3 +119,12 @@ def test_tutorial_runs_as_written(mnist_root, tmp_path):
         assert f"{name:9s} cosine with BP 1.000000" in out  # exact in float64
     assert "pc_nudge  cosine with BP 0.99" in out
     assert "outputs differ by 0.0" in out
+
+
+def test_deep_mnist(run):
+    r = run("deep_mnist")
+    assert {"cnn/bp", "cnn/z_il", "cnn/pc_nudge", "cnn/pc", "cnn/ep", "resmlp/bp", "resmlp/pc_nudge"} <= set(r)
+    assert "Residual" in r["setup"]["resmlp"] and "Conv2d" in r["setup"]["cnn"]
+    # z_il is backprop: the same accuracy from the same start and order (float32 rounding aside)
+    assert abs(r["cnn/z_il"]["test_accuracy"] - r["cnn/bp"]["test_accuracy"]) <= 0.01
+    assert all(c > 0.99 for c in r["resmlp/z_il"]["reference_cosine"])

@@ -27,6 +27,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vjp
 
+from .networks import computes_as
+
 #: Modules a coupling may be built of: affine maps, reshapes and pools.
 COUPLING_PARTS: tuple[type[nn.Module], ...] = (
     nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Flatten, nn.Unflatten, nn.Identity,
@@ -128,11 +130,11 @@ def split_layer(layer: nn.Module, activations: tuple[type[nn.Module], ...]) -> t
 def make_coupling(module: nn.Module, index: int) -> Coupling:
     """The coupling for ``module`` (layer ``index`` without its activation), or a TypeError that
     names the part that cannot couple two layers of a Hopfield energy."""
-    if isinstance(module, nn.Linear):
+    if computes_as(module, nn.Linear):
         return DenseCoupling(module)
     leaves = [m for m in module.modules() if not list(m.children())] or [module]
     for leaf in leaves:
-        if not isinstance(leaf, COUPLING_PARTS):
+        if not any(computes_as(leaf, part) for part in COUPLING_PARTS):
             raise TypeError(
                 f"layer {index} has a {type(leaf).__name__} inside it: a layer of the Hopfield energy of "
                 "EP/CHL is affine maps, reshapes and pools (Linear, Conv, Flatten, MaxPool, AvgPool) "

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .activations import Derivatives, derivatives_of
+from .networks import computes_as
 
 
 class DenseLinearization:
@@ -101,9 +102,9 @@ Linearization = DenseLinearization | AutogradLinearization
 
 def dense_parts(layer: nn.Module):
     """(linear, derivatives, activation) when the layer has a closed form, else None."""
-    if isinstance(layer, nn.Linear):
+    if computes_as(layer, nn.Linear):
         return layer, None, None
-    if isinstance(layer, nn.Sequential) and len(layer) == 2 and isinstance(layer[0], nn.Linear):
+    if isinstance(layer, nn.Sequential) and len(layer) == 2 and computes_as(layer[0], nn.Linear):
         derivatives = derivatives_of(layer[1])
         if derivatives is not None:
             return layer[0], derivatives, layer[1]

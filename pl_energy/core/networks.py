@@ -68,24 +68,28 @@ class ConvNet(nn.Sequential):
         activation: the activation of every hidden layer (a name of ``ACTIVATIONS``).
         flat_input: the inputs arrive flattened (``C*H*W`` features) and the first layer
             unflattens them.
+        pooled: which conv blocks pool (one flag per block; None: every block).
     """
 
     def __init__(self, in_shape: Sequence[int] = (1, 28, 28), channels: Sequence[int] = (32, 64),
                  num_classes: int = 10, kernel_size: int = 3, padding: int = 1, pool: str = "max",
                  pool_size: int = 2, hidden: Sequence[int] = (), activation: str = "relu",
-                 flat_input: bool = False) -> None:
+                 flat_input: bool = False, pooled: Sequence[bool] | None = None) -> None:
         in_shape, channels, hidden = [int(v) for v in in_shape], [int(v) for v in channels], [int(v) for v in hidden]
         if len(in_shape) != 3 or min(in_shape) < 1:
             raise ValueError(f"in_shape is (channels, height, width), got {in_shape}")
         if pool not in POOLS:
             raise ValueError(f"unknown pool {pool!r}; choose one of {sorted(POOLS)}")
+        pooled = [True] * len(channels) if pooled is None else [bool(v) for v in pooled]
+        if len(pooled) != len(channels):
+            raise ValueError(f"pooled gives one flag per conv block: {len(channels)} blocks, got {pooled}")
         layers: list[nn.Module] = []
         depth, height, width = in_shape
         for index, out in enumerate(channels):
             block: list[nn.Module] = [nn.Unflatten(1, tuple(in_shape))] if index == 0 and flat_input else []
             block.append(nn.Conv2d(depth, out, kernel_size, padding=padding))
             height, width = height + 2 * padding - kernel_size + 1, width + 2 * padding - kernel_size + 1
-            if pool != "none":
+            if pool != "none" and pooled[index]:
                 block.append(POOLS[pool](pool_size))
                 height, width = height // pool_size, width // pool_size
             if min(height, width) < 1:
@@ -106,10 +110,49 @@ class ConvNet(nn.Sequential):
         self.init_args = {"in_shape": in_shape, "channels": channels, "num_classes": int(num_classes),
                           "kernel_size": kernel_size, "padding": padding, "pool": pool,
                           "pool_size": pool_size, "hidden": hidden, "activation": activation,
-                          "flat_input": flat_input}
+                          "flat_input": flat_input, "pooled": pooled}
 
 
 POOLS: dict[str, type[nn.Module]] = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d, "none": nn.Identity}
+
+#: VGG-style presets by depth (weight layers): conv widths and which blocks max-pool; a linear
+#: output layer follows. VGG-5 is the network of the PC benchmarks of Pinchetti et al. 2024
+#: (PCX): 128-256-512-512, each block pooled.
+VGG_PRESETS: dict[int, tuple[tuple[int, ...], tuple[bool, ...]]] = {
+    5: ((128, 256, 512, 512), (True, True, True, True)),
+    7: ((128, 128, 256, 256, 512, 512), (False, True, False, True, False, True)),
+    9: ((128, 128, 256, 256, 512, 512, 512, 512), (False, True, False, True, False, True, False, True)),
+}
+
+
+class VGG(ConvNet):
+    """VGG-5, -7 or -9 (``VGG_PRESETS``): 3x3 convolutions with padding 1, ReLU, 2x2 max-pooling,
+    each conv block one energy layer, then a linear output layer.
+
+    Args:
+        depth: 5, 7 or 9 weight layers.
+        in_shape: the image's (channels, height, width); CIFAR's (3, 32, 32) by default.
+        num_classes: width of the output layer.
+        width: a multiplier of every block's channels (e.g. 0.25 for quick runs).
+        activation: the activation of every conv block (``clip`` for EP and CHL).
+        flat_input: the inputs arrive flattened and the first layer unflattens them.
+    """
+
+    def __init__(self, depth: int = 5, in_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10,
+                 width: float = 1.0, activation: str = "relu", flat_input: bool = False) -> None:
+        if depth not in VGG_PRESETS:
+            raise ValueError(f"VGG depth {depth} is not one of {sorted(VGG_PRESETS)}")
+        channels, pooled = VGG_PRESETS[depth]
+        super().__init__(in_shape=in_shape, channels=[max(1, round(c * width)) for c in channels],
+                         num_classes=num_classes, activation=activation, flat_input=flat_input, pooled=pooled)
+        self.init_args = {"depth": depth, "in_shape": [int(v) for v in in_shape], "num_classes": num_classes,
+                          "width": width, "activation": activation, "flat_input": flat_input}
+
+
+def computes_as(module: nn.Module, cls: type[nn.Module]) -> bool:
+    """True if ``module`` is a ``cls`` that computes as ``cls`` does: a subclass that overrides
+    ``forward`` (a scaled or low-rank Linear, say) is not, and must not get ``cls``'s closed forms."""
+    return isinstance(module, cls) and type(module).forward is cls.forward
 
 
 def layers_of(network: nn.Module) -> list[nn.Module]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from .loading import SplitDataModule, default_data_dir, seeded_split
+from .loading import SplitDataModule, check_split, default_data_dir, seeded_split
 
 TRAIN_TOTAL = 50_000  # images in the training files (the split's settings are checked against it)
 
@@ -104,7 +104,7 @@ class CIFAR10DataModule(SplitDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        seeded_split(TRAIN_TOTAL, val_size, seed, limit_train)  # checks the split's settings
+        check_split(TRAIN_TOTAL, val_size, limit_train)
         if augment and flatten:
             raise ValueError("augment crops and flips images: it needs flatten=False")
         self.data_dir = str(data_dir) if data_dir else default_data_dir()

@@ -16,15 +16,21 @@ def default_data_dir() -> str:
     return os.environ.get("PL_ENERGY_DATA") or "./data"
 
 
+def check_split(total: int, val_size: int, limit_train: int | None = None) -> None:
+    """Refuse a validation size that leaves no training (or no validation) items, and a
+    non-positive ``limit_train``."""
+    if not 0 < val_size < total:
+        raise ValueError(f"val_size must be in 1..{total - 1}, got {val_size}")
+    if limit_train is not None and limit_train < 1:
+        raise ValueError(f"limit_train must be a positive int or None, got {limit_train}")
+
+
 def seeded_split(total: int, val_size: int, seed: int,
                  limit_train: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the train and validation splits of a training set of ``total`` items: a
     ``torch.randperm`` seeded by ``seed``, its last ``val_size`` for validation; ``limit_train``
     keeps the first N of the train split."""
-    if not 0 < val_size < total:
-        raise ValueError(f"val_size must be in 1..{total - 1}, got {val_size}")
-    if limit_train is not None and limit_train < 1:
-        raise ValueError(f"limit_train must be a positive int or None, got {limit_train}")
+    check_split(total, val_size, limit_train)
     perm = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
     train, val = perm[: total - val_size], perm[total - val_size:]
     return (train if limit_train is None else train[:limit_train]), val

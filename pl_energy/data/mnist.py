@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from .loading import SplitDataModule, default_data_dir, seeded_split
+from .loading import SplitDataModule, check_split, default_data_dir, seeded_split
 
 MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -108,7 +108,7 @@ class MNISTDataModule(SplitDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        seeded_split(TRAIN_TOTAL, val_size, seed, limit_train)  # checks the split's settings
+        check_split(TRAIN_TOTAL, val_size, limit_train)
         self.data_dir = str(data_dir) if data_dir else default_data_dir()
         self.set_loader_options(batch_size, num_workers, pin_memory, persistent_workers, shuffle)
         self.flatten = flatten

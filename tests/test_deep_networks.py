@@ -1,0 +1,152 @@
+"""VGG and residual networks for every algorithm, at tiny sizes.
+
+Oracles: autograd backprop (Z-IL and Fa-Z-IL equal it to rounding in float64; PC-Nudge approaches
+it), each algorithm's own exact reference (EP, CHL), the muPC theory (activities of order one at
+any depth), and ResNet-18's published parameter count (11.17M for CIFAR).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import pl_energy
+from pl_energy.callbacks import agreement_metrics
+from pl_energy.core.network_spec import build_network, describe_network
+from pl_energy.core.networks import VGG
+from pl_energy.core.residual import ResidualMLP, ResNet, ScaledLinear
+
+
+def tiny_vgg(activation: str = "relu") -> nn.Sequential:
+    return VGG(5, in_shape=(3, 16, 16), width=1 / 32, activation=activation).double()
+
+
+def tiny_residual_mlp(parameterisation: str = "standard") -> nn.Sequential:
+    return ResidualMLP(in_features=12, width=16, depth=6, num_classes=5, activation="tanh",
+                       parameterisation=parameterisation).double()
+
+
+def tiny_resnet() -> nn.Sequential:
+    return ResNet(in_shape=(3, 8, 8), num_classes=5, widths=(4, 8), blocks=(1, 1), activation="tanh").double()
+
+
+NETWORKS = {"vgg": (tiny_vgg, (3, 16, 16), 10), "residual_mlp": (tiny_residual_mlp, (12,), 5),
+            "mupc_mlp": (lambda: tiny_residual_mlp("mupc"), (12,), 5), "resnet": (tiny_resnet, (3, 8, 8), 5)}
+
+
+def batch(shape, classes, size: int = 6):
+    torch.manual_seed(1)
+    return torch.rand(size, *shape, dtype=torch.float64), torch.randint(0, classes, (size,))
+
+
+def cosine(estimate, reference) -> float:
+    return agreement_metrics(torch.cat([estimate[k].flatten() for k in reference]),
+                             torch.cat([g.flatten() for g in reference.values()]))["cosine"]
+
+
+def test_builders_have_the_published_shapes():
+    assert len(VGG(5)) == 5 and len(VGG(7)) == 7 and len(VGG(9)) == 9
+    assert [m.out_channels for m in VGG(5).modules() if isinstance(m, nn.Conv2d)] == [128, 256, 512, 512]
+    resnet = ResNet()
+    assert len(resnet) == 10 and sum(p.numel() for p in resnet.parameters()) == 11_173_962  # ResNet-18, CIFAR
+    assert ResNet()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert len(ResidualMLP(depth=20)) == 20
+    for network in (VGG(7, width=0.1), ResidualMLP(depth=4, parameterisation="mupc"), tiny_resnet()):
+        rebuilt = build_network(describe_network(network))  # checkpoints rebuild them
+        assert repr(rebuilt) == repr(network)
+    with pytest.raises(ValueError, match="VGG depth 6"):
+        VGG(6)
+    with pytest.raises(ValueError, match="unknown parameterisation"):
+        ResidualMLP(parameterisation="ntk")
+
+
+def _last_hidden_norm(network, x) -> float:
+    activity = x
+    for layer in list(network)[:-1]:
+        activity = layer(activity)
+    return float(activity.detach().pow(2).mean().sqrt())
+
+
+def test_mupc_keeps_the_activities_of_order_one_at_any_depth():
+    """Innocenti et al. 2025: under muPC the forward pass is stable in depth and width; the
+    standard parameterisation's residual stream grows with depth."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 64)
+    ratios = {}
+    for parameterisation in ("mupc", "standard"):
+        norms = [_last_hidden_norm(ResidualMLP(64, width, depth, 10, "relu", parameterisation), x)
+                 for width, depth in ((64, 8), (64, 64), (256, 64))]
+        ratios[parameterisation] = max(norms) / min(norms)
+        if parameterisation == "mupc":
+            assert all(0.3 < n < 3 for n in norms), norms
+    assert ratios["mupc"] < 2 < ratios["standard"], ratios
+
+
+@pytest.mark.parametrize("kind", sorted(NETWORKS))
+@pytest.mark.parametrize("name", ["z_il", "fa_z_il"])
+def test_z_il_is_backprop_on_vgg_and_residual_stacks(kind, name):
+    make, shape, classes = NETWORKS[kind]
+    network = make()
+    x, y = batch(shape, classes)
+    algorithm = pl_energy.build_algorithm(name)
+    estimate = algorithm.gradients(network, x, y)
+    reference = algorithm.reference(network, x, y)
+    for key, exact in reference.items():
+        torch.testing.assert_close(estimate[key], exact, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", sorted(NETWORKS))
+def test_pc_nudge_and_pc_approach_backprop_on_vgg_and_residual_stacks(kind):
+    make, shape, classes = NETWORKS[kind]
+    network = make()
+    x, y = batch(shape, classes)
+    # the reference is backprop through the same function: with BatchNorm (the ResNet), the
+    # batch statistics inference holds fixed are constants (core.forward_semantics)
+    nudge = pl_energy.build_algorithm("pc_nudge", lam=1e-3, centered=True, tol=1e-8, steps=500)
+    assert cosine(nudge.gradients(network, x, y), nudge.reference(network, x, y)) > 0.999
+    weak_feedback = pl_energy.build_algorithm("pc", gamma=0.1, tol=1e-8, steps=500)
+    assert cosine(weak_feedback.gradients(network, x, y), weak_feedback.reference(network, x, y)) > 0.9
+
+
+@pytest.mark.parametrize("name", ["ep", "chl"])
+def test_ep_and_chl_train_a_vgg_stack_of_clip_units(name):
+    network = tiny_vgg("clip")
+    x, y = batch((3, 16, 16), 10)
+    algorithm = pl_energy.build_algorithm(name, **({"beta": 0.01} if name == "ep" else {"gamma": 0.05}))
+    estimate = algorithm.step(network, x, y)
+    assert all(report.converged or report.settled for report in estimate.inference)
+    assert cosine(estimate.gradients, algorithm.reference(network, x, y)) > 0.9
+
+
+@pytest.mark.parametrize("name", ["ep", "chl"])
+def test_a_residual_block_in_a_hopfield_energy_is_refused_by_name(name):
+    x, y = batch((12,), 5)
+    with pytest.raises(TypeError, match="has a (ScaledLinear|Tanh) inside it"):
+        pl_energy.build_algorithm(name).step(tiny_residual_mlp(), x, y)
+
+
+class DoubledLinear(nn.Linear):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_a_linear_subclass_with_its_own_forward_gets_no_closed_form():
+    """Before, ``isinstance(layer, nn.Linear)`` gave it nn.Linear's closed-form Jacobians: Z-IL's
+    update was half BP's in silence."""
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Sequential(DoubledLinear(12, 8), nn.Tanh()), DoubledLinear(8, 5)).double()
+    x, y = batch((12,), 5)
+    algorithm = pl_energy.build_algorithm("z_il")
+    for key, exact in algorithm.reference(network, x, y).items():
+        torch.testing.assert_close(algorithm.gradients(network, x, y)[key], exact, rtol=0, atol=1e-10)
+    clip = nn.Sequential(nn.Sequential(DoubledLinear(12, 8), pl_energy.core.activations.Clip()), nn.Linear(8, 5))
+    with pytest.raises(TypeError, match="DoubledLinear inside it"):
+        pl_energy.build_algorithm("ep").step(clip.double(), x, y)
+
+
+def test_scaled_linear_computes_its_scale():
+    layer = ScaledLinear(3, 2, scale=0.5, unit_init=True)
+    x = torch.rand(4, 3)
+    torch.testing.assert_close(layer(x), 0.5 * nn.functional.linear(x, layer.weight, layer.bias))
+    assert layer.bias.abs().max() == 0
