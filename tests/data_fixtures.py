@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -106,3 +107,37 @@ def imagenet_torchvision(tmp_path_factory) -> Path:
     wnid_to_classes = {w: (f"class {w}",) for w in FAKE_WNIDS}
     torch.save((wnid_to_classes, None), root / "meta.bin")
     return root
+
+
+# --- CIFAR's python batches, in their real format (pickled dicts, as the tar.gz extracts) -----
+CIFAR = {"CIFAR10DataModule": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                             b"labels", 10),
+         "CIFAR100DataModule": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100)}
+PER_FILE = 40
+
+
+def _image(index: int) -> np.ndarray:
+    """Image ``index``: red plane = index % 256, green = 2 * index % 256, blue = 7."""
+    planes = [np.full(1024, index % 256), np.full(1024, (2 * index) % 256), np.full(1024, 7)]
+    return np.concatenate(planes).astype(np.uint8)
+
+
+def write_cifar(root, cls) -> dict[str, list[int]]:
+    """The pickled batches of ``cls`` (numpy ``data`` of N x 3072 uint8, list labels, as
+    ``cifar-*-python.tar.gz`` extracts them); returns the labels written per split."""
+    folder, train, test, key, classes = CIFAR[cls if isinstance(cls, str) else cls.__name__]
+    (root / folder).mkdir(parents=True)
+    written, start = {"train": [], "test": []}, 0
+    for split, names in (("train", train), ("test", test)):
+        count = PER_FILE * (5 // len(names)) if split == "train" else PER_FILE
+        for name in names:
+            indices = range(start, start + count)
+            batch = {b"batch_label": name.encode(), key: [i % classes for i in indices],
+                     b"data": np.stack([_image(i) for i in indices]),
+                     b"filenames": [f"{i}.png".encode() for i in indices]}
+            if key == b"fine_labels":
+                batch[b"coarse_labels"] = [i % 20 for i in indices]
+            (root / folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+            written[split] += batch[key]
+            start += count
+    return written

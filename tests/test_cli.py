@@ -136,7 +136,8 @@ def test_flag_the_algorithm_lacks_is_refused(capsys):
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("mnist_*.yaml")))
 def test_mnist_configs_build(config):
     cli = make_cli(["--config", str(CONFIGS / config), "--trainer.logger", "false"], run=False)
-    assert cli.model.algorithm_name == config.removeprefix("mnist_").removeprefix("cnn_").removesuffix(".yaml")
+    assert cli.model.algorithm_name == config.removeprefix("mnist_").removeprefix("cnn_").removeprefix(
+        "resmlp20_").removesuffix(".yaml")
 
 
 def test_imagenet_config_parses(capsys):
@@ -149,8 +150,23 @@ def test_imagenet_config_parses(capsys):
 
 
 def test_every_algorithm_has_a_mnist_config_and_a_cnn_config():
-    assert sorted(p.stem for p in CONFIGS.glob("mnist_*.yaml")) == sorted(
-        [f"mnist_{a}" for a in ALGORITHMS] + [f"mnist_cnn_{a}" for a in ALGORITHMS])
+    stems = {p.stem for p in CONFIGS.glob("mnist_*.yaml")}
+    assert {f"mnist_{a}" for a in ALGORITHMS} | {f"mnist_cnn_{a}" for a in ALGORITHMS} <= stems
+    assert {f"cifar10_vgg5_{a}" for a in ALGORITHMS} <= {p.stem for p in CONFIGS.glob("cifar10_*.yaml")}
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("cifar10_*.yaml")))
+def test_cifar_configs_train_a_step_on_cifar_files(config, tmp_path):
+    from data_fixtures import write_cifar
+
+    write_cifar(tmp_path, "CIFAR10DataModule")
+    cli = make_cli(["fit", "--config", str(CONFIGS / config), "--model.network.init_args.width", "0.03125",
+                    "--data.data_dir", str(tmp_path), "--data.val_size", "50", "--data.batch_size", "16",
+                    "--data.num_workers", "0", "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
+                    "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+                    "--agreement.every_n_steps", "1"])
+    assert cli.trainer.global_step == 1 and type(cli.model.network).__name__ == "VGG"
+    assert cli.datamodule.augment and cli.model.algorithm_name == config.split("_", 2)[2].removesuffix(".yaml")
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
