@@ -3,7 +3,7 @@
     python benchmarks/bench_convergence.py            # every case, into benchmarks/RESULTS.md
     python benchmarks/bench_convergence.py --quick    # tiny networks (the smoke test)
 
-For each network (tanh MLPs of depth 3, 6, 10, 20, width 128; seed 003's ReLU MLP; a VGG-5),
+For each network (tanh MLPs of depth 3, 6, 10, 20, width 128; Millidge et al. 2022's ReLU MLP; a VGG-5),
 each algorithm (pc_nudge, pc) and each solver, inference runs from the free state on one real
 MNIST batch of 64 and every step is scored by the worst layer's relative error of the weight
 update against the update at the converged equilibrium:
@@ -186,7 +186,7 @@ HOPFIELD_SOLVERS = {"gd 0.5 (the issue's baseline)": ("gd", 0.5), "gd 1.0": ("gd
 
 
 def hopfield_free_phases(quick: bool, rounds: int) -> list[dict]:
-    """The EP/CHL free phase of seed 003's MLP (ReLU and clip units, float64) to a relative
+    """The EP/CHL free phase of Millidge et al. 2022's MLP (ReLU and clip units, float64) to a relative
     residual of 1e-6: steps and time per solver, timed in interleaved rounds."""
     from pl_energy.core import HopfieldEnergy
 
@@ -284,7 +284,7 @@ def section(rows: list[dict], command: str, load: tuple, hopfield: list[dict]) -
     )
 
 
-HOPFIELD_INTRO = "EP/CHL free phase of seed 003's MLP"
+HOPFIELD_INTRO = "EP/CHL free phase of Millidge et al. 2022's MLP"
 
 
 def hopfield_section(hopfield: list[dict], note: str = "") -> str:

@@ -152,7 +152,7 @@ def rel_error(estimate: dict, reference: dict) -> float:
 
 
 def distance(a: dict, b: dict) -> float:
-    """Euclidean distance over all parameters (seed 003 A.1.1)."""
+    """Euclidean distance over all parameters (Millidge et al. 2022 A.1.1)."""
     return float((flat(a).double() - flat(b).double()).norm())
 
 

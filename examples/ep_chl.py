@@ -1,4 +1,4 @@
-"""EP and CHL (seed 003 Secs. 3.3-3.4): gradient error against beta and against gamma.
+"""EP and CHL (Millidge et al. 2022 Secs. 3.3-3.4): gradient error against beta and against gamma.
 
 Layered Hopfield energy on ``mlp([784, 64, 10])`` with sigmoid hidden units, squared-error loss,
 one real MNIST batch (float64), several initialisations. Each estimate is compared with the
@@ -7,7 +7,7 @@ algorithm's own ``reference``: dL/dtheta at its free equilibrium (implicit diffe
 - EP: one-sided (x_beta - x_bar) and centered (x_{+beta} - x_{-beta}) against beta;
   expected error O(beta) and O(beta^2).
 - CHL: plain (difference of clamped and free weight gradients / gamma^(L-1)) and corrected
-  (seed 003 Eq. 17: first-order term H dx only) against the feedback strength gamma; the output is
+  (Millidge et al. 2022 Eq. 17: first-order term H dx only) against the feedback strength gamma; the output is
   fully clamped, so the error vanishes only as gamma -> 0.
 Inference: ``steps`` steps of 0.5 with a relative-residual tolerance.
 """

@@ -1,4 +1,4 @@
-"""Seed 003 Fig. 2: energies during inference (A), activity change vs BP (B), error vs distance (C).
+"""Millidge et al. 2022 Fig. 2: energies during inference (A), activity change vs BP (B), error vs distance (C).
 
 PC network ``mlp([784, 128, 64, 10])``, ReLU, softmax cross-entropy, PyTorch default init, real
 MNIST, inference started at the free phase (the feedforward pass), 50 steps of 0.1 (A.1).
@@ -9,7 +9,7 @@ B. For each hidden layer l and step t, the per-step activity change v_l(t) = x_l
    against the BP adjoint -dl/dx_l (per-sample loss, at the feedforward pass), both normalised
    to unit length over the batch: d_l(t) = || v/||v|| + g/||g|| || = sqrt(2 - 2 cos) in [0, 2].
    Normalising is needed because with step s < 1 layer l's first move is s^k times BP's adjoint
-   (seed 000 A.5), k layers below the output. 0 means the activities move exactly along -grad
+   (Song et al. 2020 A.5), k layers below the output. 0 means the activities move exactly along -grad
    BP. Layer l first moves at step L-l (x_{L-1} at t=1, x_{L-2} at t=2; undefined before); that
    first move is exactly BP's direction, and the distance grows as inference goes on. Mean +- std over 10 initialisations, lam = 1 (PC-Nudge with lam=1).
 C. One MNIST image, 10 initialisations, PC-Nudge with lam swept: Euclidean distance between free

@@ -1,4 +1,4 @@
-"""Seed 003 Fig. 3A: PC-Nudge's distance to BP against lam at initialisation (one-sided, centered).
+"""Millidge et al. 2022 Fig. 3A: PC-Nudge's distance to BP against lam at initialisation (one-sided, centered).
 
 ``mlp([784, 128, 64, 10])``, ReLU, softmax cross-entropy, one real MNIST batch of 64, 20
 initialisations. Two inference settings:

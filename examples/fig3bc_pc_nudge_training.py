@@ -1,4 +1,4 @@
-"""Seed 003 Fig. 3B and 3C: PC-Nudge trains like BP; cosine (and relative error) of its updates.
+"""Millidge et al. 2022 Fig. 3B and 3C: PC-Nudge trains like BP; cosine (and relative error) of its updates.
 
 BP and PC-Nudge (lam = 0.01, 50 inference steps, step 0.1 as in A.1, and step 0.3 as in the
 paper's public code) train ``mlp([784, 128, 64, 10])`` (ReLU, softmax cross-entropy) on real

@@ -1,4 +1,4 @@
-"""Seed 000 A.9 running time: one training iteration of BP, IL, Z-IL and Fa-Z-IL, as ratios to BP.
+"""Song et al. 2020 A.9 running time: one training iteration of BP, IL, Z-IL and Fa-Z-IL, as ratios to BP.
 
 The A.9 ImageNet FC net ``mlp([50176, 4096, 2048, 1024, 27])`` (224x224 grayscale flattened, 27
 high-level classes), float32, batch size 1, ``torch.set_num_threads(1)``. ImageNet is not

@@ -1,4 +1,4 @@
-"""Seed 000 Tables 1-2 (Figs. 1-2 of its supplement): Z-IL / Fa-Z-IL vs BP after training, and sigma.
+"""Song et al. 2020 Tables 1-2 (Figs. 1-2 of its supplement): Z-IL / Fa-Z-IL vs BP after training, and sigma.
 
 BP, Z-IL and Fa-Z-IL train the same ``mlp([784, 128, 64, 10])`` (ReLU; the PCN clamps its output to
 the one-hot target, i.e. squared-error loss with lam = 1) from the same initial weights, on the
@@ -29,7 +29,7 @@ SIZES = [784, 128, 64, 10]
 
 
 def noisy_zil_gradients(network, x, y, sigma, generator):
-    """Seed 000 Alg. 2 with full inference dynamics (gamma = 1) from a noisy initial state."""
+    """Song et al. 2020 Alg. 2 with full inference dynamics (gamma = 1) from a noisy initial state."""
     energy = PredictiveCodingEnergy(network, Loss("mse"), lam=1.0)
     state = energy.free_state(x, y)
     if sigma > 0:

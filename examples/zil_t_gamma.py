@@ -1,4 +1,4 @@
-"""Seed 000 supplement Fig. 3: test error of IL updating all weights at inference moment t, per gamma.
+"""Song et al. 2020 supplement Fig. 3: test error of IL updating all weights at inference moment t, per gamma.
 
 PC networks with l_max = 2, 3, 4 weight layers (``mlp([784] + [64] * (l_max - 1) + [10])``, ReLU,
 output clamped to the one-hot target = squared error, lam = 1), inference from the feedforward

@@ -18,7 +18,6 @@ from .plotting import agreement_figure
 
 __all__ = ["GradientAgreement", "agreement_metrics"]
 
-METRICS = ("cosine", "rel_error", "sign", "norm_ratio")
 _SHARDED = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
 

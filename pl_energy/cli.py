@@ -1,13 +1,13 @@
 """``pl-energy``: the LightningCLI of pl_energy.
 
-    pl-energy fit --algorithm pc_nudge                       # seed 003's MNIST setup
+    pl-energy fit --algorithm pc_nudge                       # Millidge et al. 2022's MNIST setup
     pl-energy fit --algorithm ep --beta 0.05 --tol 1e-5      # algorithm hyper-parameters
     pl-energy fit --config configs/mnist_z_il.yaml
     pl-energy fit --config configs/mnist_pc_nudge.yaml --config configs/wandb.yaml
     pl-energy fit --algorithm bp --trainer.devices 2 --trainer.strategy ddp
     pl-energy test --config configs/mnist_pc_nudge.yaml --ckpt_path path/to.ckpt
 
-The defaults train seed 003's MNIST setup: an MLP 784-128-64-10 (relu), cross-entropy, batch 64,
+The defaults train Millidge et al. 2022's MNIST setup: an MLP 784-128-64-10 (relu), cross-entropy, batch 64,
 SGD (lr 0.001, momentum 0.9) on :class:`~pl_energy.data.MNISTDataModule`.
 ``--trainer.gradient_clip_val``, ``--trainer.gradient_clip_algorithm`` and
 ``--trainer.accumulate_grad_batches`` are applied by the module (Lightning refuses them under

@@ -53,7 +53,7 @@ class EnergyModule(pl.LightningModule):
             :class:`~pl_energy.core.networks.ConvNet`). When omitted, ``pl_energy.mlp(sizes,
             activation)`` is built. The checkpoint keeps its description (see
             :mod:`pl_energy.configuration`), so ``load_from_checkpoint(path)`` rebuilds it.
-        sizes: layer widths of the default MLP (input first, classes last); seed 003's MNIST net
+        sizes: layer widths of the default MLP (input first, classes last); Millidge et al. 2022's MNIST net
             is 784-128-64-10.
         activation: hidden activation of the default MLP (``relu``, ``tanh``, ``sigmoid``,
             ``hardsigmoid``, ``clip``, ``identity``); by default the algorithm's own (``clip``
@@ -147,7 +147,6 @@ class EnergyModule(pl.LightningModule):
         self.last_batch: tuple[Tensor, Tensor] | None = None
         #: The batches whose estimates the next optimiser step averages (one without accumulation).
         self.pending_batches: list[tuple[Tensor, Tensor]] = []
-        self.last_estimate = None
         self.energy_traces: list[tuple[int, dict[str, list[float]]]] = []
 
     # ----------------------------------------------------------------- helpers
@@ -181,7 +180,6 @@ class EnergyModule(pl.LightningModule):
         # The algorithm runs on the plain network (not a DDP wrapper): its own autograd calls must
         # not touch the reducer. Only manual_backward below arms the gradient all-reduce.
         estimate = self.algorithm.step(self.network, inputs, targets, loss=self.loss, record=record)
-        self.last_estimate = estimate
         opt = self.optimizers()
         surrogate = None
         for name, p in self.network.named_parameters():
@@ -359,11 +357,6 @@ class EnergyModule(pl.LightningModule):
             if saved.get("algorithm") not in (None, kwargs["algorithm"]):
                 kwargs["algorithm_hparams"] = None
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
-
-    def describe(self) -> str:
-        """One line naming the algorithm and its hyper-parameters."""
-        hp = ", ".join(f"{k}={v}" for k, v in self.algorithm.hparams().items())
-        return f"{self.algorithm_name}({hp})"
 
 
 def collect_rng_states() -> dict[str, Any]:

@@ -25,6 +25,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow
 def test_fit_pc_nudge_20_steps_as_a_subprocess(mnist_root, tmp_path):
     command = [sys.executable, "-m", "pl_energy.cli", "fit", "--algorithm", "pc_nudge",
                "--trainer.max_steps", "20", "--data.data_dir", str(mnist_root),

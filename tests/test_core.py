@@ -187,7 +187,7 @@ def test_trace_records_every_step_and_the_free_phase_has_zero_internal_energy(pr
     algorithm.gradients(network, inputs, targets)
     trace = algorithm.last_trace
     assert trace.total.shape == trace.internal.shape == trace.supervised.shape == (31,)
-    assert trace.internal[0] == 0  # seed 003 Fig. 2A: inference starts at the free phase
+    assert trace.internal[0] == 0  # Millidge et al. 2022 Fig. 2A: inference starts at the free phase
     assert torch.allclose(trace.total, trace.internal + trace.supervised)
     assert (trace.total[1:] <= trace.total[:-1] + 1e-15).all()  # gradient descent on E
     assert trace.supervised[-1] < trace.supervised[0] and trace.internal[-1] > 0
@@ -334,5 +334,5 @@ def test_reduced_first_layer_runs_the_same_dynamics(settings, sizes, monkeypatch
 def test_reduction_is_used_only_when_it_saves_work():
     from pl_energy.core.reduced_input import ReducedFirstLayer
 
-    assert ReducedFirstLayer.pays_off(64, 50, 128, 64)  # seed 003's net, batch 64
-    assert not ReducedFirstLayer.pays_off(1, 50, 4096, 2048)  # seed 000's ImageNet net, batch 1
+    assert ReducedFirstLayer.pays_off(64, 50, 128, 64)  # Millidge et al. 2022's net, batch 64
+    assert not ReducedFirstLayer.pays_off(1, 50, 4096, 2048)  # Song et al. 2020's ImageNet net, batch 1

@@ -13,6 +13,8 @@ from pl_energy import mlp
 from pl_energy.callbacks import GradientAgreement
 from pl_energy.module import EnergyModule
 
+pytestmark = pytest.mark.slow
+
 PER_RANK, STEPS, WORLD = 8, 3, 2
 
 CASES = {

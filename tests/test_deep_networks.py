@@ -150,3 +150,16 @@ def test_scaled_linear_computes_its_scale():
     x = torch.rand(4, 3)
     torch.testing.assert_close(layer(x), 0.5 * nn.functional.linear(x, layer.weight, layer.bias))
     assert layer.bias.abs().max() == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["z_il", "pc_nudge"])
+def test_cuda_computes_what_the_cpu_computes(name):
+    network = tiny_vgg()
+    x, y = batch((3, 16, 16), 10)
+    algorithm = pl_energy.build_algorithm(name)
+    on_cpu = algorithm.gradients(network, x, y)
+    on_gpu = algorithm.gradients(network.cuda(), x.cuda(), y.cuda())
+    for key, value in on_cpu.items():
+        torch.testing.assert_close(on_gpu[key].cpu(), value, rtol=1e-9, atol=1e-11)

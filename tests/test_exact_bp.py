@@ -1,6 +1,6 @@
 """Checked against backprop exactly: Z-IL and Fa-Z-IL give BP's updates to rounding error.
 
-Seed 000 Thms. 3.1-3.2 (C1-C3) and A.5 (gamma != 1 scales layer k-below-output by gamma^k).
+Song et al. 2020 Thms. 3.1-3.2 (C1-C3) and A.5 (gamma != 1 scales layer k-below-output by gamma^k).
 """
 
 from __future__ import annotations

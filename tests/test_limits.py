@@ -1,6 +1,6 @@
-"""Checked against the theory's limits (seed 003): the error vanishes as the phases coincide.
+"""Checked against the theory's limits (Millidge et al. 2022): the error vanishes as the phases coincide.
 
-- PC-Nudge (Eq. 25) on seed 003's MNIST setup agrees with BP at cosine >= 0.999; with inference
+- PC-Nudge (Eq. 25) on Millidge et al. 2022's MNIST setup agrees with BP at cosine >= 0.999; with inference
   converged its error is linear in lam, and quadratic with centered nudging.
 - PC approaches BP as feedback weakens (precision ratio gamma -> 0, Whittington & Bogacz 2017).
 - EP approaches its reference (the gradient at the free equilibrium) linearly in beta one-sided
@@ -30,7 +30,7 @@ def seed003_batch(mnist_tensors):
 
 
 def _training_agreement(images, labels, batches: int = 30, **settings) -> tuple[list[float], list[float]]:
-    """Train seed 003's net with PC-Nudge (SGD 0.001, momentum 0.9, batch 64) and return the
+    """Train Millidge et al. 2022's net with PC-Nudge (SGD 0.001, momentum 0.9, batch 64) and return the
     cosine and relative error between each update and BP's gradient on the same batch and
     weights."""
     torch.manual_seed(0)
@@ -51,7 +51,7 @@ def _training_agreement(images, labels, batches: int = 30, **settings) -> tuple[
 
 
 def test_pc_nudge_agrees_with_bp_during_mnist_training(mnist_tensors):
-    """Seed 003 Fig. 3C: lam = 0.01 on real MNIST.
+    """Millidge et al. 2022 Fig. 3C: lam = 0.01 on real MNIST.
 
     At the A.1 inference (50 steps of 0.1 on Eq. 4) inference has not converged and we measure
     cosines of 0.9984-0.9990 (relative error ~8%); the paper's >= 0.999 holds once inference

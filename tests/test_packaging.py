@@ -56,3 +56,28 @@ def test_wandb_is_an_extra_and_its_absence_is_one_clear_line(monkeypatch, capsys
 def test_license_and_citation_are_there():
     assert "MIT License" in (REPO / "LICENSE").read_text()
     assert "cff-version" in (REPO / "CITATION.cff").read_text()
+
+
+def _imports(path) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            prefix = "." * node.level
+            names.add(prefix + (node.module or ""))
+    return names
+
+
+@pytest.mark.parametrize("floor, forbidden", [
+    ("core", ("lightning", "matplotlib", "wandb", "torchmetrics", "..algorithms", "..module", "..cli", "..data")),
+    ("algorithms", ("lightning", "matplotlib", "wandb", "torchmetrics", "..module", "..cli", "..data")),
+    ("data", ("..core", "..algorithms", "..module", "matplotlib", "wandb")),
+])
+def test_the_layers_import_only_downwards(floor, forbidden):
+    """docs/architecture.md's rules: the core and the algorithms are pure torch; data stands apart."""
+    for path in sorted((REPO / "pl_energy" / floor).glob("*.py")):
+        for name in _imports(path):
+            assert not any(name == bad or name.startswith(bad + ".") for bad in forbidden), (path.name, name)

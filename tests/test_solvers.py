@@ -2,7 +2,7 @@
 
 - Optimality: the state a solver returns satisfies dE/dx = 0 for an energy written here from
   Millidge et al. 2022's equations and differentiated by autograd (not the library's gradients).
-- The papers' dynamics: ``solver="gd"`` at seed 003's A.1 settings equals 50 steps of
+- The papers' dynamics: ``solver="gd"`` at Millidge et al. 2022's A.1 settings equals 50 steps of
   x <- x - 0.1 dE/dx written here with autograd, and the update (1/lam) dE/dtheta there.
 - Agreement: every solver reaches the same equilibrium (float64, tanh MLPs and a CNN).
 - Divergence and settings: rising energies raise or back off, bad settings are refused.
@@ -120,7 +120,7 @@ def test_relative_residual_is_scale_free_and_zero_only_at_balance():
 
 # --- the papers' dynamics -------------------------------------------------------------------------
 def test_gd_at_the_paper_settings_is_the_papers_inference(tanh_problem):
-    """Seed 003 A.1: 50 steps of x <- x - 0.1 dE/dx, then the update (1/lam) dE/dtheta."""
+    """Millidge et al. 2022 A.1: 50 steps of x <- x - 0.1 dE/dx, then the update (1/lam) dE/dtheta."""
     network, inputs, targets = tanh_problem
     lam = 0.01
     with torch.no_grad():

@@ -31,7 +31,7 @@ class PrecisionWarning(UserWarning):
     """The nudge is so weak that the dtype's rounding is a large part of the estimate."""
 
 
-#: Cosine of the bfloat16 estimate with the float32 reference (seed 003's MLP, one MNIST batch of
+#: Cosine of the bfloat16 estimate with the float32 reference (Millidge et al. 2022's MLP, one MNIST batch of
 #: 64, default settings), for the message that refuses half precision (before this check such
 #: estimates were returned without a word).
 HALF_PRECISION_COSINE = {"pc_nudge": 0.74, "pc": 0.76, "ep": 0.96, "chl": 0.56}

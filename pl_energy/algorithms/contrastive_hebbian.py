@@ -1,4 +1,4 @@
-"""``chl``: contrastive Hebbian learning (Movellan 1991; Xie & Seung 2003; seed 003 Eqs. 6, 7, 17).
+"""``chl``: contrastive Hebbian learning (Movellan 1991; Xie & Seung 2003; Millidge et al. 2022 Eqs. 6, 7, 17).
 
 Free phase to x_bar; clamped phase with the output fixed to the target (x_L - dL/dx_L, which is y
 for ``mse``) to x_tilde; both on the layered Hopfield energy with feedback strength gamma
@@ -7,7 +7,7 @@ by gamma^(L-l) and layer l's energy carries gamma^(l-1), so
 
     g = (dE/dtheta(x_tilde) - dE/dtheta(x_bar)) / gamma^(L-1)  ->  dL/dtheta  as gamma -> 0.
 
-``corrected=True`` (seed 003 Eq. 16-17): the difference of weight gradients equals
+``corrected=True`` (Millidge et al. 2022 Eq. 16-17): the difference of weight gradients equals
 H delta_x + R, with H = d^2 E / dx dtheta at x_bar, delta_x = x_tilde - x_bar and R the Taylor
 remainder of order delta_x^2. The corrected update keeps the first-order term H delta_x,
 computed exactly with a forward-mode JVP (torch.func), and so drops R.
@@ -32,7 +32,7 @@ class ContrastiveHebbian(HopfieldAlgorithm):
 
     Args:
         gamma: feedback strength; the update is scaled by gamma^-(L-1).
-        corrected: keep only the first-order term of the phase difference (seed 003 Eq. 17).
+        corrected: keep only the first-order term of the phase difference (Millidge et al. 2022 Eq. 17).
 
     The inference settings (``solver``, ``steps``, ``step_size``, ``tol``, ``trace``) are
     ``HopfieldAlgorithm``'s: over-relaxed even/odd sweeps to a residual of 1e-6.

@@ -1,4 +1,4 @@
-"""``ep``: equilibrium propagation (Scellier & Bengio 2017; seed 003 Sec. 2.3, 3.4, Eqs. 9, 24).
+"""``ep``: equilibrium propagation (Scellier & Bengio 2017; Millidge et al. 2022 Sec. 2.3, 3.4, Eqs. 9, 24).
 
 Free phase to x_bar, nudged phase E + beta L to x_beta, both on the layered Hopfield energy:
 

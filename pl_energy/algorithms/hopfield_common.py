@@ -29,7 +29,7 @@ class HopfieldAlgorithm(RelaxingAlgorithm):
     ``RelaxingAlgorithm``'s. By default every phase converges: over-relaxed even/odd sweeps
     (``solver="sweep"``, step 1.3: successive over-relaxation of Scellier & Bengio's
     asynchronous updates, halved if the energy ever rises, ``step_size="auto"``) to a relative
-    residual of 1e-6, at most 500 sweeps. On seed 003's MLP at initialisation that is 15 sweeps,
+    residual of 1e-6, at most 500 sweeps. On Millidge et al. 2022's MLP at initialisation that is 15 sweeps,
     0.23x the time of descent at step 0.5 (110 steps) and 0.42x of nesterov
     (``benchmarks/RESULTS.md``). With 30 sweeps and no tolerance, EP on MNIST reached 28% after
     one epoch; converged, 74-78%.

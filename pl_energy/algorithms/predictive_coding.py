@@ -1,20 +1,20 @@
 """``pc`` (inference learning) and ``pc_nudge``: PC inference to equilibrium, then one update.
 
-Both minimise E = I + lam L (seed 003 Eq. 10) from the free equilibrium (the feedforward pass)
-and return (1/lam) dE/dtheta at the clamped/nudged equilibrium (seed 003 Eq. 21; the PC free-phase
+Both minimise E = I + lam L (Millidge et al. 2022 Eq. 10) from the free equilibrium (the feedforward pass)
+and return (1/lam) dE/dtheta at the clamped/nudged equilibrium (Millidge et al. 2022 Eq. 21; the PC free-phase
 weight gradient is zero, Eq. 20). ``centered`` runs a +lam and a -lam phase and returns
 (dE^{+lam}/dtheta - dE^{-lam}/dtheta) / (2 lam), whose error is O(lam^2) instead of O(lam).
 
-- ``pc`` (Whittington & Bogacz 2017; seed 000 Alg. 1): lam = 1, the target clamps the output;
+- ``pc`` (Whittington & Bogacz 2017; Song et al. 2020 Alg. 1): lam = 1, the target clamps the output;
   BP is approached in the weak-feedback limit: ``gamma`` < 1 sets the precision ratio
-  pi_{l+1}/pi_l = gamma at every layer (seed 003 Eq. 18), i.e. pi_l = gamma^-(L-l).
-- ``pc_nudge`` (seed 003 Sec. 4, Eq. 25, Alg. A.1.3): lam = 0.01; BP is approached in the
+  pi_{l+1}/pi_l = gamma at every layer (Millidge et al. 2022 Eq. 18), i.e. pi_l = gamma^-(L-l).
+- ``pc_nudge`` (Millidge et al. 2022 Sec. 4, Eq. 25, Alg. A.1.3): lam = 0.01; BP is approached in the
   weak-supervision limit lam -> 0. The (1/lam) rescaling is the paper's learning rate eta/lam.
 
 Both are defined at the equilibrium, and by default find it: ``solver="error"`` (descent on the
 prediction errors, Goemaere et al. 2025) to a relative residual of ``tol = 1e-4``, capped at 100
 steps; on tanh MLPs of depth 3-20 that takes 2 steps for pc_nudge. The papers' dynamics are one
-flag set away: ``solver="gd", steps=50, step_size=0.1, tol=None`` is seed 003's A.1 setting
+flag set away: ``solver="gd", steps=50, step_size=0.1, tol=None`` is Millidge et al. 2022's A.1 setting
 (``PAPER_SETTINGS``).
 """
 

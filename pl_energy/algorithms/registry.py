@@ -13,11 +13,11 @@ from .base import Algorithm
 from .contrastive_hebbian import ContrastiveHebbian
 from .equilibrium_propagation import EquilibriumPropagation
 from .predictive_coding import PCNudge, PredictiveCoding
-from .zero_divergence import FastZIL, ZeroDivergenceIL
+from .zero_divergence import FullyAutonomousZIL, ZeroDivergenceIL
 
 REGISTRY: dict[str, type[Algorithm]] = {
     cls.name: cls
-    for cls in (Backprop, PredictiveCoding, ZeroDivergenceIL, FastZIL, PCNudge,
+    for cls in (Backprop, PredictiveCoding, ZeroDivergenceIL, FullyAutonomousZIL, PCNudge,
                 EquilibriumPropagation, ContrastiveHebbian)
 }
 ALGORITHMS: tuple[str, ...] = tuple(REGISTRY)

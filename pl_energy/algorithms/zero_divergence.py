@@ -1,16 +1,16 @@
-"""``z_il`` and ``fa_z_il``: exact backprop in a PC network (seed 000 Algs. 2 and 3).
+"""``z_il`` and ``fa_z_il``: exact backprop in a PC network (Song et al. 2020 Algs. 2 and 3).
 
 Under C1 (inference starts at the feedforward pass), C2 (layer l is updated at the step its
 error first appears) and C3 (inference rate gamma = 1), the PC update of layer l, counted k
-layers below the output, taken at step t = k equals BP's (seed 000 Thms. 3.1 and 3.2). With
-gamma != 1 it is gamma^k times BP's (seed 000 A.5).
+layers below the output, taken at step t = k equals BP's (Song et al. 2020 Thms. 3.1 and 3.2). With
+gamma != 1 it is gamma^k times BP's (Song et al. 2020 A.5).
 
 ``z_il`` follows only the front of the error wave: at step t the only activity whose error is
-new is x_{L-t}, and nothing else that Z-IL reads has changed (seed 000 Lemma A.3), so one VJP
+new is x_{L-t}, and nothing else that Z-IL reads has changed (Song et al. 2020 Lemma A.3), so one VJP
 and one weight gradient per layer suffice: the cost of BP.
 
 ``fa_z_il`` has no control signal; each layer's weights update at every step with rate
-phi(eps) (seed 000 Alg. 3), where phi opens a neuron's plasticity at the step its error first
+phi(eps) (Song et al. 2020 Alg. 3), where phi opens a neuron's plasticity at the step its error first
 departs from zero and closes it afterwards. The output layer's error is present from step 0.
 
 - ``full_dynamics=True`` runs every neuron's PC dynamics for all steps, as a circuit would.
@@ -86,7 +86,7 @@ class ZeroDivergenceIL(Algorithm):
 
 
 @dataclass
-class FastZIL(ZeroDivergenceIL):
+class FullyAutonomousZIL(ZeroDivergenceIL):
     """Fa-Z-IL: Z-IL without a control signal; plasticity opens with a neuron's first error
     (Song et al. 2020, Alg. 3).
 

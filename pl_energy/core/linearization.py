@@ -2,8 +2,8 @@
 
 For layer l with input x and parameters theta, ``linearize(layer, x)`` gives mu = layer(x) and
 
-- ``input_vjp(c)`` = (d mu / d x)^T c  (the top-down error term of seed 003 Eq. 4),
-- ``parameter_vjp(c)`` = (d mu / d theta)^T c  (the weight update of seed 003 Eq. 5, seed 000 Eq. 9),
+- ``input_vjp(c)`` = (d mu / d x)^T c  (the top-down error term of Millidge et al. 2022 Eq. 4),
+- ``parameter_vjp(c)`` = (d mu / d theta)^T c  (the weight update of Millidge et al. 2022 Eq. 5, Song et al. 2020 Eq. 9),
 
 Layers of the form ``Linear`` or ``Sequential(Linear, activation)`` use closed forms: with
 a = W x + b and mu = f(a), input_vjp(c) = (f'(a) * c) W and parameter_vjp(c) gives

@@ -1,7 +1,7 @@
 """Supervised losses L(mu_L, y) at the output, with their gradient in closed form.
 
-- ``"mse"``: 1/2 ||mu - y||^2 summed over outputs, mean over the batch (seed 000's clamped output).
-- ``"cross_entropy"``: softmax cross-entropy, mean over the batch (seed 003 A.1).
+- ``"mse"``: 1/2 ||mu - y||^2 summed over outputs, mean over the batch (Song et al. 2020's clamped output).
+- ``"cross_entropy"``: softmax cross-entropy, mean over the batch (Millidge et al. 2022 A.1).
 
 Targets are class indices of shape (B,) or dense targets of the output's shape (one-hot or soft;
 for ``cross_entropy`` each row a distribution). ``prepare_targets`` turns class indices into

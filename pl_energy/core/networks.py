@@ -15,7 +15,7 @@ from .activations import make_activation
 
 
 class MLP(nn.Sequential):
-    """The seeds' MLPs: ``Linear`` + activation per hidden layer, a linear output layer.
+    """The papers' MLPs: ``Linear`` + activation per hidden layer, a linear output layer.
 
     ``MLP([784, 128, 64, 10])`` is Millidge et al. 2022's MNIST net (A.1); ``MLP([50176, 4096,
     2048, 1024, 27])`` Song et al. 2020's ImageNet net (A.9). Each top-level child is one layer

@@ -1,4 +1,4 @@
-"""The predictive-coding energy with a supervised term (seed 003 Eqs. 3, 10, 25; seed 000 Eq. 14).
+"""The predictive-coding energy with a supervised term (Millidge et al. 2022 Eqs. 3, 10, 25; Song et al. 2020 Eq. 14).
 
 For layers l = 1..L with predictions mu_l = layer_l(x_{l-1}) and errors eps_l = x_l - mu_l,
 
@@ -8,13 +8,13 @@ x_0 is clamped to the input, x_1..x_{L-1} are free and the output enters only th
 (with ``mse`` and lam = 1 this is the PC network with its output clamped to the target). Writing
 d_l = dE/dmu_l (d_l = -pi_l eps_l inside, d_L = lam dL/dmu_L at the output):
 
-    dE/dx_l     = -d_l + J_{l+1}(x_l)^T d_{l+1}          (seed 003 Eq. 4, seed 000 Eq. 7)
-    dE/dtheta_l = (d mu_l / d theta_l)^T d_l            (seed 003 Eq. 5, seed 000 Eq. 9)
+    dE/dx_l     = -d_l + J_{l+1}(x_l)^T d_{l+1}          (Millidge et al. 2022 Eq. 4, Song et al. 2020 Eq. 7)
+    dE/dtheta_l = (d mu_l / d theta_l)^T d_l            (Millidge et al. 2022 Eq. 5, Song et al. 2020 Eq. 9)
 
 At the free equilibrium (the feedforward pass) every eps_l is 0, so dE/dx_{L-1} = lam dL/dx_{L-1}
-and each layer's first move is lam times BP's adjoint (seed 003 Eqs. 12-15). Inference steps are
+and each layer's first move is lam times BP's adjoint (Millidge et al. 2022 Eqs. 12-15). Inference steps are
 preconditioned by 1/pi_l, which makes the precision ratio pi_{l+1}/pi_l the feedback strength of
-seed 003 Eq. 18: dx_l = -eps_l + (pi_{l+1}/pi_l) J^T eps_{l+1}.
+Millidge et al. 2022 Eq. 18: dx_l = -eps_l + (pi_{l+1}/pi_l) J^T eps_{l+1}.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class PredictiveCodingEnergy:
             return self.linearizers[index - 1](x)
 
     def free_state(self, inputs: Tensor, targets: Tensor) -> PCState:
-        """The free equilibrium: x_l = mu_l, the feedforward pass (condition C1 of seed 000)."""
+        """The free equilibrium: x_l = mu_l, the feedforward pass (condition C1 of Song et al. 2020)."""
         activities = [inputs]
         linearizations = []
         for index in range(1, len(self.layers) + 1):

@@ -22,7 +22,7 @@ Coordinates:
 
 Update rules (all act on gradients scaled by P_l):
 
-- ``gd``: fixed-step gradient descent on the activities (the seeds' dynamics).
+- ``gd``: fixed-step gradient descent on the activities (the papers' dynamics).
 - ``error``: gradient descent on the errors, step 1 by default. At step 1 with pi_l = 1 the update
   is the fixed-point iteration e_l <- -G_l(e) (G_l the back-propagated loss gradient), which
   converges at the rate of lam times the loss curvature; when the residual stops falling (the
@@ -320,7 +320,7 @@ class EvenOddSweep(Solver):
     tanh or sigmoid units it is not quadratic and a step above 1 can raise the energy, which
     ``step_size="auto"`` (the ep/chl default) answers by halving the step.
 
-    At initialisation of seed 003's MLP the free phase to a residual of 1e-6 takes 15 sweeps at
+    At initialisation of Millidge et al. 2022's MLP the free phase to a residual of 1e-6 takes 15 sweeps at
     1.3 against 30 at 1.0 (``benchmarks/RESULTS.md``)."""
 
     name: ClassVar[str] = "sweep"

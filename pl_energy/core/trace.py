@@ -1,4 +1,4 @@
-"""The record of one inference phase: energy components per step (seed 003 Fig. 2A)."""
+"""The record of one inference phase: energy components per step (Millidge et al. 2022 Fig. 2A)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ class InferenceTrace:
     """Energy components at every inference step, step 0 being the starting state.
 
     ``internal`` is I, ``supervised`` the loss L at the output and ``total`` E = I + lam * L
-    (seed 003 Eq. 10), all batch means. ``steps`` is the number of steps actually taken (fewer
+    (Millidge et al. 2022 Eq. 10), all batch means. ``steps`` is the number of steps actually taken (fewer
     than asked when the tolerance stopped inference early). Rows are ``stride`` steps apart (1
     when the trace was asked for; more when only a tolerance needed the energies), the last row
     being the final state.
