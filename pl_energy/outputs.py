@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from .plotting import Figure, save_figure
+from .plotting import save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def run_directory(trainer: pl.Trainer) -> Path:

@@ -2,6 +2,7 @@
 
 The figures are built without ``pyplot``: no backend is chosen or changed (inline plots in a
 notebook keep working), no display is needed, and nothing is left open in pyplot's registry.
+matplotlib itself is imported when the first figure is drawn.
 In a notebook, show one by leaving it as a cell's last value.
 """
 
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with the shell
+    from matplotlib.figure import Figure
 
 ENERGY_COMPONENTS = ("internal", "supervised", "total")
 
@@ -26,6 +28,9 @@ def energy_trace_figure(trace: Mapping[str, Sequence[float]], title: str = "",
     term's weight, lambda for PC, beta for EP).
     """
     titles = ("I (internal energy)", "L (supervised loss, unweighted)", f"E = I + {weight} L (total)")
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     fig = Figure(figsize=(11, 3))
     axes = fig.subplots(1, len(ENERGY_COMPONENTS), squeeze=False)
     for ax, name, text in zip(axes[0], ENERGY_COMPONENTS, titles):
@@ -59,6 +64,8 @@ def agreement_figure(history: Sequence[Mapping[str, float]], title: str = "") ->
     ``cosine``, ``rel_error``, ``sign``, ``norm_ratio``.
     """
     metrics = ("cosine", "rel_error", "sign", "norm_ratio")
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(13, 3))
     axes = fig.subplots(1, len(metrics), squeeze=False)
     steps = [row["step"] for row in history]

@@ -163,3 +163,21 @@ def test_cuda_computes_what_the_cpu_computes(name):
     on_gpu = algorithm.gradients(network.cuda(), x.cuda(), y.cuda())
     for key, value in on_cpu.items():
         torch.testing.assert_close(on_gpu[key].cpu(), value, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("name", ["z_il", "pc_nudge", "ep"])
+def test_compiled_layers_give_the_same_updates_and_checkpoint_keys(name):
+    """``EnergyModule(compile=...)`` compiles each layer in place (the eager backend here: the
+    plumbing, not inductor's speed, which a GPU benchmark measures)."""
+    import copy
+
+    from pl_energy import EnergyModule
+
+    network = tiny_vgg("clip" if name == "ep" else "relu")
+    plain = copy.deepcopy(network)
+    module = EnergyModule(network=network, algorithm=name, compile={"backend": "eager"})
+    assert list(module.network.state_dict()) == list(plain.state_dict())
+    x, y = batch((3, 16, 16), 10)
+    compiled = module.algorithm.gradients(module.network, x, y)
+    for key, value in pl_energy.build_algorithm(name).gradients(plain, x, y).items():
+        torch.testing.assert_close(compiled[key], value, rtol=0, atol=1e-12)
