@@ -34,8 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_step  # noqa: E402  (MNIST loading, machine description)
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]  # from a checkout
+from step_benchmark import cases as bench_cases  # noqa: E402  (MNIST loading)
+from step_benchmark.measure import load_average  # noqa: E402
+from step_benchmark.report import CODE_VERSION, machine  # noqa: E402
 from pl_energy import build_algorithm, mlp  # noqa: E402
 from pl_energy.core import relax  # noqa: E402
 from pl_energy.core.losses import as_loss  # noqa: E402
@@ -148,12 +150,12 @@ def first_below(errors: list[float], target: float) -> int | None:
 
 def run(quick: bool, rounds: int) -> list[dict]:
     warnings.simplefilter("ignore")
-    root = bench_step.data_root()
+    root = bench_cases.data_root()
     rows = []
     for name, case in cases(quick).items():
-        spec = bench_step.Case("conv", name, case["build"], 64, case["shape"], 10, "mnist", 1, 0)
-        x, y = (bench_step.mnist_batches(spec, 1, root)[0] if root is not None
-                else bench_step.random_batches(spec, 1)[0])
+        spec = bench_cases.Case("conv", name, case["build"], 64, case["shape"], 10, "mnist", 1, 0)
+        x, y = (bench_cases.mnist_batches(spec, 1, root)[0] if root is not None
+                else bench_cases.random_batches(spec, 1)[0])
         torch.manual_seed(0)
         network = case["build"]().to(case["dtype"])
         x = x.to(case["dtype"])
@@ -190,10 +192,10 @@ def hopfield_free_phases(quick: bool, rounds: int) -> list[dict]:
     residual of 1e-6: steps and time per solver, timed in interleaved rounds."""
     from pl_energy.core import HopfieldEnergy
 
-    root = bench_step.data_root()
+    root = bench_cases.data_root()
     sizes = [784, 16, 10] if quick else [784, 128, 64, 10]
-    spec = bench_step.Case("free", "free", lambda: None, 64, (784,), 10, "mnist", 1, 0)
-    x, y = bench_step.mnist_batches(spec, 1, root)[0] if root is not None else bench_step.random_batches(spec, 1)[0]
+    spec = bench_cases.Case("free", "free", lambda: None, 64, (784,), 10, "mnist", 1, 0)
+    x, y = bench_cases.mnist_batches(spec, 1, root)[0] if root is not None else bench_cases.random_batches(spec, 1)[0]
     x = x.double()
     rows = []
     for activation in ("relu", "clip"):
@@ -272,8 +274,8 @@ def section(rows: list[dict], command: str, load: tuple, hopfield: list[dict]) -
     return (
         "## Convergence of inference (issue: inference that converges)\n\n"
         f"- command: `{command}`\n"
-        f"- machine: {bench_step.machine(torch.device('cpu'))}\n"
-        f"- code: git {bench_step.CODE_VERSION}\n"
+        f"- machine: {machine(torch.device('cpu'))}\n"
+        f"- code: git {CODE_VERSION}\n"
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; 1-min load average "
         f"{load[0]:.2f} before, {load[1]:.2f} after (2 cores shared with other jobs)\n"
         "- one real MNIST batch of 64, float64 (VGG-5: float32); error = worst layer's relative error "
@@ -322,13 +324,13 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--hopfield-only", action="store_true", help="re-run only the EP/CHL free-phase table")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    load_before = bench_step._load()
+    load_before = load_average()
     rounds = args.rounds or (2 if args.quick else 21)
     if args.hopfield_only:
         hopfield = hopfield_free_phases(args.quick, rounds)
-        note = (f" (`python benchmarks/bench_convergence.py --hopfield-only`, git {bench_step.CODE_VERSION}, "
+        note = (f" (`python benchmarks/bench_convergence.py --hopfield-only`, git {CODE_VERSION}, "
                 f"{datetime.datetime.now().isoformat(timespec='seconds')}, 1-min load {load_before:.2f} before, "
-                f"{bench_step._load():.2f} after)")
+                f"{load_average():.2f} after)")
         print(hopfield_table(hopfield))
         write_hopfield(args.output, hopfield_section(hopfield, note))
         return hopfield
@@ -337,7 +339,7 @@ def main(argv=None) -> list[dict]:
     print(hopfield_table(hopfield))
     command = "python benchmarks/bench_convergence.py" + (" --quick" if args.quick else "")
     plot(rows, args.plot or args.output.parent / PLOT.name)
-    write(args.output, section(rows, command, (load_before, bench_step._load()), hopfield))
+    write(args.output, section(rows, command, (load_before, load_average()), hopfield))
     return rows
 
 

@@ -40,8 +40,15 @@ def test_mac_bounds_by_hand(bench):
     assert bench.bound_macs(variant(bench, "bp_textbook"), macs) == bp == 42
     assert bench.bound_macs(variant(bench, "bp"), macs) == bp
     assert bench.bound_macs(variant(bench, "z_il"), macs) == bp
-    # fa_z_il: forward + (depth - 1) = 1 step of (forward + input-VJP of layer 2) + weight grads
-    assert bench.bound_macs(variant(bench, "fa_z_il"), macs) == 18 + 1 * 12 + 18
+    # fa_z_il by default computes z_il's arithmetic (full_dynamics=False): BP's bound; with full
+    # dynamics, forward + (depth - 1) = 1 step of (forward + input-VJP of layer 2) + weight grads
+    assert bench.bound_macs(variant(bench, "fa_z_il"), macs) == bp
+    full = bench.Variant("fa_z_il_full", "fa_z_il", {"full_dynamics": True})
+    assert bench.bound_macs(full, macs) == 18 + 1 * 12 + 18
+    # the settings are the built algorithm's: pc's default cap of 100 steps, ep centered by default
+    assert bench.bound_macs(bench.Variant("pc_default", "pc"), macs) == 18 + 100 * 12 + 6 + 18
+    assert bench.bound_macs(bench.Variant("ep_default", "ep", {"solver": "gd", "steps": 50, "tol": None}),
+                            macs) == 18 + (50 + 2 * 50) * 12 + 2 * 18
     # pc, pc_nudge at T = 50: forward + 50 * (6 + 6) + final residual (6) + weight grads
     assert bench.bound_macs(variant(bench, "pc"), macs) == 18 + 50 * 12 + 6 + 18 == 642
     assert bench.bound_macs(variant(bench, "pc_nudge"), macs) == 642
@@ -65,13 +72,13 @@ def test_worked_checks_from_the_issue(bench):
 def test_quick_run_has_every_algorithm(bench, tmp_path, capsys):
     output = tmp_path / "RESULTS.md"
     results = bench.main(["--quick", "--output", str(output)])
-    assert set(results) == {"a", "b", "c"}
+    assert set(results) == {"a", "b", "c", "d", "e"}
     expected = [v.key for v in bench.VARIANTS]
     for key, result in results.items():
         rows = {row["key"]: row for row in result["rows"]}
         assert list(rows) == expected
         for name, row in rows.items():
-            if key == "c" and name in ("ep", "chl"):
+            if key in ("c", "d", "e") and name in ("ep", "chl"):
                 assert row["na"].startswith("n/a")
                 continue
             assert row["n"] == 2 and row["ms"] > 0 and row["bound"] >= 1.0
@@ -83,7 +90,7 @@ def test_quick_run_has_every_algorithm(bench, tmp_path, capsys):
     printed = capsys.readouterr().out
     for name in expected:
         assert f"| {name} |" in text and f"| {name} |" in printed
-    for key in "abc":
+    for key in "abcde":
         assert f"<!-- case {key} start -->" in text
 
     # re-running one case replaces only its section
