@@ -49,8 +49,8 @@ class GradientAgreement(Callback):
     reference gradient (``algorithm.reference``) on the same batch and the same weights.
 
     The update is ``p.grad`` inside ``on_before_optimizer_step`` (already the mean over processes);
-    the reference is ``algorithm.reference`` on the module's stashed batch
-    (``pl_module.last_batch``), reduced with ``trainer.strategy.reduce(..., "mean")`` on every
+    the reference is ``algorithm.reference`` on the batches of that optimiser step, which the
+    callback keeps itself (``on_train_batch_start``, only for the steps it measures), reduced with ``trainer.strategy.reduce(..., "mean")`` on every
     rank, so both sides are the same batch mean on 1 or N processes (with gradient accumulation,
     the mean over the accumulated batches). Each measurement is written to every logger once, at
     the step it was made (also in runs shorter than ``log_every_n_steps``), globally and per layer
@@ -87,6 +87,7 @@ class GradientAgreement(Callback):
         self.plot = plot
         self.history: list[dict[str, float]] = []
         self.plot_path: Path | None = None
+        self._batches: list[tuple[Tensor, Tensor]] = []
         #: The epoch summaries: (metric, statistic) -> aggregator, reset at every epoch's end.
         # every rank measures the same (reduced) values: no synchronisation, which would also need
         # the aggregators on the backend's device
@@ -104,30 +105,42 @@ class GradientAgreement(Callback):
                 f"({type(trainer.strategy).__name__}): it reads whole gradients from p.grad; use a "
                 "single device, 'ddp' or 'ddp_spawn'"
             )
-        for attribute in ("algorithm", "network", "loss"):
+        for attribute in ("algorithm", "network", "loss", "prepare_batch"):
             if not hasattr(pl_module, attribute):
                 raise TypeError(
                     f"GradientAgreement needs an EnergyModule (with .algorithm, .network, .loss, "
-                    f".last_batch); {type(pl_module).__name__} has no {attribute!r}"
+                    f".prepare_batch); {type(pl_module).__name__} has no {attribute!r}"
                 )
+
+    def _measures(self, step: int) -> bool:
+        return bool(self.every_n_steps) and step % self.every_n_steps == 0
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for aggregator in self.summaries.values():  # an epoch's summary holds that epoch only
             aggregator.reset()
+        self._batches = []  # accumulation groups end with the epoch, as the module's do
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        """Keep the batches of a step that will be measured (all of them under accumulation:
+        the optimiser step, and so ``global_step``, comes after the last)."""
+        if self._measures(trainer.global_step):
+            self._batches.append(pl_module.prepare_batch(batch))
 
     @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
         step = trainer.global_step
-        if not self.every_n_steps or step % self.every_n_steps != 0 or not trainer.training:
+        batches, self._batches = self._batches, []
+        if not self._measures(step) or not trainer.training:
             return
-        batch = getattr(pl_module, "last_batch", None)
-        if batch is None:
-            raise RuntimeError("GradientAgreement: the module did not stash its batch in last_batch")
+        if not batches:
+            raise RuntimeError("GradientAgreement: no batch reached on_train_batch_start before this "
+                               "optimiser step")
         # with gradient accumulation the update is the mean of several batches' estimates: so is
         # the reference (the weights do not move in between)
-        batches = getattr(pl_module, "pending_batches", None) or [batch]
         network = pl_module.network
         named = [(name, p) for name, p in network.named_parameters() if p.requires_grad]
         flat_reference = None

@@ -53,14 +53,15 @@ def hyperparameter_flags() -> dict[str, tuple[Any, str]]:
                 flags[field] = (kind, "")
     for field, (kind, _) in flags.items():
         meanings: dict[str, list[str]] = {}
-        defaults = []
+        defaults: dict[str, list[str]] = {}
         for name in ALGORITHMS:
             docs = hyperparameter_docs(name)
             if field in docs:
                 meanings.setdefault(_first_sentence(docs[field]), []).append(name)
-                defaults.append(f"{name}={hyperparameters_of(name)[field]}")
+                defaults.setdefault(str(hyperparameters_of(name)[field]), []).append(name)
         text = "; ".join(f"{meaning} [{', '.join(names)}]" for meaning, names in meanings.items())
-        flags[field] = (kind, f"{text} Defaults: {', '.join(defaults)}.")
+        default = ", ".join(f"{value} ({', '.join(names)})" for value, names in defaults.items())
+        flags[field] = (kind, f"{text} Default: {default}.")
     return flags
 
 
@@ -152,13 +153,14 @@ def _argument_events(tokens: list[str]) -> list[tuple[str, ...]]:
     return events
 
 
-#: Flags whose help is Lightning's (the formatter keeps its first sentence).
-LIGHTNING_FLAGS = ("trainer.", "ckpt_path", "weights_only", "seed_everything")
+#: Flags whose help the formatter cuts to its first sentence and default: Lightning's, and the
+#: module's (its docstring, whole in the API reference).
+BRIEF_FLAGS = ("trainer.", "model.", "ckpt_path", "weights_only", "seed_everything", "print_config")
 
 
 class BriefHelpFormatter(DefaultHelpFormatter):
-    """``--help`` that fits on a few screens: the Trainer's flags keep the first sentence of
-    Lightning's documentation, and the lists of known subclasses (hundreds of ``nn.Module``
+    """``--help`` that fits on a few screens: the Trainer's and the module's flags keep the first
+    sentence of their documentation, and the lists of known subclasses (hundreds of ``nn.Module``
     and Lightning classes) give way to the ``--<flag>.help CLASS`` that describes one."""
 
     def __init__(self, prog: str, **kwargs: Any) -> None:
@@ -173,9 +175,9 @@ class BriefHelpFormatter(DefaultHelpFormatter):
             return action.help
         text = super()._get_help_string(action)
         text = re.sub(r", known subclasses: [^)]*\)", ")", text, flags=re.S)
-        if action.dest.startswith(LIGHTNING_FLAGS) and "(" in text:
+        if action.dest.startswith(BRIEF_FLAGS) and "(" in text:
             description, _, details = text.rpartition(" (")
-            first = re.split(r"(?<=[.:])\s", " ".join(description.split()), maxsplit=1)[0]
+            first = _first_sentence(description) + "."
             default = re.search(r"default: .*\)$", details)
             text = f"{first} ({default.group(0) if default else details}"
         return text

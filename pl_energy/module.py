@@ -58,7 +58,7 @@ class EnergyModule(pl.LightningModule):
         activation: hidden activation of the default MLP (``relu``, ``tanh``, ``sigmoid``,
             ``hardsigmoid``, ``clip``, ``identity``); by default the algorithm's own (``clip``
             for ep and chl, whose Hopfield energy needs bounded units; ``relu`` otherwise).
-        algorithm: one of bp, pc, z_il, fa_z_il, pc_nudge, ep, chl.
+        algorithm: one of ``pl_energy.ALGORITHMS`` (bp, pc, pc_nudge, z_il, fa_z_il, ep, chl, pc_negative).
         algorithm_hparams: the algorithm's hyper-parameters, e.g. ``{"lam": 0.01, "steps": 50}``
             for pc_nudge; unset ones keep the algorithm's defaults.
         loss: ``cross_entropy`` or ``mse`` (half squared error to one-hot targets).
@@ -154,9 +154,8 @@ class EnergyModule(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(self.num_classes, average="micro")
-        self.last_batch: tuple[Tensor, Tensor] | None = None
-        #: The batches whose estimates the next optimiser step averages (one without accumulation).
-        self.pending_batches: list[tuple[Tensor, Tensor]] = []
+        #: How many batches' estimates the next optimiser step averages (1 without accumulation).
+        self.accumulated = 0
         self.energy_traces: list[tuple[int, dict[str, list[float]]]] = []
 
     # ----------------------------------------------------------------- helpers
@@ -166,7 +165,8 @@ class EnergyModule(pl.LightningModule):
             return p.dtype
         return torch.get_default_dtype()
 
-    def _prepare(self, batch) -> tuple[Tensor, Tensor]:
+    def prepare_batch(self, batch) -> tuple[Tensor, Tensor]:
+        """(inputs in the network's floating dtype, targets) of a training or evaluation batch."""
         inputs, targets = batch[0], batch[1]
         if inputs.is_floating_point():
             inputs = inputs.to(self.network_dtype)
@@ -182,10 +182,9 @@ class EnergyModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        inputs, targets = self._prepare(batch)
-        self.last_batch = (inputs, targets)
-        self.pending_batches.append((inputs, targets))  # the batches of the coming optimiser step
-        record = self._trace_due() and len(self.pending_batches) == 1  # once per optimiser step
+        inputs, targets = self.prepare_batch(batch)
+        self.accumulated += 1  # one more batch for the coming optimiser step
+        record = self._trace_due() and self.accumulated == 1  # once per optimiser step
         step = int(self.global_step)
         # The algorithm runs on the plain network (not a DDP wrapper): its own autograd calls must
         # not touch the reducer. Only manual_backward below arms the gradient all-reduce.
@@ -202,20 +201,20 @@ class EnergyModule(pl.LightningModule):
         if surrogate is None:
             raise RuntimeError("the network has no trainable parameters")
         # manual accumulation (Lightning's documented pattern): the mean of k estimates, one step
-        stepping = len(self.pending_batches) == self.accumulate_grad_batches or self.trainer.is_last_batch
+        stepping = self.accumulated == self.accumulate_grad_batches or self.trainer.is_last_batch
         with opt.toggle_model(sync_grad=stepping):
             self.manual_backward(surrogate / self.accumulate_grad_batches)
         if stepping:
-            if len(self.pending_batches) != self.accumulate_grad_batches:  # a shorter last group
+            if self.accumulated != self.accumulate_grad_batches:  # a shorter last group
                 for p in self.network.parameters():
                     if p.grad is not None:
-                        p.grad.mul_(self.accumulate_grad_batches / len(self.pending_batches))
+                        p.grad.mul_(self.accumulate_grad_batches / self.accumulated)
             if self.gradient_clip_val is not None:
                 self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val,
                                     gradient_clip_algorithm=self.gradient_clip_algorithm)
             opt.step()
             opt.zero_grad()
-            self.pending_batches = []
+            self.accumulated = 0
             if self.lr_scheduler_interval == "step":
                 self._step_scheduler()
 
@@ -268,7 +267,7 @@ class EnergyModule(pl.LightningModule):
                              "is undone only inside the optimiser step): use 'bf16-mixed' or 32-bit")
 
     def on_train_epoch_start(self) -> None:
-        self.pending_batches = []  # accumulation groups end with the epoch (or an interrupted run)
+        self.accumulated = 0  # accumulation groups end with the epoch (or an interrupted run)
 
     def on_train_epoch_end(self) -> None:
         if self.lr_scheduler_interval == "epoch":
@@ -287,12 +286,8 @@ class EnergyModule(pl.LightningModule):
 
     # -------------------------------------------------------------- evaluation
     def _evaluate(self, batch, stage: str, metric: MulticlassAccuracy) -> Tensor:
-        inputs, targets = self._prepare(batch)
-        # Hopfield algorithms relax by gradient descent even when predicting: leave inference
-        # mode and re-create the batch outside it.
-        with torch.inference_mode(False), torch.enable_grad():
-            inputs, targets = inputs.clone(), targets.clone()
-            output = self.algorithm.predict(self.network, inputs).detach()
+        inputs, targets = self.prepare_batch(batch)
+        output = self.algorithm.predict(self.network, inputs).detach()  # the algorithm owns its grad mode
         loss_fn = as_loss(self.loss)
         loss = loss_fn.value(output, loss_fn.prepare_targets(targets, output)).detach()
         metric(output, targets)
@@ -312,9 +307,7 @@ class EnergyModule(pl.LightningModule):
         """``{"predictions": class indices, "outputs": the network's outputs}`` of a batch
         (inputs, or (inputs, targets)); ``Trainer.predict`` returns one such dict per batch."""
         inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
-        with torch.inference_mode(False), torch.enable_grad():
-            inputs = inputs.to(self.network_dtype).clone()
-            outputs = self.algorithm.predict(self.network, inputs).detach()
+        outputs = self.algorithm.predict(self.network, inputs.to(self.network_dtype)).detach()
         return {"predictions": outputs.argmax(-1), "outputs": outputs}
 
     # ------------------------------------------------------------ optimisation

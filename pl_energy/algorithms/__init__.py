@@ -1,7 +1,21 @@
-"""Every algorithm is a small configuration of the energy core."""
+"""Every algorithm is a small configuration of the energy core.
 
-from .base import Algorithm, Estimate, NotConvergedWarning, PrecisionWarning
-from .registry import ALGORITHMS, algorithm_class, build_algorithm, hyperparameters_of
+Each module here defines algorithms; a class that sets ``name`` registers itself
+(``Algorithm.__init_subclass__``). The papers' algorithms are imported first, in the order the
+CLI lists them; any other module of this package (a new algorithm in a file of its own) follows.
+"""
+
+import importlib as _importlib
+import pkgutil as _pkgutil
+
+from . import backprop, predictive_coding, zero_divergence, equilibrium_propagation, contrastive_hebbian  # noqa: F401
+
+for _module in _pkgutil.iter_modules(__path__):
+    if _module.name != "registry":
+        _importlib.import_module(f".{_module.name}", __name__)
+
+from .base import Algorithm, Estimate, NotConvergedWarning, PrecisionWarning  # noqa: E402
+from .registry import ALGORITHMS, algorithm_class, build_algorithm, hyperparameters_of  # noqa: E402
 
 __all__ = ["ALGORITHMS", "Algorithm", "Estimate", "NotConvergedWarning", "PrecisionWarning", "algorithm_class",
            "build_algorithm", "hyperparameters_of"]

@@ -84,7 +84,22 @@ class Estimate:
 
 
 class Algorithm:
-    """Base class. Subclasses are dataclasses of hyper-parameters implementing ``estimate``."""
+    """Base class. Subclasses are dataclasses of hyper-parameters implementing ``estimate``; a
+    subclass that sets ``name`` is registered under it (``pl_energy.build_algorithm(name)``,
+    ``--algorithm name``) when its module is imported: every module of ``pl_energy.algorithms``
+    is."""
+
+    #: Every concrete algorithm by name, in the order their classes were defined.
+    registered: ClassVar[dict[str, type[Algorithm]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if isinstance(name, str):
+            if name in Algorithm.registered and Algorithm.registered[name].__qualname__ != cls.__qualname__:
+                raise TypeError(f"two algorithms are named {name!r}: {Algorithm.registered[name].__qualname__} "
+                                f"and {cls.__qualname__}")
+            Algorithm.registered[name] = cls
 
     name: ClassVar[str]
     #: Whether the estimate is a small difference of relaxed states, accurate only in 32 or 64

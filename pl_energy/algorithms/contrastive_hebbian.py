@@ -23,6 +23,7 @@ from torch.func import jvp
 from ..core.losses import Loss
 from ..core.networks import layers_of
 from .base import Estimate
+from .contrastive import Contrast, Phase
 from .hopfield_common import HopfieldAlgorithm
 
 
@@ -48,23 +49,31 @@ class ContrastiveHebbian(HopfieldAlgorithm):
         """The clamped displacement reaches the first layer scaled by gamma^(L-1)."""
         return self.gamma ** (len(layers_of(network)) - 1)
 
-    def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
-                 record: bool) -> Estimate:
+    def phases(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
+               record: bool) -> Contrast:
+        """The clamped phase against the free phase, scaled by gamma^-(L-1)."""
         energy, free, first = self.free_phase(network, inputs, targets, loss)
         clamped = energy.clamped(free)
         relaxation = self.relax(energy, clamped, record)
-        scale = self.gamma ** -(len(energy.layers) - 1)
-        if self.corrected:
-            def weight_gradients(*activities: Tensor):
-                state = energy.snapshot(free)
-                state.activities[1:] = list(activities)
-                return tuple(g for layer in energy.parameter_gradients(state) for g in layer)
+        return Contrast(Phase(energy, clamped), Phase(energy, free), self.gamma ** -(len(energy.layers) - 1),
+                        free.output, free.targets, relaxation.trace, (first.report, relaxation.report))
 
-            tangents = tuple(c - f for c, f in zip(clamped.activities[1:], free.activities[1:]))
-            _, flat = jvp(weight_gradients, tuple(free.activities[1:]), tangents)
-            flat = iter(flat)
-            per_layer = [[next(flat) * scale for _ in layer.parameters()] for layer in energy.layers]
-        else:
-            per_layer = energy.parameter_gradients(clamped, free, scale)
-        return Estimate.from_layers(network, per_layer, free.output, loss, free.targets,
-                                    relaxation.trace, (first.report, relaxation.report))
+    def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
+                 record: bool) -> Estimate:
+        """The contrast; ``corrected`` keeps its first-order term H delta_x instead (forward-mode
+        JVP of the weight gradients along delta_x = x_clamped - x_free)."""
+        if not self.corrected:
+            return super().estimate(network, inputs, targets, loss, record)
+        run = self.phases(network, inputs, targets, loss, record)
+        energy, free, clamped = run.low.energy, run.low.state, run.high.state
+
+        def weight_gradients(*activities: Tensor):
+            state = energy.snapshot(free)
+            state.activities[1:] = list(activities)
+            return tuple(g for layer in energy.parameter_gradients(state) for g in layer)
+
+        tangents = tuple(c - f for c, f in zip(clamped.activities[1:], free.activities[1:]))
+        _, flat = jvp(weight_gradients, tuple(free.activities[1:]), tangents)
+        flat = iter(flat)
+        per_layer = [[next(flat) * run.scale for _ in layer.parameters()] for layer in energy.layers]
+        return Estimate.from_layers(network, per_layer, run.output, loss, run.targets, run.trace, run.reports)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..core.losses import Loss
-from .base import Estimate
+from .contrastive import Contrast, Phase
 from .hopfield_common import HopfieldAlgorithm
 
 
@@ -54,8 +54,9 @@ class EquilibriumPropagation(HopfieldAlgorithm):
         if self.nudged_steps is not None and self.nudged_steps < 1:
             raise ValueError(f"nudged_steps must be >= 1 (or None: steps), got {self.nudged_steps}")
 
-    def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
-                 record: bool) -> Estimate:
+    def phases(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
+               record: bool) -> Contrast:
+        """+beta against the free phase, or against -beta (centered)."""
         energy, free, first = self.free_phase(network, inputs, targets, loss)
         steps = self.steps if self.nudged_steps is None else self.nudged_steps
         nudged = energy.nudged(free, self.beta)
@@ -64,8 +65,7 @@ class EquilibriumPropagation(HopfieldAlgorithm):
         if self.centered:
             low = energy.nudged(free, -self.beta)
             reports += (self.relax(energy, low, steps=steps).report,)
-            per_layer = energy.parameter_gradients(nudged, low, 1 / (2 * self.beta))
-        else:
-            per_layer = energy.parameter_gradients(nudged, free, 1 / self.beta)
-        return Estimate.from_layers(network, per_layer, free.output, loss, free.targets,
-                                    relaxation.trace, reports)
+            return Contrast(Phase(energy, nudged), Phase(energy, low), 1 / (2 * self.beta), free.output,
+                            free.targets, relaxation.trace, reports)
+        return Contrast(Phase(energy, nudged), Phase(energy, free), 1 / self.beta, free.output, free.targets,
+                        relaxation.trace, reports)

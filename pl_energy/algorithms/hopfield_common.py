@@ -6,20 +6,22 @@ import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from ..core.hopfield import HopfieldEnergy, HopfieldState
 from ..core.implicit import equilibrium_gradient
 from ..core.inference import Relaxation
 from ..core.losses import Loss, as_loss
-from .base import NotConvergedWarning, RelaxingAlgorithm, check_batch
+from .base import NotConvergedWarning, check_batch
+from .contrastive import ContrastiveAlgorithm
 
 #: Above this free-phase residual the implicit-differentiation reference is flagged.
 REFERENCE_RESIDUAL = 1e-6
 
 
 @dataclass
-class HopfieldAlgorithm(RelaxingAlgorithm):
+class HopfieldAlgorithm(ContrastiveAlgorithm):
     """Free phase: relax the Hopfield energy from the feedforward pass (``steps``, ``tol``).
 
     Args:
@@ -62,8 +64,13 @@ class HopfieldAlgorithm(RelaxingAlgorithm):
             return energy, state, self.relax(energy, state)
 
     def predict(self, network: nn.Module, inputs: Tensor) -> Tensor:
-        """The output at the free equilibrium."""
-        return self.free_phase(network, inputs, None, as_loss("mse"))[1].output
+        """The output at the free equilibrium (detached). The relaxation differentiates the
+        couplings, so it leaves inference mode and works on a copy of the batch made outside it:
+        this works under ``torch.inference_mode()``, ``torch.no_grad()`` and Lightning's
+        evaluation loops alike."""
+        with torch.inference_mode(False), torch.enable_grad():
+            inputs = inputs.clone()  # a tensor made in inference mode cannot enter autograd
+            return self.free_phase(network, inputs, None, as_loss("mse"))[1].output.detach()
 
     def reference(self, network: nn.Module, inputs: Tensor, targets: Tensor,
                   loss: str | Loss = "cross_entropy") -> dict[str, Tensor]:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..core.losses import Loss
 from ..core.networks import layers_of
 from ..core.predictive_coding import PredictiveCodingEnergy
-from .base import Estimate, RelaxingAlgorithm
+from .contrastive import Contrast, ContrastiveAlgorithm, Phase
 
 
 #: The inference settings of the seeds (Song et al. 2020; Millidge et al. 2022, A.1).
@@ -35,7 +35,7 @@ PAPER_SETTINGS = {"solver": "gd", "steps": 50, "step_size": 0.1, "tol": None}
 
 
 @dataclass
-class PredictiveCoding(RelaxingAlgorithm):
+class PredictiveCoding(ContrastiveAlgorithm):
     """Inference learning / PC-Nudge on the predictive-coding energy.
 
     Args:
@@ -73,29 +73,23 @@ class PredictiveCoding(RelaxingAlgorithm):
 
     def phase(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss, lam: float,
               record: bool):
-        """Relax from the free equilibrium under E = I + lam L; return the state and its
-        relaxation."""
+        """Relax from the free equilibrium under E = I + lam L; return the energy, the state, the
+        free output and the relaxation."""
         energy = self.energy(network, loss, lam)
         state = energy.free_state(inputs, targets)
         free_output = state.output
         return energy, state, free_output, self.relax(energy, state, record)
 
-    def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
-                 record: bool) -> Estimate:
+    def phases(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
+               record: bool) -> Contrast:
+        """+lam against the free phase (whose weight gradient is zero), or against -lam."""
         energy, state, output, relaxation = self.phase(network, inputs, targets, loss, self.lam, record)
-        reports = (relaxation.report,)
+        high, reports = Phase(energy, state), (relaxation.report,)
         if not self.centered:
-            per_layer = energy.parameter_gradients(state, scale=1 / self.lam)
-        else:
-            negative, negative_state, _, low = self.phase(network, inputs, targets, loss, -self.lam, False)
-            # one energy object per sign of lam; the difference is formed layer by layer
-            half = 1 / (2 * self.lam)
-            per_layer = [[g - h for g, h in zip(layer, other)]
-                         for layer, other in zip(energy.parameter_gradients(state, scale=half),
-                                                 negative.parameter_gradients(negative_state, scale=half))]
-            reports += (low.report,)
-        return Estimate.from_layers(network, per_layer, output, loss, state.targets,
-                                    relaxation.trace, reports)
+            return Contrast(high, None, 1 / self.lam, output, state.targets, relaxation.trace, reports)
+        negative, negative_state, _, low = self.phase(network, inputs, targets, loss, -self.lam, False)
+        return Contrast(high, Phase(negative, negative_state), 1 / (2 * self.lam), output, state.targets,
+                        relaxation.trace, reports + (low.report,))
 
 
 @dataclass

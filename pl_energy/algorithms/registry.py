@@ -8,18 +8,10 @@ import re
 import typing
 from typing import Any
 
-from .backprop import Backprop
 from .base import Algorithm
-from .contrastive_hebbian import ContrastiveHebbian
-from .equilibrium_propagation import EquilibriumPropagation
-from .predictive_coding import PCNudge, PredictiveCoding
-from .zero_divergence import FullyAutonomousZIL, ZeroDivergenceIL
 
-REGISTRY: dict[str, type[Algorithm]] = {
-    cls.name: cls
-    for cls in (Backprop, PredictiveCoding, ZeroDivergenceIL, FullyAutonomousZIL, PCNudge,
-                EquilibriumPropagation, ContrastiveHebbian)
-}
+#: The algorithms by name: every ``Algorithm`` subclass that sets ``name`` (``Algorithm.registered``).
+REGISTRY: dict[str, type[Algorithm]] = Algorithm.registered
 ALGORITHMS: tuple[str, ...] = tuple(REGISTRY)
 
 

@@ -45,7 +45,8 @@ class ZeroDivergenceIL(Algorithm):
         gamma: inference rate of the activity updates, x <- x - gamma dE/dx (C3: gamma = 1
             gives BP's updates exactly; otherwise layer k below the output gets gamma^k times).
         lam: weight of the supervised term, E = I + lam L (1: the target clamps the output).
-        trace: record the energy of every step by default (``step(record=...)`` overrides it).
+        trace: record the energy of every inference step by default (``step(record=...)``
+            overrides it); off by default, as it costs a pass over the state per step.
     """
 
     gamma: float = 1.0

@@ -54,5 +54,6 @@ class Energy(Protocol):
         """After it (also when it raised): back to plain coordinates."""
 
     def parameter_gradients(self, state, scale: float = 1.0) -> list[list[Tensor]]:
-        """scale * dE/dtheta of the batch-mean energy per layer, in ``layer.parameters()`` order
-        (pass ``scale`` by keyword: the Hopfield energy also takes a second phase to subtract)."""
+        """scale * dE/dtheta of the batch-mean energy per layer, in ``layer.parameters()`` order.
+        An energy may also offer ``parameter_gradient_difference(state, minus, scale)``, the
+        contrast of two of its states in one pass (``algorithms.contrastive.contrast`` uses it)."""

@@ -245,17 +245,21 @@ class HopfieldEnergy:
             total = total + self.weights[index - 1] * layer
         return total
 
-    def parameter_gradients(self, state: HopfieldState, minus: HopfieldState | None = None,
-                            scale: float = 1.0) -> list[list[Tensor]]:
-        """scale * dE/dtheta of the batch-mean energy at ``state`` (minus that at ``minus``), per
-        layer in ``parameters()`` order.
+    def parameter_gradients(self, state: HopfieldState, scale: float = 1.0) -> list[list[Tensor]]:
+        """scale * dE/dtheta of the batch-mean energy at ``state``, per layer in ``parameters()``
+        order: dE/dtheta_l = -c_l (dg_l/dtheta_l)^T rho(x_l)."""
+        return self._parameter_vjps([(state, 1.0)], scale)
 
-        dE/dtheta_l = -c_l (dg_l/dtheta_l)^T rho(x_l): a difference of two phases is one
-        vector-Jacobian product of the phases stacked along the batch (for a dense layer one
-        matrix product, so no weight-sized intermediate is formed).
-        """
-        phases = [(state, 1.0)] + ([(minus, -1.0)] if minus is not None else [])
-        batch = state.activities[0].shape[0]
+    def parameter_gradient_difference(self, state: HopfieldState, minus: HopfieldState,
+                                      scale: float = 1.0) -> list[list[Tensor]]:
+        """scale * (dE/dtheta at ``state`` - dE/dtheta at ``minus``): the contrast of two phases
+        of this energy, as one vector-Jacobian product of the phases stacked along the batch
+        (for a dense layer one matrix product, so no weight-sized intermediate is formed). A
+        speed path: the same numbers as the difference of two ``parameter_gradients``."""
+        return self._parameter_vjps([(state, 1.0), (minus, -1.0)], scale)
+
+    def _parameter_vjps(self, phases: list[tuple[HopfieldState, float]], scale: float) -> list[list[Tensor]]:
+        batch = phases[0][0].activities[0].shape[0]
         grads = []
         for index, coupling in enumerate(self.couplings, start=1):
             factor = -self.weights[index - 1] * scale / batch

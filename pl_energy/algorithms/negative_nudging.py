@@ -1,0 +1,53 @@
+"""``pc_negative``: predictive coding with negative nudging, as in the PC benchmarks' configurations
+(Pinchetti et al. 2024, PCX: positive, negative and centered nudging of the output).
+
+The output is pushed away from the target: inference relaxes E = I - lam L from the free
+equilibrium, and the update is the contrast of the free phase (whose weight gradient is zero,
+Millidge et al. 2022 Eq. 20) against that phase:
+
+    g = (0 - dE^{-lam}/dtheta (x_{-lam})) / lam  ->  dL/dtheta  as lam -> 0.
+
+Its error is O(lam), as positive nudging's (``pc_nudge``), with the opposite sign to first order:
+the mean of the two is centered nudging (``pc_nudge`` with ``centered=True``), whose error is
+O(lam^2). A configuration of the contrastive estimate in one file: this module is the whole of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from ..core.losses import Loss
+from .contrastive import Contrast, Phase
+from .predictive_coding import PredictiveCoding
+
+
+@dataclass
+class NegativeNudging(PredictiveCoding):
+    """PC with negative nudging.
+
+    Args:
+        lam: strength of the negative nudge, E = I - lam L.
+        centered: must stay False (centered nudging is ``pc_nudge``'s).
+
+    ``gamma`` and the inference settings are ``PredictiveCoding``'s.
+    """
+
+    lam: float = 0.01
+    centered: bool = False
+    name = "pc_negative"
+    traced_phase = "the negatively nudged phase"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.lam <= 0:
+            raise ValueError(f"lam is the strength of the negative nudge and must be > 0, got {self.lam}")
+        if self.centered:
+            raise ValueError("pc_negative nudges one way: for +lam and -lam use pc_nudge with centered=True")
+
+    def phases(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
+               record: bool) -> Contrast:
+        energy, state, output, relaxation = self.phase(network, inputs, targets, loss, -self.lam, record)
+        return Contrast(None, Phase(energy, state), 1 / self.lam, output, state.targets, relaxation.trace,
+                        (relaxation.report,))
