@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
+from pl_energy.metrics import gradient_agreement  # noqa: E402
+
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
@@ -141,14 +143,12 @@ def flat(gradients: dict) -> torch.Tensor:
 
 
 def cosine(a: dict, b: dict) -> float:
-    a, b = flat(a).double(), flat(b).double()
-    return float(a @ b / (a.norm() * b.norm()))
+    return gradient_agreement(a, b)["cosine"]
 
 
 def rel_error(estimate: dict, reference: dict) -> float:
     """||estimate - reference|| / ||reference||, over all parameters."""
-    e, r = flat(estimate).double(), flat(reference).double()
-    return float((e - r).norm() / r.norm())
+    return gradient_agreement(estimate, reference)["rel_error"]
 
 
 def distance(a: dict, b: dict) -> float:

@@ -94,8 +94,7 @@ def main(argv=None) -> dict:
     net = pl_energy.mlp(SIZES)
     alg = pl_energy.build_algorithm("pc_nudge", lam=1.0, solver="gd", tol=None, steps=steps,
                                      step_size=step_size, trace=True)
-    alg.step(net, x, y)
-    trace = alg.last_trace
+    trace = alg.step(net, x, y).trace
     results["A"] = trace.as_dict()
     slope_total = float(trace.total[1] - trace.total[0])
     slope_loss = float(trace.supervised[1] - trace.supervised[0])

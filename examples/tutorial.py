@@ -15,7 +15,8 @@ import lightning.pytorch as pl
 import torch
 
 import pl_energy
-from pl_energy.callbacks import GradientAgreement, agreement_metrics
+from pl_energy.callbacks import GradientAgreement
+from pl_energy.metrics import agreement_metrics
 from pl_energy.data import MNISTDataModule
 
 

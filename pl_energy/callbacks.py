@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -13,33 +12,13 @@ from torch import Tensor
 from torchmetrics.aggregation import MaxMetric, MeanMetric, MinMetric
 from typing_extensions import override
 
+from .metrics import agreement_metrics
 from .outputs import log_figure
 from .plotting import agreement_figure
 
-__all__ = ["GradientAgreement", "agreement_metrics"]
+__all__ = ["GradientAgreement", "agreement_metrics"]  # agreement_metrics lives in pl_energy.metrics
 
 _SHARDED = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
-
-
-def agreement_metrics(update: Tensor, reference: Tensor) -> dict[str, float]:
-    """Compare two flat vectors: cosine similarity, relative L2 error ``|u - r| / |r|``,
-    sign agreement and norm ratio ``|u| / |r|``. Computed in float64.
-
-    Sign agreement is the fraction of entries with equal sign among those where both sides are
-    non-zero (NaN when there are none): an exact zero (a dead ReLU unit's weights, a frozen
-    row) has no sign, and counting it would report 0.745 for an update whose cosine is 0.99997.
-    """
-    u, r = update.detach().double().flatten(), reference.detach().double().flatten()
-    nu, nr = u.norm(), r.norm()
-    tiny = torch.finfo(torch.float64).tiny
-    cosine = (u @ r) / (nu * nr).clamp_min(tiny)
-    signed = (u != 0) & (r != 0)
-    return {
-        "cosine": float(cosine),
-        "rel_error": float((u - r).norm() / nr.clamp_min(tiny)),
-        "sign": float((torch.sign(u[signed]) == torch.sign(r[signed])).double().mean()) if signed.any() else math.nan,
-        "norm_ratio": float(nu / nr.clamp_min(tiny)),
-    }
 
 
 class GradientAgreement(Callback):

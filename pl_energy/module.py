@@ -22,7 +22,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from .algorithms import ALGORITHMS, Algorithm, algorithm_class, build_algorithm
+from .algorithms import Algorithm, algorithm_class, build_algorithm
 from .core import mlp
 from .configuration import factory_from, network_from, plain_arguments
 from .core.losses import as_loss
@@ -35,13 +35,6 @@ RNG_KEY = "pl_energy_rng_states"
 
 #: Millidge et al. 2022's MNIST optimiser (A.1): SGD, lr 0.001, momentum 0.9.
 default_optimizer = functools.partial(torch.optim.SGD, lr=0.001, momentum=0.9)
-
-
-def check_algorithm_name(name: str) -> str:
-    """Return ``name`` if it is a registered algorithm, else raise listing the valid names."""
-    if name not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {name!r}; valid algorithms are: {', '.join(ALGORITHMS)}")
-    return name
 
 
 class EnergyModule(pl.LightningModule):
@@ -110,7 +103,7 @@ class EnergyModule(pl.LightningModule):
         compile: bool | dict[str, Any] = False,
     ) -> None:
         super().__init__()
-        check_algorithm_name(algorithm)
+        algorithm_class(algorithm)  # an unknown name fails here, listing the valid ones
         if loss not in ("cross_entropy", "mse"):
             raise ValueError(f"unknown loss {loss!r}; choose 'cross_entropy' or 'mse'")
         if trace_every_n_steps is None or trace_every_n_steps < 0:

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .metrics import METRICS
+
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with the shell
     from matplotlib.figure import Figure
 
@@ -63,7 +65,7 @@ def agreement_figure(history: Sequence[Mapping[str, float]], title: str = "") ->
     ``history`` holds one mapping per measurement with ``step`` and the global metrics
     ``cosine``, ``rel_error``, ``sign``, ``norm_ratio``.
     """
-    metrics = ("cosine", "rel_error", "sign", "norm_ratio")
+    metrics = METRICS
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(13, 3))

@@ -184,8 +184,7 @@ def test_equilibrium_gradient_matches_finite_differences():
 def test_trace_records_every_step_and_the_free_phase_has_zero_internal_energy(problem):
     network, inputs, targets = problem
     algorithm = build_algorithm("pc", solver="gd", steps=30, step_size=0.2, tol=None, trace=True)
-    algorithm.gradients(network, inputs, targets)
-    trace = algorithm.last_trace
+    trace = algorithm.step(network, inputs, targets).trace
     assert trace.total.shape == trace.internal.shape == trace.supervised.shape == (31,)
     assert trace.internal[0] == 0  # Millidge et al. 2022 Fig. 2A: inference starts at the free phase
     assert torch.allclose(trace.total, trace.internal + trace.supervised)
@@ -323,13 +322,13 @@ def test_reduced_first_layer_runs_the_same_dynamics(settings, sizes, monkeypatch
     network = mlp(sizes)
     inputs, targets = torch.randn(16, 30), torch.randint(0, 5, (16,))
     algorithm = build_algorithm("pc_nudge", solver="gd", steps=60, tol=None, trace=True, **settings)
-    reduced = algorithm.gradients(network, inputs, targets)
-    reduced_trace = algorithm.last_trace.total
+    estimate = algorithm.step(network, inputs, targets)
+    reduced, reduced_trace = estimate.gradients, estimate.trace.total
     assert ReducedFirstLayer.pays_off(16, 60, 20, sizes[2])
     monkeypatch.setattr(ReducedFirstLayer, "pays_off", staticmethod(lambda *args: False))
-    plain = algorithm.gradients(network, inputs, targets)
-    assert relative_l2(reduced, plain) < 1e-12
-    assert torch.allclose(reduced_trace, algorithm.last_trace.total, rtol=0, atol=1e-14)
+    estimate = algorithm.step(network, inputs, targets)
+    assert relative_l2(reduced, estimate.gradients) < 1e-12
+    assert torch.allclose(reduced_trace, estimate.trace.total, rtol=0, atol=1e-14)
 
 
 def test_reduction_is_used_only_when_it_saves_work():

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import pl_energy
-from pl_energy.callbacks import agreement_metrics
+from pl_energy.metrics import agreement_metrics
 from pl_energy.core.network_spec import build_network, describe_network
 from pl_energy.core.networks import VGG
 from pl_energy.core.residual import ResidualMLP, ResNet, ScaledLinear

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import pl_energy
-from pl_energy.callbacks import agreement_metrics
+from pl_energy.metrics import agreement_metrics
 
 SETTINGS = {"tol": 1e-12, "steps": 500}  # converged: the states, not the solver, are compared
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import statistics
 import sys
@@ -17,6 +16,8 @@ from .cases import Case, data_root, mnist_batches, random_batches
 from .cost import bound_macs, configured_steps, layer_macs
 from .report import target_of
 from .variants import TOLERANCES, VARIANTS, Variant
+
+from pl_energy.metrics import gradient_agreement
 
 
 def sync(device: torch.device) -> None:
@@ -111,20 +112,6 @@ def peak_memory(stepper: Stepper, x, y, device: torch.device) -> float | None:
     return float(peak)
 
 
-def flat_agreement(estimate: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]):
-    """(cosine, relative error) of all gradients taken together, without concatenating them."""
-    dot = norm_e = norm_r = diff = 0.0
-    for name, ref in reference.items():
-        est = estimate[name].double()
-        ref = ref.double()
-        dot += float((est * ref).sum())
-        norm_e += float(est.pow(2).sum())
-        norm_r += float(ref.pow(2).sum())
-        diff += float((est - ref).pow(2).sum())
-    cosine = dot / math.sqrt(norm_e * norm_r) if norm_e > 0 and norm_r > 0 else float("nan")
-    return cosine, math.sqrt(diff / norm_r) if norm_r > 0 else float("nan")
-
-
 def reference_gradients(network, x, y) -> dict[str, torch.Tensor]:
     named = list(network.named_parameters())
     grads = torch.autograd.grad(F.cross_entropy(network(x), y), [p for _, p in named])
@@ -139,14 +126,14 @@ def agreement(case: Case, variants, network, x, y) -> list[dict]:
         if variant.algorithm is None:
             continue
         estimate = variant.build().step(network, x, y, loss="cross_entropy", record=False)
-        cosine, error = flat_agreement(estimate.gradients, reference)
+        cosine, error = _cosine_and_error(estimate.gradients, reference)
         steps = sum(report.steps for report in estimate.inference) if estimate.inference else None
         rows.append(dict(key=variant.key, steps=steps, cosine=cosine, rel_error=error))
         del estimate
     for tol in TOLERANCES:
         variant = Variant(f"pc_nudge error tol={tol:g}", "pc_nudge", dict(tol=tol))
         estimate = variant.build().step(network, x, y, loss="cross_entropy", record=False)
-        cosine, error = flat_agreement(estimate.gradients, reference)
+        cosine, error = _cosine_and_error(estimate.gradients, reference)
         rows.append(dict(key=variant.key, steps=estimate.inference[0].steps, cosine=cosine,
                          rel_error=error, converged=estimate.converged))
         del estimate
@@ -237,3 +224,9 @@ def load_average() -> float | None:
 
 def _quantile(values, q):
     return float(np.quantile(np.asarray(values), q))
+
+
+def _cosine_and_error(estimate: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """(cosine, relative error) of all gradients taken together (``pl_energy.metrics``)."""
+    metrics = gradient_agreement(estimate, reference)
+    return metrics["cosine"], metrics["rel_error"]

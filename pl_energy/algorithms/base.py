@@ -114,7 +114,6 @@ class Algorithm:
     #: The phase a recorded trace shows, and the symbol of the supervised term's weight in it.
     traced_phase: ClassVar[str] = "inference"
     supervised_weight: ClassVar[str] = "\N{GREEK SMALL LETTER LAMDA}"
-    last_trace: InferenceTrace | None = None
     #: The forward semantics of the latest batches, for their references (``same_forward``).
     _forwards: dict[int, tuple[weakref.ref, FixedForward]] | None = None
 
@@ -142,7 +141,6 @@ class Algorithm:
                 del forwards[next(iter(forwards))]
         if not torch.isfinite(estimate.loss):
             raise _non_finite(network, inputs)
-        self.last_trace = estimate.trace
         return estimate
 
     def gradients(self, network: nn.Module, inputs: Tensor, targets: Tensor,
