@@ -59,7 +59,7 @@ def main(argv=None) -> dict:
             row = []
             for label in labels:
                 if label == "l":
-                    alg = pl_energy.build_algorithm("z_il", gamma=gamma)
+                    alg = pl_energy.build_algorithm("z_il", inference_rate=gamma)
                 else:
                     alg = pl_energy.build_algorithm("pc", solver="gd", tol=None, steps=int(label), step_size=gamma, lam=1.0,
                                                     trace=False)

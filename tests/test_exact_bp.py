@@ -68,7 +68,7 @@ def test_gamma_scales_layer_k_below_the_output_by_gamma_to_the_k(algorithm, sett
     network, inputs, targets = _problem(4, "tanh", 16)
     gamma = 0.5
     reference = build_algorithm("bp").gradients(network, inputs, targets)
-    estimate = build_algorithm(algorithm, gamma=gamma, **settings).gradients(network, inputs, targets)
+    estimate = build_algorithm(algorithm, inference_rate=gamma, **settings).gradients(network, inputs, targets)
     depth = len(network)
     for name, grad in estimate.items():
         below_output = depth - 1 - int(name.split(".")[0])

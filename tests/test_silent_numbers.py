@@ -119,7 +119,7 @@ def test_a_nudge_below_the_dtypes_resolution_warns(name, settings):
     ("pc_nudge", {"step_size": float("inf")}, "step_size must be > 0 and finite"),
     ("pc_nudge", {"steps": 2.5}, "steps must be an integer >= 0"),
     ("pc", {"lam": True}, "pc: lam must be float"),
-    ("z_il", {"gamma": "1"}, "z_il: gamma must be float"),
+    ("z_il", {"inference_rate": "1"}, "z_il: inference_rate must be float"),
 ])
 def test_bad_hyperparameters_are_refused_in_one_line(name, settings, message):
     with pytest.raises(ValueError, match=message):

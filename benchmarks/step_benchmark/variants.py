@@ -35,7 +35,7 @@ VARIANTS = (
 VARIANT_NOTES = {
     "bp_textbook": "opt.zero_grad(); CE(net(x), y).backward(); opt.step()  (the reference)",
     "bp": "build_algorithm('bp')",
-    "z_il": "defaults (gamma=1, lam=1)",
+    "z_il": "defaults (inference_rate=1, lam=1)",
     "fa_z_il": "defaults (depth-1 steps)",
     "pc": "the papers' inference: solver='gd', steps=50, step_size=0.1 (lam=1)",
     "pc_nudge": "the papers' inference: solver='gd', steps=50, step_size=0.1 (lam=0.01)",

@@ -1,9 +1,10 @@
 """``z_il`` and ``fa_z_il``: exact backprop in a PC network (Song et al. 2020 Algs. 2 and 3).
 
 Under C1 (inference starts at the feedforward pass), C2 (layer l is updated at the step its
-error first appears) and C3 (inference rate gamma = 1), the PC update of layer l, counted k
+error first appears) and C3 (inference rate ``inference_rate`` = 1), the PC update of layer l, counted k
 layers below the output, taken at step t = k equals BP's (Song et al. 2020 Thms. 3.1 and 3.2). With
-gamma != 1 it is gamma^k times BP's (Song et al. 2020 A.5).
+an inference rate r != 1 it is r^k times BP's (Song et al. 2020 A.5, their gamma; here
+``inference_rate``, since ``gamma`` is the feedback strength of pc, ep and chl).
 
 ``z_il`` follows only the front of the error wave: at step t the only activity whose error is
 new is x_{L-t}, and nothing else that Z-IL reads has changed (Song et al. 2020 Lemma A.3), so one VJP
@@ -42,22 +43,24 @@ class ZeroDivergenceIL(Algorithm):
     """Z-IL: each layer learns at the step the error wave reaches it (Song et al. 2020, Alg. 2).
 
     Args:
-        gamma: inference rate of the activity updates, x <- x - gamma dE/dx (C3: gamma = 1
-            gives BP's updates exactly; otherwise layer k below the output gets gamma^k times).
+        inference_rate: the rate r of the activity updates, x <- x - r dE/dx (Song et al.
+            2020's gamma; C3: r = 1 gives BP's updates exactly; otherwise layer k below the
+            output gets r^k times).
         lam: weight of the supervised term, E = I + lam L (1: the target clamps the output).
         trace: record the energy of every inference step by default (``step(record=...)``
             overrides it); off by default, as it costs a pass over the state per step.
     """
 
-    gamma: float = 1.0
+    inference_rate: float = 1.0
     lam: float = 1.0
     trace: bool = False
     name = "z_il"
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.gamma > 0 or self.lam == 0:
-            raise ValueError(f"need gamma > 0 and lam != 0, got gamma={self.gamma}, lam={self.lam}")
+        if not self.inference_rate > 0 or self.lam == 0:
+            raise ValueError(f"need inference_rate > 0 and lam != 0, got inference_rate={self.inference_rate}, "
+                             f"lam={self.lam}")
 
     def free_phase(self, network: nn.Module, inputs: Tensor, targets: Tensor,
                    loss: Loss) -> tuple[PredictiveCodingEnergy, PCState]:
@@ -82,7 +85,7 @@ class ZeroDivergenceIL(Algorithm):
             # the error reaches x_{index-1}: dE/dx = -d_{index-1} + J^T d_index, where d_{index-1}
             # is exactly 0 until this step (Lemma A.3), so dE/dx = feedback / scale
             state.activities[index - 1] = torch.add(state.activities[index - 1], feedback,
-                                                    alpha=-self.gamma / scale)
+                                                    alpha=-self.inference_rate / scale)
         return Estimate.from_layers(network, per_layer, output, loss, state.targets)
 
 
@@ -97,7 +100,7 @@ class FullyAutonomousZIL(ZeroDivergenceIL):
         full_dynamics: run every neuron's PC dynamics for all steps, as a circuit would
             (otherwise only what the plasticity gate lets through: z_il's arithmetic).
 
-    ``gamma``, ``lam`` and ``trace`` are ``ZeroDivergenceIL``'s.
+    ``inference_rate``, ``lam`` and ``trace`` are ``ZeroDivergenceIL``'s.
     """
 
     steps: int | None = None
@@ -125,7 +128,7 @@ class FullyAutonomousZIL(ZeroDivergenceIL):
                 rows.append(energy.components(state))
             if t < steps:
                 lowest = max(depth - 1 - t, 1)
-                energy.step(state, energy.activity_gradients(state, lowest), self.gamma, lowest)
+                energy.step(state, energy.activity_gradients(state, lowest), self.inference_rate, lowest)
         per_layer = [
             layer if layer is not None else [torch.zeros_like(p) for p in energy.layers[i].parameters()]
             for i, layer in enumerate(totals)
