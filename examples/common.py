@@ -27,8 +27,6 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402,F401  (re-exported)
 
-MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 _MNIST_CACHE: dict[str, tuple] = {}
 
 
@@ -53,12 +51,14 @@ def setup(args) -> Path:
 def _mnist_dir(data_dir: str | None) -> str:
     """The first folder holding MNIST/raw/*.gz (MNISTDataModule reads them in place, writing
     nothing, so a shared or read-only folder serves as it is)."""
+    from pl_energy.data.mnist import find_mnist
+
     candidates = [data_dir] if data_dir else [os.environ.get("PL_ENERGY_DATA"),
                                               str(REPO.parent / "shared" / "data"), "./data"]
-    for c in candidates:
-        if c and all((Path(c) / "MNIST" / "raw" / f).is_file() for f in MNIST_FILES):
-            return c
-    raise FileNotFoundError(f"MNIST raw files not found in {candidates}; pass --data-dir")
+    found = find_mnist(*candidates)
+    if found is None:
+        raise FileNotFoundError(f"MNIST raw files not found in {candidates}; pass --data-dir")
+    return str(found)
 
 
 def mnist(data_dir: str | None = None):

@@ -83,12 +83,9 @@ def cases(quick: bool) -> dict[str, Case]:
 
 def data_root() -> Path | None:
     """``$PL_ENERGY_DATA``, else ``<repo>/../shared/data``, if it holds MNIST/raw/ training files."""
-    candidates = [Path(os.environ["PL_ENERGY_DATA"])] if os.environ.get("PL_ENERGY_DATA") else []
-    candidates.append(REPO.parent / "shared" / "data")
-    for root in candidates:
-        if all((root / "MNIST" / "raw" / name).is_file() for name in MNIST_FILES):
-            return root
-    return None
+    from pl_energy.data.mnist import find_mnist
+
+    return find_mnist(os.environ.get("PL_ENERGY_DATA"), REPO.parent / "shared" / "data")
 
 
 def mnist_batches(case: Case, count: int, root: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -68,6 +68,22 @@ def read_idx(raw_folder: Path, stem: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(count, *shape)
 
 
+def holds_mnist(folder: str | Path, name: str = "MNIST") -> bool:
+    """True if ``<folder>/<name>/raw/`` holds the four IDX files (gzip-compressed or not)."""
+    raw = Path(folder) / name / "raw"
+    return all((raw / stem).is_file() or (raw / f"{stem}.gz").is_file() for stem in IDX_HEADERS)
+
+
+def find_mnist(*candidates: str | Path | None) -> Path | None:
+    """The first of ``candidates`` (None entries skipped) that holds MNIST, else None: the one
+    lookup the examples and benchmarks share (their candidates: ``--data-dir``,
+    ``$PL_ENERGY_DATA``, ``../shared/data``, ``./data``)."""
+    for candidate in candidates:
+        if candidate and holds_mnist(candidate):
+            return Path(candidate)
+    return None
+
+
 class MNISTDataModule(SplitDataModule):
     """MNIST with a seeded 50k/10k train/validation split and the 10k test set.
 
@@ -138,8 +154,7 @@ class MNISTDataModule(SplitDataModule):
         )
 
     def _present(self) -> bool:
-        return all((self.raw_folder / stem).is_file() or (self.raw_folder / f"{stem}.gz").is_file()
-                   for stem in IDX_HEADERS)
+        return holds_mnist(self.data_dir, self.folder)
 
     def prepare_data(self) -> None:
         """Download the files once when they are missing (never called per process); files that
