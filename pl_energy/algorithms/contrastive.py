@@ -16,7 +16,9 @@ An algorithm of the family says only which phases it relaxes (``ContrastiveAlgor
 | ep centered (Laborieux et al. 2021) | E + beta L | E - beta L | 1 / (2 beta) |
 | chl | output clamped to the target | the free phase | gamma^-(L-1) |
 
-A phase that is ``None`` contributes no weight gradient. When both phases are states of one
+Every energy carries the nudge in its state (``energy.nudged(state, strength)``: lam for PC,
+beta for the Hopfield energy), so both nudged phases start from one free state. A phase that is
+``None`` contributes no weight gradient. When both phases are states of one
 energy that can contrast them in one pass (``parameter_gradient_difference``: the Hopfield
 energy stacks them along the batch), that speed path is taken; it gives the same numbers.
 """

@@ -82,14 +82,20 @@ class PredictiveCoding(ContrastiveAlgorithm):
 
     def phases(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                record: bool) -> Contrast:
-        """+lam against the free phase (whose weight gradient is zero), or against -lam."""
-        energy, state, output, relaxation = self.phase(network, inputs, targets, loss, self.lam, record)
-        high, reports = Phase(energy, state), (relaxation.report,)
+        """+lam against the free phase (whose weight gradient is zero), or against -lam; both
+        nudged phases start from one feedforward pass."""
+        energy = self.energy(network, loss, self.lam)
+        free = energy.free_state(inputs, targets)
+        positive = energy.nudged(free, self.lam)
+        relaxation = self.relax(energy, positive, record)
+        reports = (relaxation.report,)
         if not self.centered:
-            return Contrast(high, None, 1 / self.lam, output, state.targets, relaxation.trace, reports)
-        negative, negative_state, _, low = self.phase(network, inputs, targets, loss, -self.lam, False)
-        return Contrast(high, Phase(negative, negative_state), 1 / (2 * self.lam), output, state.targets,
-                        relaxation.trace, reports + (low.report,))
+            return Contrast(Phase(energy, positive), None, 1 / self.lam, free.output, free.targets,
+                            relaxation.trace, reports)
+        negative = energy.nudged(free, -self.lam)
+        low = self.relax(energy, negative)
+        return Contrast(Phase(energy, positive), Phase(energy, negative), 1 / (2 * self.lam), free.output,
+                        free.targets, relaxation.trace, reports + (low.report,))
 
 
 @dataclass

@@ -53,6 +53,10 @@ class Energy(Protocol):
     def finish(self, state) -> None:
         """After it (also when it raised): back to plain coordinates."""
 
+    def nudged(self, state, strength: float):
+        """A copy of ``state`` that relaxes under the energy with its supervised term weighted by
+        ``strength`` (lam for PC, beta for Hopfield energies): the nudge lives in the state."""
+
     def parameter_gradients(self, state, scale: float = 1.0) -> list[list[Tensor]]:
         """scale * dE/dtheta of the batch-mean energy per layer, in ``layer.parameters()`` order.
         An energy may also offer ``parameter_gradient_difference(state, minus, scale)``, the

@@ -34,12 +34,15 @@ from .reduced_input import ReducedFirstLayer
 
 @dataclass
 class PCState:
-    """Activities x_0..x_{L-1} and each layer linearised at its current input."""
+    """Activities x_0..x_{L-1}, each layer linearised at its current input, and the weight lam of
+    the supervised term this state relaxes under (the nudge lives in the state, as the Hopfield
+    state's beta does: ``PredictiveCodingEnergy.nudged``)."""
 
     activities: list[Tensor]
     linearizations: list[Linearization]
     targets: Tensor
     reduced: ReducedFirstLayer | None = None
+    lam: float = 1.0
 
     @property
     def output(self) -> Tensor:
@@ -58,7 +61,7 @@ class PredictiveCodingEnergy:
     ):
         self.layers = layers_of(network)
         self.loss = loss
-        self.lam = float(lam)
+        self.lam = float(lam)  # the nudge of the states ``free_state`` makes
         hidden = len(self.layers) - 1
         self.precisions = [1.0] * hidden if precisions is None else [float(p) for p in precisions]
         if len(self.precisions) != hidden:
@@ -84,11 +87,17 @@ class PredictiveCodingEnergy:
             if index < len(self.layers):
                 activities.append(linearizations[-1].output)
         targets = self.loss.prepare_targets(targets, linearizations[-1].output)
-        return PCState(activities, linearizations, targets)
+        return PCState(activities, linearizations, targets, lam=self.lam)
 
     def snapshot(self, state: PCState) -> PCState:
         reduced = None if state.reduced is None else dataclasses.replace(state.reduced)
-        return PCState(list(state.activities), list(state.linearizations), state.targets, reduced)
+        return PCState(list(state.activities), list(state.linearizations), state.targets, reduced, state.lam)
+
+    def nudged(self, state: PCState, lam: float) -> PCState:
+        """A copy of ``state`` that relaxes under E = I + lam L (e.g. the free state, nudged)."""
+        nudged = self.snapshot(state)
+        nudged.lam = float(lam)
+        return nudged
 
     def restore(self, state: PCState, snapshot: PCState) -> None:
         state.activities[:] = snapshot.activities
@@ -121,7 +130,7 @@ class PredictiveCodingEnergy:
     def signal(self, state: PCState, index: int) -> Tensor:
         """d_l = dE/dmu_l for the per-sample energy."""
         if index == len(self.layers):
-            return self.lam * self.loss.per_sample_gradient(state.output, state.targets)
+            return state.lam * self.loss.per_sample_gradient(state.output, state.targets)
         return -self.precisions[index - 1] * self.error(state, index)
 
     def weighted_error(self, state: PCState, index: int) -> Tensor:
@@ -154,7 +163,7 @@ class PredictiveCodingEnergy:
         gradients: list[Tensor] = list(local)
         for index in range(len(self.layers) - 1, 0, -1):
             adjoint = state.linearizations[index].input_vjp(adjoint)
-            gradients[index - 1] = torch.add(local[index - 1], adjoint, alpha=self.lam)
+            gradients[index - 1] = torch.add(local[index - 1], adjoint, alpha=state.lam)
         return gradients
 
     def move_errors(self, state: PCState, directions: list[Tensor], step_size: float,
@@ -177,7 +186,7 @@ class PredictiveCodingEnergy:
         top = len(self.layers)
         linearizations = state.linearizations
         above = self.loss.per_sample_gradient(state.output, state.targets)  # d_L / lam
-        alpha = self.lam
+        alpha = state.lam
         gradients: list[Tensor] = [above] * (top - 1)
         for index in range(top - 1, lowest - 1, -1):
             weighted = self.weighted_error(state, index)
@@ -216,7 +225,7 @@ class PredictiveCodingEnergy:
             internal = internal + 0.5 * self.precisions[index - 1] * squared
         internal = internal / batch
         supervised = self.loss.value(state.output, state.targets)
-        return internal, supervised, internal + self.lam * supervised
+        return internal, supervised, internal + state.lam * supervised
 
     def layer_parameter_gradients(self, state: PCState, index: int, scale: float = 1.0) -> list[Tensor]:
         """scale * dE/dtheta_l of the batch-mean energy, in ``layer_l.parameters()`` order.
