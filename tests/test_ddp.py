@@ -8,7 +8,8 @@ import functools
 import pytest
 import torch
 
-from lightning_helpers import RankWeightSpread, flat_parameters, loader, mnist_subset, quiet_trainer
+from lightning_helpers import (DestroyProcessGroupAtExit, RankWeightSpread, flat_parameters, loader, mnist_subset,
+                              quiet_trainer)
 from pl_energy import mlp
 from pl_energy.callbacks import GradientAgreement
 from pl_energy.module import EnergyModule
@@ -35,7 +36,7 @@ def _fit(algorithm, data, devices):
     module = EnergyModule(network=mlp(sizes).double(), algorithm=algorithm, algorithm_hparams=hparams,
                           loss=loss, trace_every_n_steps=0,
                           optimizer=functools.partial(torch.optim.SGD, lr=0.05))
-    callbacks = [RankWeightSpread()]
+    callbacks = [RankWeightSpread(), DestroyProcessGroupAtExit()]
     if agreement:
         callbacks.append(GradientAgreement(every_n_steps=1, plot=False))
     options = dict(max_steps=STEPS, callbacks=callbacks)
