@@ -7,6 +7,8 @@ cosine-annealed to 0 over the epoch), with the library's defaults (converged inf
 - ``cnn``: a VGG-style CNN (``ConvNet``): 3x3 conv blocks of 32 and 64 channels, each conv ->
   2x2 max-pool -> activation (relu; clip for ep, whose Hopfield energy needs bounded units),
   and a linear output layer;
+- ``resnet`` (``--networks resnet``): ResNet-18's stages (2, 2, 2, 2 basic blocks, each block one
+  energy layer) at 1/8 of its widths (8-16-32-64), with BatchNorm;
 - ``resmlp``: a 20-layer residual MLP of width 128 (``ResidualMLP``, tanh, muPC parameterisation
   of Innocenti et al. 2025 with ``--parameterisation mupc``). EP has no residual Hopfield energy:
   it is not run on it.
@@ -30,12 +32,16 @@ from common import mnist_splits, parser, plt, save_figure, save_json, setup, tra
 
 import pl_energy
 from pl_energy.core.networks import ConvNet
-from pl_energy.core.residual import ResidualMLP
+from pl_energy.core.residual import ResidualMLP, ResNet
 
-ALGORITHMS = {"cnn": ("bp", "z_il", "pc_nudge", "pc", "ep"), "resmlp": ("bp", "z_il", "pc_nudge", "pc")}
+ALGORITHMS = {"cnn": ("bp", "z_il", "pc_nudge", "pc", "ep"), "resmlp": ("bp", "z_il", "pc_nudge", "pc"),
+              "resnet": ("bp", "z_il", "pc_nudge", "pc")}
 
 
 def network_for(kind: str, name: str, quick: bool, parameterisation: str):
+    if kind == "resnet":  # ResNet-18's stages and blocks at 1/8 of its widths, on 1x28x28
+        return ResNet(in_shape=(1, 28, 28), widths=(2, 4) if quick else (8, 16, 32, 64),
+                      blocks=(1, 1) if quick else (2, 2, 2, 2))
     if kind == "cnn":
         return ConvNet(channels=(4, 8) if quick else (32, 64), activation="clip" if name == "ep" else "relu")
     return ResidualMLP(width=16 if quick else 128, depth=6 if quick else 20, activation="tanh",
@@ -45,7 +51,8 @@ def network_for(kind: str, name: str, quick: bool, parameterisation: str):
 def main(argv=None) -> dict:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--lr", type=float, default=0.001)
-    p.add_argument("--networks", nargs="+", choices=tuple(ALGORITHMS), default=list(ALGORITHMS))
+    p.add_argument("--networks", nargs="+", choices=tuple(ALGORITHMS), default=["cnn", "resmlp"],
+                   help="cnn and resmlp by default; resnet: ResNet-18's stages at 1/8 width, BatchNorm")
     p.add_argument("--parameterisation", choices=("standard", "mupc"), default="mupc")
     p.add_argument("--algorithms", nargs="+", default=None, choices=("bp", "z_il", "pc_nudge", "pc", "ep"),
                    help="a subset (default: every algorithm each network takes)")
@@ -55,7 +62,7 @@ def main(argv=None) -> dict:
     results: dict = {"setup": {"optimizer": "Adam, cosine-annealed", "lr": args.lr, "batch": 64, "epochs": 1,
                                "batches_per_epoch": batches, "parameterisation": args.parameterisation}}
     for kind in args.networks:
-        data = mnist_splits(args.data_dir, args.quick, images=kind == "cnn")
+        data = mnist_splits(args.data_dir, args.quick, images=kind in ("cnn", "resnet"))
         results["setup"][kind] = repr(network_for(kind, "bp", args.quick, args.parameterisation))
         for name in ALGORITHMS[kind]:
             if args.algorithms is not None and name not in args.algorithms:

@@ -130,3 +130,9 @@ def test_deep_mnist(run):
     # z_il is backprop: the same accuracy from the same start and order (float32 rounding aside)
     assert abs(r["cnn/z_il"]["test_accuracy"] - r["cnn/bp"]["test_accuracy"]) <= 0.01
     assert all(c > 0.99 for c in r["resmlp/z_il"]["reference_cosine"])
+
+
+def test_deep_mnist_resnet(run):
+    r = run("deep_mnist", "--networks", "resnet", "--algorithms", "bp", "pc_nudge")
+    assert set(r) == {"setup", "resnet/bp", "resnet/pc_nudge"} and "BatchNorm2d" in r["setup"]["resnet"]
+    assert all(0 <= r[key]["test_accuracy"] <= 1 for key in ("resnet/bp", "resnet/pc_nudge"))
