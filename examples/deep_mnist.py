@@ -38,10 +38,10 @@ ALGORITHMS = {"cnn": ("bp", "z_il", "pc_nudge", "pc", "ep"), "resmlp": ("bp", "z
               "resnet": ("bp", "z_il", "pc_nudge", "pc")}
 
 
-def network_for(kind: str, name: str, quick: bool, parameterisation: str):
+def network_for(kind: str, name: str, quick: bool, parameterisation: str, batch_norm: bool = True):
     if kind == "resnet":  # ResNet-18's stages and blocks at 1/8 of its widths, on 1x28x28
         return ResNet(in_shape=(1, 28, 28), widths=(2, 4) if quick else (8, 16, 32, 64),
-                      blocks=(1, 1) if quick else (2, 2, 2, 2))
+                      blocks=(1, 1) if quick else (2, 2, 2, 2), batch_norm=batch_norm)
     if kind == "cnn":
         return ConvNet(channels=(4, 8) if quick else (32, 64), activation="clip" if name == "ep" else "relu")
     return ResidualMLP(width=16 if quick else 128, depth=6 if quick else 20, activation="tanh",
@@ -54,6 +54,9 @@ def main(argv=None) -> dict:
     p.add_argument("--networks", nargs="+", choices=tuple(ALGORITHMS), default=["cnn", "resmlp"],
                    help="cnn and resmlp by default; resnet: ResNet-18's stages at 1/8 width, BatchNorm")
     p.add_argument("--parameterisation", choices=("standard", "mupc"), default="mupc")
+    p.add_argument("--no-batch-norm", action="store_true",
+                   help="the ResNet without BatchNorm (with it, every energy-based update holds the batch "
+                        "statistics constant: BatchStatisticsWarning)")
     p.add_argument("--algorithms", nargs="+", default=None, choices=("bp", "z_il", "pc_nudge", "pc", "ep"),
                    help="a subset (default: every algorithm each network takes)")
     args = p.parse_args(argv)
@@ -63,12 +66,12 @@ def main(argv=None) -> dict:
                                "batches_per_epoch": batches, "parameterisation": args.parameterisation}}
     for kind in args.networks:
         data = mnist_splits(args.data_dir, args.quick, images=kind in ("cnn", "resnet"))
-        results["setup"][kind] = repr(network_for(kind, "bp", args.quick, args.parameterisation))
+        results["setup"][kind] = repr(network_for(kind, "bp", args.quick, args.parameterisation, not args.no_batch_norm))
         for name in ALGORITHMS[kind]:
             if args.algorithms is not None and name not in args.algorithms:
                 continue
             torch.manual_seed(0)
-            network = network_for(kind, name, args.quick, args.parameterisation)
+            network = network_for(kind, name, args.quick, args.parameterisation, not args.no_batch_norm)
             results[f"{kind}/{name}"] = train(pl_energy.build_algorithm(name), network, data, 1, args.lr, batches)
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for axis, (key, label) in zip(axes, (("test_accuracy", "test accuracy"), ("seconds", "seconds per epoch"))):
