@@ -131,20 +131,34 @@ def _uses_wandb(logger: Any) -> bool:
     return False
 
 
+def _config_file(tokens: list[str], index: int) -> tuple[str, dict] | None:
+    """(path, contents) when ``tokens[index]`` is ``--config``/``-c`` naming a YAML file
+    (``--config FILE`` or ``--config=FILE``), else None."""
+    import yaml
+
+    name, equals, value = tokens[index].partition("=")
+    if name not in ("--config", "-c"):
+        return None
+    path = value if equals else (tokens[index + 1] if index + 1 < len(tokens) else "")
+    if not Path(path).is_file():
+        return None
+    loaded = yaml.safe_load(Path(path).read_text())
+    return path, loaded if isinstance(loaded, dict) else {}
+
+
 def _argument_events(tokens: list[str]) -> list[tuple[str, ...]]:
     """The ``--config`` files (with the algorithm they set and whether they hold its
     hyper-parameters), ``--algorithm`` flags and ``--model.algorithm_hparams`` flags, in order."""
-    import yaml
-
     events: list[tuple[str, ...]] = []
     for index, token in enumerate(tokens):
         name, _, value = token.partition("=")
         if not value and index + 1 < len(tokens):
             value = tokens[index + 1]
-        if name == "--config" and Path(value).is_file():
-            loaded = yaml.safe_load(Path(value).read_text()) or {}
+        config = _config_file(tokens, index)
+        if config is not None:
+            path, loaded = config
             model = loaded.get("model") or {}
-            events.append(("config", value, str(loaded.get("algorithm") or ""),
+            events.append(("config", path, str(loaded.get("algorithm") or ""),
                            "yes" if model.get("algorithm_hparams") else ""))
         elif name == "--algorithm":
             events.append(("algorithm", value))
@@ -248,21 +262,18 @@ def with_default_data(tokens: list[str]) -> list[str]:
     ``data``). The parser has no data default: jsonargparse would carry a default class's
     init_args over to the one chosen, and CIFAR-10 would inherit MNIST's 10,000 validation
     images, batch 64 and flat inputs in silence."""
-    import yaml
-
     at = next((i + 1 for i, token in enumerate(tokens) if token in SUBCOMMANDS), 0)
     for index, token in enumerate(tokens):
-        name, equals, value = token.partition("=")
+        name, equals, _ = token.partition("=")
         if name == "--data" and (equals or (index + 1 < len(tokens) and not tokens[index + 1].startswith("--"))):
             return tokens
         if name == "--data.class_path":
             return tokens
-        if name in ("--config", "-c"):
-            path = Path(value if equals else (tokens[index + 1] if index + 1 < len(tokens) else ""))
-            loaded = yaml.safe_load(path.read_text()) if path.is_file() else None
+        config = _config_file(tokens, index)
+        if config is not None:
+            loaded = config[1]
             # a config before the subcommand is the top-level parser's: its sections are subcommands
-            top_level = index < at
-            sections = ([loaded.get(c) for c in SUBCOMMANDS] if top_level else [loaded]) if isinstance(loaded, dict) else []
+            sections = [loaded.get(c) for c in SUBCOMMANDS] if index < at else [loaded]
             if any(isinstance(section, dict) and section.get("data") for section in sections):
                 return tokens
     return [*tokens[:at], f"--data={DEFAULT_DATA}", *tokens[at:]]
