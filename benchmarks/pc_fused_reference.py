@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_step  # noqa: E402  (also puts the repository on sys.path)
+import bench_step  # noqa: E402,F401  (puts the repository and step_benchmark on sys.path)
 from pl_energy import build_algorithm, mlp  # noqa: E402
+from step_benchmark.cases import cases, data_root, mnist_batches, random_batches  # noqa: E402
 
 threshold_backward = torch.ops.aten.threshold_backward
 
@@ -58,15 +59,15 @@ def make_fused(net, onehot, steps=50, step_size=0.1, lam=0.01):
     return fused
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(fused)")
     parser.add_argument("--repeats", type=int, default=31)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    case = bench_step.cases(False)["a"]
-    root = bench_step.data_root()
-    x, y = (bench_step.mnist_batches(case, 1, root) if root else bench_step.random_batches(case, 1))[0]
+    case = cases(False)["a"]
+    root = data_root()
+    x, y = (mnist_batches(case, 1, root) if root else random_batches(case, 1))[0]
     torch.manual_seed(0)
     net = mlp([784, 128, 64, 10])
     fused = make_fused(net, F.one_hot(y, 10).float())
@@ -77,7 +78,7 @@ def main(argv=None) -> None:
         F.cross_entropy(net(x), y).backward()
 
     functions = {"bp_textbook (no optimiser)": textbook,
-                 "library pc_nudge.step": lambda: library.step(net, x, y, record=False),
+                 "library pc_nudge.estimate": lambda: library.estimate(net, x, y, record=False),
                  "hand-fused eager": lambda: fused(x)}
     if args.compile:
         compiled = torch.compile(fused)
@@ -98,10 +99,11 @@ def main(argv=None) -> None:
     for key, values in times.items():
         ratio = statistics.median(a / b for a, b in zip(values, base))
         print(f"{key:28s} {1e3 * statistics.median(values):8.3f} ms   {ratio:5.2f}x BP")
-    reference = library.step(net, x, y, record=False).gradients
+    reference = library.estimate(net, x, y, record=False).gradients
     mine = fused(x)
     error = max(float((mine[k] - g).norm() / g.norm()) for k, g in reference.items())
     print(f"largest relative difference of the fused gradients from the library's: {error:.1e}")
+    return error
 
 
 if __name__ == "__main__":
