@@ -125,3 +125,14 @@ def test_convergence_benchmark_quick_run(tmp_path):
     assert all(steps is not None for row in free for steps in row["steps"].values())
     again = output.read_text()
     assert again.count(module.HOPFIELD_INTRO) == 1 and again.split(module.HOPFIELD_INTRO)[0] == text.split(module.HOPFIELD_INTRO)[0]
+
+
+def test_fused_reference_runs_and_agrees_with_the_library(capsys):
+    """benchmarks/pc_fused_reference.py: its hand-fused PC loop, written from the equations,
+    computes the library's pc_nudge update (float32 rounding over 50 steps)."""
+    spec = importlib.util.spec_from_file_location("pc_fused_reference",
+                                                  REPO / "benchmarks" / "pc_fused_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--repeats", "1"]) < 1e-3
+    assert "x BP" in capsys.readouterr().out
