@@ -11,7 +11,7 @@ update against the update at the converged equilibrium:
     error_t = max_l ||g_l(x_t) - g_l(x*)|| / ||g_l(x*)||,   g_l = (1/lam) dE/dW_l,
 
 where x* is found by the error solver at a tolerance of 1e-10 (1e-6 in float32). The steps a
-solver needs to reach 1e-3 are then timed as a whole estimate (``alg.step``), interleaved with
+solver needs to reach 1e-3 are then timed as a whole estimate (``alg.estimate``), interleaved with
 textbook backprop, one thread; the ratio is the median over rounds of t / t_BP. The default
 (``solver="error"``, ``tol=1e-4``) is timed as it runs, with the error it reaches.
 
@@ -128,7 +128,7 @@ def timed_ratios(network, x, y, runs: dict[str, dict], rounds: int) -> dict[str,
     calls = {"bp": bp}
     for key, settings in runs.items():
         algorithm = build_algorithm(**settings)
-        calls[key] = lambda algorithm=algorithm: algorithm.step(network, x, y)
+        calls[key] = lambda algorithm=algorithm: algorithm.estimate(network, x, y)
     for call in calls.values():
         call()
     ratios = {key: [] for key in runs}
@@ -168,7 +168,7 @@ def run(quick: bool, rounds: int) -> list[dict]:
                     for label, (solver, step) in SOLVERS.items() if needed[label] is not None}
             runs["default"] = dict(name=algorithm)
             ratios = timed_ratios(network, x, y, runs, case.get("rounds", rounds))
-            default = build_algorithm(algorithm).step(network, x, y)
+            default = build_algorithm(algorithm).estimate(network, x, y)
             energy = build_algorithm(algorithm).energy(network, as_loss("cross_entropy"), LAMS[algorithm])
             state = energy.free_state(x, y)
             relax(energy, state, 100, tol=1e-4, solver="error")

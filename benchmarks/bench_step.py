@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time one training step of every algorithm as a ratio to backprop (issue 6, measurement part).
 
-A *training step* is ``alg.step(net, x, y, loss="cross_entropy", record=False)`` followed by
+A *training step* is ``alg.estimate(net, x, y, loss="cross_entropy", record=False)`` followed by
 applying the returned gradients with SGD (``p.grad = g; opt.step()``). The reference, "BP", is
 textbook autograd: ``opt.zero_grad(); loss_fn(net(x), y).backward(); opt.step()``; the ``bp``
 algorithm is timed the same way as every other algorithm and must be no slower.

@@ -102,7 +102,7 @@ def train(algorithm, network, data, epochs: int, lr: float, batches: int | None,
         for index, chunk in enumerate(permutation.split(64)):
             if batches is not None and index >= batches:
                 break
-            estimate = algorithm.step(network, train_x[chunk], train_y[chunk])
+            estimate = algorithm.estimate(network, train_x[chunk], train_y[chunk])
             if algorithm.name != "bp" and index % agreement_every == 0:
                 reference = algorithm.reference(network, train_x[chunk], train_y[chunk])
                 rows["reference_cosine"].append(cosine(estimate.gradients, reference))

@@ -52,7 +52,7 @@ def panel_b(network, x, y, steps, step_size):
     rows = {f"x{l}": [] for l in range(1, len(adjoints) + 1)}
     for _ in range(steps):
         before = list(state.activities[1:])
-        energy.step(state, energy.activity_gradients(state), step_size)
+        energy.move_activities(state, energy.activity_gradients(state), step_size)
         for l, (a, b, g) in enumerate(zip(state.activities[1:], before, adjoints), start=1):
             move = (a - b).double()
             if float(move.norm()) == 0.0:
@@ -94,7 +94,7 @@ def main(argv=None) -> dict:
     net = pl_energy.mlp(SIZES)
     alg = pl_energy.build_algorithm("pc_nudge", lam=1.0, solver="gd", tol=None, steps=steps,
                                      step_size=step_size, trace=True)
-    trace = alg.step(net, x, y).trace
+    trace = alg.estimate(net, x, y).trace
     results["A"] = trace.as_dict()
     slope_total = float(trace.total[1] - trace.total[0])
     slope_loss = float(trace.supervised[1] - trace.supervised[0])

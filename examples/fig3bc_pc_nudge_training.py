@@ -29,7 +29,7 @@ def train(algorithm, network, batches, test, lr=1e-3, momentum=0.9):
     rows = {"accuracy": [], "cosine": [], "rel_error": []}
     params = dict(network.named_parameters())
     for x, y in batches:
-        estimate = algorithm.step(network, x, y)
+        estimate = algorithm.estimate(network, x, y)
         rows["accuracy"].append(float((estimate.output.argmax(1) == y).float().mean()))
         if algorithm.name != "bp":
             reference = bp.gradients(network, x, y)

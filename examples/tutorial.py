@@ -23,7 +23,7 @@ from pl_energy.data import MNISTDataModule
 def compare_on_one_batch(data: MNISTDataModule) -> dict[str, float]:
     """1. Each algorithm's update on one batch, against backprop's gradient on the same weights.
 
-    ``alg.step`` runs the algorithm's phases (inference to equilibrium, by default) and returns
+    ``alg.estimate`` runs the algorithm's phases (inference to equilibrium, by default) and returns
     an ``Estimate``; ``alg.reference`` is the exact gradient the algorithm approximates.
     """
     inputs, targets = next(iter(data.train_dataloader()))
@@ -35,7 +35,7 @@ def compare_on_one_batch(data: MNISTDataModule) -> dict[str, float]:
         if name in ("ep", "chl"):
             continue  # Hopfield energies want bounded units: they get their own network below
         algorithm = pl_energy.build_algorithm(name)
-        estimate = algorithm.step(network, inputs, targets)
+        estimate = algorithm.estimate(network, inputs, targets)
         reference = algorithm.reference(network, inputs, targets)
         update = torch.cat([estimate.gradients[k].flatten() for k in reference])
         exact = torch.cat([g.flatten() for g in reference.values()])
@@ -45,7 +45,7 @@ def compare_on_one_batch(data: MNISTDataModule) -> dict[str, float]:
     clip_network = pl_energy.mlp([784, 128, 10], activation="clip").double()
     for name in ("ep", "chl"):
         algorithm = pl_energy.build_algorithm(name)
-        estimate = algorithm.step(clip_network, inputs, targets)
+        estimate = algorithm.estimate(clip_network, inputs, targets)
         reference = algorithm.reference(clip_network, inputs, targets)  # BP through the equilibrium
         update = torch.cat([estimate.gradients[k].flatten() for k in reference])
         cosines[name] = agreement_metrics(update, torch.cat([g.flatten() for g in reference.values()]))["cosine"]

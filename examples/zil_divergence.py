@@ -42,7 +42,7 @@ def noisy_zil_gradients(network, x, y, sigma, generator):
     for t in range(depth):  # at t = k update the layer k below the output (layer depth - k)
         per_layer[depth - 1 - t] = energy.layer_parameter_gradients(state, depth - t)
         if t < depth - 1:
-            energy.step(state, energy.activity_gradients(state), 1.0)
+            energy.move_activities(state, energy.activity_gradients(state), 1.0)
     names = [n for n, _ in network.named_parameters()]
     return dict(zip(names, [g for layer in per_layer for g in layer]))
 

@@ -181,7 +181,7 @@ class EnergyModule(pl.LightningModule):
         step = int(self.global_step)
         # The algorithm runs on the plain network (not a DDP wrapper): its own autograd calls must
         # not touch the reducer. Only manual_backward below arms the gradient all-reduce.
-        estimate = self.algorithm.step(self.network, inputs, targets, loss=self.loss, record=record)
+        estimate = self.algorithm.estimate(self.network, inputs, targets, loss=self.loss, record=record)
         opt = self.optimizers()
         surrogate = None
         for name, p in self.network.named_parameters():

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pl_energy import ALGORITHMS, DivergenceError, build_algorithm, mlp
-from pl_energy.core import HopfieldEnergy, Loss, PredictiveCodingEnergy, relax
+from pl_energy import ALGORITHMS, build_algorithm, mlp
+from pl_energy.core import HopfieldEnergy, Loss, PredictiveCodingEnergy
 from pl_energy.core.linearization import AutogradLinearization, LayerLinearizer
 from helpers import max_relative, relative_l2
 
@@ -184,7 +184,7 @@ def test_equilibrium_gradient_matches_finite_differences():
 def test_trace_records_every_step_and_the_free_phase_has_zero_internal_energy(problem):
     network, inputs, targets = problem
     algorithm = build_algorithm("pc", solver="gd", steps=30, step_size=0.2, tol=None, trace=True)
-    trace = algorithm.step(network, inputs, targets).trace
+    trace = algorithm.estimate(network, inputs, targets).trace
     assert trace.total.shape == trace.internal.shape == trace.supervised.shape == (31,)
     assert trace.internal[0] == 0  # Millidge et al. 2022 Fig. 2A: inference starts at the free phase
     assert torch.allclose(trace.total, trace.internal + trace.supervised)
@@ -265,7 +265,7 @@ def test_batch_mismatch_is_explained(problem):
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_every_algorithm_returns_named_gradients_of_the_parameters(name, problem):
     network, inputs, targets = problem
-    estimate = build_algorithm(name).step(network, inputs, targets, "mse")
+    estimate = build_algorithm(name).estimate(network, inputs, targets, "mse")
     named = dict(network.named_parameters())
     assert estimate.gradients.keys() == named.keys()
     assert all(estimate.gradients[k].shape == p.shape for k, p in named.items())
@@ -278,12 +278,12 @@ def test_every_algorithm_descends_the_loss(name, problem):
     """One small step along -estimate lowers the loss: each estimate is a descent direction."""
     network, inputs, targets = problem
     algorithm = build_algorithm(name)
-    before = algorithm.step(network, inputs, targets).loss
+    before = algorithm.estimate(network, inputs, targets).loss
     gradients = algorithm.gradients(network, inputs, targets)
     with torch.no_grad():
         for key, parameter in network.named_parameters():
             parameter -= 0.05 * gradients[key]
-    assert algorithm.step(network, inputs, targets).loss < before
+    assert algorithm.estimate(network, inputs, targets).loss < before
 
 
 def test_pc_family_reference_is_backprop(problem):
@@ -316,19 +316,29 @@ def test_float32_and_float64_agree(problem):
 @pytest.mark.parametrize("settings", [{}, {"centered": True}, {"gamma": 0.5, "lam": 1.0}])
 def test_reduced_first_layer_runs_the_same_dynamics(settings, sizes, monkeypatch):
     """x_1 in the row space of W_2 (pl_energy/core/reduced_input.py) is a change of coordinates."""
+    from pl_energy.core import reduced_input
     from pl_energy.core.reduced_input import ReducedFirstLayer
 
     torch.manual_seed(4)
     network = mlp(sizes)
     inputs, targets = torch.randn(16, 30), torch.randint(0, 5, (16,))
     algorithm = build_algorithm("pc_nudge", solver="gd", steps=60, tol=None, trace=True, **settings)
-    estimate = algorithm.step(network, inputs, targets)
+    used = []
+    around = reduced_input.FirstLayerInRowSpace.around.__func__
+    monkeypatch.setattr(reduced_input.FirstLayerInRowSpace, "around", classmethod(
+        lambda cls, *args: used.append(type(around(cls, *args))) or around(cls, *args)))
+    estimate = algorithm.estimate(network, inputs, targets)
     reduced, reduced_trace = estimate.gradients, estimate.trace.total
-    assert ReducedFirstLayer.pays_off(16, 60, 20, sizes[2])
+    assert used == [reduced_input.FirstLayerInRowSpace] * len(used) and used
     monkeypatch.setattr(ReducedFirstLayer, "pays_off", staticmethod(lambda *args: False))
-    estimate = algorithm.step(network, inputs, targets)
+    used.clear()
+    estimate = algorithm.estimate(network, inputs, targets)
+    assert used and reduced_input.FirstLayerInRowSpace not in used
     assert relative_l2(reduced, estimate.gradients) < 1e-12
     assert torch.allclose(reduced_trace, estimate.trace.total, rtol=0, atol=1e-14)
+    # the energy itself has no trace of the speed path: a state of it has no reduced slot
+    state = PredictiveCodingEnergy(network, Loss("cross_entropy")).free_state(inputs, targets)
+    assert not any("reduced" in name for name in vars(state))
 
 
 def test_reduction_is_used_only_when_it_saves_work():

@@ -114,7 +114,7 @@ def test_ep_and_chl_train_a_vgg_stack_of_clip_units(name):
     network = tiny_vgg("clip")
     x, y = batch((3, 16, 16), 10)
     algorithm = pl_energy.build_algorithm(name, **({"beta": 0.01} if name == "ep" else {"gamma": 0.05}))
-    estimate = algorithm.step(network, x, y)
+    estimate = algorithm.estimate(network, x, y)
     assert all(report.converged or report.settled for report in estimate.inference)
     assert cosine(estimate.gradients, algorithm.reference(network, x, y)) > 0.9
 
@@ -123,7 +123,7 @@ def test_ep_and_chl_train_a_vgg_stack_of_clip_units(name):
 def test_a_residual_block_in_a_hopfield_energy_is_refused_by_name(name):
     x, y = batch((12,), 5)
     with pytest.raises(TypeError, match="has a (ScaledLinear|Tanh) inside it"):
-        pl_energy.build_algorithm(name).step(tiny_residual_mlp(), x, y)
+        pl_energy.build_algorithm(name).estimate(tiny_residual_mlp(), x, y)
 
 
 class DoubledLinear(nn.Linear):
@@ -142,7 +142,7 @@ def test_a_linear_subclass_with_its_own_forward_gets_no_closed_form():
         torch.testing.assert_close(algorithm.gradients(network, x, y)[key], exact, rtol=0, atol=1e-10)
     clip = nn.Sequential(nn.Sequential(DoubledLinear(12, 8), pl_energy.core.activations.Clip()), nn.Linear(8, 5))
     with pytest.raises(TypeError, match="DoubledLinear inside it"):
-        pl_energy.build_algorithm("ep").step(clip.double(), x, y)
+        pl_energy.build_algorithm("ep").estimate(clip.double(), x, y)
 
 
 def test_scaled_linear_computes_its_scale():

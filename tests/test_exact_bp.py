@@ -92,7 +92,7 @@ def test_full_dynamics_keeps_the_upper_layers_moving_but_learning_stays_exact():
     network, inputs, targets = _problem(4, "relu", 8)
     short = build_algorithm("fa_z_il", full_dynamics=True, trace=True)
     long = build_algorithm("fa_z_il", full_dynamics=True, steps=8, trace=True)
-    first, second = short.step(network, inputs, targets), long.step(network, inputs, targets)
+    first, second = short.estimate(network, inputs, targets), long.estimate(network, inputs, targets)
     a, b = first.gradients, second.gradients
     assert first.trace.steps == 3 and second.trace.steps == 8
     assert second.trace.internal[-1] != first.trace.internal[-1]

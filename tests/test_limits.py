@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -20,7 +19,7 @@ from helpers import cosine, log_slope, relative_l2
 
 
 @pytest.fixture(scope="module")
-def seed003_batch(mnist_tensors):
+def millidge_mlp_batch(mnist_tensors):
     images, labels = mnist_tensors
     torch.manual_seed(0)
     network = mlp([784, 128, 64, 10]).double()
@@ -66,13 +65,13 @@ def test_pc_nudge_agrees_with_bp_during_mnist_training(mnist_tensors):
     assert max(errors) < min(paper_errors)
 
 
-def test_paper_settings_are_one_flag_set_away(seed003_batch):
-    network, inputs, targets = seed003_batch
+def test_paper_settings_are_one_flag_set_away(millidge_mlp_batch):
+    network, inputs, targets = millidge_mlp_batch
     default = build_algorithm("pc_nudge")
     assert (default.lam, default.solver, default.tol) == (0.01, "error", 1e-4)
     paper = build_algorithm("pc_nudge", **PAPER_SETTINGS, trace=True)
     assert (paper.lam, paper.steps, paper.step_size, paper.tol) == (0.01, 50, 0.1, None)
-    estimate = paper.step(network, inputs, targets)
+    estimate = paper.estimate(network, inputs, targets)
     assert estimate.trace.steps == 50 and estimate.trace.total.shape == (51,)
     assert estimate.inference[0].steps == 50 and not estimate.converged
 
@@ -82,7 +81,7 @@ def _nudge_errors(network, inputs, targets, centered: bool, lams, smooth: bool) 
     errors = []
     for lam in lams:
         algorithm = build_algorithm("pc_nudge", lam=lam, steps=300, tol=1e-10, centered=centered)
-        estimate = algorithm.step(network, inputs, targets)
+        estimate = algorithm.estimate(network, inputs, targets)
         errors.append(relative_l2(estimate.gradients, reference))
         if smooth:
             assert estimate.converged and all(report.residual <= 1e-10 for report in estimate.inference)
@@ -94,8 +93,8 @@ def _nudge_errors(network, inputs, targets, centered: bool, lams, smooth: bool) 
 LAMS = [0.1, 0.01, 0.001]
 
 
-def test_pc_nudge_error_is_linear_in_lam_at_convergence(seed003_batch):
-    network, inputs, targets = seed003_batch
+def test_pc_nudge_error_is_linear_in_lam_at_convergence(millidge_mlp_batch):
+    network, inputs, targets = millidge_mlp_batch
     one_sided = _nudge_errors(network, inputs, targets, False, LAMS, smooth=False)
     centered = _nudge_errors(network, inputs, targets, True, LAMS, smooth=False)
     assert 0.85 <= log_slope(LAMS, one_sided) <= 1.15, one_sided

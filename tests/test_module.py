@@ -48,7 +48,7 @@ def test_one_step_applies_the_estimate(algorithm):
     hparams = {"steps": 5} if algorithm in ("pc_nudge", "ep") else {}
     network = mlp([6, 5, 3]).double()
     start = {k: v.clone() for k, v in network.state_dict().items()}
-    expected = build_algorithm(algorithm, **hparams).step(network, x, y).gradients
+    expected = build_algorithm(algorithm, **hparams).estimate(network, x, y).gradients
     module = EnergyModule(network=network, algorithm=algorithm, algorithm_hparams=hparams,
                           optimizer=sgd(0.5), trace_every_n_steps=0)
     quiet_trainer(max_steps=1).fit(module, loader(x, y, 8))

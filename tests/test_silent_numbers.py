@@ -305,9 +305,9 @@ def test_batchnorm_in_training_mode_is_named_for_what_the_update_leaves_out():
                                   torch.nn.Linear(5, 3)).double()
     x, y = torch.rand(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
     with pytest.warns(BatchStatisticsWarning, match="statistics held constant"):
-        build_algorithm("z_il").step(network, x, y)
+        build_algorithm("z_il").estimate(network, x, y)
     with _warnings.catch_warnings():
         _warnings.simplefilter("error", BatchStatisticsWarning)
-        build_algorithm("bp").step(network, x, y)  # autograd's own forward: through the statistics
+        build_algorithm("bp").estimate(network, x, y)  # autograd's own forward: through the statistics
         network.eval()
-        build_algorithm("z_il").step(network, x, y)  # eval mode: running statistics, a fixed map
+        build_algorithm("z_il").estimate(network, x, y)  # eval mode: running statistics, a fixed map

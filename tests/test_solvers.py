@@ -136,7 +136,7 @@ def test_gd_at_the_paper_settings_is_the_papers_inference(tanh_problem):
     batch = inputs.shape[0]
     expected = torch.autograd.grad(paper_energy(network, inputs, activities, targets, lam) / (lam * batch),
                                    parameters)
-    estimate = build_algorithm("pc_nudge", solver="gd", steps=50, step_size=0.1, tol=None).step(
+    estimate = build_algorithm("pc_nudge", solver="gd", steps=50, step_size=0.1, tol=None).estimate(
         network, inputs, targets)
     names = [name for name, _ in network.named_parameters()]
     assert max_relative(estimate.gradients, dict(zip(names, expected))) <= 1e-10
@@ -153,14 +153,14 @@ def test_default_pc_algorithms_converge_and_say_so(tanh_problem):
         assert (algorithm.solver, algorithm.tol) == ("error", 1e-4)
         with warnings.catch_warnings():
             warnings.simplefilter("error", NotConvergedWarning)
-            estimate = algorithm.step(network, inputs, targets)
+            estimate = algorithm.estimate(network, inputs, targets)
         (report,) = estimate.inference
         assert report.converged and report.residual <= 1e-4 and report.steps <= 10
         assert estimate.converged
 
 
 def test_reported_residual_is_the_returned_states_in_plain_coordinates(seed_mlp_batch):
-    """The papers' gd uses the PC energy's reduced first layer; the residual it reports must be
+    """The papers' gd runs with the first layer in the row space of W_2; the residual it reports must be
     that of the returned activities, measured as the energy defines it."""
     network, inputs, targets = seed_mlp_batch
     energy = PredictiveCodingEnergy(network, Loss("cross_entropy"), lam=0.01)
@@ -196,7 +196,7 @@ def test_a_step_cap_hit_before_tol_warns_once_with_the_fix(tanh_problem):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         for _ in range(3):
-            estimate = algorithm.step(network, inputs, targets)
+            estimate = algorithm.estimate(network, inputs, targets)
     messages = [w for w in caught if issubclass(w.category, NotConvergedWarning)]
     assert len(messages) == 1 and "raise steps" in str(messages[0].message)
     assert not estimate.converged and estimate.inference[0].residual > 1e-8
@@ -242,9 +242,9 @@ def test_auto_step_size_leaves_a_stable_step_alone(seed_mlp_batch):
     network, inputs, targets = seed_mlp_batch
     auto = build_algorithm("pc_nudge", solver="gd", step_size="auto", steps=50, tol=None)
     fixed = build_algorithm("pc_nudge", solver="gd", step_size=0.1, steps=50, tol=None)
-    estimate = auto.step(network, inputs, targets)
+    estimate = auto.estimate(network, inputs, targets)
     assert (estimate.inference[0].backoffs, estimate.inference[0].step_size) == (0, 0.1)
-    # (the fixed step runs in the PC energy's reduced coordinates: the same dynamics, other rounding)
+    # (the fixed step runs with the first layer in W_2's row space: the same dynamics, other rounding)
     assert max_relative(estimate.gradients, fixed.gradients(network, inputs, targets)) <= 1e-12
     reference = build_algorithm("bp").gradients(network, inputs, targets)
     assert cosine(estimate.gradients, reference) > 0.99

@@ -51,7 +51,7 @@ class Stepper:
             F.cross_entropy(self.network(x), y).backward()
             self.optimizer.step()
             return None
-        estimate = self.algorithm.step(self.network, x, y, loss="cross_entropy", record=False)
+        estimate = self.algorithm.estimate(self.network, x, y, loss="cross_entropy", record=False)
         gradients = estimate.gradients
         for name, parameter in self.named:
             parameter.grad = gradients[name]
@@ -125,14 +125,14 @@ def agreement(case: Case, variants, network, x, y) -> list[dict]:
     for variant in variants:
         if variant.algorithm is None:
             continue
-        estimate = variant.build().step(network, x, y, loss="cross_entropy", record=False)
+        estimate = variant.build().estimate(network, x, y, loss="cross_entropy", record=False)
         cosine, error = _cosine_and_error(estimate.gradients, reference)
         steps = sum(report.steps for report in estimate.inference) if estimate.inference else None
         rows.append(dict(key=variant.key, steps=steps, cosine=cosine, rel_error=error))
         del estimate
     for tol in TOLERANCES:
         variant = Variant(f"pc_nudge error tol={tol:g}", "pc_nudge", dict(tol=tol))
-        estimate = variant.build().step(network, x, y, loss="cross_entropy", record=False)
+        estimate = variant.build().estimate(network, x, y, loss="cross_entropy", record=False)
         cosine, error = _cosine_and_error(estimate.gradients, reference)
         rows.append(dict(key=variant.key, steps=estimate.inference[0].steps, cosine=cosine,
                          rel_error=error, converged=estimate.converged))

@@ -151,7 +151,7 @@ it rewrites only that case's section). Each case section records the command, ma
 
 How to read the tables:
 
-- **median ms (IQR)**: wall time of one training step (`alg.step(..., record=False)` + SGD update
+- **median ms (IQR)**: wall time of one training step (`alg.estimate(..., record=False)` + SGD update
   with `p.grad = g; opt.step()`), median and quartiles over the timed rounds.
 - **ratio to BP**: median over rounds of t_variant / t_BP in the same round, where BP is textbook
   autograd (`opt.zero_grad(); CE(net(x), y).backward(); opt.step()`, row `bp_textbook`). Variants

@@ -17,7 +17,7 @@ class Backprop(Algorithm):
     name = "bp"
     one_forward_per_batch = False  # one forward pass: Dropout and BatchNorm as autograd has them
 
-    def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
-                 record: bool) -> Estimate:
+    def compute(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
+                record: bool) -> Estimate:
         gradients, output, value = backprop_gradients(network, inputs, targets, loss)
         return Estimate(gradients, output, value)

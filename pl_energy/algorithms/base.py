@@ -67,7 +67,7 @@ NOT_CONVERGED = (
 
 @dataclass
 class Estimate:
-    """One algorithm step on a batch.
+    """An algorithm's estimate of d(loss)/d(theta) on one batch (``Algorithm.estimate``).
 
     ``gradients`` is keyed like ``network.named_parameters()`` (trainable ones); ``output`` is
     the free-phase prediction and ``loss`` its batch-mean loss; ``trace`` the energies per step
@@ -97,7 +97,7 @@ class Estimate:
 
 
 class Algorithm:
-    """Base class. Subclasses are dataclasses of hyper-parameters implementing ``estimate``; a
+    """Base class. Subclasses are dataclasses of hyper-parameters implementing ``compute``; a
     subclass that sets ``name`` is registered under it (``pl_energy.build_algorithm(name)``,
     ``--algorithm name``) when its module is imported: every module of ``pl_energy.algorithms``
     is."""
@@ -133,9 +133,11 @@ class Algorithm:
     def __post_init__(self):
         check_hyperparameter_types(self)
 
-    def step(self, network: nn.Module, inputs: Tensor, targets: Tensor,
-             loss: str | Loss = "cross_entropy", record: bool | None = None) -> Estimate:
-        """Run the algorithm's phases on a batch; ``record`` overrides the ``trace`` setting."""
+    def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor,
+                 loss: str | Loss = "cross_entropy", record: bool | None = None) -> Estimate:
+        """The algorithm's estimate on a batch (its phases of inference and the update read off
+        them), with the checks every algorithm shares; ``record`` overrides the ``trace``
+        setting."""
         loss = as_loss(loss)
         check_batch(inputs, targets)
         _check_dtype(network, inputs)
@@ -146,7 +148,7 @@ class Algorithm:
         # states is computed in the parameters' dtype, never under autocast
         semantics = fixed_forward(network) if self.one_forward_per_batch else contextlib.nullcontext()
         with torch.no_grad(), self._precision(inputs), semantics as frozen:
-            estimate = self.estimate(network, inputs, targets, loss, record)
+            estimate = self.compute(network, inputs, targets, loss, record)
         if frozen is not None and frozen.layers:  # only networks with Dropout or BatchNorm
             if any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in frozen.layers):
                 warnings.warn(BATCH_STATISTICS, BatchStatisticsWarning, stacklevel=2)
@@ -161,7 +163,7 @@ class Algorithm:
     def gradients(self, network: nn.Module, inputs: Tensor, targets: Tensor,
                   loss: str | Loss = "cross_entropy") -> dict[str, Tensor]:
         """The estimate of d(loss)/d(theta), keyed like ``network.named_parameters()``."""
-        return self.step(network, inputs, targets, loss).gradients
+        return self.estimate(network, inputs, targets, loss).gradients
 
     def reference(self, network: nn.Module, inputs: Tensor, targets: Tensor,
                   loss: str | Loss = "cross_entropy") -> dict[str, Tensor]:
@@ -176,8 +178,10 @@ class Algorithm:
         """The free-phase output (the feedforward pass unless the algorithm says otherwise)."""
         return network(inputs)
 
-    def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
-                 record: bool) -> Estimate:
+    def compute(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
+                record: bool) -> Estimate:
+        """The algorithm's own computation, under ``no_grad`` and its precision and forward
+        semantics (``estimate`` wraps it with the checks)."""
         raise NotImplementedError
 
     def hparams(self) -> dict[str, Any]:
@@ -190,7 +194,7 @@ class Algorithm:
 
     def same_forward(self, network: nn.Module, inputs: Tensor):
         """The forward semantics of ``inputs``: the Dropout masks and BatchNorm statistics that
-        ``step`` used on this very batch (one of the latest ``REMEMBERED_BATCHES``), so that a
+        ``estimate`` used on this very batch (one of the latest ``REMEMBERED_BATCHES``), so that a
         reference differentiates the function the estimate was read from; else those of a fresh
         forward pass."""
         if not self.one_forward_per_batch:

@@ -80,7 +80,7 @@ def contrast(high: Phase | None, low: Phase | None, scale: float) -> list[list[T
 class ContrastiveAlgorithm(RelaxingAlgorithm):
     """An algorithm whose update is a contrast of two relaxed phases (see the module docstring).
 
-    A subclass implements ``phases``; ``estimate`` is the same for all. Its inference settings
+    A subclass implements ``phases``; ``compute`` is the same for all. Its inference settings
     are ``RelaxingAlgorithm``'s.
     """
 
@@ -89,8 +89,8 @@ class ContrastiveAlgorithm(RelaxingAlgorithm):
         """Relax this algorithm's phases on the batch (the traced one recorded if ``record``)."""
         raise NotImplementedError
 
-    def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
-                 record: bool) -> Estimate:
+    def compute(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
+                record: bool) -> Estimate:
         run = self.phases(network, inputs, targets, loss, record)
         return Estimate.from_layers(network, contrast(run.high, run.low, run.scale), run.output, loss,
                                     run.targets, run.trace, run.reports)

@@ -58,12 +58,12 @@ class ContrastiveHebbian(HopfieldAlgorithm):
         return Contrast(Phase(energy, clamped), Phase(energy, free), self.gamma ** -(len(energy.layers) - 1),
                         free.output, free.targets, relaxation.trace, (first.report, relaxation.report))
 
-    def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
-                 record: bool) -> Estimate:
+    def compute(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
+                record: bool) -> Estimate:
         """The contrast; ``corrected`` keeps its first-order term H delta_x instead (forward-mode
         JVP of the weight gradients along delta_x = x_clamped - x_free)."""
         if not self.corrected:
-            return super().estimate(network, inputs, targets, loss, record)
+            return super().compute(network, inputs, targets, loss, record)
         run = self.phases(network, inputs, targets, loss, record)
         energy, free, clamped = run.low.energy, run.low.state, run.high.state
 

@@ -68,8 +68,8 @@ class ZeroDivergenceIL(Algorithm):
         energy = PredictiveCodingEnergy(network, loss, lam=self.lam)
         return energy, energy.free_state(inputs, targets)
 
-    def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
-                 record: bool) -> Estimate:
+    def compute(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
+                record: bool) -> Estimate:
         energy, state = self.free_phase(network, inputs, targets, loss)
         output = state.output
         depth = len(energy.layers)
@@ -108,10 +108,10 @@ class FullyAutonomousZIL(ZeroDivergenceIL):
     name = "fa_z_il"
     traced_phase = "the Fa-Z-IL dynamics"
 
-    def estimate(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
-                 record: bool) -> Estimate:
+    def compute(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
+                record: bool) -> Estimate:
         if not self.full_dynamics:
-            return super().estimate(network, inputs, targets, loss, record)
+            return super().compute(network, inputs, targets, loss, record)
         energy, state = self.free_phase(network, inputs, targets, loss)
         output = state.output
         depth = len(energy.layers)
@@ -128,7 +128,7 @@ class FullyAutonomousZIL(ZeroDivergenceIL):
                 rows.append(energy.components(state))
             if t < steps:
                 lowest = max(depth - 1 - t, 1)
-                energy.step(state, energy.activity_gradients(state, lowest), self.inference_rate, lowest)
+                energy.move_activities(state, energy.activity_gradients(state, lowest), self.inference_rate, lowest)
         per_layer = [
             layer if layer is not None else [torch.zeros_like(p) for p in energy.layers[i].parameters()]
             for i, layer in enumerate(totals)

@@ -34,7 +34,7 @@ class Energy(Protocol):
     def local_terms(self, state) -> list[Tensor]:
         """The part of each dE/dx_l that comes from layer l's own term (the residual's scale)."""
 
-    def step(self, state, directions: list[Tensor], step_size: float) -> None:
+    def move_activities(self, state, directions: list[Tensor], step_size: float) -> None:
         """x_l <- x_l - step_size * P_l * direction_l, P_l the energy's per-layer preconditioner."""
 
     def components(self, state) -> tuple[Tensor, Tensor, Tensor]:
@@ -45,13 +45,6 @@ class Energy(Protocol):
 
     def restore(self, state, snapshot) -> None:
         """Put ``state`` back to ``snapshot``."""
-
-    def begin(self, state, steps: int) -> None:
-        """Before fixed-step descent on the activities: an energy may switch to faster
-        coordinates of its own."""
-
-    def finish(self, state) -> None:
-        """After it (also when it raised): back to plain coordinates."""
 
     def nudged(self, state, strength: float):
         """A copy of ``state`` that relaxes under the energy with its supervised term weighted by

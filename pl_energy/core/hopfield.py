@@ -141,12 +141,6 @@ class HopfieldEnergy:
     def restore(self, state: HopfieldState, snapshot: HopfieldState) -> None:
         state.activities[:] = snapshot.activities
 
-    def begin(self, state: HopfieldState, steps: int) -> None:
-        """Nothing to prepare: every layer is free (or clamped) as it is."""
-
-    def finish(self, state: HopfieldState) -> None:
-        """Nothing to write back."""
-
     def nudged(self, state: HopfieldState, beta: float) -> HopfieldState:
         return HopfieldState(list(state.activities), state.targets, beta=beta,
                              input_drive=state.input_drive)
@@ -213,7 +207,7 @@ class HopfieldEnergy:
             state.input_drive = self.couplings[0].forward(state.activities[0])
         return state.input_drive
 
-    def step(self, state: HopfieldState, gradients: list[Tensor], step_size: float) -> None:
+    def move_activities(self, state: HopfieldState, gradients: list[Tensor], step_size: float) -> None:
         """x_l <- x_l - step_size / c_l * gradient_l, projected onto the layer's box."""
         self._move(state, list(enumerate(gradients, start=1)), step_size)
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from .energy import Energy
+from .reduced_input import FirstLayerInRowSpace
 from .solvers import Balance, GradientDescent, Solver, relative_residual, solver_class
 from .trace import InferenceTrace
 
@@ -111,9 +112,9 @@ def relax(
         record: keep the energy components of every step in the returned trace.
         solver: "gd", "error" (predictive-coding energies) or "nesterov", or a ``Solver``.
         on_step: called as ``on_step(step, state)`` at the start (step 0) and after every step,
-            to watch the dynamics (it must not change the state). Under descent on the
-            activities the energy's fast coordinates are then left unused, so that the state is
-            always in its plain form.
+            to watch the dynamics (it must not change the state). Fixed-step descent then
+            runs in the plain coordinates, never in faster ones of the same dynamics
+            (``core.reduced_input``), so that the watched state is always in its plain form.
     """
     name = solver if isinstance(solver, str) else solver.name
     check_settings(name, steps, step_size, tol)
@@ -139,21 +140,22 @@ def relax(
     def fail(problem: str) -> DivergenceError:
         """The error to raise; with sparse watches, first replay every step to name the first bad one."""
         if every > 1:
+            coordinates.leave(state)
             energy.restore(state, start)
             relax(energy, state, taken, first_step, record=True, solver=solver)
         return _divergence(problem, taken, eta, good_step)
 
-    # the energy's fast coordinates (the PC energy's reduced first layer) change the norms the
-    # residual is measured in, so they serve only fixed-step descent, whose residual is taken
-    # once, at the end, after the state is back in plain coordinates
-    fast = on_step is None and tol is None and not adaptive and isinstance(solver, GradientDescent)
-    if fast:
-        energy.begin(state, steps)
+    # faster coordinates of the same dynamics (the PC energy's first layer in the row space of
+    # W_2) change the norms the residual is measured in, so they serve only fixed-step descent
+    # that nobody watches step by step, whose residual is taken once, at the end, in plain ones
+    plain = coordinates
+    if on_step is None and tol is None and not adaptive and isinstance(solver, GradientDescent):
+        coordinates = FirstLayerInRowSpace.around(energy, state, steps)
     elif on_step is not None:
         on_step(0, state)
     try:
         while True:
-            if fast and taken >= steps:
+            if coordinates is not plain and taken >= steps:
                 break
             gradients = coordinates.gradients(state)
             # the residual: at the end, before every move for rules that read it, and every
@@ -178,7 +180,7 @@ def relax(
                 on_step(kept, state)
             if not (record or taken % every == 0 or taken == steps):
                 continue
-            row = energy.components(state)
+            row = coordinates.components(state)
             problem = watch.problem(float(row[2]))
             if problem is None:
                 if record:
@@ -199,17 +201,16 @@ def relax(
                     f"after {backoffs} back-offs at step {taken}); check the inputs and the network "
                     "for NaN/Inf or extreme values")
         if taken != good_step:  # stopped between two watches: the returned state is watched too
-            problem = watch.problem(float(energy.components(state)[2]))
+            problem = watch.problem(float(coordinates.components(state)[2]))
             if problem is not None and not adaptive:
                 raise fail(problem)
             if problem is not None:  # back to the last good state, which is then not converged
                 energy.restore(state, good)
                 kept, converged, settled, residual = good_kept, False, False, None
     finally:
-        if fast:
-            energy.finish(state)
-    if residual is None:  # fast coordinates, or a state restored after the last measurement
-        residual = relative_residual(coordinates.gradients(state), coordinates.local_terms(state))
+        coordinates.leave(state)
+    if residual is None:  # faster coordinates, or a state restored after the last measurement
+        residual = relative_residual(plain.gradients(state), plain.local_terms(state))
     report = InferenceReport(name, kept, converged, float(residual), eta, backoffs, tol, settled)
     trace = InferenceTrace.from_rows(rows, converged, steps=kept) if record else None
     return Relaxation(report, trace)

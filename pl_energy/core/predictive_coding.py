@@ -20,16 +20,14 @@ Millidge et al. 2022 Eq. 18: dx_l = -eps_l + (pi_{l+1}/pi_l) J^T eps_{l+1}.
 from __future__ import annotations
 
 from collections.abc import Sequence
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from .linearization import DenseLinearization, LayerLinearizer, Linearization
+from .linearization import LayerLinearizer, Linearization
 from .losses import Loss
 from .networks import layers_of, naming_layer
-from .reduced_input import ReducedFirstLayer
 
 
 @dataclass
@@ -41,7 +39,6 @@ class PCState:
     activities: list[Tensor]
     linearizations: list[Linearization]
     targets: Tensor
-    reduced: ReducedFirstLayer | None = None
     lam: float = 1.0
 
     @property
@@ -90,8 +87,7 @@ class PredictiveCodingEnergy:
         return PCState(activities, linearizations, targets, lam=self.lam)
 
     def snapshot(self, state: PCState) -> PCState:
-        reduced = None if state.reduced is None else dataclasses.replace(state.reduced)
-        return PCState(list(state.activities), list(state.linearizations), state.targets, reduced, state.lam)
+        return PCState(list(state.activities), list(state.linearizations), state.targets, state.lam)
 
     def nudged(self, state: PCState, lam: float) -> PCState:
         """A copy of ``state`` that relaxes under E = I + lam L (e.g. the free state, nudged)."""
@@ -102,25 +98,6 @@ class PredictiveCodingEnergy:
     def restore(self, state: PCState, snapshot: PCState) -> None:
         state.activities[:] = snapshot.activities
         state.linearizations[:] = snapshot.linearizations
-        state.reduced = None if snapshot.reduced is None else dataclasses.replace(snapshot.reduced)
-
-    def begin(self, state: PCState, steps: int) -> None:
-        """Before ``steps`` steps of inference: move x_1 into reduced coordinates if it pays."""
-        second = state.linearizations[1] if len(self.layers) > 1 else None
-        if (not isinstance(second, DenseLinearization) or state.reduced is not None
-                or state.activities[1] is not state.linearizations[0].output):  # not at the free phase
-            return
-        batch, width_1 = state.activities[1].shape
-        if ReducedFirstLayer.pays_off(batch, steps, width_1, second.pre.shape[1]):
-            state.reduced = ReducedFirstLayer.at_free_phase(second.weight, second.pre)
-
-    def finish(self, state: PCState) -> None:
-        """After inference: write x_1 back from reduced coordinates."""
-        if state.reduced is None:
-            return
-        state.activities[1] = state.linearizations[0].output + state.reduced.error()
-        state.linearizations[1].x = state.activities[1]
-        state.reduced = None
 
     # --- the energy and its gradients ---------------------------------------------------------
     def error(self, state: PCState, index: int) -> Tensor:
@@ -134,9 +111,8 @@ class PredictiveCodingEnergy:
         return -self.precisions[index - 1] * self.error(state, index)
 
     def weighted_error(self, state: PCState, index: int) -> Tensor:
-        """pi_l eps_l = -d_l for a hidden layer l (for x_1 in reduced coordinates: pi_1 S)."""
-        reduced = index == 1 and state.reduced is not None
-        return self._weigh(state.reduced.coordinates if reduced else self.error(state, index), index)
+        """pi_l eps_l = -d_l for a hidden layer l."""
+        return self._weigh(self.error(state, index), index)
 
     def _weigh(self, error: Tensor, index: int) -> Tensor:
         precision = self.precisions[index - 1]
@@ -183,6 +159,11 @@ class PredictiveCodingEnergy:
         Layers below ``lowest`` are left out: callers that know their errors and those of the
         layer above are exactly zero (the error wave has not reached them) save that work.
         """
+        return self.top_down(state, lowest)[0]
+
+    def top_down(self, state: PCState, lowest: int = 1) -> tuple[list[Tensor], Tensor, float]:
+        """``activity_gradients(state, lowest)``, and the signal d_lowest = alpha * above that
+        layer ``lowest`` sends down (alpha = lam at the output, -1 inside: above = pi eps)."""
         top = len(self.layers)
         linearizations = state.linearizations
         above = self.loss.per_sample_gradient(state.output, state.targets)  # d_L / lam
@@ -190,22 +171,16 @@ class PredictiveCodingEnergy:
         gradients: list[Tensor] = [above] * (top - 1)
         for index in range(top - 1, lowest - 1, -1):
             weighted = self.weighted_error(state, index)
-            if index == 1 and state.reduced is not None:  # pi_1 S - Q, in reduced coordinates
-                gradients[0] = torch.add(weighted, linearizations[1].local(above), alpha=alpha)
-            else:
-                gradients[index - 1] = linearizations[index].add_input_vjp(weighted, above, alpha)
+            gradients[index - 1] = linearizations[index].add_input_vjp(weighted, above, alpha)
             above, alpha = weighted, -1.0
-        return gradients[lowest - 1:]
+        return gradients[lowest - 1:], above, alpha
 
-    def step(self, state: PCState, gradients: list[Tensor], step_size: float, lowest: int = 1) -> None:
-        """x_l -= step_size / pi_l * gradient_l for l = lowest..L-1."""
-        for index, gradient in enumerate(gradients, start=lowest):
+    def move_activities(self, state: PCState, directions: list[Tensor], step_size: float,
+                        lowest: int = 1) -> None:
+        """x_l -= step_size / pi_l * direction_l for l = lowest..L-1."""
+        for index, direction in enumerate(directions, start=lowest):
             scale = step_size / self.precisions[index - 1]
-            if index == 1 and state.reduced is not None:
-                state.linearizations[1] = DenseLinearization(
-                    *self.linearizers[1].parts, None, pre=state.reduced.step(gradient, scale))
-                continue
-            self.set_activity(state, index, torch.add(state.activities[index], gradient, alpha=-scale))
+            self.set_activity(state, index, torch.add(state.activities[index], direction, alpha=-scale))
 
     def set_activity(self, state: PCState, index: int, value: Tensor) -> None:
         """x_l = value, then re-linearise the layer that reads x_l (shapes were checked by
@@ -218,10 +193,7 @@ class PredictiveCodingEnergy:
         batch = state.activities[0].shape[0]
         internal = state.output.new_zeros(())
         for index in range(1, len(self.layers)):
-            if index == 1 and state.reduced is not None:
-                squared = state.reduced.squared_error()
-            else:
-                squared = self.error(state, index).pow(2).sum()
+            squared = self.error(state, index).pow(2).sum()
             internal = internal + 0.5 * self.precisions[index - 1] * squared
         internal = internal / batch
         supervised = self.loss.value(state.output, state.targets)

@@ -7,6 +7,9 @@ Coordinates:
 
 - ``ActivityCoordinates``: the activities x_l, the dynamics the papers write down
   (x_l <- x_l - eta P_l dE/dx_l, P_l the energy's per-layer preconditioner). Any energy.
+- ``FirstLayerInRowSpace`` (``core.reduced_input``): the activities of a PC energy with the
+  first hidden layer's error moved in the row space of the next layer's weights, a speed path
+  of fixed-step descent (the same dynamics, fewer products per step).
 - ``ErrorCoordinates``: the prediction errors e_l = x_l - mu_l of a predictive-coding energy, with
   x_l = layer_l(x_{l-1}) + e_l propagated forward from the clamped input (error-based PC, Goemaere
   et al. 2025). The energy is the same function, E(e) = sum pi_l/2 ||e_l||^2 + lam L(x_L(e)), so
@@ -64,6 +67,13 @@ class Coordinates(Protocol):
     def move(self, state, directions: list[Tensor], step_size: float) -> None:
         """v_l <- v_l - step_size * P_l * direction_l."""
 
+    def components(self, state) -> tuple[Tensor, Tensor, Tensor]:
+        """The energy's (I, L, E) at the state."""
+
+    def leave(self, state) -> None:
+        """Put the state in plain form (coordinates that keep some variables outside it write
+        them back); called once inference ends, also when it raised."""
+
 
 @dataclass
 class ActivityCoordinates:
@@ -78,7 +88,13 @@ class ActivityCoordinates:
         return self.energy.local_terms(state)
 
     def move(self, state, directions: list[Tensor], step_size: float) -> None:
-        self.energy.step(state, directions, step_size)
+        self.energy.move_activities(state, directions, step_size)
+
+    def components(self, state) -> tuple[Tensor, Tensor, Tensor]:
+        return self.energy.components(state)
+
+    def leave(self, state) -> None:
+        """The activities are the state: nothing to write back."""
 
 
 @dataclass
