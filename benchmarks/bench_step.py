@@ -9,10 +9,16 @@ algorithm is timed the same way as every other algorithm and must be no slower.
 Cases
   a  ``mlp([784, 128, 64, 10])``, batch 64, real MNIST (Millidge et al. 2022 A.1), cross-entropy
   b  ``mlp([50176, 4096, 2048, 1024, 27])``, batch 1, random float32 input (Song et al. 2020 A.9)
-  c  a small CNN on MNIST (1x28x28), batch 64 (ep/chl: n/a, the cost model of their step is dense-only)
+  c  a small CNN on MNIST (1x28x28), batch 64
   d  VGG-5 at full width (128-256-512-512, ``pl_energy.core.networks.VGG``), batch 32, random
      3x32x32 input (CIFAR-shaped): the PC benchmarks' network (Pinchetti et al. 2024)
   e  a 20-layer residual MLP (``ResidualMLP``, width 128, tanh, muPC), batch 64, real MNIST
+     (ep/chl: n/a, a residual block is not a Hopfield coupling)
+  f  VGG-5 as in (d) with a smooth energy: tanh units and average pooling
+
+ep and chl run on the case's network with clip units instead of ReLU/tanh (``Case.hopfield_build``:
+the same layers and MACs; a Hopfield energy of unbounded units has a minimum only while its
+couplings are weak), initialised from the same seed.
 
 Protocol: ``torch.set_num_threads(1)`` (``--threads``), a warm-up of every variant, then
 ``--repeats`` rounds; each round times every variant once, in an order rotated from round to
@@ -59,11 +65,11 @@ RESULTS = REPO / "benchmarks" / "RESULTS.md"
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", nargs="+", choices=("a", "b", "c", "d", "e"), default=["a", "b", "c", "d", "e"])
+    parser.add_argument("--case", nargs="+", choices=tuple("abcdef"), default=list("abcdef"))
     parser.add_argument("--device", default="cpu", help="cpu or cuda (timings are synchronised)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed rounds (default: a 51, b 21, c 31, d 5, e 21; quick 2)")
+                        help="timed rounds (default: a 51, b 21, c 31, d 5, e 21, f 5; quick 2)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps per variant")
     parser.add_argument("--variants", nargs="+", default=None,
                         choices=[v.key for v in VARIANTS], help="subset (bp_textbook always runs)")

@@ -14,6 +14,7 @@ from torch import nn
 import pl_energy
 from pl_energy.metrics import agreement_metrics
 from pl_energy.core.network_spec import build_network, describe_network
+from pl_energy.algorithms.base import NotConvergedWarning
 from pl_energy.core.networks import VGG
 from pl_energy.core.residual import ResidualMLP, ResNet, ScaledLinear
 
@@ -107,6 +108,34 @@ def test_pc_nudge_and_pc_approach_backprop_on_vgg_and_residual_stacks(kind):
     assert cosine(nudge.gradients(network, x, y), nudge.reference(network, x, y)) > 0.999
     weak_feedback = pl_energy.build_algorithm("pc", gamma=0.1, tol=1e-8, steps=500)
     assert cosine(weak_feedback.gradients(network, x, y), weak_feedback.reference(network, x, y)) > 0.9
+
+
+def test_a_smooth_vgg_converges_where_max_pooling_settles():
+    """pc_nudge's default solver on VGG-5: with tanh and average pooling the energy is smooth and
+    inference converges in a few steps to a state where autograd's dE/dx vanishes; with ReLU and
+    max-pooling some switches sit on a tie at the nudged equilibrium and it can only settle."""
+    x, y = batch((3, 16, 16), 10, size=32)
+    torch.manual_seed(2)
+    smooth = VGG(5, in_shape=(3, 16, 16), width=1 / 16, activation="tanh", pool="avg").double()
+    assert smooth.init_args["pool"] == "avg" and not any(isinstance(m, nn.MaxPool2d) for m in smooth.modules())
+    algorithm = pl_energy.build_algorithm("pc_nudge", tol=1e-8)
+    energy = algorithm.energy(smooth, pl_energy.core.Loss("cross_entropy"), algorithm.lam)
+    state = energy.free_state(x, y)
+    report = pl_energy.core.relax(energy, state, 100, tol=1e-8, solver="error").report
+    assert report.converged and report.steps <= 4
+    # the optimality condition, by autograd on the energy written here from its definition
+    layers = list(smooth.children())
+    free = [a.detach().clone().requires_grad_(True) for a in state.activities[1:]]
+    inputs = [x, *free]
+    internal = sum(0.5 * (inputs[l] - layers[l - 1](inputs[l - 1])).pow(2).sum() for l in range(1, len(layers)))
+    total = internal + algorithm.lam * torch.nn.functional.cross_entropy(layers[-1](inputs[-1]), y, reduction="sum")
+    for gradient, activity in zip(torch.autograd.grad(total, free), free):
+        assert float(gradient.norm() / activity.detach().norm()) < 1e-6
+    torch.manual_seed(2)
+    kinked = VGG(5, in_shape=(3, 16, 16), width=1 / 16).double()
+    with pytest.warns(NotConvergedWarning):
+        (kinked_report,) = algorithm.estimate(kinked, x, y).inference
+    assert kinked_report.settled and not kinked_report.converged
 
 
 @pytest.mark.parametrize("name", ["ep", "chl"])

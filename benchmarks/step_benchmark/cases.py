@@ -1,4 +1,4 @@
-"""The networks and batches a step benchmark runs on (cases a-e)."""
+"""The networks and batches a step benchmark runs on (cases a-f)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from pl_energy import mlp
+from pl_energy.core.activations import ACTIVATIONS
 from pl_energy.core.networks import VGG
 from pl_energy.core.residual import ResidualMLP
 
@@ -18,21 +19,28 @@ REPO = Path(__file__).resolve().parents[2]
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
 
 
-def cnn(quick: bool = False) -> nn.Sequential:
-    """The small MNIST CNN of case (c): each top-level child is one layer of the energy model."""
+def cnn(quick: bool = False, activation: str = "relu") -> nn.Sequential:
+    """The small MNIST CNN of case (c): each top-level child is one layer of the energy model.
+
+    Pooling before the activation (the same function for non-decreasing units: max-pooling
+    commutes with them) puts the activation at the end of each block, as a Hopfield layer needs."""
+    unit = ACTIVATIONS[activation]
     if quick:  # 1x12x12 inputs
         return nn.Sequential(
-            nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2)),
-            nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.MaxPool2d(2)),
-            nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), unit()),
+            nn.Sequential(nn.Conv2d(2, 4, 3), nn.MaxPool2d(2), unit()),
+            nn.Sequential(nn.Flatten(), nn.Linear(4, 8), unit()),
             nn.Linear(8, 10),
         )
     return nn.Sequential(
-        nn.Sequential(nn.Conv2d(1, 8, 5), nn.ReLU(), nn.MaxPool2d(2)),
-        nn.Sequential(nn.Conv2d(8, 16, 5), nn.ReLU(), nn.MaxPool2d(2)),
-        nn.Sequential(nn.Flatten(), nn.Linear(256, 64), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(1, 8, 5), nn.MaxPool2d(2), unit()),
+        nn.Sequential(nn.Conv2d(8, 16, 5), nn.MaxPool2d(2), unit()),
+        nn.Sequential(nn.Flatten(), nn.Linear(256, 64), unit()),
         nn.Linear(64, 10),
     )
+
+
+NO_RESIDUAL_HOPFIELD = "n/a: a residual block is not a Hopfield coupling (ep and chl refuse it)"
 
 
 @dataclass
@@ -46,7 +54,12 @@ class Case:
     data: str                 # "mnist" or "random"
     repeats: int
     warmup: int
-    dense: bool = True
+    #: ep and chl run on this network (the same layers with bounded units, so the same MACs:
+    #: a Hopfield energy of unbounded units is bounded below only while its couplings are weak);
+    #: None: on ``build``'s network.
+    hopfield_build: Callable[[], nn.Module] | None = None
+    #: why ep and chl cannot run on this case ("" when they can).
+    no_hopfield: str = ""
 
 
 def cases(quick: bool) -> dict[str, Case]:
@@ -57,12 +70,18 @@ def cases(quick: bool) -> dict[str, Case]:
             "b": Case("b", "quick: mlp([64, 32, 16, 8, 5]), batch 1, random",
                       lambda: mlp([64, 32, 16, 8, 5]), 1, (64,), 5, "random", 2, 1),
             "c": Case("c", "quick: CNN on 1x12x12, batch 4, random", lambda: cnn(quick=True),
-                      4, (1, 12, 12), 10, "random", 2, 1, dense=False),
+                      4, (1, 12, 12), 10, "random", 2, 1,
+                      hopfield_build=lambda: cnn(quick=True, activation="clip")),
             "d": Case("d", "quick: VGG-5 at width 1/32 on 3x16x16, batch 2, random",
                       lambda: VGG(5, in_shape=(3, 16, 16), width=1 / 32), 2, (3, 16, 16), 10, "random", 2, 1,
-                      dense=False),
+                      hopfield_build=lambda: VGG(5, in_shape=(3, 16, 16), width=1 / 32, activation="clip")),
             "e": Case("e", "quick: ResidualMLP(32, 8, depth 6), batch 4, random",
-                      lambda: ResidualMLP(32, 8, 6, 10, "tanh", "mupc"), 4, (32,), 10, "random", 2, 1, dense=False),
+                      lambda: ResidualMLP(32, 8, 6, 10, "tanh", "mupc"), 4, (32,), 10, "random", 2, 1,
+                      no_hopfield=NO_RESIDUAL_HOPFIELD),
+            "f": Case("f", "quick: VGG-5 at width 1/32 on 3x16x16, tanh, average pooling, batch 2, random",
+                      lambda: VGG(5, in_shape=(3, 16, 16), width=1 / 32, activation="tanh", pool="avg"), 2,
+                      (3, 16, 16), 10, "random", 2, 1,
+                      hopfield_build=lambda: VGG(5, in_shape=(3, 16, 16), width=1 / 32, activation="clip", pool="avg")),
         }
     return {
         "a": Case("a", "mlp([784, 128, 64, 10]), batch 64, real MNIST, CE (Millidge et al. 2022 A.1)",
@@ -72,12 +91,16 @@ def cases(quick: bool) -> dict[str, Case]:
                   "random", 21, 2),
         "c": Case("c", "CNN conv(1,8,5)-pool-conv(8,16,5)-pool-fc(256,64)-fc(64,10), batch 64, "
                        "real MNIST 1x28x28, CE", cnn, 64, (1, 28, 28), 10, "mnist", 31, 3,
-                  dense=False),
+                  hopfield_build=lambda: cnn(activation="clip")),
         "d": Case("d", "VGG-5 (128-256-512-512, 3x3 convs, max-pool, ReLU), batch 32, random 3x32x32, CE",
-                  lambda: VGG(5), 32, (3, 32, 32), 10, "random", 5, 1, dense=False),
+                  lambda: VGG(5), 32, (3, 32, 32), 10, "random", 5, 1,
+                  hopfield_build=lambda: VGG(5, activation="clip")),
         "e": Case("e", "ResidualMLP(784, width 128, depth 20, tanh, muPC), batch 64, real MNIST, CE",
-                  lambda: ResidualMLP(784, 128, 20, 10, "tanh", "mupc"), 64, (784,), 10, "mnist", 21, 3,
-                  dense=False),
+                  lambda: ResidualMLP(784, 128, 20, 10, "tanh", "mupc"), 64, (784,), 10, "mnist", 21, 3, no_hopfield=NO_RESIDUAL_HOPFIELD),
+        "f": Case("f", "VGG-5 (128-256-512-512, 3x3 convs) with a smooth energy: tanh, average pooling, "
+                       "batch 32, random 3x32x32, CE", lambda: VGG(5, activation="tanh", pool="avg"), 32,
+                  (3, 32, 32), 10, "random", 5, 1,
+                  hopfield_build=lambda: VGG(5, activation="clip", pool="avg")),
     }
 
 

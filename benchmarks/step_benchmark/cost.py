@@ -66,8 +66,9 @@ def bound_macs(variant: Variant, macs: list[int], steps: float | None = None,
       grads S; ``centered`` doubles it. ``steps`` overrides T (steps actually taken).
     - fa_z_il with ``full_dynamics``: S + T * 2 S2 + S, T = ``steps`` or L-1 (weight gradients
       counted once).
-    - ep (dense Hopfield energy): initial forward S + (free + nudged) steps * (drives
-      W_l rho(x_{l-1}) for l>=2 + feedback W_{l+1}^T rho(x_{l+1}) for l<=L-1 = 2 S2)
+    - ep (Hopfield energy, dense or convolutional): initial forward S + (free + nudged) steps *
+      (drives W_l rho(x_{l-1}) for l>=2 + feedback W_{l+1}^T rho(x_{l+1}) for l<=L-1 = 2 S2:
+      a coupling's transpose, the VJP of a convolution, costs its forward's F_l MACs)
       + 2 * weight grads (outer products); ``centered`` adds a nudged phase.
     - chl: as ep, but the clamped phase does not drive the clamped output layer:
       clamped steps * (2 S2 - F_L).

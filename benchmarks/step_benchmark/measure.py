@@ -118,18 +118,24 @@ def reference_gradients(network, x, y) -> dict[str, torch.Tensor]:
     return {name: g for (name, _), g in zip(named, grads)}
 
 
-def agreement(case: Case, variants, network, x, y) -> list[dict]:
-    """Cosine and relative error vs BP at the initial weights, and the effect of ``tol``."""
-    reference = reference_gradients(network, x, y)
+def agreement(case: Case, variants, setup, x, y) -> list[dict]:
+    """Cosine and relative error vs BP at the initial weights (of the variant's network:
+    ``setup(variant)[0]``), and the effect of ``tol``."""
+    network = setup(VARIANTS[0])[0]
+    references = {}
     rows = []
     for variant in variants:
         if variant.algorithm is None:
             continue
-        estimate = variant.build().estimate(network, x, y, loss="cross_entropy", record=False)
-        cosine, error = _cosine_and_error(estimate.gradients, reference)
+        own = setup(variant)[0]
+        if id(own) not in references:
+            references[id(own)] = reference_gradients(own, x, y)
+        estimate = variant.build().estimate(own, x, y, loss="cross_entropy", record=False)
+        cosine, error = _cosine_and_error(estimate.gradients, references[id(own)])
         steps = sum(report.steps for report in estimate.inference) if estimate.inference else None
         rows.append(dict(key=variant.key, steps=steps, cosine=cosine, rel_error=error))
         del estimate
+    reference = references[id(network)] if id(network) in references else reference_gradients(network, x, y)
     for tol in TOLERANCES:
         variant = Variant(f"pc_nudge error tol={tol:g}", "pc_nudge", dict(tol=tol))
         estimate = variant.build().estimate(network, x, y, loss="cross_entropy", record=False)
@@ -154,18 +160,23 @@ def run_case(case: Case, args, device: torch.device) -> dict:
         pool = random_batches(case, 1 if case.batch == 1 and not args.quick else 4)
     pool = [(x.to(device), y.to(device)) for x, y in pool]
 
-    torch.manual_seed(0)
-    network = case.build().to(device)
-    optimizer = torch.optim.SGD(network.parameters(), lr=args.lr)
+    network, optimizer, initial = _seeded(case.build, device, args.lr)
+    # ep and chl on the same layers with bounded units (the same MACs), from the same seed
+    hopfield = (network, optimizer, initial) if case.hopfield_build is None else _seeded(
+        case.hopfield_build, device, args.lr)
     chosen = [v for v in VARIANTS if args.variants is None or v.key in args.variants
               or v.key == "bp_textbook"]
-    active = [v for v in chosen if case.dense or not v.dense_only]
+    active = [v for v in chosen if not (v.hopfield and case.no_hopfield)]
     macs = layer_macs(network, pool[0][0])
+    if layer_macs(hopfield[0], pool[0][0]) != macs:
+        raise ValueError(f"case {case.key}: its Hopfield network does not have the same layers")
 
-    rows_agreement = [] if args.no_agreement else agreement(case, active, network, *pool[0])
+    def setup(variant: Variant):
+        return hopfield if variant.hopfield else (network, optimizer, initial)
 
-    initial = [p.detach().clone() for p in network.parameters()]
-    steppers = {v.key: Stepper(v, network, optimizer, initial) for v in active}
+    rows_agreement = [] if args.no_agreement else agreement(case, active, setup, *pool[0])
+
+    steppers = {v.key: Stepper(v, *setup(v)) for v in active}
     for stepper in steppers.values():  # warm-up, every variant
         for i in range(warmup):
             stepper.restore()
@@ -193,7 +204,7 @@ def run_case(case: Case, args, device: torch.device) -> dict:
     rows = []
     for variant in chosen:
         if variant.key not in steppers:
-            rows.append(dict(key=variant.key, na="n/a: the cost model of the Hopfield step covers dense layers only"))
+            rows.append(dict(key=variant.key, na=case.no_hopfield))
             continue
         ts = times[variant.key]
         steps = steppers[variant.key].steps_taken
@@ -213,6 +224,13 @@ def run_case(case: Case, args, device: torch.device) -> dict:
         row["target"], row["status"] = target_of(case.key, row, args.quick)
     return dict(case=case, rows=rows, agreement=rows_agreement, macs=macs, repeats=repeats,
                 warmup=warmup, seconds=seconds, load=(load_before, load_after))
+
+
+def _seeded(build, device: torch.device, lr: float):
+    """A network built from seed 0, its SGD optimiser and its initial weights."""
+    torch.manual_seed(0)
+    network = build().to(device)
+    return network, torch.optim.SGD(network.parameters(), lr=lr), [p.detach().clone() for p in network.parameters()]
 
 
 def load_average() -> float | None:

@@ -25,9 +25,9 @@ def target_of(case: str, row: dict, quick: bool) -> tuple[str, str]:
     if key == "bp":
         return "<= 1.00x BP (no slower than textbook)", _status(ratio <= 1.0, ratio <= 1.05)
     if key in ("z_il", "fa_z_il"):
-        limit = 1.1 if case == "d" else 1.2
+        limit = 1.1 if case in ("d", "f") else 1.2
         return f"<= {limit:g}x BP", _status(ratio <= limit)
-    if key == "pc_nudge_converged" and case == "d":
+    if key == "pc_nudge_converged" and case in ("d", "f"):
         return "<= 3x BP (and within 1e-3 of its equilibrium)", _status(ratio <= 3)
     if key in ("pc", "pc_nudge"):
         if case == "a":

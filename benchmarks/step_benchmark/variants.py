@@ -13,7 +13,7 @@ class Variant:
     key: str                    # row label
     algorithm: str | None       # None: textbook autograd BP
     hparams: dict = field(default_factory=dict)
-    dense_only: bool = False    # ep, chl: the cost model of the Hopfield step covers dense layers only
+    hopfield: bool = False      # ep, chl: run on the case's network of bounded units
 
     def build(self):
         return build_algorithm(self.algorithm, **self.hparams)
@@ -29,8 +29,8 @@ VARIANTS = (
     Variant("pc_converged", "pc"),
     Variant("pc_nudge_converged", "pc_nudge"),
     Variant("ep", "ep", dict(solver="gd", steps=50, step_size=0.5, tol=None, beta=0.1, centered=False),
-            dense_only=True),
-    Variant("chl", "chl", dict(solver="gd", steps=50, step_size=0.5, tol=None), dense_only=True),
+            hopfield=True),
+    Variant("chl", "chl", dict(solver="gd", steps=50, step_size=0.5, tol=None), hopfield=True),
 )
 VARIANT_NOTES = {
     "bp_textbook": "opt.zero_grad(); CE(net(x), y).backward(); opt.step()  (the reference)",

@@ -129,6 +129,12 @@ class VGG(ConvNet):
     """VGG-5, -7 or -9 (``VGG_PRESETS``): 3x3 convolutions with padding 1, ReLU, 2x2 max-pooling,
     each conv block one energy layer, then a linear output layer.
 
+    Max-pooling and ReLU make the energy of PC and EP non-smooth: at the nudged equilibrium some
+    pooling switches and units sit on a tie or a kink, the residual cannot vanish and inference
+    settles instead of converging (pc_nudge on VGG-5: 16-20 steps of its solver). With a smooth
+    activation and ``pool="avg"`` the energy is smooth and pc_nudge converges in 2 steps
+    (``benchmarks/RESULTS.md``, cases d and f).
+
     Args:
         depth: 5, 7 or 9 weight layers.
         in_shape: the image's (channels, height, width); CIFAR's (3, 32, 32) by default.
@@ -136,17 +142,20 @@ class VGG(ConvNet):
         width: a multiplier of every block's channels (e.g. 0.25 for quick runs).
         activation: the activation of every conv block (``clip`` for EP and CHL).
         flat_input: the inputs arrive flattened and the first layer unflattens them.
+        pool: ``max`` (VGG's) or ``avg`` (a smooth energy with a smooth activation).
     """
 
     def __init__(self, depth: int = 5, in_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10,
-                 width: float = 1.0, activation: str = "relu", flat_input: bool = False) -> None:
+                 width: float = 1.0, activation: str = "relu", flat_input: bool = False,
+                 pool: str = "max") -> None:
         if depth not in VGG_PRESETS:
             raise ValueError(f"VGG depth {depth} is not one of {sorted(VGG_PRESETS)}")
         channels, pooled = VGG_PRESETS[depth]
         super().__init__(in_shape=in_shape, channels=[max(1, round(c * width)) for c in channels],
-                         num_classes=num_classes, activation=activation, flat_input=flat_input, pooled=pooled)
+                         num_classes=num_classes, activation=activation, flat_input=flat_input, pooled=pooled,
+                         pool=pool)
         self.init_args = {"depth": depth, "in_shape": [int(v) for v in in_shape], "num_classes": num_classes,
-                          "width": width, "activation": activation, "flat_input": flat_input}
+                          "width": width, "activation": activation, "flat_input": flat_input, "pool": pool}
 
 
 def computes_as(module: nn.Module, cls: type[nn.Module]) -> bool:
