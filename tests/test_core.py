@@ -104,6 +104,47 @@ def test_closed_form_linearization_matches_autograd(layer):
         assert torch.allclose(a, b, atol=1e-13)
 
 
+def _residual_layers():
+    from pl_energy.core.residual import Residual, ScaledLinear
+
+    return [ScaledLinear(6, 6, scale=0.3, unit_init=True), ScaledLinear(6, 6, scale=2.0, bias=False),
+            nn.Sequential(nn.Tanh(), ScaledLinear(6, 6, scale=0.1)),
+            Residual(nn.Sequential(nn.ReLU(), ScaledLinear(6, 6, scale=0.05, unit_init=True))),
+            Residual(nn.Sequential(nn.Tanh(), ScaledLinear(6, 6, scale=1.0, bias=False)))]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_closed_form_of_residual_mlp_layers_matches_autograd(index):
+    """ResidualMLP's layers (core.residual: scaled linear maps, pre-activation residual blocks)
+    have closed forms too; autograd on the same layer is the oracle."""
+    torch.manual_seed(1)
+    layer = _residual_layers()[index].double()
+    x, cotangent = torch.randn(5, 6) * 2, torch.randn(5, 6)
+    fast = LayerLinearizer(layer)(x)
+    assert type(fast).__name__ == "ScaledLinearization"
+    slow = AutogradLinearization(layer, x, needs_input_vjp=True)
+    assert torch.allclose(fast.output, slow.output, atol=1e-14)
+    assert torch.allclose(fast.input_vjp(cotangent), slow.input_vjp(cotangent), atol=1e-13)
+    assert torch.allclose(fast.add_input_vjp(x, cotangent, -0.5), x - 0.5 * slow.input_vjp(cotangent), atol=1e-13)
+    both = fast.vjp(cotangent)
+    assert torch.allclose(both[0], slow.input_vjp(cotangent), atol=1e-13)
+    for a, b, c in zip(fast.parameter_vjp(cotangent), slow.parameter_vjp(cotangent), both[1]):
+        assert torch.allclose(a, b, atol=1e-13) and torch.equal(a, c)
+
+
+def test_a_residual_block_with_a_shortcut_or_a_subclass_goes_through_autograd():
+    from pl_energy.core.residual import Residual, ScaledLinear
+
+    class Doubled(ScaledLinear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    for layer in (Residual(nn.Sequential(nn.Tanh(), ScaledLinear(6, 6))), Doubled(6, 6)):
+        if isinstance(layer, Residual):
+            layer.shortcut = nn.Linear(6, 6)
+        assert type(LayerLinearizer(layer)(torch.randn(3, 6))).__name__ == "AutogradLinearization"
+
+
 # --- energies: gradients against autograd of the written-out energy ----------------------------
 def test_pc_energy_gradients_match_autograd(problem):
     network, inputs, targets = problem

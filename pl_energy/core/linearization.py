@@ -7,8 +7,13 @@ For layer l with input x and parameters theta, ``linearize(layer, x)`` gives mu 
 
 Layers of the form ``Linear`` or ``Sequential(Linear, activation)`` use closed forms: with
 a = W x + b and mu = f(a), input_vjp(c) = (f'(a) * c) W and parameter_vjp(c) gives
-((f'(a) * c)^T x, sum_batch f'(a) * c). These do only the matrix products the math needs. Any
-other layer goes through autograd on a graph recorded once per linearisation point.
+((f'(a) * c)^T x, sum_batch f'(a) * c). So do the layers of ``ResidualMLP`` (muPC's networks,
+``core.residual``): with h = g(x) (g an activation, or none), mu = [x +] s (h W^T + b),
+
+    input_vjp(c) = [c +] g'(x) * (s c W),   parameter_vjp(c) = (s c^T h, s sum_batch c).
+
+These do only the matrix products the math needs. Any other layer goes through autograd on a
+graph recorded once per linearisation point.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from torch import Tensor, nn
 
 from .activations import Derivatives, derivatives_of
 from .networks import computes_as
+from .residual import Residual, ScaledLinear
 
 
 class DenseLinearization:
@@ -62,6 +68,44 @@ class DenseLinearization:
         return grads
 
 
+class ScaledLinearization:
+    """``[x +] s (g(x) W^T + b)`` in closed form: ``ScaledLinear``, ``Sequential(activation,
+    ScaledLinear)`` and ``Residual(Sequential(activation, ScaledLinear))``."""
+
+    def __init__(self, linear: ScaledLinear, derivatives: Derivatives | None,
+                 activation: nn.Module | None, skip: bool, x: Tensor):
+        self.x = x
+        self.weight = linear.weight.detach()
+        self.bias = None if linear.bias is None else linear.bias.detach()
+        self.scale, self.skip = linear.scale, skip
+        self.hidden = x if activation is None else activation(x)
+        self.backward = None if derivatives is None else derivatives.backward
+        pre = self.hidden @ self.weight.t() if self.bias is None else torch.addmm(self.bias, self.hidden, self.weight.t())
+        self.output = torch.add(x, pre, alpha=self.scale) if skip else pre * self.scale
+
+    def _branch_input_vjp(self, cotangent: Tensor) -> Tensor:
+        back = torch.mm(cotangent, self.weight) * self.scale
+        return back if self.backward is None else self.backward(back, self.x, self.hidden)
+
+    def input_vjp(self, cotangent: Tensor) -> Tensor:
+        branch = self._branch_input_vjp(cotangent)
+        return cotangent + branch if self.skip else branch
+
+    def add_input_vjp(self, base: Tensor, cotangent: Tensor, alpha: float) -> Tensor:
+        """base + alpha * input_vjp(cotangent)."""
+        return torch.add(base, self.input_vjp(cotangent), alpha=alpha)
+
+    def parameter_vjp(self, cotangent: Tensor) -> list[Tensor]:
+        scaled = cotangent * self.scale
+        grads = [scaled.t() @ self.hidden]
+        if self.bias is not None:
+            grads.append(scaled.sum(0))
+        return grads
+
+    def vjp(self, cotangent: Tensor) -> tuple[Tensor, list[Tensor]]:
+        return self.input_vjp(cotangent), self.parameter_vjp(cotangent)
+
+
 class AutogradLinearization:
     """Any layer: one recorded forward pass, then VJPs through autograd."""
 
@@ -97,7 +141,7 @@ class AutogradLinearization:
         return into, [torch.zeros_like(p) if g is None else g for p, g in zip(self.parameters, params)]
 
 
-Linearization = DenseLinearization | AutogradLinearization
+Linearization = DenseLinearization | ScaledLinearization | AutogradLinearization
 
 
 def dense_parts(layer: nn.Module):
@@ -111,6 +155,19 @@ def dense_parts(layer: nn.Module):
     return None
 
 
+def scaled_parts(layer: nn.Module):
+    """(scaled linear, derivatives, activation, skip) for a layer of ``ResidualMLP``, else None."""
+    skip = computes_as(layer, Residual) and layer.shortcut is None
+    body = layer.branch if skip else layer
+    if computes_as(body, ScaledLinear):
+        return body, None, None, skip
+    if isinstance(body, nn.Sequential) and len(body) == 2 and computes_as(body[1], ScaledLinear):
+        derivatives = derivatives_of(body[0])
+        if derivatives is not None:
+            return body[1], derivatives, body[0], skip
+    return None
+
+
 class LayerLinearizer:
     """Picks the closed form or autograd once per layer; ``__call__`` linearises at a point."""
 
@@ -118,8 +175,11 @@ class LayerLinearizer:
         self.layer = layer
         self.needs_input_vjp = needs_input_vjp
         self.parts = dense_parts(layer)
+        self.scaled_parts = None if self.parts is not None else scaled_parts(layer)
 
     def __call__(self, x: Tensor) -> Linearization:
         if self.parts is not None and x.dim() == 2:
             return DenseLinearization(*self.parts, x)
+        if self.scaled_parts is not None and x.dim() == 2:
+            return ScaledLinearization(*self.scaled_parts, x)
         return AutogradLinearization(self.layer, x, self.needs_input_vjp)
