@@ -52,7 +52,7 @@ SOLVERS = {  # label -> (solver, step_size)
     "nesterov 0.1": ("nesterov", 0.1),
     "error": ("error", None),
 }
-LAMS = {"pc_nudge": 0.01, "pc": 1.0}
+ALGORITHMS = ("pc_nudge", "pc")  # each at its own defaults (lam, tol, cap) unless a run sets them
 
 
 def vgg5(channels=(32, 64, 128, 128)) -> nn.Sequential:
@@ -72,7 +72,7 @@ def cases(quick: bool) -> dict[str, dict]:
                                         dtype=torch.float64, shape=(784,), cap=60) for d in (3, 6)}
     found = {f"tanh depth {d}": dict(build=lambda d=d: mlp([784] + [128] * (d - 1) + [10], "tanh"),
                                      dtype=torch.float64, shape=(784,), cap=3000) for d in (3, 6, 10, 20)}
-    found["seed MLP (ReLU)"] = dict(build=lambda: mlp([784, 128, 64, 10]), dtype=torch.float64,
+    found["Millidge et al. 2022 MLP (ReLU)"] = dict(build=lambda: mlp([784, 128, 64, 10]), dtype=torch.float64,
                                     shape=(784,), cap=1500)
     found["VGG-5 32-64-128-128 (ReLU)"] = dict(build=vgg5, dtype=torch.float32, shape=(1, 28, 28), cap=300,
                                                rounds=5)
@@ -86,10 +86,10 @@ def worst_layer_error(energy, state, reference, lam) -> float:
 
 def curve(network, x, y, algorithm: str, solver: str, step_size, cap: int, reference) -> list[float]:
     """error_t for t = 0..cap (shorter when the solver diverges or reaches 1e-7)."""
-    lam = LAMS[algorithm]
     alg = build_algorithm(algorithm, solver=solver, step_size=step_size, tol=None, steps=cap)
-    energy = alg.energy(network, as_loss("cross_entropy"), lam)
-    state = energy.free_state(x, y)
+    lam = alg.lam
+    energy = alg.energy(network, as_loss("cross_entropy"))
+    state = energy.nudged(energy.free_state(x, y), lam)
     errors: list[float] = []
 
     class Done(Exception):
@@ -110,10 +110,10 @@ def curve(network, x, y, algorithm: str, solver: str, step_size, cap: int, refer
 
 
 def converged_reference(network, x, y, algorithm: str, dtype: torch.dtype):
-    lam = LAMS[algorithm]
     alg = build_algorithm(algorithm)
-    energy = alg.energy(network, as_loss("cross_entropy"), lam)
-    state = energy.free_state(x, y)
+    lam = alg.lam
+    energy = alg.energy(network, as_loss("cross_entropy"))
+    state = energy.nudged(energy.free_state(x, y), lam)
     tol = 1e-10 if dtype == torch.float64 else 1e-6
     report = relax(energy, state, 2000, tol=tol, solver="error").report
     return energy.parameter_gradients(state, scale=1 / lam), report
@@ -159,7 +159,7 @@ def run(quick: bool, rounds: int) -> list[dict]:
         torch.manual_seed(0)
         network = case["build"]().to(case["dtype"])
         x = x.to(case["dtype"])
-        for algorithm in LAMS:
+        for algorithm in ALGORITHMS:
             reference, report = converged_reference(network, x, y, algorithm, case["dtype"])
             curves = {label: curve(network, x, y, algorithm, solver, step, case["cap"], reference)
                       for label, (solver, step) in SOLVERS.items()}
@@ -168,13 +168,15 @@ def run(quick: bool, rounds: int) -> list[dict]:
                     for label, (solver, step) in SOLVERS.items() if needed[label] is not None}
             runs["default"] = dict(name=algorithm)
             ratios = timed_ratios(network, x, y, runs, case.get("rounds", rounds))
-            default = build_algorithm(algorithm).estimate(network, x, y)
-            energy = build_algorithm(algorithm).energy(network, as_loss("cross_entropy"), LAMS[algorithm])
-            state = energy.free_state(x, y)
-            relax(energy, state, 100, tol=1e-4, solver="error")
+            defaults = build_algorithm(algorithm)
+            default = defaults.estimate(network, x, y)
+            # the default's relaxed state, relaxed as the algorithm does it (its own settings)
+            energy = defaults.energy(network, as_loss("cross_entropy"))
+            state = energy.nudged(energy.free_state(x, y), defaults.lam)
+            defaults.relax(energy, state)
             rows.append(dict(case=name, algorithm=algorithm, curves=curves, needed=needed, ratios=ratios,
                              default_steps=default.inference[0].steps,
-                             default_error=worst_layer_error(energy, state, reference, LAMS[algorithm]),
+                             default_error=worst_layer_error(energy, state, reference, defaults.lam),
                              reference_residual=report.residual))
             print(f"{name} {algorithm}: " + ", ".join(
                 f"{label} {needed[label]} steps {ratios.get(label, float('nan')):.2f}x" for label in SOLVERS)

@@ -46,8 +46,8 @@ def bp_adjoints(network, x, y):
 
 
 def panel_b(network, x, y, steps, step_size):
-    energy = PredictiveCodingEnergy(network, Loss("cross_entropy"), lam=1.0)
-    state = energy.free_state(x, y)
+    energy = PredictiveCodingEnergy(network, Loss("cross_entropy"))
+    state = energy.nudged(energy.free_state(x, y), 1.0)
     adjoints = bp_adjoints(network, x, y)
     rows = {f"x{l}": [] for l in range(1, len(adjoints) + 1)}
     for _ in range(steps):
@@ -67,8 +67,8 @@ def panel_c(network, x, y, lams, steps, step_size):
     bp = pl_energy.build_algorithm("bp").gradients(network, x, y)
     eq, gd = [], []
     for lam in lams:
-        energy = PredictiveCodingEnergy(network, Loss("cross_entropy"), lam=lam)
-        state = energy.free_state(x, y)
+        energy = PredictiveCodingEnergy(network, Loss("cross_entropy"))
+        state = energy.nudged(energy.free_state(x, y), lam)
         free = list(state.activities[1:]) + [state.output]
         relax(energy, state, steps, step_size)
         clamped = list(state.activities[1:]) + [state.output]

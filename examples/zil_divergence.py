@@ -30,8 +30,8 @@ SIZES = [784, 128, 64, 10]
 
 def noisy_zil_gradients(network, x, y, sigma, generator):
     """Song et al. 2020 Alg. 2 with full inference dynamics (gamma = 1) from a noisy initial state."""
-    energy = PredictiveCodingEnergy(network, Loss("mse"), lam=1.0)
-    state = energy.free_state(x, y)
+    energy = PredictiveCodingEnergy(network, Loss("mse"))
+    state = energy.nudged(energy.free_state(x, y), 1.0)
     if sigma > 0:
         for index in range(1, len(energy.layers)):
             noise = torch.randn(state.activities[index].shape, generator=generator,

@@ -5,7 +5,7 @@ output clamped to the one-hot target = squared error, lam = 1), inference from t
 pass (C1) with rate gamma. "t = k": Alg. 1, all weights updated once after k inference steps
 (the ``pc`` algorithm with steps=k, step_size=gamma). "t = l": Z-IL (Alg. 2), layer k below the
 output updated at t = k (the ``z_il`` algorithm with that gamma; with gamma = 1 it is BP). Plotted,
-as in the seed (A.8), with "l" between t = l_max - 2 and t = l_max - 1. Each cell is one short
+as in Song et al. 2020 (A.8), with "l" between t = l_max - 2 and t = l_max - 1. Each cell is one short
 MNIST training run (plain SGD, same init and data order), then the test error on the 10k test set.
 """
 

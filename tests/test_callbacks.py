@@ -41,8 +41,8 @@ def _run(mnist_tensors, algorithm, hparams, tmp_path, steps=3):
 
 
 # pc_nudge runs 100 inference steps of 0.1: with the default 50 the first layer's nudged
-# equilibrium is not reached yet (its update is ~0.91 x BP's norm; global cosine ~0.9985 on seed
-# 003's net at initialisation), with 100 the cosine is > 0.9999 here.
+# equilibrium is not reached yet (its update is ~0.91 x BP's norm; global cosine ~0.9985 on
+# Millidge et al. 2022's net at initialisation), with 100 the cosine is > 0.9999 here.
 @pytest.mark.parametrize("algorithm, hparams, threshold", [
     ("z_il", {}, 0.9999),
     ("pc_nudge", {"lam": 0.01, "steps": 100}, 0.999),

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pl_energy import ALGORITHMS, build_algorithm, mlp
-from pl_energy.core import HopfieldEnergy, Loss, PredictiveCodingEnergy
+from pl_energy.core import HopfieldEnergy, Loss, PredictiveCodingEnergy, relax
 from pl_energy.core.linearization import AutogradLinearization, LayerLinearizer
 from helpers import max_relative, relative_l2
 
@@ -136,8 +136,8 @@ def test_a_residual_block_with_a_shortcut_or_a_subclass_goes_through_autograd():
 def test_pc_energy_gradients_match_autograd(problem):
     network, inputs, targets = problem
     lam, precisions = 0.3, [2.0, 0.5]
-    energy = PredictiveCodingEnergy(network, Loss("cross_entropy"), lam=lam, precisions=precisions)
-    state = energy.free_state(inputs, targets)
+    energy = PredictiveCodingEnergy(network, Loss("cross_entropy"), precisions=precisions)
+    state = energy.nudged(energy.free_state(inputs, targets), lam)
     for index in (1, 2):
         energy.set_activity(state, index, state.activities[index] + 0.1 * torch.randn_like(state.activities[index]))
 
@@ -253,7 +253,7 @@ def test_non_finite_inputs_are_refused(problem):
 
 
 # --- the algorithm interface ---------------------------------------------------------------------
-def test_registry_lists_every_algorithm_of_the_seeds():
+def test_registry_lists_every_algorithm_of_the_papers():
     # the papers' algorithms first (the order the CLI lists them), then any added in a file of its own
     assert ALGORITHMS[:7] == ("bp", "pc", "pc_nudge", "z_il", "fa_z_il", "ep", "chl")
 
@@ -367,6 +367,32 @@ def test_reduced_first_layer_runs_the_same_dynamics(settings, sizes, monkeypatch
     # the energy itself has no trace of the speed path: a state of it has no reduced slot
     state = PredictiveCodingEnergy(network, Loss("cross_entropy")).free_state(inputs, targets)
     assert not any("reduced" in name for name in vars(state))
+
+
+def test_reduced_first_layer_without_a_trace_and_when_it_diverges(monkeypatch):
+    """Unrecorded, the update is the plain one's; diverging, the error names the same step, and
+    the state left behind is in plain coordinates."""
+    from pl_energy import DivergenceError
+    from pl_energy.core.reduced_input import ReducedFirstLayer
+
+    torch.manual_seed(4)
+    network = mlp([30, 20, 12, 5])
+    inputs, targets = torch.randn(16, 30), torch.randint(0, 5, (16,))
+    results = []
+    for reduced in (True, False):
+        if not reduced:
+            monkeypatch.setattr(ReducedFirstLayer, "pays_off", staticmethod(lambda *args: False))
+        quiet = build_algorithm("pc_nudge", solver="gd", steps=60, tol=None, trace=False)
+        gradients = quiet.estimate(network, inputs, targets).gradients
+        energy = PredictiveCodingEnergy(network, Loss("cross_entropy"))
+        state = energy.nudged(energy.free_state(inputs, targets), 1.0)
+        with pytest.raises(DivergenceError) as error:
+            relax(energy, state, 60, step_size=5.0, solver="gd")
+        results.append((gradients, str(error.value), [a.clone() for a in state.activities]))
+    (fast, fast_error, fast_state), (plain, plain_error, plain_state) = results
+    assert relative_l2(fast, plain) < 1e-12
+    assert fast_error == plain_error and "at step" in fast_error
+    assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-6) for a, b in zip(fast_state, plain_state))
 
 
 def test_reduction_is_used_only_when_it_saves_work():

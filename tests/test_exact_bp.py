@@ -97,3 +97,23 @@ def test_full_dynamics_keeps_the_upper_layers_moving_but_learning_stays_exact():
     assert first.trace.steps == 3 and second.trace.steps == 8
     assert second.trace.internal[-1] != first.trace.internal[-1]
     assert max_relative(a, b) <= TOLERANCE
+
+
+def test_z_il_records_its_energy_per_step_without_changing_the_update():
+    """The trace of Z-IL's dynamics: one row per step of the error wave (depth rows), starting
+    at the feedforward pass where E = lam * L of the network's own output (no prediction error)."""
+    torch.manual_seed(0)
+    network = mlp([12, 10, 8, 6, 4], activation="tanh").double()
+    inputs, targets = torch.randn(5, 12, dtype=torch.float64), torch.randint(0, 4, (5,))
+    algorithm = build_algorithm("z_il", trace=True)
+    recorded = algorithm.estimate(network, inputs, targets, loss="mse")
+    quiet = algorithm.estimate(network, inputs, targets, loss="mse", record=False)
+    assert quiet.trace is None and recorded.trace.steps == 3 and len(recorded.trace.total) == 4
+    for key, value in quiet.gradients.items():
+        assert torch.equal(value, recorded.gradients[key])
+    one_hot = torch.nn.functional.one_hot(targets, 4).double()
+    with torch.no_grad():
+        free_loss = 0.5 * (network(inputs) - one_hot).pow(2).sum(1).mean()
+    assert float(recorded.trace.internal[0]) == 0.0
+    assert float(recorded.trace.total[0]) == pytest.approx(float(free_loss), rel=1e-12)
+    assert (recorded.trace.internal[1:] > 0).all()  # the wave leaves prediction errors behind

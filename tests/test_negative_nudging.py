@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
 import pl_energy
@@ -57,5 +56,7 @@ def test_one_file_made_it_an_algorithm_of_the_library():
     assert "[pc_negative]" in hyperparameter_flags()["lam"][1] or "pc_negative" in hyperparameter_flags()["lam"][1]
     cli = make_cli(["--algorithm", "pc_negative", "--lam", "0.05", "--trainer.logger", "false"], run=False)
     assert cli.model.algorithm.lam == 0.05 and cli.model.algorithm.name == "pc_negative"
-    with pytest.raises(ValueError, match="centered=True"):
-        pl_energy.build_algorithm("pc_negative", centered=True)
+    network, x, y = _net_and_batch()  # centered: the +lam/-lam contrast, pc_nudge's centered estimate
+    centered = pl_energy.build_algorithm("pc_negative", centered=True, lam=0.05).gradients(network, x, y)
+    expected = pl_energy.build_algorithm("pc_nudge", centered=True, lam=0.05).gradients(network, x, y)
+    assert all(torch.equal(centered[key], expected[key]) for key in expected)

@@ -74,8 +74,8 @@ def test_every_solver_is_tested():
 @pytest.mark.parametrize("solver", PC_SOLVERS)
 def test_every_solver_reaches_the_equilibrium(solver, lam, tanh_problem):
     network, inputs, targets = tanh_problem
-    energy = PredictiveCodingEnergy(network, Loss("cross_entropy"), lam=lam)
-    state = energy.free_state(inputs, targets)
+    energy = PredictiveCodingEnergy(network, Loss("cross_entropy"))
+    state = energy.nudged(energy.free_state(inputs, targets), lam)
     steps = {"error": 200, "nesterov": 3000, "gd": 20000}[solver]
     step_size = {"error": None, "nesterov": 0.2, "gd": 0.3}[solver]
     report = relax(energy, state, steps, step_size, tol=1e-12, solver=solver).report
@@ -87,7 +87,7 @@ def test_every_solver_reaches_the_equilibrium(solver, lam, tanh_problem):
         assert g.norm() <= 1e-10 * (x - 0).norm() + 1e-14
 
     # the same equilibrium as long descent on the activities, read as the same weight update
-    reference_state = energy.free_state(inputs, targets)
+    reference_state = energy.nudged(energy.free_state(inputs, targets), lam)
     relax(energy, reference_state, 20000, 0.3, tol=1e-13, solver="gd")
     update = energy.parameter_gradients(state, scale=1 / lam)
     reference = energy.parameter_gradients(reference_state, scale=1 / lam)
@@ -103,8 +103,8 @@ def test_error_solver_reaches_every_layer_in_its_first_step():
     network = mlp([10] + [8] * 9 + [3], activation="tanh").double()
     inputs, targets = torch.randn(4, 10, dtype=torch.float64), torch.randint(0, 3, (4,))
     for solver, moved in (("gd", False), ("error", True)):
-        energy = PredictiveCodingEnergy(network, Loss("cross_entropy"), lam=0.01)
-        state = energy.free_state(inputs, targets)
+        energy = PredictiveCodingEnergy(network, Loss("cross_entropy"))
+        state = energy.nudged(energy.free_state(inputs, targets), 0.01)
         relax(energy, state, 1, solver=solver)
         assert bool(energy.error(state, 1).abs().max() > 0) is moved
 
@@ -163,8 +163,8 @@ def test_reported_residual_is_the_returned_states_in_plain_coordinates(seed_mlp_
     """The papers' gd runs with the first layer in the row space of W_2; the residual it reports must be
     that of the returned activities, measured as the energy defines it."""
     network, inputs, targets = seed_mlp_batch
-    energy = PredictiveCodingEnergy(network, Loss("cross_entropy"), lam=0.01)
-    state = energy.free_state(inputs, targets)
+    energy = PredictiveCodingEnergy(network, Loss("cross_entropy"))
+    state = energy.nudged(energy.free_state(inputs, targets), 0.01)
     report = relax(energy, state, 50, 0.1, solver="gd").report
     gradients = autograd_activity_gradients(network, inputs, state.activities[1:], targets, 0.01)
     local = [energy.error(state, index) for index in (1, 2)]
@@ -174,16 +174,18 @@ def test_reported_residual_is_the_returned_states_in_plain_coordinates(seed_mlp_
 
 @pytest.fixture
 def clamped_pc():
-    """A small tanh PC network with its output clamped (lam = 1): large steps diverge."""
+    """A small tanh PC network with its output clamped (lam = 1): large steps diverge. Returns the
+    energy and a function that gives its clamped state at the feedforward pass."""
     torch.manual_seed(2)
     network = mlp([10, 8, 6, 3], activation="tanh").double()
     inputs, targets = torch.randn(16, 10, dtype=torch.float64), torch.randint(0, 3, (16,))
-    return PredictiveCodingEnergy(network, Loss("cross_entropy"), lam=1.0), inputs, targets
+    energy = PredictiveCodingEnergy(network, Loss("cross_entropy"))
+    return energy, lambda: energy.nudged(energy.free_state(inputs, targets), 1.0)
 
 
 def test_steps_undone_by_a_back_off_are_not_counted(clamped_pc):
-    energy, inputs, targets = clamped_pc
-    state = energy.free_state(inputs, targets)
+    energy, clamped_state = clamped_pc
+    state = clamped_state()
     relaxation = relax(energy, state, 3, 8.0, record=True, solver="error")
     report = relaxation.report
     assert report.backoffs >= 1
@@ -211,8 +213,8 @@ def test_error_solver_settles_on_relu_kinks_and_says_it_did_not_converge():
     inputs, targets = torch.randn(32, 30, dtype=torch.float64), torch.randint(0, 5, (32,))
     states = []
     for tol in (1e-5, 1e-9):
-        energy = PredictiveCodingEnergy(network, Loss("cross_entropy"), lam=1.0)
-        state = energy.free_state(inputs, targets)
+        energy = PredictiveCodingEnergy(network, Loss("cross_entropy"))
+        state = energy.nudged(energy.free_state(inputs, targets), 1.0)
         report = relax(energy, state, 500, tol=tol, solver="error").report
         assert report.settled and not report.converged and report.residual > tol
         assert report.step_size < 1.0
@@ -251,11 +253,11 @@ def test_auto_step_size_leaves_a_stable_step_alone(seed_mlp_batch):
 
 
 def test_auto_backs_off_from_a_step_that_diverges(clamped_pc):
-    energy, inputs, targets = clamped_pc
-    fixed = energy.free_state(inputs, targets)
+    energy, clamped_state = clamped_pc
+    fixed = clamped_state()
     with pytest.raises(DivergenceError):
         relax(energy, fixed, 200, 3.0, solver="gd")
-    state = energy.free_state(inputs, targets)
+    state = clamped_state()
     first = float(energy.components(state)[2])
     relaxation = relax(energy, state, 2000, "auto", tol=1e-10, solver="gd")
     assert relaxation.report.converged
@@ -264,11 +266,11 @@ def test_auto_backs_off_from_a_step_that_diverges(clamped_pc):
 
 @pytest.mark.parametrize("watch", [{"record": True}, {"record": False}, {"tol": 1e-12}])
 def test_divergence_names_the_same_first_bad_step_however_energies_are_watched(watch, clamped_pc):
-    energy, inputs, targets = clamped_pc
+    energy, clamped_state = clamped_pc
     messages = []
     for settings in (watch, {"record": True}):
         with pytest.raises(DivergenceError) as error:
-            relax(energy, energy.free_state(inputs, targets), 400, 4.0, solver="gd", **settings)
+            relax(energy, clamped_state(), 400, 4.0, solver="gd", **settings)
         messages.append(str(error.value))
     assert messages[0] == messages[1]
 

@@ -364,7 +364,7 @@ class RelaxingAlgorithm(Algorithm):
         tol: stop a phase once its relative residual is at most this (see
             ``pl_energy.core.solvers``); None runs exactly ``steps`` steps. Reaching the cap
             first warns once (``NotConvergedWarning``).
-        trace: record the energy of every inference step by default (``step(record=...)``
+        trace: record the energy of every inference step by default (``estimate(record=...)``
             overrides it); off by default, as it costs a pass over the state per step.
     """
 

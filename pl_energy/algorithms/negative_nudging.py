@@ -29,7 +29,8 @@ class NegativeNudging(PredictiveCoding):
 
     Args:
         lam: strength of the negative nudge, E = I - lam L.
-        centered: must stay False (centered nudging is ``pc_nudge``'s).
+        centered: +lam and -lam phases, error O(lam^2) (the same estimate as ``pc_nudge`` with
+            ``centered=True``).
 
     ``gamma`` and the inference settings are ``PredictiveCoding``'s.
     """
@@ -43,11 +44,14 @@ class NegativeNudging(PredictiveCoding):
         super().__post_init__()
         if self.lam <= 0:
             raise ValueError(f"lam is the strength of the negative nudge and must be > 0, got {self.lam}")
-        if self.centered:
-            raise ValueError("pc_negative nudges one way: for +lam and -lam use pc_nudge with centered=True")
 
     def phases(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                record: bool) -> Contrast:
-        energy, state, output, relaxation = self.phase(network, inputs, targets, loss, -self.lam, record)
-        return Contrast(None, Phase(energy, state), 1 / self.lam, output, state.targets, relaxation.trace,
-                        (relaxation.report,))
+        if self.centered:
+            return super().phases(network, inputs, targets, loss, record)
+        energy = self.energy(network, loss)
+        free = energy.free_state(inputs, targets)
+        negative = energy.nudged(free, -self.lam)
+        relaxation = self.relax(energy, negative, record)
+        return Contrast(None, Phase(energy, negative), 1 / self.lam, free.output, free.targets,
+                        relaxation.trace, (relaxation.report,))

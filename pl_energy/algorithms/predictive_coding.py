@@ -30,7 +30,7 @@ from ..core.predictive_coding import PredictiveCodingEnergy
 from .contrastive import Contrast, ContrastiveAlgorithm, Phase
 
 
-#: The inference settings of the seeds (Song et al. 2020; Millidge et al. 2022, A.1).
+#: The papers' inference settings (Song et al. 2020; Millidge et al. 2022, A.1).
 PAPER_SETTINGS = {"solver": "gd", "steps": 50, "step_size": 0.1, "tol": None}
 
 
@@ -66,25 +66,17 @@ class PredictiveCoding(ContrastiveAlgorithm):
     def nudge(self, network: nn.Module) -> float:
         return self.lam
 
-    def energy(self, network: nn.Module, loss: Loss, lam: float) -> PredictiveCodingEnergy:
+    def energy(self, network: nn.Module, loss: Loss) -> PredictiveCodingEnergy:
+        """The PC energy with the precisions gamma^-(L-l) that make gamma the feedback strength."""
         depth = len(layers_of(network))
         precisions = [self.gamma ** -(depth - index) for index in range(1, depth)]
-        return PredictiveCodingEnergy(network, loss, lam=lam, precisions=precisions)
-
-    def phase(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss, lam: float,
-              record: bool):
-        """Relax from the free equilibrium under E = I + lam L; return the energy, the state, the
-        free output and the relaxation."""
-        energy = self.energy(network, loss, lam)
-        state = energy.free_state(inputs, targets)
-        free_output = state.output
-        return energy, state, free_output, self.relax(energy, state, record)
+        return PredictiveCodingEnergy(network, loss, precisions=precisions)
 
     def phases(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                record: bool) -> Contrast:
         """+lam against the free phase (whose weight gradient is zero), or against -lam; both
         nudged phases start from one feedforward pass."""
-        energy = self.energy(network, loss, self.lam)
+        energy = self.energy(network, loss)
         free = energy.free_state(inputs, targets)
         positive = energy.nudged(free, self.lam)
         relaxation = self.relax(energy, positive, record)

@@ -47,7 +47,7 @@ class ZeroDivergenceIL(Algorithm):
             2020's gamma; C3: r = 1 gives BP's updates exactly; otherwise layer k below the
             output gets r^k times).
         lam: weight of the supervised term, E = I + lam L (1: the target clamps the output).
-        trace: record the energy of every inference step by default (``step(record=...)``
+        trace: record the energy of every inference step by default (``estimate(record=...)``
             overrides it); off by default, as it costs a pass over the state per step.
     """
 
@@ -55,6 +55,7 @@ class ZeroDivergenceIL(Algorithm):
     lam: float = 1.0
     trace: bool = False
     name = "z_il"
+    traced_phase = "the Z-IL dynamics"
 
     def __post_init__(self):
         super().__post_init__()
@@ -65,8 +66,8 @@ class ZeroDivergenceIL(Algorithm):
     def free_phase(self, network: nn.Module, inputs: Tensor, targets: Tensor,
                    loss: Loss) -> tuple[PredictiveCodingEnergy, PCState]:
         """The PC energy (clamped output: lam = 1 by default) at the feedforward pass (C1)."""
-        energy = PredictiveCodingEnergy(network, loss, lam=self.lam)
-        return energy, energy.free_state(inputs, targets)
+        energy = PredictiveCodingEnergy(network, loss)
+        return energy, energy.nudged(energy.free_state(inputs, targets), self.lam)
 
     def compute(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                 record: bool) -> Estimate:
@@ -75,6 +76,7 @@ class ZeroDivergenceIL(Algorithm):
         depth = len(energy.layers)
         scale = 1 / (self.lam * inputs.shape[0])  # dE/dtheta of the batch mean, over lam
         per_layer: list[list[Tensor]] = [[] for _ in range(depth)]
+        rows = [energy.components(state)] if record else []
         for index in range(depth, 0, -1):  # step t = depth - index: layer `index` learns
             layer = state.linearizations[index - 1]
             cotangent = energy.signal(state, index) * scale
@@ -84,9 +86,14 @@ class ZeroDivergenceIL(Algorithm):
             feedback, per_layer[index - 1] = layer.vjp(cotangent)
             # the error reaches x_{index-1}: dE/dx = -d_{index-1} + J^T d_index, where d_{index-1}
             # is exactly 0 until this step (Lemma A.3), so dE/dx = feedback / scale
-            state.activities[index - 1] = torch.add(state.activities[index - 1], feedback,
-                                                    alpha=-self.inference_rate / scale)
-        return Estimate.from_layers(network, per_layer, output, loss, state.targets)
+            moved = torch.add(state.activities[index - 1], feedback, alpha=-self.inference_rate / scale)
+            if record:  # the layer above is re-linearised at the moved input only to read E
+                energy.set_activity(state, index - 1, moved)
+                rows.append(energy.components(state))
+            else:
+                state.activities[index - 1] = moved
+        trace = InferenceTrace.from_rows(rows, converged=False) if record else None
+        return Estimate.from_layers(network, per_layer, output, loss, state.targets, trace)
 
 
 @dataclass

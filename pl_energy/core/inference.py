@@ -146,10 +146,12 @@ def relax(
         return _divergence(problem, taken, eta, good_step)
 
     # faster coordinates of the same dynamics (the PC energy's first layer in the row space of
-    # W_2) change the norms the residual is measured in, so they serve only fixed-step descent
-    # that nobody watches step by step, whose residual is taken once, at the end, in plain ones
+    # W_2) change the norms the residual is measured in and keep part of the state outside it:
+    # they serve only plain fixed-step descent that is not adaptive (it never restores a
+    # snapshot) and has no tolerance or on_step (the residual is taken once, at the end, in
+    # plain coordinates); a recorded trace reads the energy through them (``components``)
     plain = coordinates
-    if on_step is None and tol is None and not adaptive and isinstance(solver, GradientDescent):
+    if on_step is None and tol is None and not adaptive and type(solver) is GradientDescent:
         coordinates = FirstLayerInRowSpace.around(energy, state, steps)
     elif on_step is not None:
         on_step(0, state)

@@ -49,16 +49,9 @@ class PCState:
 class PredictiveCodingEnergy:
     """E = sum pi_l/2 ||x_l - layer_l(x_{l-1})||^2 + lam * loss(layer_L(x_{L-1}), y)."""
 
-    def __init__(
-        self,
-        network: nn.Module,
-        loss: Loss,
-        lam: float = 1.0,
-        precisions: Sequence[float] | None = None,
-    ):
+    def __init__(self, network: nn.Module, loss: Loss, precisions: Sequence[float] | None = None):
         self.layers = layers_of(network)
         self.loss = loss
-        self.lam = float(lam)  # the nudge of the states ``free_state`` makes
         hidden = len(self.layers) - 1
         self.precisions = [1.0] * hidden if precisions is None else [float(p) for p in precisions]
         if len(self.precisions) != hidden:
@@ -76,7 +69,8 @@ class PredictiveCodingEnergy:
             return self.linearizers[index - 1](x)
 
     def free_state(self, inputs: Tensor, targets: Tensor) -> PCState:
-        """The free equilibrium: x_l = mu_l, the feedforward pass (condition C1 of Song et al. 2020)."""
+        """The free equilibrium: x_l = mu_l, the feedforward pass (condition C1 of Song et al. 2020),
+        the minimum of E at lam = 0; ``nudged`` gives the state that relaxes under a nudge."""
         activities = [inputs]
         linearizations = []
         for index in range(1, len(self.layers) + 1):
@@ -84,7 +78,7 @@ class PredictiveCodingEnergy:
             if index < len(self.layers):
                 activities.append(linearizations[-1].output)
         targets = self.loss.prepare_targets(targets, linearizations[-1].output)
-        return PCState(activities, linearizations, targets, lam=self.lam)
+        return PCState(activities, linearizations, targets, lam=0.0)
 
     def snapshot(self, state: PCState) -> PCState:
         return PCState(list(state.activities), list(state.linearizations), state.targets, state.lam)

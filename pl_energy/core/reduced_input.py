@@ -75,8 +75,10 @@ class FirstLayerInRowSpace(ActivityCoordinates):
     """Descent on the activities of a PC energy with eps_1 = S W_2 moved as S.
 
     While these coordinates are in use the state's x_1 stays at mu_1 (so the energy's own terms
-    see eps_1 = 0) and S carries eps_1; ``leave`` writes x_1 = mu_1 + S W_2 back. Use
-    ``FirstLayerInRowSpace.around`` to get them only where they apply and pay off.
+    see eps_1 = 0) and S carries eps_1; ``leave`` writes x_1 = mu_1 + S W_2 back. A snapshot of
+    the state taken meanwhile lacks S, so these coordinates serve only solvers that never go
+    back to one (fixed-step descent, not adaptive). Use ``FirstLayerInRowSpace.around`` to get
+    them only where they apply and pay off.
     """
 
     energy: PredictiveCodingEnergy
@@ -87,7 +89,8 @@ class FirstLayerInRowSpace(ActivityCoordinates):
         """These coordinates for ``steps`` steps from ``state`` if it is a PC energy's free phase
         with a dense second layer and they save work; else the plain activities."""
         plain = ActivityCoordinates(energy)
-        if not isinstance(energy, PredictiveCodingEnergy) or len(energy.layers) < 2:
+        # exactly the PC energy: a subclass may change the terms these coordinates re-derive
+        if type(energy) is not PredictiveCodingEnergy or len(energy.layers) < 2:
             return plain
         second = state.linearizations[1]
         if (not isinstance(second, DenseLinearization)
@@ -106,8 +109,8 @@ class FirstLayerInRowSpace(ActivityCoordinates):
         return [first, *upper]
 
     def local_terms(self, state: PCState) -> list[Tensor]:
-        return [self.energy.local_terms(state, [self.reduced.coordinates])[0],
-                *self.energy.local_terms(state)[1:]]
+        raise NotImplementedError("the residual is measured in the plain coordinates: relax "
+                                  "measures it after leave(), with ActivityCoordinates")
 
     def move(self, state: PCState, directions: list[Tensor], step_size: float) -> None:
         energy = self.energy

@@ -14,9 +14,8 @@ class InferenceTrace:
 
     ``internal`` is I, ``supervised`` the loss L at the output and ``total`` E = I + lam * L
     (Millidge et al. 2022 Eq. 10), all batch means. ``steps`` is the number of steps actually taken (fewer
-    than asked when the tolerance stopped inference early). Rows are ``stride`` steps apart (1
-    when the trace was asked for; more when only a tolerance needed the energies), the last row
-    being the final state.
+    than asked when the tolerance stopped inference early). One row per step, the first being the
+    state inference started from and the last the final state.
     """
 
     internal: Tensor
@@ -24,14 +23,13 @@ class InferenceTrace:
     total: Tensor
     steps: int
     converged: bool
-    stride: int = 1
 
     @classmethod
     def from_rows(cls, rows: list[tuple[Tensor, Tensor, Tensor]], converged: bool,
-                  steps: int | None = None, stride: int = 1) -> "InferenceTrace":
+                  steps: int | None = None) -> "InferenceTrace":
         internal, supervised, total = (torch.stack(column).detach() for column in zip(*rows))
         steps = len(rows) - 1 if steps is None else steps
-        return cls(internal, supervised, total, steps=steps, converged=converged, stride=stride)
+        return cls(internal, supervised, total, steps=steps, converged=converged)
 
     def as_dict(self) -> dict[str, list[float]]:
         return {
