@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -51,13 +50,12 @@ def setup(args) -> Path:
 def _mnist_dir(data_dir: str | None) -> str:
     """The first folder holding MNIST/raw/*.gz (MNISTDataModule reads them in place, writing
     nothing, so a shared or read-only folder serves as it is)."""
-    from pl_energy.data.mnist import find_mnist
+    from pl_energy.data.mnist import find_checkout_mnist
 
-    candidates = [data_dir] if data_dir else [os.environ.get("PL_ENERGY_DATA"),
-                                              str(REPO.parent / "shared" / "data"), "./data"]
-    found = find_mnist(*candidates)
+    found = find_checkout_mnist(REPO, data_dir)
     if found is None:
-        raise FileNotFoundError(f"MNIST raw files not found in {candidates}; pass --data-dir")
+        where = data_dir or "$PL_ENERGY_DATA, ../shared/data or ./data"
+        raise FileNotFoundError(f"MNIST raw files (MNIST/raw/*-ubyte.gz) not found in {where}; pass --data-dir")
     return str(found)
 
 

@@ -13,7 +13,7 @@ __all__ = ["ALGORITHMS", "Algorithm", "DivergenceError", "EnergyModule", "Estima
 __version__ = "0.1.0"
 
 _LIGHTNING = {"EnergyModule": "module", "GradientAgreement": "callbacks"}
-#: Subpackages that import Lightning (or torchvision), loaded on first use as attributes too.
+#: Subpackages of the shell (Lightning, torchvision, matplotlib), loaded on first use as attributes too.
 _SUBMODULES = ("data", "module", "callbacks", "cli", "plotting")
 
 

@@ -12,7 +12,8 @@ from torch import Tensor
 from torchmetrics.aggregation import MaxMetric, MeanMetric, MinMetric
 from typing_extensions import override
 
-from .metrics import agreement_metrics
+from .metrics import agreement_metrics, gradient_agreement
+from .module import EnergyModule
 from .outputs import log_figure
 from .plotting import agreement_figure
 
@@ -84,12 +85,9 @@ class GradientAgreement(Callback):
                 f"({type(trainer.strategy).__name__}): it reads whole gradients from p.grad; use a "
                 "single device, 'ddp' or 'ddp_spawn'"
             )
-        for attribute in ("algorithm", "network", "loss", "prepare_batch"):
-            if not hasattr(pl_module, attribute):
-                raise TypeError(
-                    f"GradientAgreement needs an EnergyModule (with .algorithm, .network, .loss, "
-                    f".prepare_batch); {type(pl_module).__name__} has no {attribute!r}"
-                )
+        if not isinstance(pl_module, EnergyModule):
+            raise TypeError(f"GradientAgreement measures an EnergyModule's updates (its algorithm, network, loss "
+                            f"and batches), not a {type(pl_module).__name__}")
 
     def _measures(self, step: int) -> bool:
         return bool(self.every_n_steps) and step % self.every_n_steps == 0
@@ -122,30 +120,26 @@ class GradientAgreement(Callback):
         # the reference (the weights do not move in between)
         network = pl_module.network
         named = [(name, p) for name, p in network.named_parameters() if p.requires_grad]
+        # the reference, averaged over the batches, in one flat buffer: one collective reduces it
         flat_reference = None
         for inputs, targets in batches:
             reference = pl_module.algorithm.reference(network, inputs, targets, pl_module.loss)
             flat = torch.cat([reference[name].detach().reshape(-1).to(p.dtype) for name, p in named])
-            flat_reference = flat if flat_reference is None else flat_reference + flat
-        flat_reference = flat_reference / len(batches)
-        flat_reference = trainer.strategy.reduce(flat_reference.clone(), reduce_op="mean")
-        flat_update = torch.cat([
-            (p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1)
-            for _, p in named
-        ])
+            flat_reference = flat if flat_reference is None else flat_reference.add_(flat)
+        flat_reference = trainer.strategy.reduce(flat_reference.div_(len(batches)), reduce_op="mean")
+        references = {name: part.view_as(p) for (name, p), part in
+                      zip(named, torch.split(flat_reference, [p.numel() for _, p in named]))}
+        updates = {name: p.grad if p.grad is not None else torch.zeros_like(p) for name, p in named}
         row: dict[str, float] = {"step": float(step)}
-        values = agreement_metrics(flat_update, flat_reference)
+        values = gradient_agreement(updates, references)
         row.update(values)
         logged = {f"agreement/{key}": value for key, value in values.items()}
         if self.per_layer:
-            start, layers = 0, {}
-            for name, p in named:
-                layers.setdefault(name.split(".")[0], []).append(slice(start, start + p.numel()))
-                start += p.numel()
-            for layer, slices in layers.items():
-                u = torch.cat([flat_update[s] for s in slices])
-                r = torch.cat([flat_reference[s] for s in slices])
-                for key, value in agreement_metrics(u, r).items():
+            layers: dict[str, list[str]] = {}
+            for name, _ in named:
+                layers.setdefault(name.split(".")[0], []).append(name)
+            for layer, names in layers.items():
+                for key, value in gradient_agreement(updates, {n: references[n] for n in names}).items():
                     logged[f"agreement/{key}/{layer}"] = value
                     row[f"{key}/{layer}"] = value
         self.history.append(row)
@@ -176,7 +170,7 @@ class GradientAgreement(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.plot or not self.history:
             return
-        name = getattr(pl_module, "algorithm_name", type(pl_module.algorithm).__name__)
+        name = pl_module.algorithm_name
         history = list(self.history)
         self.plot_path = log_figure(
             trainer, lambda: agreement_figure(history, title=f"{name}: agreement with the reference gradient"),

@@ -35,7 +35,7 @@ from lightning.pytorch.cli import ArgsType, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
 
 from .algorithms import ALGORITHMS, hyperparameters_of
-from .algorithms.registry import hyperparameter_docs, hyperparameter_types
+from .algorithms.registry import hyperparameter_docs, hyperparameter_types, unknown_hyperparameters
 from .callbacks import GradientAgreement
 from .module import EnergyModule
 from .outputs import run_directory
@@ -360,13 +360,9 @@ class EnergyCLI(LightningCLI):
             value = config.get(name)
             if value is not None:
                 hparams[name] = value
-        valid = hyperparameters_of(config.model.algorithm)
-        unknown = sorted(set(hparams) - set(valid))
-        if unknown:
-            self.parser.error(
-                f"algorithm {config.model.algorithm!r} has no hyper-parameter(s) {', '.join(unknown)}; "
-                f"its hyper-parameters are: {', '.join(valid) or 'none'}"
-            )
+        refusal = unknown_hyperparameters(config.model.algorithm, hparams)
+        if refusal:
+            self.parser.error(refusal)
         config.model.algorithm_hparams = hparams or None
         # under manual optimisation Lightning refuses these Trainer options: the module applies them
         for key, unset in (("gradient_clip_val", None), ("gradient_clip_algorithm", None),

@@ -1,4 +1,4 @@
-"""``EnergyModule``: any registered algorithm (bp, pc, z_il, fa_z_il, pc_nudge, ep, chl) as a
+"""``EnergyModule``: any registered algorithm (``pl_energy.ALGORITHMS``) as a
 LightningModule.
 
 The algorithm computes an estimate of d(loss)/d(theta) on the batch with its own phases; the
@@ -51,7 +51,7 @@ class EnergyModule(pl.LightningModule):
         activation: hidden activation of the default MLP (``relu``, ``tanh``, ``sigmoid``,
             ``hardsigmoid``, ``clip``, ``identity``); by default the algorithm's own (``clip``
             for ep and chl, whose Hopfield energy needs bounded units; ``relu`` otherwise).
-        algorithm: one of ``pl_energy.ALGORITHMS`` (bp, pc, pc_nudge, z_il, fa_z_il, ep, chl, pc_negative).
+        algorithm: one of ``pl_energy.ALGORITHMS`` (the registered algorithms' names).
         algorithm_hparams: the algorithm's hyper-parameters, e.g. ``{"lam": 0.01, "steps": 50}``
             for pc_nudge; unset ones keep the algorithm's defaults.
         loss: ``cross_entropy`` or ``mse`` (half squared error to one-hot targets).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,9 +13,10 @@ from pl_energy import mlp
 from pl_energy.core.activations import ACTIVATIONS
 from pl_energy.core.networks import VGG
 from pl_energy.core.residual import ResidualMLP
+from pl_energy.data.loading import seeded_split
+from pl_energy.data.mnist import MNIST_FILES, TRAIN_TOTAL, find_checkout_mnist, read_idx
 
 REPO = Path(__file__).resolve().parents[2]
-MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
 
 
 def cnn(quick: bool = False, activation: str = "relu") -> nn.Sequential:
@@ -105,10 +105,8 @@ def cases(quick: bool) -> dict[str, Case]:
 
 
 def data_root() -> Path | None:
-    """``$PL_ENERGY_DATA``, else ``<repo>/../shared/data``, if it holds MNIST/raw/ training files."""
-    from pl_energy.data.mnist import find_mnist
-
-    return find_mnist(os.environ.get("PL_ENERGY_DATA"), REPO.parent / "shared" / "data")
+    """The folder holding MNIST/raw/ (``pl_energy.data.mnist.find_checkout_mnist``)."""
+    return find_checkout_mnist(REPO)
 
 
 def mnist_batches(case: Case, count: int, root: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -117,12 +115,10 @@ def mnist_batches(case: Case, count: int, root: Path) -> list[tuple[torch.Tensor
     The raw .gz files are read in place by the data module's reader: the same split as
     ``pl_energy.data.MNISTDataModule(seed=0)``.
     """
-    from pl_energy.data.mnist import read_idx
-
     raw = root / "MNIST" / "raw"
     images = read_idx(raw, MNIST_FILES[0].removesuffix(".gz"))
     labels = read_idx(raw, MNIST_FILES[1].removesuffix(".gz")).long()
-    order = torch.randperm(60_000, generator=torch.Generator().manual_seed(0))[:50_000]
+    order, _ = seeded_split(TRAIN_TOTAL, 10_000, seed=0)
     chosen = order[: count * case.batch]
     x = images[chosen].to(torch.float32).div_(255.0).reshape(len(chosen), *case.input_shape)
     y = labels[chosen]

@@ -219,11 +219,12 @@ class Algorithm:
             return
         if parameter.dtype in (torch.float16, torch.bfloat16):
             measured = HALF_PRECISION_COSINE.get(self.name)
+            evidence = ("" if measured is None else f" (in bfloat16 its cosine with the exact float32 "
+                                                    f"gradient measured {measured} on MNIST)")
             raise TypeError(
                 f"{self.name} reads its update from a small difference of relaxed states, which "
-                f"{parameter.dtype} cannot resolve (in bfloat16 its cosine with the exact float32 gradient measured "
-                f"{measured} on MNIST); train in float32 or float64 (Trainer precision '32-true' or "
-                "'64-true'; the mixed modes are fine, inference runs outside autocast), or use z_il/bp")
+                f"{parameter.dtype} cannot resolve{evidence}; train in float32 or float64 (Trainer precision "
+                "'32-true' or '64-true'; the mixed modes are fine, inference runs outside autocast), or use z_il/bp")
         nudge = self.nudge(network)
         epsilon = torch.finfo(parameter.dtype).eps
         if nudge is not None and abs(nudge) < RESOLVED_NUDGE * epsilon:

@@ -6,13 +6,30 @@ import dataclasses
 import inspect
 import re
 import typing
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .base import Algorithm
 
 #: The algorithms by name: every ``Algorithm`` subclass that sets ``name`` (``Algorithm.registered``).
 REGISTRY: dict[str, type[Algorithm]] = Algorithm.registered
-ALGORITHMS: tuple[str, ...] = tuple(REGISTRY)
+
+
+class _AlgorithmNames(Sequence):
+    """The registered algorithms' names, in registration order, read when asked: an algorithm
+    defined (and so registered) after ``pl_energy`` was imported is among them."""
+
+    def __getitem__(self, index):
+        return tuple(REGISTRY)[index]
+
+    def __len__(self) -> int:
+        return len(REGISTRY)
+
+    def __repr__(self) -> str:
+        return repr(tuple(REGISTRY))
+
+
+ALGORITHMS: Sequence[str] = _AlgorithmNames()
 
 
 def hyperparameters_of(name: str) -> dict[str, Any]:
@@ -27,7 +44,8 @@ def hyperparameter_docs(name: str) -> dict[str, str]:
     cls = algorithm_class(name)
     docs: dict[str, str] = {}
     for klass in cls.__mro__:
-        for field, text in _args_entries(inspect.getdoc(klass) or "" if "__doc__" in vars(klass) else ""):
+        own = (inspect.getdoc(klass) or "") if "__doc__" in vars(klass) else ""
+        for field, text in _args_entries(own):
             docs.setdefault(field, text)
     return {field.name: docs.get(field.name, "") for field in dataclasses.fields(cls)}
 
@@ -63,14 +81,21 @@ def algorithm_class(name: str) -> type[Algorithm]:
         ) from None
 
 
+def unknown_hyperparameters(name: str, hparams: Mapping[str, Any]) -> str | None:
+    """The one-line refusal of the names in ``hparams`` that algorithm ``name`` does not have
+    (None when it has them all): ``build_algorithm`` raises it, the CLI prints it."""
+    valid = list(hyperparameters_of(name))
+    unknown = sorted(set(hparams) - set(valid))
+    if not unknown:
+        return None
+    return (f"algorithm {name!r} has no hyper-parameter(s) {', '.join(unknown)}; its hyper-parameters "
+            f"are: {', '.join(valid) or 'none'}")
+
+
 def build_algorithm(name: str, **hparams: Any) -> Algorithm:
     """Instantiate algorithm ``name`` with hyper-parameters (unknown ones are rejected)."""
     cls = algorithm_class(name)
-    valid = {field.name for field in dataclasses.fields(cls)}
-    unknown = sorted(set(hparams) - valid)
-    if unknown:
-        raise TypeError(
-            f"algorithm {name!r} has no hyper-parameter(s) {unknown}; its hyper-parameters are "
-            f"{sorted(valid) or 'none'}"
-        )
+    refusal = unknown_hyperparameters(name, hparams)
+    if refusal:
+        raise TypeError(refusal)
     return cls(**hparams)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
+import os
 from pathlib import Path
 
 import torch
@@ -75,13 +76,20 @@ def holds_mnist(folder: str | Path, name: str = "MNIST") -> bool:
 
 
 def find_mnist(*candidates: str | Path | None) -> Path | None:
-    """The first of ``candidates`` (None entries skipped) that holds MNIST, else None: the one
-    lookup the examples and benchmarks share (their candidates: ``--data-dir``,
-    ``$PL_ENERGY_DATA``, ``../shared/data``, ``./data``)."""
+    """The first of ``candidates`` (None entries skipped) that holds MNIST, else None."""
     for candidate in candidates:
         if candidate and holds_mnist(candidate):
             return Path(candidate)
     return None
+
+
+def find_checkout_mnist(checkout: str | Path, data_dir: str | Path | None = None) -> Path | None:
+    """The data folder the examples and benchmarks of a checkout read MNIST from: ``data_dir``
+    if given, else the first of ``$PL_ENERGY_DATA``, ``../shared/data`` beside the checkout and
+    ``./data`` that holds it."""
+    if data_dir:
+        return find_mnist(data_dir)
+    return find_mnist(os.environ.get("PL_ENERGY_DATA"), Path(checkout).parent / "shared" / "data", "./data")
 
 
 class MNISTDataModule(SplitDataModule):
