@@ -141,7 +141,7 @@ def agreement(case: Case, variants, setup, x, y) -> list[dict]:
         estimate = variant.build().estimate(network, x, y, loss="cross_entropy", record=False)
         cosine, error = _cosine_and_error(estimate.gradients, reference)
         rows.append(dict(key=variant.key, steps=estimate.inference[0].steps, cosine=cosine,
-                         rel_error=error, converged=estimate.converged))
+                         rel_error=error, converged=estimate.converged, settled=estimate.inference[0].settled))
         del estimate
     return rows
 

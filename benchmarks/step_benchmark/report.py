@@ -117,7 +117,7 @@ def agreement_table(result: dict) -> str:
     for row in result["agreement"]:
         steps = "-" if row["steps"] is None else str(row["steps"])
         if row.get("converged") is False:
-            steps += " (hit the cap)"
+            steps += " (settled, not converged)" if row.get("settled") else " (hit the cap)"
         lines.append(f"| {row['key']} | {steps} | {row['cosine']:.6f} | {row['rel_error']:.3e} |")
     return "\n".join(lines)
 
