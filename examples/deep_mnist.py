@@ -7,6 +7,9 @@ cosine-annealed to 0 over the epoch), with the library's defaults (converged inf
 - ``cnn``: a VGG-style CNN (``ConvNet``): 3x3 conv blocks of 32 and 64 channels, each conv ->
   2x2 max-pool -> activation (relu; clip for ep, whose Hopfield energy needs bounded units),
   and a linear output layer;
+- ``smooth_cnn`` (``--networks smooth_cnn``): the same CNN with tanh units and 2x2 average
+  pooling, a smooth energy on which PC-Nudge's inference converges instead of settling on
+  kinks and pooling ties;
 - ``resnet`` (``--networks resnet``): ResNet-18's stages (2, 2, 2, 2 basic blocks, each block one
   energy layer) at 1/8 of its widths (8-16-32-64), with BatchNorm;
 - ``resmlp``: a 20-layer residual MLP of width 128 (``ResidualMLP``, tanh, muPC parameterisation
@@ -35,7 +38,7 @@ from pl_energy.core.networks import ConvNet
 from pl_energy.core.residual import ResidualMLP, ResNet
 
 ALGORITHMS = {"cnn": ("bp", "z_il", "pc_nudge", "pc", "ep"), "resmlp": ("bp", "z_il", "pc_nudge", "pc"),
-              "resnet": ("bp", "z_il", "pc_nudge", "pc")}
+              "smooth_cnn": ("bp", "z_il", "pc_nudge", "pc"), "resnet": ("bp", "z_il", "pc_nudge", "pc")}
 
 
 def network_for(kind: str, name: str, quick: bool, parameterisation: str, batch_norm: bool = True):
@@ -44,6 +47,8 @@ def network_for(kind: str, name: str, quick: bool, parameterisation: str, batch_
                       blocks=(1, 1) if quick else (2, 2, 2, 2), batch_norm=batch_norm)
     if kind == "cnn":
         return ConvNet(channels=(4, 8) if quick else (32, 64), activation="clip" if name == "ep" else "relu")
+    if kind == "smooth_cnn":
+        return ConvNet(channels=(4, 8) if quick else (32, 64), activation="tanh", pool="avg")
     return ResidualMLP(width=16 if quick else 128, depth=6 if quick else 20, activation="tanh",
                        parameterisation=parameterisation)
 
@@ -52,7 +57,8 @@ def main(argv=None) -> dict:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--lr", type=float, default=0.001)
     p.add_argument("--networks", nargs="+", choices=tuple(ALGORITHMS), default=["cnn", "resmlp"],
-                   help="cnn and resmlp by default; resnet: ResNet-18's stages at 1/8 width, BatchNorm")
+                   help="cnn and resmlp by default; smooth_cnn: the CNN with tanh and average pooling; "
+                        "resnet: ResNet-18's stages at 1/8 width, BatchNorm")
     p.add_argument("--parameterisation", choices=("standard", "mupc"), default="mupc")
     p.add_argument("--no-batch-norm", action="store_true",
                    help="the ResNet without BatchNorm (with it, every energy-based update holds the batch "
@@ -65,7 +71,7 @@ def main(argv=None) -> dict:
     results: dict = {"setup": {"optimizer": "Adam, cosine-annealed", "lr": args.lr, "batch": 64, "epochs": 1,
                                "batches_per_epoch": batches, "parameterisation": args.parameterisation}}
     for kind in args.networks:
-        data = mnist_splits(args.data_dir, args.quick, images=kind in ("cnn", "resnet"))
+        data = mnist_splits(args.data_dir, args.quick, images=kind in ("cnn", "smooth_cnn", "resnet"))
         results["setup"][kind] = repr(network_for(kind, "bp", args.quick, args.parameterisation, not args.no_batch_norm))
         for name in ALGORITHMS[kind]:
             if args.algorithms is not None and name not in args.algorithms:

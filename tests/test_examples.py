@@ -136,3 +136,10 @@ def test_deep_mnist_resnet(run):
     r = run("deep_mnist", "--networks", "resnet", "--algorithms", "bp", "pc_nudge")
     assert set(r) == {"setup", "resnet/bp", "resnet/pc_nudge"} and "BatchNorm2d" in r["setup"]["resnet"]
     assert all(0 <= r[key]["test_accuracy"] <= 1 for key in ("resnet/bp", "resnet/pc_nudge"))
+
+
+def test_deep_mnist_smooth_cnn(run):
+    r = run("deep_mnist", "--networks", "smooth_cnn", "--algorithms", "bp", "pc_nudge")
+    assert set(r) == {"setup", "smooth_cnn/bp", "smooth_cnn/pc_nudge"}
+    assert "AvgPool2d" in r["setup"]["smooth_cnn"] and "Tanh" in r["setup"]["smooth_cnn"]
+    assert all(0 <= r[key]["test_accuracy"] <= 1 for key in ("smooth_cnn/bp", "smooth_cnn/pc_nudge"))
