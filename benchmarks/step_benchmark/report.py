@@ -119,7 +119,16 @@ def agreement_table(result: dict) -> str:
         if row.get("converged") is False:
             steps += " (settled, not converged)" if row.get("settled") else " (hit the cap)"
         lines.append(f"| {row['key']} | {steps} | {row['cosine']:.6f} | {row['rel_error']:.3e} |")
+    if any(row["key"] in HOPFIELD_KEYS for row in result["agreement"]):
+        lines += ["", HOPFIELD_AGREEMENT]
     return "\n".join(lines)
+
+
+HOPFIELD_KEYS = ("ep", "chl")
+HOPFIELD_AGREEMENT = ("ep and chl are compared with backprop through the feedforward pass of their network (clip "
+                      "units), which is not what they estimate (the gradient at their free equilibrium, "
+                      "`algorithm.reference`): their rows mix that difference with the fixed steps' distance "
+                      "from equilibrium.")
 
 
 def section(result: dict, command: str, device: torch.device) -> str:

@@ -38,7 +38,10 @@ class NegativeNudging(PredictiveCoding):
     lam: float = 0.01
     centered: bool = False
     name = "pc_negative"
-    traced_phase = "the negatively nudged phase"
+
+    @property
+    def traced_phase(self) -> str:  # centered: the trace is the +lam phase's, as pc_nudge's
+        return "the +lam phase" if self.centered else "the negatively nudged phase"
 
     def __post_init__(self):
         super().__post_init__()

@@ -28,6 +28,17 @@ class _AlgorithmNames(Sequence):
     def __repr__(self) -> str:
         return repr(tuple(REGISTRY))
 
+    def __eq__(self, other: object) -> bool:
+        return tuple(self) == (tuple(other) if isinstance(other, (tuple, list, _AlgorithmNames)) else other)
+
+    __hash__ = None
+
+    def __add__(self, other):
+        return tuple(self) + tuple(other)
+
+    def __radd__(self, other):
+        return tuple(other) + tuple(self)
+
 
 ALGORITHMS: Sequence[str] = _AlgorithmNames()
 

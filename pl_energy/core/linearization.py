@@ -148,7 +148,7 @@ def dense_parts(layer: nn.Module):
     """(linear, derivatives, activation) when the layer has a closed form, else None."""
     if computes_as(layer, nn.Linear):
         return layer, None, None
-    if isinstance(layer, nn.Sequential) and len(layer) == 2 and computes_as(layer[0], nn.Linear):
+    if computes_as(layer, nn.Sequential) and len(layer) == 2 and computes_as(layer[0], nn.Linear):
         derivatives = derivatives_of(layer[1])
         if derivatives is not None:
             return layer[0], derivatives, layer[1]
@@ -161,7 +161,7 @@ def scaled_parts(layer: nn.Module):
     body = layer.branch if skip else layer
     if computes_as(body, ScaledLinear):
         return body, None, None, skip
-    if isinstance(body, nn.Sequential) and len(body) == 2 and computes_as(body[1], ScaledLinear):
+    if computes_as(body, nn.Sequential) and len(body) == 2 and computes_as(body[1], ScaledLinear):
         derivatives = derivatives_of(body[0])
         if derivatives is not None:
             return body[1], derivatives, body[0], skip
