@@ -143,3 +143,11 @@ def test_deep_mnist_smooth_cnn(run):
     assert set(r) == {"setup", "smooth_cnn/bp", "smooth_cnn/pc_nudge"}
     assert "AvgPool2d" in r["setup"]["smooth_cnn"] and "Tanh" in r["setup"]["smooth_cnn"]
     assert all(0 <= r[key]["test_accuracy"] <= 1 for key in ("smooth_cnn/bp", "smooth_cnn/pc_nudge"))
+
+
+def test_trajectory_agreement(run):
+    r = run("trajectory_agreement")
+    assert set(r) == {"setup", "pc_nudge", "pc_nudge_centered", "along_bp"}
+    for name in ("pc_nudge", "pc_nudge_centered", "along_bp"):
+        assert r[name]["batch"] == [0, 2, 4] and all(-1 <= c <= 1 for c in r[name]["cosine"])
+    assert r["pc_nudge_centered"]["hparams"]["centered"] is True
