@@ -29,8 +29,7 @@ from typing import Any
 import torch
 
 from .energy import Energy
-from .reduced_input import FirstLayerInRowSpace
-from .solvers import Balance, GradientDescent, Solver, relative_residual, solver_class
+from .solvers import Balance, Solver, relative_residual, solver_class
 from .trace import InferenceTrace
 
 ROUNDING_ALLOWANCE = 64  # machine epsilons of |E| that a watched energy may rise by rounding
@@ -119,7 +118,7 @@ def relax(
     name = solver if isinstance(solver, str) else solver.name
     check_settings(name, steps, step_size, tol)
     solver = solver_class(solver)() if isinstance(solver, str) else solver
-    coordinates = solver.coordinates(energy)
+    plain = solver.coordinates(energy)
     adaptive = solver.adaptive or step_size == "auto"
     first_step = solver.default_step if step_size in (None, "auto") else float(step_size)
     every = 1 if record else solver.check_every
@@ -150,10 +149,10 @@ def relax(
     # they serve only plain fixed-step descent that is not adaptive (it never restores a
     # snapshot) and has no tolerance or on_step (the residual is taken once, at the end, in
     # plain coordinates); a recorded trace reads the energy through them (``components``)
-    plain = coordinates
-    if on_step is None and tol is None and not adaptive and type(solver) is GradientDescent:
-        coordinates = FirstLayerInRowSpace.around(energy, state, steps)
-    elif on_step is not None:
+    faster = None if (on_step is not None or tol is not None or adaptive) else (
+        solver.faster_coordinates(energy, state, steps))
+    coordinates = plain if faster is None else faster
+    if on_step is not None:
         on_step(0, state)
     try:
         while True:

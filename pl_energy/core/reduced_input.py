@@ -18,10 +18,9 @@ This is the same dynamics in other coordinates (equal up to rounding). It pays o
 one-off n_1 n_2^2 MACs of G are below the saving of T B n_2 (2 n_1 - n_2), i.e. when
 T B (2 n_1 - n_2) > n_1 n_2; ``pays_off`` asks for twice that, a margin for the extra ops.
 
-The energy knows nothing of it: ``FirstLayerInRowSpace`` is a choice of coordinates for the
-solver (``pl_energy.core.solvers``), which ``relax`` makes for fixed-step descent that nobody
-watches step by step (the residual and the watched energies of the other solvers are defined in
-the plain coordinates).
+The energy knows nothing of it: ``FirstLayerInRowSpace`` is the ``faster_coordinates`` of the
+``gd`` solver (``pl_energy.core.solvers``), which ``relax`` asks for only when nobody watches the
+steps (the residual is defined in the plain coordinates).
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from torch import Tensor
 
 from .linearization import DenseLinearization
 from .predictive_coding import PCState, PredictiveCodingEnergy
-from .solvers import ActivityCoordinates, Coordinates
+from .solvers import ActivityCoordinates
 
 
 @dataclass
@@ -85,20 +84,19 @@ class FirstLayerInRowSpace(ActivityCoordinates):
     reduced: ReducedFirstLayer | None = None
 
     @classmethod
-    def around(cls, energy, state, steps: int) -> Coordinates:
+    def around(cls, energy, state, steps: int) -> FirstLayerInRowSpace | None:
         """These coordinates for ``steps`` steps from ``state`` if it is a PC energy's free phase
-        with a dense second layer and they save work; else the plain activities."""
-        plain = ActivityCoordinates(energy)
+        with a dense second layer and they save work; else None."""
         # exactly the PC energy: a subclass may change the terms these coordinates re-derive
         if type(energy) is not PredictiveCodingEnergy or len(energy.layers) < 2:
-            return plain
+            return None
         second = state.linearizations[1]
         if (not isinstance(second, DenseLinearization)
                 or state.activities[1] is not state.linearizations[0].output):  # not at the free phase
-            return plain
+            return None
         batch, width_1 = state.activities[1].shape
         if not ReducedFirstLayer.pays_off(batch, steps, width_1, second.pre.shape[1]):
-            return plain
+            return None
         return cls(energy, ReducedFirstLayer.at_free_phase(second.weight, second.pre))
 
     def gradients(self, state: PCState) -> list[Tensor]:
