@@ -22,10 +22,11 @@ import math
 
 import torch
 
-from common import gradient_agreement, mnist_splits, parser, plt, save_figure, save_json, setup
+from common import mnist_splits, parser, plt, save_figure, save_json, setup
+from deep_mnist import network_for
 
 import pl_energy
-from pl_energy.core.residual import ResNet
+from pl_energy.metrics import gradient_agreement
 
 RUNS = {"pc_nudge": {}, "pc_nudge_centered": {"centered": True}, "along_bp": {}}
 DIVERGED = 1e4
@@ -34,8 +35,7 @@ DIVERGED = 1e4
 def run(name: str, data, batches: int, every: int, lr: float, quick: bool) -> dict:
     train_x, train_y = data[0], data[1]
     torch.manual_seed(0)
-    network = ResNet(in_shape=(1, 28, 28), widths=(2, 4) if quick else (8, 16, 32, 64),
-                     blocks=(1, 1) if quick else (2, 2, 2, 2), batch_norm=False)
+    network = network_for("resnet", "pc_nudge", quick, "standard", batch_norm=False)
     optimizer = torch.optim.Adam(network.parameters(), lr=lr)
     algorithm = pl_energy.build_algorithm("pc_nudge", **RUNS[name])
     order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))

@@ -136,6 +136,7 @@ def test_deep_mnist_resnet(run):
     r = run("deep_mnist", "--networks", "resnet", "--algorithms", "bp", "pc_nudge")
     assert set(r) == {"setup", "resnet/bp", "resnet/pc_nudge"} and "BatchNorm2d" in r["setup"]["resnet"]
     assert all(0 <= r[key]["test_accuracy"] <= 1 for key in ("resnet/bp", "resnet/pc_nudge"))
+    assert min(r["resnet/pc_nudge"]["reference_cosine"]) > 0.99
 
 
 def test_deep_mnist_smooth_cnn(run):
@@ -143,6 +144,9 @@ def test_deep_mnist_smooth_cnn(run):
     assert set(r) == {"setup", "smooth_cnn/bp", "smooth_cnn/pc_nudge"}
     assert "AvgPool2d" in r["setup"]["smooth_cnn"] and "Tanh" in r["setup"]["smooth_cnn"]
     assert all(0 <= r[key]["test_accuracy"] <= 1 for key in ("smooth_cnn/bp", "smooth_cnn/pc_nudge"))
+    # the smooth energy's point: inference converges (no settling on kinks)
+    assert r["smooth_cnn/pc_nudge"]["converged_fraction"] == 1.0
+    assert min(r["smooth_cnn/pc_nudge"]["reference_cosine"]) > 0.99
 
 
 def test_trajectory_agreement(run):
@@ -151,3 +155,6 @@ def test_trajectory_agreement(run):
     for name in ("pc_nudge", "pc_nudge_centered", "along_bp"):
         assert r[name]["batch"] == [0, 2, 4] and all(-1 <= c <= 1 for c in r[name]["cosine"])
     assert r["pc_nudge_centered"]["hparams"]["centered"] is True
+    # batch 0 is measured before any update, from one seed: the same network for both runs
+    assert r["pc_nudge"]["cosine"][0] == r["along_bp"]["cosine"][0]
+    assert min(r["pc_nudge"]["cosine"]) > 0.99 and min(r["pc_nudge_centered"]["cosine"]) > 0.99

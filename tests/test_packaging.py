@@ -62,20 +62,18 @@ def _imports(path, package: str) -> set[str]:
     """The absolute names of the modules a file of ``package`` imports (relative imports
     resolved; ``from .. import x`` gives ``<parent>.x``)."""
     import ast
+    import importlib.util
 
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level == 0:
-                names.add(node.module)
-                continue
-            base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+            module = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
             if node.module:
-                names.add(f"{base}.{node.module}")
+                names.add(module)
             else:
-                names.update(f"{base}.{alias.name}" for alias in node.names)
+                names.update(f"{module}.{alias.name}" for alias in node.names)
     return names
 
 

@@ -296,8 +296,6 @@ def test_hyperparameters_of_a_user_subclass_written_without_future_annotations()
 def test_batchnorm_in_training_mode_is_named_for_what_the_update_leaves_out():
     """The update holds the batch statistics constant: it is not bp's update, and its agreement
     with its own reference cannot show that (a BatchNorm ResNet: z_il 37 % after an epoch, bp 98 %)."""
-    import warnings as _warnings
-
     from pl_energy.algorithms import BatchStatisticsWarning
 
     torch.manual_seed(0)
@@ -306,8 +304,8 @@ def test_batchnorm_in_training_mode_is_named_for_what_the_update_leaves_out():
     x, y = torch.rand(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
     with pytest.warns(BatchStatisticsWarning, match="statistics held constant"):
         build_algorithm("z_il").estimate(network, x, y)
-    with _warnings.catch_warnings():
-        _warnings.simplefilter("error", BatchStatisticsWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BatchStatisticsWarning)
         build_algorithm("bp").estimate(network, x, y)  # autograd's own forward: through the statistics
         network.eval()
         build_algorithm("z_il").estimate(network, x, y)  # eval mode: running statistics, a fixed map

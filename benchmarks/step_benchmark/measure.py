@@ -118,24 +118,22 @@ def reference_gradients(network, x, y) -> dict[str, torch.Tensor]:
     return {name: g for (name, _), g in zip(named, grads)}
 
 
-def agreement(case: Case, variants, setup, x, y) -> list[dict]:
-    """Cosine and relative error vs BP at the initial weights (of the variant's network:
-    ``setup(variant)[0]``), and the effect of ``tol``."""
-    network = setup(VARIANTS[0])[0]
-    references = {}
+def agreement(case: Case, variants, network, hopfield_network, x, y) -> list[dict]:
+    """Cosine and relative error vs BP at the initial weights (ep and chl on
+    ``hopfield_network``, the rest on ``network``), and the effect of ``tol``."""
+    reference = reference_gradients(network, x, y)
+    hopfield_reference = (reference if hopfield_network is network else
+                          reference_gradients(hopfield_network, x, y))
     rows = []
     for variant in variants:
         if variant.algorithm is None:
             continue
-        own = setup(variant)[0]
-        if id(own) not in references:
-            references[id(own)] = reference_gradients(own, x, y)
+        own, exact = (hopfield_network, hopfield_reference) if variant.hopfield else (network, reference)
         estimate = variant.build().estimate(own, x, y, loss="cross_entropy", record=False)
-        cosine, error = _cosine_and_error(estimate.gradients, references[id(own)])
+        cosine, error = _cosine_and_error(estimate.gradients, exact)
         steps = sum(report.steps for report in estimate.inference) if estimate.inference else None
         rows.append(dict(key=variant.key, steps=steps, cosine=cosine, rel_error=error))
         del estimate
-    reference = references[id(network)] if id(network) in references else reference_gradients(network, x, y)
     for tol in TOLERANCES:
         variant = Variant(f"pc_nudge error tol={tol:g}", "pc_nudge", dict(tol=tol))
         estimate = variant.build().estimate(network, x, y, loss="cross_entropy", record=False)
@@ -174,7 +172,7 @@ def run_case(case: Case, args, device: torch.device) -> dict:
     def setup(variant: Variant):
         return hopfield if variant.hopfield else (network, optimizer, initial)
 
-    rows_agreement = [] if args.no_agreement else agreement(case, active, setup, *pool[0])
+    rows_agreement = [] if args.no_agreement else agreement(case, active, network, hopfield[0], *pool[0])
 
     steppers = {v.key: Stepper(v, *setup(v)) for v in active}
     for stepper in steppers.values():  # warm-up, every variant

@@ -144,28 +144,29 @@ class AutogradLinearization:
 Linearization = DenseLinearization | ScaledLinearization | AutogradLinearization
 
 
+def _linear_and_activation(layer: nn.Module, linear_type: type[nn.Module], activation_last: bool):
+    """(linear, derivatives, activation) for ``linear_type`` alone or a ``Sequential`` of it and
+    one activation with known derivatives (after it when ``activation_last``), else None."""
+    if computes_as(layer, linear_type):
+        return layer, None, None
+    if computes_as(layer, nn.Sequential) and len(layer) == 2:
+        linear, activation = (layer[0], layer[1]) if activation_last else (layer[1], layer[0])
+        derivatives = derivatives_of(activation) if computes_as(linear, linear_type) else None
+        if derivatives is not None:
+            return linear, derivatives, activation
+    return None
+
+
 def dense_parts(layer: nn.Module):
     """(linear, derivatives, activation) when the layer has a closed form, else None."""
-    if computes_as(layer, nn.Linear):
-        return layer, None, None
-    if computes_as(layer, nn.Sequential) and len(layer) == 2 and computes_as(layer[0], nn.Linear):
-        derivatives = derivatives_of(layer[1])
-        if derivatives is not None:
-            return layer[0], derivatives, layer[1]
-    return None
+    return _linear_and_activation(layer, nn.Linear, activation_last=True)
 
 
 def scaled_parts(layer: nn.Module):
     """(scaled linear, derivatives, activation, skip) for a layer of ``ResidualMLP``, else None."""
     skip = computes_as(layer, Residual) and layer.shortcut is None
-    body = layer.branch if skip else layer
-    if computes_as(body, ScaledLinear):
-        return body, None, None, skip
-    if computes_as(body, nn.Sequential) and len(body) == 2 and computes_as(body[1], ScaledLinear):
-        derivatives = derivatives_of(body[0])
-        if derivatives is not None:
-            return body[1], derivatives, body[0], skip
-    return None
+    parts = _linear_and_activation(layer.branch if skip else layer, ScaledLinear, activation_last=False)
+    return None if parts is None else (*parts, skip)
 
 
 class LayerLinearizer:
