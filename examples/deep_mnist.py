@@ -5,13 +5,15 @@ initialisation, with the same batch order (batch 64) and optimiser (Adam at ``--
 cosine-annealed to 0 over the epoch), with the library's defaults (converged inference):
 
 - ``cnn``: a VGG-style CNN (``ConvNet``): 3x3 conv blocks of 32 and 64 channels, each conv ->
-  2x2 max-pool -> activation (relu; clip for ep, whose Hopfield energy needs bounded units),
-  and a linear output layer;
+  2x2 max-pool -> activation (relu; clip for ep, whose Hopfield energy needs bounded units, and
+  for ``bp_clip``, BP on ep's network), and a linear output layer;
 - ``smooth_cnn`` (``--networks smooth_cnn``): the same CNN with tanh units and 2x2 average
   pooling, a smooth energy on which PC-Nudge's inference converges instead of settling on
   kinks and pooling ties;
 - ``resnet`` (``--networks resnet``): ResNet-18's stages (2, 2, 2, 2 basic blocks, each block one
-  energy layer) at 1/8 of its widths (8-16-32-64), with BatchNorm;
+  energy layer) at 1/8 of its widths (8-16-32-64), with BatchNorm (``--no-batch-norm``: without;
+  there one-sided PC-Nudge's O(lam) bias runs away, and ``pc_nudge_centered``, PC-Nudge with
+  ``centered=True``, is the variant to train with);
 - ``resmlp``: a 20-layer residual MLP of width 128 (``ResidualMLP``, tanh, muPC parameterisation
   of Innocenti et al. 2025 with ``--parameterisation mupc``). EP has no residual Hopfield energy:
   it is not run on it.
@@ -37,8 +39,14 @@ import pl_energy
 from pl_energy.core.networks import ConvNet
 from pl_energy.core.residual import ResidualMLP, ResNet
 
-ALGORITHMS = {"cnn": ("bp", "z_il", "pc_nudge", "pc", "ep"), "resmlp": ("bp", "z_il", "pc_nudge", "pc"),
-              "smooth_cnn": ("bp", "z_il", "pc_nudge", "pc"), "resnet": ("bp", "z_il", "pc_nudge", "pc")}
+ALGORITHMS = {"cnn": ("bp", "z_il", "pc_nudge", "pc", "ep", "bp_clip"), "resmlp": ("bp", "z_il", "pc_nudge", "pc"),
+              "smooth_cnn": ("bp", "z_il", "pc_nudge", "pc"),
+              "resnet": ("bp", "z_il", "pc_nudge", "pc_nudge_centered", "pc")}
+#: run names that are not an algorithm's name: the algorithm and its hyper-parameters
+VARIANTS = {"pc_nudge_centered": ("pc_nudge", {"centered": True}), "bp_clip": ("bp", {})}
+RUN_NAMES = ("bp", "z_il", "pc_nudge", "pc_nudge_centered", "pc", "ep", "bp_clip")
+#: runs on the CNN with clip units (a Hopfield energy needs bounded units)
+CLIP_RUNS = ("ep", "bp_clip")
 
 
 def network_for(kind: str, name: str, quick: bool, parameterisation: str, batch_norm: bool = True):
@@ -46,7 +54,7 @@ def network_for(kind: str, name: str, quick: bool, parameterisation: str, batch_
         return ResNet(in_shape=(1, 28, 28), widths=(2, 4) if quick else (8, 16, 32, 64),
                       blocks=(1, 1) if quick else (2, 2, 2, 2), batch_norm=batch_norm)
     if kind == "cnn":
-        return ConvNet(channels=(4, 8) if quick else (32, 64), activation="clip" if name == "ep" else "relu")
+        return ConvNet(channels=(4, 8) if quick else (32, 64), activation="clip" if name in CLIP_RUNS else "relu")
     if kind == "smooth_cnn":
         return ConvNet(channels=(4, 8) if quick else (32, 64), activation="tanh", pool="avg")
     return ResidualMLP(width=16 if quick else 128, depth=6 if quick else 20, activation="tanh",
@@ -63,7 +71,7 @@ def main(argv=None) -> dict:
     p.add_argument("--no-batch-norm", action="store_true",
                    help="the ResNet without BatchNorm (with it, every energy-based update holds the batch "
                         "statistics constant: BatchStatisticsWarning)")
-    p.add_argument("--algorithms", nargs="+", default=None, choices=("bp", "z_il", "pc_nudge", "pc", "ep"),
+    p.add_argument("--algorithms", nargs="+", default=None, choices=RUN_NAMES,
                    help="a subset (default: every algorithm each network takes)")
     args = p.parse_args(argv)
     out = setup(args)
@@ -78,7 +86,9 @@ def main(argv=None) -> dict:
                 continue
             torch.manual_seed(0)
             network = network_for(kind, name, args.quick, args.parameterisation, not args.no_batch_norm)
-            results[f"{kind}/{name}"] = train(pl_energy.build_algorithm(name), network, data, 1, args.lr, batches)
+            algorithm, hyperparameters = VARIANTS.get(name, (name, {}))
+            results[f"{kind}/{name}"] = train(pl_energy.build_algorithm(algorithm, **hyperparameters), network,
+                                              data, 1, args.lr, batches)
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for axis, (key, label) in zip(axes, (("test_accuracy", "test accuracy"), ("seconds", "seconds per epoch"))):
         names = [name for name in results if name != "setup"]

@@ -130,6 +130,12 @@ def test_deep_mnist(run):
     # z_il is backprop: the same accuracy from the same start and order (float32 rounding aside)
     assert abs(r["cnn/z_il"]["test_accuracy"] - r["cnn/bp"]["test_accuracy"]) <= 0.01
     assert all(c > 0.99 for c in r["resmlp/z_il"]["reference_cosine"])
+    # bp_clip is BP on ep's network (clip units), from the same start
+    import deep_mnist
+
+    assert r["cnn/bp_clip"]["hparams"] == r["cnn/bp"]["hparams"]
+    assert repr(deep_mnist.network_for("cnn", "bp_clip", True, "mupc")) == repr(
+        deep_mnist.network_for("cnn", "ep", True, "mupc")) != repr(deep_mnist.network_for("cnn", "bp", True, "mupc"))
 
 
 def test_deep_mnist_resnet(run):
@@ -137,6 +143,13 @@ def test_deep_mnist_resnet(run):
     assert set(r) == {"setup", "resnet/bp", "resnet/pc_nudge"} and "BatchNorm2d" in r["setup"]["resnet"]
     assert all(0 <= r[key]["test_accuracy"] <= 1 for key in ("resnet/bp", "resnet/pc_nudge"))
     assert min(r["resnet/pc_nudge"]["reference_cosine"]) > 0.99
+
+
+def test_deep_mnist_resnet_centered(run):
+    r = run("deep_mnist", "--networks", "resnet", "--no-batch-norm", "--algorithms", "pc_nudge_centered")
+    assert set(r) == {"setup", "resnet/pc_nudge_centered"} and "BatchNorm2d" not in r["setup"]["resnet"]
+    assert r["resnet/pc_nudge_centered"]["hparams"]["centered"] is True
+    assert min(r["resnet/pc_nudge_centered"]["reference_cosine"]) > 0.99
 
 
 def test_deep_mnist_smooth_cnn(run):
