@@ -35,6 +35,7 @@ from the per-layer forward MACs F_l counted with forward hooks on Linear/Conv la
     python benchmarks/bench_step.py --case a        # only case a (updates its section)
     python benchmarks/bench_step.py --case a --profile pc_nudge   # where the time goes
     python benchmarks/bench_step.py --device cuda   # GPU numbers (synchronised timings)
+    python benchmarks/bench_step.py --device cuda --case d f --compile   # compiled layers
     python benchmarks/bench_step.py --quick         # tiny nets, 2 repeats (smoke test)
 """
 
@@ -54,9 +55,9 @@ for path in (REPO, REPO / "benchmarks"):  # run from a checkout without installi
 from pl_energy import mlp  # noqa: E402,F401  (re-exported for the tests)
 from step_benchmark.cases import cases, cnn  # noqa: E402,F401
 from step_benchmark.cost import bound_macs, layer_macs  # noqa: E402,F401
-from step_benchmark.measure import run_case  # noqa: E402
+from step_benchmark.measure import compile_options, run_case  # noqa: E402
 from step_benchmark.profiling import profile_variant  # noqa: E402
-from step_benchmark.report import section, write_results  # noqa: E402
+from step_benchmark.report import section, section_key, write_results  # noqa: E402
 from step_benchmark.variants import VARIANTS, Variant  # noqa: E402,F401
 
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
@@ -82,6 +83,12 @@ def parse_args(argv=None):
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--profile", metavar="VARIANT", choices=[v.key for v in VARIANTS],
                         help="profile VARIANT on each --case instead of benchmarking")
+    parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                        help="compile every layer of the networks with torch.compile (backend: inductor "
+                             "unless given), as EnergyModule(compile=...) does; the section is kept apart "
+                             "from the eager one")
+    parser.add_argument("--compile-mode", default=None,
+                        help="torch.compile's mode with --compile, e.g. reduce-overhead (CUDA graphs)")
     parser.add_argument("--verbose", action="store_true", help="progress on stderr")
     return parser.parse_args(argv)
 
@@ -91,11 +98,13 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device available")
+    if args.compile_mode and not args.compile:
+        raise SystemExit("--compile-mode needs --compile")
     torch.set_num_threads(args.threads)
     all_cases = cases(args.quick)
     if args.profile:
         for key in args.case:
-            print(profile_variant(all_cases[key], args.profile, device))
+            print(profile_variant(all_cases[key], args.profile, device, compiled=compile_options(args)))
         return {}
     command = "python benchmarks/bench_step.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results, sections = {}, {}
@@ -104,8 +113,8 @@ def main(argv=None) -> dict:
         print(f"case ({key}): {case.title}", flush=True)
         result = run_case(case, args, device)
         results[key] = result
-        sections[key] = section(result, command.strip(), device)
-        print(sections[key], flush=True)
+        text = sections[section_key(key, device, args.compile)] = section(result, command.strip(), device)
+        print(text, flush=True)
     if not args.no_write:
         write_results(args.output, sections)
         print(f"wrote {args.output}")

@@ -26,6 +26,7 @@ from .algorithms import Algorithm, algorithm_class, build_algorithm
 from .core import mlp
 from .configuration import factory_from, network_from, plain_arguments
 from .core.losses import as_loss
+from .core.networks import compile_layers
 from .outputs import log_figure
 from .plotting import energy_trace_figure
 
@@ -76,11 +77,12 @@ class EnergyModule(pl.LightningModule):
             a plot of the trace (0 disables).
         num_classes: number of classes for the accuracy metric (default: the network's output
             width).
-        compile: compile each layer of the network with ``torch.compile`` (in place, so
-            parameter names and checkpoints are unchanged); a dict gives its options, e.g.
-            ``{"mode": "reduce-overhead"}`` for CUDA graphs on a GPU. Inference calls every
-            layer many times per batch on shapes that do not change, which is what compilation
-            pays off on; plain ``Linear`` layers keep their closed forms and are not called.
+        compile: compile each layer of the network with ``torch.compile`` in place
+            (``core.networks.compile_layers``: parameter names and checkpoints are unchanged);
+            a dict gives its options, e.g. ``{"mode": "reduce-overhead"}`` for CUDA graphs on a
+            GPU. Inference calls every layer many times per batch on shapes that do not change,
+            which is what compilation pays off on; plain ``Linear`` layers keep their closed
+            forms and are not called.
     """
 
     def __init__(
@@ -123,9 +125,7 @@ class EnergyModule(pl.LightningModule):
         activation = activation or algorithm_class(algorithm).default_activation
         self.network = network if network is not None else mlp(list(sizes), activation=activation)
         if compile:
-            options = compile if isinstance(compile, dict) else {}
-            for layer in self.network.children():
-                layer.compile(**options)
+            compile_layers(self.network, **(compile if isinstance(compile, dict) else {}))
         self.loss = loss
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler

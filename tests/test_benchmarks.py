@@ -136,3 +136,21 @@ def test_fused_reference_runs_and_agrees_with_the_library(capsys):
     spec.loader.exec_module(module)
     assert module.main(["--repeats", "1"]) < 1e-3
     assert "x BP" in capsys.readouterr().out
+
+
+def test_compiled_run_keeps_its_own_section(bench, tmp_path):
+    """``--compile`` times compiled layers (the eager backend here: no C++ toolchain needed) and
+    writes a section beside the eager one instead of over it."""
+    output = tmp_path / "RESULTS.md"
+    bench.main(["--quick", "--case", "c", "--output", str(output), "--no-memory", "--no-agreement",
+                "--variants", "bp", "pc_nudge_converged"])
+    eager = output.read_text().split("<!-- case c start -->")[1].split("<!-- case c end -->")[0]
+    results = bench.main(["--quick", "--case", "c", "--output", str(output), "--no-memory", "--no-agreement",
+                          "--variants", "bp", "pc_nudge_converged", "--compile", "eager"])
+    assert results["c"]["compiled"] == {"backend": "eager"}
+    text = output.read_text()
+    assert text.split("<!-- case c start -->")[1].split("<!-- case c end -->")[0] == eager
+    compiled = text.split("<!-- case c-compiled start -->")[1].split("<!-- case c-compiled end -->")[0]
+    assert "(cpu, layers compiled: backend=eager)" in compiled and "| pc_nudge_converged |" in compiled
+    with pytest.raises(SystemExit, match="needs --compile"):
+        bench.main(["--quick", "--case", "c", "--compile-mode", "reduce-overhead", "--no-write"])

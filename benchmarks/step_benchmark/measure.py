@@ -17,6 +17,7 @@ from .cost import bound_macs, configured_steps, layer_macs
 from .report import target_of
 from .variants import TOLERANCES, VARIANTS, Variant
 
+from pl_energy.core.networks import compile_layers
 from pl_energy.metrics import gradient_agreement
 
 
@@ -162,6 +163,10 @@ def run_case(case: Case, args, device: torch.device) -> dict:
     # ep and chl on the same layers with bounded units (the same MACs), from the same seed
     hopfield = (network, optimizer, initial) if case.hopfield_build is None else _seeded(
         case.hopfield_build, device, args.lr)
+    compiled = compile_options(args)
+    if compiled is not None:
+        for each in {id(network): network, id(hopfield[0]): hopfield[0]}.values():
+            compile_layers(each, **compiled)
     chosen = [v for v in VARIANTS if args.variants is None or v.key in args.variants
               or v.key == "bp_textbook"]
     active = [v for v in chosen if not (v.hopfield and case.no_hopfield)]
@@ -221,7 +226,17 @@ def run_case(case: Case, args, device: torch.device) -> dict:
             row["memory_ratio"] = row["memory"] / base_memory
         row["target"], row["status"] = target_of(case.key, row, args.quick)
     return dict(case=case, rows=rows, agreement=rows_agreement, macs=macs, repeats=repeats,
-                warmup=warmup, seconds=seconds, load=(load_before, load_after))
+                warmup=warmup, seconds=seconds, load=(load_before, load_after), compiled=compiled)
+
+
+def compile_options(args) -> dict | None:
+    """``torch.compile``'s options for ``--compile`` (None: eager)."""
+    if not getattr(args, "compile", None):
+        return None
+    options = {"backend": args.compile}
+    if getattr(args, "compile_mode", None):
+        options["mode"] = args.compile_mode
+    return options
 
 
 def _seeded(build, device: torch.device, lr: float):

@@ -6,13 +6,17 @@ import statistics
 
 import torch
 
+from pl_energy.core.networks import compile_layers
+
 from .cases import Case, data_root, mnist_batches, random_batches
 from .measure import Stepper, sync
 from .variants import VARIANTS
 
 
-def profile_variant(case: Case, key: str, device: torch.device, steps: int = 5) -> str:
-    """Where a step's time goes: torch.profiler ops (self time) and cProfile Python functions."""
+def profile_variant(case: Case, key: str, device: torch.device, steps: int = 5,
+                    compiled: dict | None = None) -> str:
+    """Where a step's time goes: torch.profiler ops (self time) and cProfile Python functions,
+    on the network the benchmark times the variant on (``compiled``: ``compile_layers``' options)."""
     import cProfile
     import io
     import pstats
@@ -23,7 +27,10 @@ def profile_variant(case: Case, key: str, device: torch.device, steps: int = 5) 
     pool = (mnist_batches(case, 1, root) if case.data == "mnist" and root else random_batches(case, 1))
     x, y = (t.to(device) for t in pool[0])
     torch.manual_seed(0)
-    network = case.build().to(device)
+    build = case.hopfield_build if variant.hopfield and case.hopfield_build is not None else case.build
+    network = build().to(device)
+    if compiled is not None:
+        compile_layers(network, **compiled)
     initial = [p.detach().clone() for p in network.parameters()]
     stepper = Stepper(variant, network, torch.optim.SGD(network.parameters(), lr=1e-3), initial)
     for _ in range(2):

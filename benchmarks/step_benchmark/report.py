@@ -131,9 +131,19 @@ HOPFIELD_AGREEMENT = ("ep and chl are compared with backprop through the feedfor
                       "from equilibrium.")
 
 
+def section_key(case: str, device: torch.device, compiled: str | None) -> str:
+    """The key of a case's section: ``d`` (CPU, eager), ``d-cuda``, ``d-cuda-compiled``, ...: a
+    GPU or compiled run keeps its own section beside the CPU one."""
+    return case + ("" if device.type == "cpu" else f"-{device.type}") + ("-compiled" if compiled else "")
+
+
 def section(result: dict, command: str, device: torch.device) -> str:
     case = result["case"]
-    head = f"## Case ({case.key}): {case.title}\n\n"
+    compiled = result.get("compiled")
+    where = "" if device.type == "cpu" and not compiled else (
+        f" ({device.type}" + (", layers compiled: " + ", ".join(f"{k}={v}" for k, v in compiled.items())
+                              if compiled else "") + ")")
+    head = f"## Case ({case.key}): {case.title}{where}\n\n"
     if "skipped" in result:
         return head + f"Skipped: {result['skipped']}\n"
     macs = ", ".join(f"{m:,}" for m in result["macs"])
@@ -190,10 +200,10 @@ def write_results(path: Path, sections: dict[str, str]) -> None:
     text = path.read_text() if path.exists() else ""
     if not text.startswith("# Step-time benchmark"):
         text = HEADER
-    pattern = r"<!-- case (\w) start -->\n(.*?)<!-- case \1 end -->\n"
+    pattern = r"<!-- case ([\w-]+) start -->\n(.*?)<!-- case \1 end -->\n"
     blocks = dict(re.findall(pattern, text, re.S))
     blocks.update(sections)
-    head = re.split(r"<!-- case \w start -->|<!-- notes start -->", text, maxsplit=1)[0]
+    head = re.split(r"<!-- case [\w-]+ start -->|<!-- notes start -->", text, maxsplit=1)[0]
     notes = text[text.index("<!-- notes start -->"):] if "<!-- notes start -->" in text else ""
     body = "\n".join(f"<!-- case {key} start -->\n{blocks[key]}<!-- case {key} end -->\n"
                      for key in sorted(blocks))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -175,6 +176,30 @@ def layers_of(network: nn.Module) -> list[nn.Module]:
     if not layers:
         raise ValueError("the network has no layers")
     return layers
+
+
+def compile_layers(network: nn.Module, **options: Any) -> nn.Module:
+    """Compile each layer of ``network`` with ``torch.compile`` in place (``nn.Module.compile``:
+    parameter names and checkpoints stay as they are) and return it. Inference calls every layer
+    many times per batch on shapes that do not change, which is what compilation pays off on.
+
+    The linearisations of the energy take several VJPs of one recorded forward pass of a layer
+    (``retain_graph=True``), which AOTAutograd's buffer donation (inductor's default) forbids, so
+    this turns donation off for the process (``torch._functorch.config.donated_buffer``: a
+    backward pass then keeps its saved tensors instead of reusing their memory). The layered
+    Hopfield energies of ep and chl read the layers' weights into their couplings and do not call
+    the layers: compiling leaves their steps as they are.
+
+    Args:
+        options: ``torch.compile``'s keyword arguments, e.g. ``mode="reduce-overhead"`` (CUDA
+            graphs on a GPU) or ``backend="eager"``.
+    """
+    import torch._functorch.config
+
+    torch._functorch.config.donated_buffer = False
+    for layer in layers_of(network):
+        layer.compile(**options)
+    return network
 
 
 def feedforward(layers: Sequence[nn.Module], inputs: Tensor) -> list[Tensor]:
