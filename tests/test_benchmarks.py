@@ -154,3 +154,25 @@ def test_compiled_run_keeps_its_own_section(bench, tmp_path):
     assert "(cpu, layers compiled: backend=eager)" in compiled and "| pc_nudge_converged |" in compiled
     with pytest.raises(SystemExit, match="needs --compile"):
         bench.main(["--quick", "--case", "c", "--compile-mode", "reduce-overhead", "--no-write"])
+
+
+@pytest.mark.slow
+def test_gpu_check_script_dry_run_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.sh, the prepared device run, end to end on the CPU (tiny networks,
+    case f, AOTAutograd instead of inductor): it writes the eager and the compiled sections into
+    $OUT's copy of RESULTS.md and leaves the repository's untouched."""
+    import os
+    import subprocess
+
+    before = (REPO / "benchmarks" / "RESULTS.md").read_text()
+    env = {**os.environ, "OUT": str(tmp_path), "DEVICE": "cpu", "QUICK": "1", "CASES": "f",
+           "COMPILE_BACKEND": "aot_eager", "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    written = (tmp_path / "RESULTS.md").read_text()
+    for key in ("f", "f-compiled"):
+        assert f"<!-- case {key} start -->" in written
+    assert "layers compiled: backend=aot_eager" in written and "| pc_nudge_converged |" in written
+    assert "gpu_check done" in (tmp_path / "log.txt").read_text()
+    assert (REPO / "benchmarks" / "RESULTS.md").read_text() == before
