@@ -142,12 +142,13 @@ def test_compiled_run_keeps_its_own_section(bench, tmp_path):
     """``--compile`` times compiled layers (the eager backend here: no C++ toolchain needed) and
     writes a section beside the eager one instead of over it."""
     output = tmp_path / "RESULTS.md"
-    bench.main(["--quick", "--case", "c", "--output", str(output), "--no-memory", "--no-agreement",
-                "--variants", "bp", "pc_nudge_converged"])
+    plain = bench.main(["--quick", "--case", "c", "--output", str(output), "--no-memory", "--no-agreement",
+                        "--variants", "bp", "pc_nudge_converged"])
     eager = output.read_text().split("<!-- case c start -->")[1].split("<!-- case c end -->")[0]
     results = bench.main(["--quick", "--case", "c", "--output", str(output), "--no-memory", "--no-agreement",
                           "--variants", "bp", "pc_nudge_converged", "--compile", "eager"])
-    assert results["c"]["compiled"] == {"backend": "eager"}
+    assert results["c"]["compiled"] == {"backend": "eager"} and plain["c"]["compiled"] is None
+    assert results["c"]["macs"] == plain["c"]["macs"]  # the MAC bound counts the same layers
     text = output.read_text()
     assert text.split("<!-- case c start -->")[1].split("<!-- case c end -->")[0] == eager
     compiled = text.split("<!-- case c-compiled start -->")[1].split("<!-- case c-compiled end -->")[0]

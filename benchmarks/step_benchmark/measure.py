@@ -163,16 +163,16 @@ def run_case(case: Case, args, device: torch.device) -> dict:
     # ep and chl on the same layers with bounded units (the same MACs), from the same seed
     hopfield = (network, optimizer, initial) if case.hopfield_build is None else _seeded(
         case.hopfield_build, device, args.lr)
-    compiled = compile_options(args)
-    if compiled is not None:
-        for each in {id(network): network, id(hopfield[0]): hopfield[0]}.values():
-            compile_layers(each, **compiled)
     chosen = [v for v in VARIANTS if args.variants is None or v.key in args.variants
               or v.key == "bp_textbook"]
     active = [v for v in chosen if not (v.hopfield and case.no_hopfield)]
     macs = layer_macs(network, pool[0][0])
     if layer_macs(hopfield[0], pool[0][0]) != macs:
         raise ValueError(f"case {case.key}: its Hopfield network does not have the same layers")
+    compiled = compile_options(args)  # after the MAC count, whose forward hooks would recompile
+    if compiled is not None:
+        for each in {id(network): network, id(hopfield[0]): hopfield[0]}.values():
+            compile_layers(each, **compiled)
 
     def setup(variant: Variant):
         return hopfield if variant.hopfield else (network, optimizer, initial)
