@@ -107,17 +107,16 @@ def main(argv=None) -> dict:
             print(profile_variant(all_cases[key], args.profile, device, compiled=compile_options(args)))
         return {}
     command = "python benchmarks/bench_step.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    results, sections = {}, {}
+    results = {}
     for key in args.case:
         case = all_cases[key]
         print(f"case ({key}): {case.title}", flush=True)
-        result = run_case(case, args, device)
-        results[key] = result
-        text = sections[section_key(key, device, args.compile)] = section(result, command.strip(), device)
+        result = results[key] = run_case(case, args, device)
+        text = section(result, command.strip(), device)
         print(text, flush=True)
-    if not args.no_write:
-        write_results(args.output, sections)
-        print(f"wrote {args.output}")
+        if not args.no_write:  # case by case: a run stopped half-way keeps the cases it finished
+            write_results(args.output, {section_key(key, device, result.get("compiled")): text})
+            print(f"wrote case ({key}) to {args.output}", flush=True)
     return results
 
 

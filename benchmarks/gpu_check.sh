@@ -9,9 +9,10 @@
 #    eager, then with compiled layers (inductor): timings, ratios to BP, peak memory, agreement.
 #
 # What comes back: $OUT/log.txt and $OUT/RESULTS.md, a copy of benchmarks/RESULTS.md with the
-# GPU sections (d-cuda, f-cuda, d-cuda-compiled, f-cuda-compiled) added beside the CPU ones;
-# copy it over benchmarks/RESULTS.md. Each step has its own time limit, so a slow compile cannot
-# take the rest of the run with it.
+# GPU sections (d-cuda, f-cuda, d-cuda-compiled, f-cuda-compiled) added beside the CPU ones,
+# each written as soon as its case is done; copy it over benchmarks/RESULTS.md. Each step has its
+# own time limit, so a slow compile cannot take the rest of the run with it; the script exits
+# non-zero, naming the steps, when any step failed.
 #
 # A dry run on the CPU, tiny networks (what the smoke test runs, with CASES=f and
 # COMPILE_BACKEND=aot_eager): DEVICE=cpu QUICK=1 bash benchmarks/gpu_check.sh
@@ -22,20 +23,36 @@ OUT="${OUT:-/tmp/pl_energy_gpu_check}"
 DEVICE="${DEVICE:-cuda}"
 PYTHON="${PYTHON:-python3}"  # the device machine's python3 holds PyTorch
 read -r -a cases <<< "${CASES:-d f}"
+size=(--repeats 11)
+[ -n "${QUICK:-}" ] && size=(--quick)
 mkdir -p "$OUT"
 log="$OUT/log.txt"
 : > "$log"
-size=(--repeats 11)
-[ -n "${QUICK:-}" ] && size=(--quick)
-"$PYTHON" - <<'EOF' 2>&1 | tee -a "$log"
-import torch
-print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
-      torch.cuda.get_device_name() if torch.cuda.is_available() else "")
-EOF
-timeout 90 "$PYTHON" -m pytest -q -m gpu tests/test_deep_networks.py -p no:cacheprovider 2>&1 | tee -a "$log"
+failed=0
+
+# step SECONDS COMMAND...: run it under a time limit, its output into the log; a failure (124: the
+# limit) is logged and counted, and the next step still runs
+step() {
+    local limit=$1
+    shift
+    timeout "$limit" "$@" 2>&1 | tee -a "$log"
+    local status=${PIPESTATUS[0]}
+    if [ "$status" -ne 0 ]; then
+        echo "gpu_check: FAILED (exit $status$([ "$status" -eq 124 ] && echo ", over ${limit} s")): $*" | tee -a "$log"
+        failed=$((failed + 1))
+    fi
+}
+
+step 60 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
+torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
+step 90 "$PYTHON" -m pytest -q -m gpu tests/test_deep_networks.py -p no:cacheprovider
 cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
 for compiled in "" "--compile=${COMPILE_BACKEND:-inductor}"; do
-    timeout 150 "$PYTHON" benchmarks/bench_step.py --device "$DEVICE" --case "${cases[@]}" "${size[@]}" $compiled \
-        --variants bp z_il pc_nudge_converged pc_converged ep chl --output "$OUT/RESULTS.md" 2>&1 | tee -a "$log"
+    step 150 "$PYTHON" benchmarks/bench_step.py --device "$DEVICE" --case "${cases[@]}" "${size[@]}" $compiled \
+        --variants bp z_il pc_nudge_converged pc_converged ep chl --output "$OUT/RESULTS.md"
 done
+if [ "$failed" -ne 0 ]; then
+    echo "gpu_check: $failed step(s) failed; the sections written are in $OUT/RESULTS.md" | tee -a "$log"
+    exit 1
+fi
 echo "gpu_check done: $OUT/RESULTS.md" | tee -a "$log"

@@ -43,8 +43,8 @@ ALGORITHMS = {"cnn": ("bp", "z_il", "pc_nudge", "pc", "ep", "bp_clip"), "resmlp"
               "smooth_cnn": ("bp", "z_il", "pc_nudge", "pc"),
               "resnet": ("bp", "z_il", "pc_nudge", "pc_nudge_centered", "pc")}
 #: run names that are not an algorithm's name: the algorithm and its hyper-parameters
-VARIANTS = {"pc_nudge_centered": ("pc_nudge", {"centered": True}), "bp_clip": ("bp", {})}
-RUN_NAMES = ("bp", "z_il", "pc_nudge", "pc_nudge_centered", "pc", "ep", "bp_clip")
+RUNS = {"pc_nudge_centered": ("pc_nudge", {"centered": True}), "bp_clip": ("bp", {})}
+RUN_NAMES = tuple(dict.fromkeys(name for names in ALGORITHMS.values() for name in names))
 #: runs on the CNN with clip units (a Hopfield energy needs bounded units)
 CLIP_RUNS = ("ep", "bp_clip")
 
@@ -74,6 +74,10 @@ def main(argv=None) -> dict:
     p.add_argument("--algorithms", nargs="+", default=None, choices=RUN_NAMES,
                    help="a subset (default: every algorithm each network takes)")
     args = p.parse_args(argv)
+    for name in args.algorithms or ():
+        if not any(name in ALGORITHMS[kind] for kind in args.networks):
+            p.error(f"{name} is run on {', '.join(k for k in ALGORITHMS if name in ALGORITHMS[k])}, "
+                    f"not on {', '.join(args.networks)}: add one of those to --networks")
     out = setup(args)
     batches = 10 if args.quick else None
     results: dict = {"setup": {"optimizer": "Adam, cosine-annealed", "lr": args.lr, "batch": 64, "epochs": 1,
@@ -86,9 +90,10 @@ def main(argv=None) -> dict:
                 continue
             torch.manual_seed(0)
             network = network_for(kind, name, args.quick, args.parameterisation, not args.no_batch_norm)
-            algorithm, hyperparameters = VARIANTS.get(name, (name, {}))
+            algorithm, hyperparameters = RUNS.get(name, (name, {}))
             results[f"{kind}/{name}"] = train(pl_energy.build_algorithm(algorithm, **hyperparameters), network,
                                               data, 1, args.lr, batches)
+            results[f"{kind}/{name}"]["network"] = repr(network)
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for axis, (key, label) in zip(axes, (("test_accuracy", "test accuracy"), ("seconds", "seconds per epoch"))):
         names = [name for name in results if name != "setup"]

@@ -124,8 +124,9 @@ class EnergyModule(pl.LightningModule):
         self.algorithm: Algorithm = build_algorithm(algorithm, **dict(algorithm_hparams or {}))
         activation = activation or algorithm_class(algorithm).default_activation
         self.network = network if network is not None else mlp(list(sizes), activation=activation)
-        if compile:
-            compile_layers(self.network, **(compile if isinstance(compile, dict) else {}))
+        self.compile_options = (compile if isinstance(compile, dict) else {}) if compile else None
+        if self.compile_options is not None:
+            compile_layers(self.network, **self.compile_options)
         self.loss = loss
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -250,6 +251,13 @@ class EnergyModule(pl.LightningModule):
         if self._trainer is not None:
             log_figure(self.trainer, lambda: _energy_figure(data, self.algorithm, step),
                        Path("energy") / f"step_{step:07d}.png", "energy/trace", step)
+
+    def setup(self, stage: str) -> None:
+        """Compile the layers again where a copy lost it (the workers of ``ddp_spawn`` get a
+        pickled copy of the module, whose layers would otherwise run eagerly)."""
+        if self.compile_options is not None and any(
+                getattr(layer, "_compiled_call_impl", None) is None for layer in self.network.children()):
+            compile_layers(self.network, **self.compile_options)
 
     def on_fit_start(self) -> None:
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)

@@ -151,7 +151,7 @@ def test_compiled_run_keeps_its_own_section(bench, tmp_path):
     assert results["c"]["macs"] == plain["c"]["macs"]  # the MAC bound counts the same layers
     text = output.read_text()
     assert text.split("<!-- case c start -->")[1].split("<!-- case c end -->")[0] == eager
-    compiled = text.split("<!-- case c-compiled start -->")[1].split("<!-- case c-compiled end -->")[0]
+    compiled = text.split("<!-- case c-compiled-eager start -->")[1].split("<!-- case c-compiled-eager end -->")[0]
     assert "(cpu, layers compiled: backend=eager)" in compiled and "| pc_nudge_converged |" in compiled
     with pytest.raises(SystemExit, match="needs --compile"):
         bench.main(["--quick", "--case", "c", "--compile-mode", "reduce-overhead", "--no-write"])
@@ -161,19 +161,26 @@ def test_compiled_run_keeps_its_own_section(bench, tmp_path):
 def test_gpu_check_script_dry_run_on_the_cpu(tmp_path):
     """benchmarks/gpu_check.sh, the prepared device run, end to end on the CPU (tiny networks,
     case f, AOTAutograd instead of inductor): it writes the eager and the compiled sections into
-    $OUT's copy of RESULTS.md and leaves the repository's untouched."""
+    $OUT's copy of RESULTS.md and leaves the repository's untouched; a failing step makes it
+    exit non-zero and say which."""
     import os
     import subprocess
 
+    script = REPO / "benchmarks" / "gpu_check.sh"
     before = (REPO / "benchmarks" / "RESULTS.md").read_text()
-    env = {**os.environ, "OUT": str(tmp_path), "DEVICE": "cpu", "QUICK": "1", "CASES": "f",
+    env = {**os.environ, "OUT": str(tmp_path / "ok"), "DEVICE": "cpu", "QUICK": "1", "CASES": "f",
            "COMPILE_BACKEND": "aot_eager", "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
-    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    written = (tmp_path / "RESULTS.md").read_text()
-    for key in ("f", "f-compiled"):
-        assert f"<!-- case {key} start -->" in written
-    assert "layers compiled: backend=aot_eager" in written and "| pc_nudge_converged |" in written
-    assert "gpu_check done" in (tmp_path / "log.txt").read_text()
+    written = (tmp_path / "ok" / "RESULTS.md").read_text()
+    for key in ("f", "f-compiled-aot_eager"):
+        block = written.split(f"<!-- case {key} start -->")[1].split(f"<!-- case {key} end -->")[0]
+        assert "quick: VGG-5" in block and "| pc_nudge_converged |" in block  # this run's, not the copy's
+    assert "layers compiled: backend=aot_eager" in written
+    assert "gpu_check done" in (tmp_path / "ok" / "log.txt").read_text()
     assert (REPO / "benchmarks" / "RESULTS.md").read_text() == before
+
+    env.update(OUT=str(tmp_path / "failing"), CASES="z")  # no such case: both benchmark steps fail
+    failed = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert failed.returncode == 1 and "gpu_check: 2 step(s) failed" in failed.stdout
+    assert "gpu_check: FAILED (exit 2)" in (tmp_path / "failing" / "log.txt").read_text()

@@ -212,3 +212,41 @@ def test_compiled_layers_give_the_same_updates_and_checkpoint_keys(name):
     compiled = module.algorithm.gradients(module.network, x, y)
     for key, value in pl_energy.build_algorithm(name).gradients(plain, x, y).items():
         torch.testing.assert_close(compiled[key], value, rtol=0, atol=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["z_il", "pc_nudge"])
+def test_inductor_on_cuda_computes_what_eager_computes(name):
+    """Inductor's generated kernels (what ``compile=True`` runs on a GPU) against the eager
+    layers, in float64: fused kernels may sum in another order, nothing more."""
+    import copy
+
+    from pl_energy.core.networks import compile_layers
+
+    network = tiny_vgg().cuda()
+    plain = copy.deepcopy(network)
+    compile_layers(network)
+    x, y = (t.cuda() for t in batch((3, 16, 16), 10))
+    compiled = pl_energy.build_algorithm(name).gradients(network, x, y)
+    for key, value in pl_energy.build_algorithm(name).gradients(plain, x, y).items():
+        torch.testing.assert_close(compiled[key], value, rtol=1e-9, atol=1e-11)
+
+
+def test_a_pickled_module_compiles_its_layers_again_in_setup():
+    """``ddp_spawn`` pickles the module into its workers, which drops the layers' compilation;
+    ``EnergyModule.setup`` compiles them again."""
+    import pickle
+
+    from pl_energy import EnergyModule
+
+    module = EnergyModule(network=tiny_vgg(), algorithm="pc_nudge", compile={"backend": "aot_eager"})
+    compiled = lambda m: [getattr(layer, "_compiled_call_impl", None) is not None for layer in m.network.children()]
+    assert all(compiled(module))
+    copy = pickle.loads(pickle.dumps(module))
+    assert not any(compiled(copy))
+    copy.setup("fit")
+    assert all(compiled(copy))
+    plain = EnergyModule(network=tiny_vgg(), algorithm="pc_nudge")
+    plain.setup("fit")
+    assert not any(compiled(plain))

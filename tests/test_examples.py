@@ -130,12 +130,9 @@ def test_deep_mnist(run):
     # z_il is backprop: the same accuracy from the same start and order (float32 rounding aside)
     assert abs(r["cnn/z_il"]["test_accuracy"] - r["cnn/bp"]["test_accuracy"]) <= 0.01
     assert all(c > 0.99 for c in r["resmlp/z_il"]["reference_cosine"])
-    # bp_clip is BP on ep's network (clip units), from the same start
-    import deep_mnist
-
-    assert r["cnn/bp_clip"]["hparams"] == r["cnn/bp"]["hparams"]
-    assert repr(deep_mnist.network_for("cnn", "bp_clip", True, "mupc")) == repr(
-        deep_mnist.network_for("cnn", "ep", True, "mupc")) != repr(deep_mnist.network_for("cnn", "bp", True, "mupc"))
+    # bp_clip is BP on ep's network (clip units)
+    assert r["cnn/bp_clip"]["network"] == r["cnn/ep"]["network"] != r["cnn/bp"]["network"]
+    assert "Clip" in r["cnn/bp_clip"]["network"] and "ReLU" in r["cnn/bp"]["network"]
 
 
 def test_deep_mnist_resnet(run):
@@ -143,6 +140,11 @@ def test_deep_mnist_resnet(run):
     assert set(r) == {"setup", "resnet/bp", "resnet/pc_nudge"} and "BatchNorm2d" in r["setup"]["resnet"]
     assert all(0 <= r[key]["test_accuracy"] <= 1 for key in ("resnet/bp", "resnet/pc_nudge"))
     assert min(r["resnet/pc_nudge"]["reference_cosine"]) > 0.99
+
+
+def test_deep_mnist_refuses_a_run_that_none_of_its_networks_takes(run):
+    with pytest.raises(SystemExit):
+        run("deep_mnist", "--networks", "cnn", "--algorithms", "pc_nudge_centered")
 
 
 def test_deep_mnist_resnet_centered(run):

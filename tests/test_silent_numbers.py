@@ -245,11 +245,35 @@ def test_forward_semantics_nest_and_leave_the_layers_as_they_were():
 
     network = stateful_network("dropout")
     layer = network[0][1]
-    with fixed_forward(network) as outer:
+    x = torch.ones(64, 6, dtype=torch.float64)
+    with fixed_forward(network):
+        outer = layer(x)
+        torch.testing.assert_close(layer(x), outer, rtol=0, atol=0)  # one mask per batch
         with fixed_forward(network):
-            pass
-        assert layer.forward is outer.layers[layer]  # the outer batch's mask is back
-    assert "forward" not in layer.__dict__  # and then the class's own forward
+            assert not torch.equal(layer(x), outer)  # the inner batch's own mask
+        torch.testing.assert_close(layer(x), outer, rtol=0, atol=0)  # the outer batch's mask is back
+    assert not torch.equal(layer(x), layer(x))  # then the class's own forward: a new mask per call
+    layer.eval()
+    assert torch.equal(layer(x), x)
+
+
+def test_a_compiled_layer_is_not_recompiled_for_every_batch_of_a_stateful_network():
+    """The fixed forward of a BatchNorm stays one object across batches (``_Fixable``), so a
+    compiled layer around it keeps its graphs; with a new object per batch every batch
+    recompiled, and after torch's recompile limit the layers ran eagerly without a word.
+    Counted: the Linear calls that ran outside a compiled graph."""
+    from pl_energy.core.networks import compile_layers
+
+    network = stateful_network("batchnorm")
+    eager_calls = []
+    network[0][0].register_forward_pre_hook(
+        lambda module, args: eager_calls.append(1) if not torch.compiler.is_compiling() else None)
+    compile_layers(network, backend="aot_eager")
+    algorithm = build_algorithm("z_il")
+    for seed in range(10):
+        torch.manual_seed(seed)
+        algorithm.gradients(network, torch.rand(16, 8, dtype=torch.float64), torch.randint(0, 4, (16,)))
+    assert not eager_calls
 
 
 def test_the_mask_is_an_inverted_dropout_mask_of_rate_p():

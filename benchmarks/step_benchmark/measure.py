@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import statistics
 import sys
@@ -119,10 +120,12 @@ def reference_gradients(network, x, y) -> dict[str, torch.Tensor]:
     return {name: g for (name, _), g in zip(named, grads)}
 
 
-def agreement(case: Case, variants, network, hopfield_network, x, y) -> list[dict]:
+def agreement(case: Case, variants, network, hopfield_network, x, y,
+              reference_network: nn.Module | None = None) -> list[dict]:
     """Cosine and relative error vs BP at the initial weights (ep and chl on
-    ``hopfield_network``, the rest on ``network``), and the effect of ``tol``."""
-    reference = reference_gradients(network, x, y)
+    ``hopfield_network``, the rest on ``network``), and the effect of ``tol``. BP's gradient is
+    taken on ``reference_network`` (an eager copy of a compiled ``network``) when given."""
+    reference = reference_gradients(reference_network if reference_network is not None else network, x, y)
     hopfield_reference = (reference if hopfield_network is network else
                           reference_gradients(hopfield_network, x, y))
     rows = []
@@ -152,8 +155,9 @@ def run_case(case: Case, args, device: torch.device) -> dict:
     if case.data == "mnist":
         root = None if args.quick else data_root()
         if root is None and not args.quick:
-            return dict(case=case, skipped="MNIST raw files not found: set PL_ENERGY_DATA to a "
-                                           "folder holding MNIST/raw/train-*-idx*-ubyte.gz")
+            return dict(case=case, compiled=compile_options(args),
+                        skipped="MNIST raw files not found: set PL_ENERGY_DATA to a "
+                                "folder holding MNIST/raw/train-*-idx*-ubyte.gz")
         pool = random_batches(case, 8) if args.quick else mnist_batches(case, 16, root)
     else:
         pool = random_batches(case, 1 if case.batch == 1 and not args.quick else 4)
@@ -169,15 +173,20 @@ def run_case(case: Case, args, device: torch.device) -> dict:
     macs = layer_macs(network, pool[0][0])
     if layer_macs(hopfield[0], pool[0][0]) != macs:
         raise ValueError(f"case {case.key}: its Hopfield network does not have the same layers")
-    compiled = compile_options(args)  # after the MAC count, whose forward hooks would recompile
+    # compiled after the MAC count, whose forward hooks would recompile them; ep and chl's
+    # clip-unit copy is left eager (their steps do not call the layers); the agreement's
+    # reference is taken on an eager copy, so that it would show a compiler's error
+    compiled = compile_options(args)
+    eager = network
     if compiled is not None:
-        for each in {id(network): network, id(hopfield[0]): hopfield[0]}.values():
-            compile_layers(each, **compiled)
+        eager = copy.deepcopy(network)  # a copy is not compiled
+        compile_layers(network, **compiled)
 
     def setup(variant: Variant):
         return hopfield if variant.hopfield else (network, optimizer, initial)
 
-    rows_agreement = [] if args.no_agreement else agreement(case, active, network, hopfield[0], *pool[0])
+    rows_agreement = [] if args.no_agreement else agreement(case, active, network, hopfield[0], *pool[0],
+                                                            reference_network=eager)
 
     steppers = {v.key: Stepper(v, *setup(v)) for v in active}
     for stepper in steppers.values():  # warm-up, every variant

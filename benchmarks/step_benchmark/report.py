@@ -131,18 +131,26 @@ HOPFIELD_AGREEMENT = ("ep and chl are compared with backprop through the feedfor
                       "from equilibrium.")
 
 
-def section_key(case: str, device: torch.device, compiled: str | None) -> str:
-    """The key of a case's section: ``d`` (CPU, eager), ``d-cuda``, ``d-cuda-compiled``, ...: a
-    GPU or compiled run keeps its own section beside the CPU one."""
-    return case + ("" if device.type == "cpu" else f"-{device.type}") + ("-compiled" if compiled else "")
+def section_key(case: str, device: torch.device, compiled: dict | None) -> str:
+    """The key of a case's section: ``d`` (CPU, eager), ``d-cuda``, ``d-cuda-compiled`` (inductor),
+    ``d-cuda-compiled-reduce-overhead``, ``c-compiled-eager``, ...: a GPU or compiled run keeps
+    its own section beside the others."""
+    key = case + ("" if device.type == "cpu" else f"-{device.type}")
+    if compiled:
+        key += "-compiled" + "".join(f"-{value}" for name, value in sorted(compiled.items())
+                                     if not (name == "backend" and value == "inductor"))
+    return key
+
+
+def _options(compiled: dict) -> str:
+    return ", ".join(f"{name}={value}" for name, value in compiled.items())
 
 
 def section(result: dict, command: str, device: torch.device) -> str:
     case = result["case"]
     compiled = result.get("compiled")
     where = "" if device.type == "cpu" and not compiled else (
-        f" ({device.type}" + (", layers compiled: " + ", ".join(f"{k}={v}" for k, v in compiled.items())
-                              if compiled else "") + ")")
+        f" ({device.type}" + (f", layers compiled: {_options(compiled)}" if compiled else "") + ")")
     head = f"## Case ({case.key}): {case.title}{where}\n\n"
     if "skipped" in result:
         return head + f"Skipped: {result['skipped']}\n"
@@ -152,6 +160,10 @@ def section(result: dict, command: str, device: torch.device) -> str:
         + f"- command: `{command}`\n"
         + f"- machine: {machine(device)}, device `{device}`\n"
         + f"- code: git {CODE_VERSION}\n"
+        + (f"- compiled: every layer of the case's network, `torch.compile({_options(compiled)})`; ep and chl's "
+           "clip-unit copy is not (their steps do not call the layers); AOTAutograd's buffer donation is off in the "
+           "whole process (`compile_layers`), bp_textbook's pass included; BP's gradient in the agreement table "
+           "is taken on an eager copy\n" if compiled else "")
         + f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; "
           f"{result['repeats']} timed rounds after {result['warmup']} warm-up step(s) per variant; "
           f"{result['seconds']:.0f} s of timing; 1-min load average {_fmt(result['load'][0], '.1f')} "

@@ -80,6 +80,29 @@ def _stateful(module: nn.Module) -> bool:
     return False
 
 
+class _Fixable:
+    """The forward a stateful layer keeps once a batch has fixed it: the innermost fixed forward
+    being replayed, else the layer's own. It stays in place between batches, so that a compiled
+    layer around it (``torch.compile``) sees the same function at every batch instead of a new
+    one that would recompile it each time; the compiler does not trace into it (the fixed
+    forwards hold per-batch state)."""
+
+    def __init__(self, own):
+        self.own = own
+        self.fixed: list = []
+
+    @torch.compiler.disable
+    def __call__(self, x: Tensor) -> Tensor:
+        return (self.fixed[-1] if self.fixed else self.own)(x)
+
+    @classmethod
+    def of(cls, module: nn.Module) -> "_Fixable":
+        installed = module.__dict__.get("forward")
+        if not isinstance(installed, cls):
+            installed = module.forward = cls(module.forward)
+        return installed
+
+
 class FixedForward:
     """The masks and statistics of one batch (see the module docstring)."""
 
@@ -91,17 +114,14 @@ class FixedForward:
     @contextmanager
     def replay(self) -> Iterator["FixedForward"]:
         """Evaluate the network's stateful layers with this batch's masks and statistics."""
-        previous = {module: module.__dict__.get("forward") for module in self.layers}
-        for module, fixed in self.layers.items():
-            module.forward = fixed
+        slots = [(_Fixable.of(module), fixed) for module, fixed in self.layers.items()]
+        for slot, fixed in slots:
+            slot.fixed.append(fixed)
         try:
             yield self
         finally:
-            for module, before in previous.items():  # back to what was there (nested replays too)
-                if before is None:
-                    del module.forward
-                else:
-                    module.forward = before
+            for slot, _ in slots:  # nested replays unwind in order
+                slot.fixed.pop()
 
 
 @contextmanager

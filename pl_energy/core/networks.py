@@ -179,16 +179,23 @@ def layers_of(network: nn.Module) -> list[nn.Module]:
 
 
 def compile_layers(network: nn.Module, **options: Any) -> nn.Module:
-    """Compile each layer of ``network`` with ``torch.compile`` in place (``nn.Module.compile``:
-    parameter names and checkpoints stay as they are) and return it. Inference calls every layer
-    many times per batch on shapes that do not change, which is what compilation pays off on.
+    """Compile each layer (top-level child) of ``network`` with ``torch.compile`` in place
+    (``nn.Module.compile``: parameter names and checkpoints stay as they are) and return it.
+    Inference calls every layer many times per batch on shapes that do not change, which is what
+    compilation pays off on.
 
-    The linearisations of the energy take several VJPs of one recorded forward pass of a layer
-    (``retain_graph=True``), which AOTAutograd's buffer donation (inductor's default) forbids, so
-    this turns donation off for the process (``torch._functorch.config.donated_buffer``: a
-    backward pass then keeps its saved tensors instead of reusing their memory). The layered
-    Hopfield energies of ep and chl read the layers' weights into their couplings and do not call
-    the layers: compiling leaves their steps as they are.
+    - Buffer donation: the linearisations of the energy take several VJPs of one recorded
+      forward pass of a layer (``retain_graph=True``), which AOTAutograd's buffer donation
+      (inductor's default) forbids, so this turns donation off **for the whole process**
+      (``torch._functorch.config.donated_buffer = False``, also for other models compiled in
+      it): a backward pass then keeps its saved tensors instead of reusing their memory.
+    - ep and chl: their Hopfield energies call the layers only for the feedforward pass that
+      starts the free phase; every inference step goes through couplings that call the layers'
+      parts through ``torch.func`` (where a compiled part runs eagerly). Compiling leaves their
+      steps as they are.
+    - A compiled layer is compiled in this process only: a deep copy or a pickled copy (the
+      workers of ``ddp_spawn``) runs eagerly until compiled again (``EnergyModule`` does that in
+      ``setup``).
 
     Args:
         options: ``torch.compile``'s keyword arguments, e.g. ``mode="reduce-overhead"`` (CUDA
@@ -197,7 +204,7 @@ def compile_layers(network: nn.Module, **options: Any) -> nn.Module:
     import torch._functorch.config
 
     torch._functorch.config.donated_buffer = False
-    for layer in layers_of(network):
+    for layer in network.children():
         layer.compile(**options)
     return network
 
