@@ -2,7 +2,7 @@
 # The GPU checks of issue 13 in one run, for a session whose task is lent a GPU (the device
 # tool; check its status first, which costs nothing):
 #
-#     run(command="bash benchmarks/gpu_check.sh", timeout_s=420)
+#     run(command="bash benchmarks/gpu_check.sh", timeout_s=500)
 #
 # 1. the CUDA tests (pytest -m gpu: the GPU computes what the CPU computes, in float64);
 # 2. cases (d) and (f) of bench_step.py (VGG-5, max-pool/ReLU and average-pool/tanh) on the GPU,
@@ -11,8 +11,8 @@
 # What comes back: $OUT/log.txt and $OUT/RESULTS.md, a copy of benchmarks/RESULTS.md with the
 # GPU sections (d-cuda, f-cuda, d-cuda-compiled, f-cuda-compiled) added beside the CPU ones,
 # each written as soon as its case is done; copy it over benchmarks/RESULTS.md. Each step has its
-# own time limit, so a slow compile cannot take the rest of the run with it; the script exits
-# non-zero, naming the steps, when any step failed.
+# own time limit (450 s together), so a slow compile cannot take the rest of the run with it;
+# the script exits non-zero, naming the steps, when any step failed.
 #
 # A dry run on the CPU, tiny networks (what the smoke test runs, with CASES=f and
 # COMPILE_BACKEND=aot_eager): DEVICE=cpu QUICK=1 bash benchmarks/gpu_check.sh
@@ -43,9 +43,9 @@ step() {
     fi
 }
 
-step 60 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
+step 30 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
 torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
-step 90 "$PYTHON" -m pytest -q -m gpu tests/test_deep_networks.py -p no:cacheprovider
+step 120 "$PYTHON" -m pytest -q -m gpu tests/test_deep_networks.py -p no:cacheprovider
 cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
 for compiled in "" "--compile=${COMPILE_BACKEND:-inductor}"; do
     step 150 "$PYTHON" benchmarks/bench_step.py --device "$DEVICE" --case "${cases[@]}" "${size[@]}" $compiled \

@@ -131,6 +131,7 @@ def test_deep_mnist(run):
     assert abs(r["cnn/z_il"]["test_accuracy"] - r["cnn/bp"]["test_accuracy"]) <= 0.01
     assert all(c > 0.99 for c in r["resmlp/z_il"]["reference_cosine"])
     # bp_clip is BP on ep's network (clip units)
+    assert r["cnn/bp_clip"]["hparams"] == r["cnn/bp"]["hparams"]
     assert r["cnn/bp_clip"]["network"] == r["cnn/ep"]["network"] != r["cnn/bp"]["network"]
     assert "Clip" in r["cnn/bp_clip"]["network"] and "ReLU" in r["cnn/bp"]["network"]
 
@@ -142,9 +143,10 @@ def test_deep_mnist_resnet(run):
     assert min(r["resnet/pc_nudge"]["reference_cosine"]) > 0.99
 
 
-def test_deep_mnist_refuses_a_run_that_none_of_its_networks_takes(run):
-    with pytest.raises(SystemExit):
+def test_deep_mnist_refuses_a_run_that_none_of_its_networks_takes(run, capsys):
+    with pytest.raises(SystemExit):  # argparse's error: a message on stderr, exit status 2
         run("deep_mnist", "--networks", "cnn", "--algorithms", "pc_nudge_centered")
+    assert "pc_nudge_centered is run on resnet, not on cnn" in capsys.readouterr().err
 
 
 def test_deep_mnist_resnet_centered(run):

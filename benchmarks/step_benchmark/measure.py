@@ -173,7 +173,7 @@ def run_case(case: Case, args, device: torch.device) -> dict:
     macs = layer_macs(network, pool[0][0])
     if layer_macs(hopfield[0], pool[0][0]) != macs:
         raise ValueError(f"case {case.key}: its Hopfield network does not have the same layers")
-    # compiled after the MAC count, whose forward hooks would recompile them; ep and chl's
+    # compiled after the MAC count (its forward hooks on compiled layers would recompile them); ep and chl's
     # clip-unit copy is left eager (their steps do not call the layers); the agreement's
     # reference is taken on an eager copy, so that it would show a compiler's error
     compiled = compile_options(args)
@@ -187,6 +187,7 @@ def run_case(case: Case, args, device: torch.device) -> dict:
 
     rows_agreement = [] if args.no_agreement else agreement(case, active, network, hopfield[0], *pool[0],
                                                             reference_network=eager)
+    del eager
 
     steppers = {v.key: Stepper(v, *setup(v)) for v in active}
     for stepper in steppers.values():  # warm-up, every variant

@@ -160,10 +160,11 @@ def section(result: dict, command: str, device: torch.device) -> str:
         + f"- command: `{command}`\n"
         + f"- machine: {machine(device)}, device `{device}`\n"
         + f"- code: git {CODE_VERSION}\n"
-        + (f"- compiled: every layer of the case's network, `torch.compile({_options(compiled)})`; ep and chl's "
-           "clip-unit copy is not (their steps do not call the layers); AOTAutograd's buffer donation is off in the "
-           "whole process (`compile_layers`), bp_textbook's pass included; BP's gradient in the agreement table "
-           "is taken on an eager copy\n" if compiled else "")
+        + (f"- compiled: every layer of the case's network, `torch.compile({_options(compiled)})`; "
+           + ("ep and chl run on it too" if case.hopfield_build is None else "ep and chl's clip-unit copy is not")
+           + " (their inference steps do not call the layers); AOTAutograd's buffer donation is off in the whole "
+           "process (`compile_layers`), bp_textbook's pass included; BP's gradient in the agreement table is taken "
+           "on an eager copy\n" if compiled else "")
         + f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; "
           f"{result['repeats']} timed rounds after {result['warmup']} warm-up step(s) per variant; "
           f"{result['seconds']:.0f} s of timing; 1-min load average {_fmt(result['load'][0], '.1f')} "

@@ -19,6 +19,7 @@ differentiates the same function (with the statistics as constants).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -81,26 +82,22 @@ def _stateful(module: nn.Module) -> bool:
 
 
 class _Fixable:
-    """The forward a stateful layer keeps once a batch has fixed it: the innermost fixed forward
-    being replayed, else the layer's own. It stays in place between batches, so that a compiled
+    """The forward of a stateful layer while batches are replayed: the innermost batch's fixed
+    forward. One object per layer (``_FIXABLE``), installed at every replay, so that a compiled
     layer around it (``torch.compile``) sees the same function at every batch instead of a new
     one that would recompile it each time; the compiler does not trace into it (the fixed
-    forwards hold per-batch state)."""
+    forwards hold per-batch state). Outside a replay the layer has its own forward again."""
 
-    def __init__(self, own):
-        self.own = own
+    def __init__(self):
         self.fixed: list = []
 
     @torch.compiler.disable
     def __call__(self, x: Tensor) -> Tensor:
-        return (self.fixed[-1] if self.fixed else self.own)(x)
+        return self.fixed[-1](x)
 
-    @classmethod
-    def of(cls, module: nn.Module) -> "_Fixable":
-        installed = module.__dict__.get("forward")
-        if not isinstance(installed, cls):
-            installed = module.forward = cls(module.forward)
-        return installed
+
+#: each stateful layer's ``_Fixable``, as long as the layer lives
+_FIXABLE: "weakref.WeakKeyDictionary[nn.Module, _Fixable]" = weakref.WeakKeyDictionary()
 
 
 class FixedForward:
@@ -114,14 +111,20 @@ class FixedForward:
     @contextmanager
     def replay(self) -> Iterator["FixedForward"]:
         """Evaluate the network's stateful layers with this batch's masks and statistics."""
-        slots = [(_Fixable.of(module), fixed) for module, fixed in self.layers.items()]
-        for slot, fixed in slots:
+        previous = {module: module.__dict__.get("forward") for module in self.layers}
+        for module, fixed in self.layers.items():
+            slot = _FIXABLE.setdefault(module, _Fixable())
             slot.fixed.append(fixed)
+            module.forward = slot
         try:
             yield self
         finally:
-            for slot, _ in slots:  # nested replays unwind in order
-                slot.fixed.pop()
+            for module, before in previous.items():  # back to what was there (nested replays too)
+                _FIXABLE[module].fixed.pop()
+                if before is None:
+                    del module.forward
+                else:
+                    module.forward = before
 
 
 @contextmanager

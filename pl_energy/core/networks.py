@@ -191,8 +191,10 @@ def compile_layers(network: nn.Module, **options: Any) -> nn.Module:
       it): a backward pass then keeps its saved tensors instead of reusing their memory.
     - ep and chl: their Hopfield energies call the layers only for the feedforward pass that
       starts the free phase; every inference step goes through couplings that call the layers'
-      parts through ``torch.func`` (where a compiled part runs eagerly). Compiling leaves their
-      steps as they are.
+      parts (not compiled), or a layer without an activation itself, through ``torch.func``,
+      where a compiled layer runs eagerly. Compiling leaves their steps as they are.
+    - Only children that are called are compiled: a network whose children are containers
+      without a ``forward`` of their own (``nn.ModuleList``) gets nothing compiled.
     - A compiled layer is compiled in this process only: a deep copy or a pickled copy (the
       workers of ``ddp_spawn``) runs eagerly until compiled again (``EnergyModule`` does that in
       ``setup``).
