@@ -26,7 +26,8 @@ exact reference (BP for the PC family; BP through the free equilibrium for ep).
     python examples/deep_mnist.py --algorithms bp z_il pc_nudge pc --threads 1   # without ep
 
 On this 2-core CPU, EP's epoch of the CNN (a conv Hopfield energy relaxed to 1e-6 by sweeps, in
-three phases per batch) takes hours; the other algorithms take 20 s (bp) to 6 min (pc).
+three phases per batch) takes 71 minutes on one thread; the other algorithms take 20 s (bp) to
+6 min (pc) on the CNN, and pc_nudge_centered 31 minutes on the ResNet without BatchNorm.
 """
 
 from __future__ import annotations
