@@ -233,6 +233,27 @@ def test_inductor_on_cuda_computes_what_eager_computes(name):
         torch.testing.assert_close(compiled[key], value, rtol=1e-9, atol=1e-11)
 
 
+def test_compiled_layers_stay_compiled_under_every_algorithm():
+    """Layers of one class share the code of its forward, and torch keeps a limited number of
+    graphs for it (8 by default) before it runs the rest eagerly with a log line only: VGG-5's
+    five layers under bp, z_il, fa_z_il, pc and pc_nudge need more. ``compile_layers`` raises the
+    limit; counted here: the convolutions that ran outside a compiled graph."""
+    from pl_energy.core.networks import compile_layers
+
+    torch._dynamo.reset()
+    network = tiny_vgg()
+    eager_calls = []
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d):
+            module.register_forward_pre_hook(
+                lambda m, args: eager_calls.append(1) if not torch.compiler.is_compiling() else None)
+    compile_layers(network, backend="aot_eager")
+    for name in ("bp", "z_il", "fa_z_il", "pc", "pc_nudge"):
+        for size in (6, 4):
+            pl_energy.build_algorithm(name).gradients(network, *batch((3, 16, 16), 10, size))
+    assert not eager_calls
+
+
 def test_a_pickled_module_compiles_its_layers_again_in_setup():
     """``ddp_spawn`` pickles the module into its workers, which drops the layers' compilation;
     ``EnergyModule.setup`` compiles them again."""

@@ -265,6 +265,7 @@ def test_a_compiled_layer_is_not_recompiled_for_every_batch_of_a_stateful_networ
     Counted: the Linear calls that ran outside a compiled graph."""
     from pl_energy.core.networks import compile_layers
 
+    torch._dynamo.reset()  # the graphs other tests compiled count towards the recompile limit
     network = stateful_network("batchnorm")
     eager_calls = []
     network[0][0].register_forward_pre_hook(

@@ -181,6 +181,7 @@ def run_case(case: Case, args, device: torch.device) -> dict:
     if compiled is not None:
         eager = copy.deepcopy(network)  # a copy is not compiled
         compile_layers(network, **compiled)
+        torch._dynamo.config.fail_on_recompile_limit_hit = True  # no eager fallback in a compiled timing
 
     def setup(variant: Variant):
         return hopfield if variant.hopfield else (network, optimizer, initial)

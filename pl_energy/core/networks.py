@@ -195,6 +195,11 @@ def compile_layers(network: nn.Module, **options: Any) -> nn.Module:
       where a compiled layer runs eagerly. Compiling leaves their steps as they are.
     - Only children that are called are compiled: a network whose children are containers
       without a ``forward`` of their own (``nn.ModuleList``) gets nothing compiled.
+    - Recompile limit: layers of one class share the code of its ``forward``, for which torch
+      keeps at most ``torch._dynamo.config.recompile_limit`` graphs (8) and then runs it
+      eagerly, with a log line only; each layer needs a graph per input shape and grad mode it
+      is called with (VGG-5 under every PC algorithm: 9). The limit is raised to at least 8 per
+      layer compiled, process-wide.
     - A compiled layer is compiled in this process only: a deep copy or a pickled copy (the
       workers of ``ddp_spawn``) runs eagerly until compiled again (``EnergyModule`` does that in
       ``setup``).
@@ -203,10 +208,13 @@ def compile_layers(network: nn.Module, **options: Any) -> nn.Module:
         options: ``torch.compile``'s keyword arguments, e.g. ``mode="reduce-overhead"`` (CUDA
             graphs on a GPU) or ``backend="eager"``.
     """
+    import torch._dynamo
     import torch._functorch.config
 
     torch._functorch.config.donated_buffer = False
-    for layer in network.children():
+    layers = list(network.children())
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * len(layers))
+    for layer in layers:
         layer.compile(**options)
     return network
 
