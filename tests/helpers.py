@@ -35,3 +35,13 @@ def log_slope(xs, ys) -> float:
 def cosine(estimate: dict[str, Tensor], reference: dict[str, Tensor]) -> float:
     a, b = flat(estimate), flat({k: reference[k] for k in estimate})
     return (a @ b / (a.norm() * b.norm())).item()
+
+
+def eager_calls(modules) -> list:
+    """A list that grows by one at every call of one of ``modules`` made outside a compiled graph
+    (a forward pre-hook: Dynamo traces it away inside one)."""
+    calls: list = []
+    for module in modules:
+        module.register_forward_pre_hook(
+            lambda module, args: None if torch.compiler.is_compiling() else calls.append(module))
+    return calls

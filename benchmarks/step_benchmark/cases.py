@@ -61,6 +61,10 @@ class Case:
     #: why ep and chl cannot run on this case ("" when they can).
     no_hopfield: str = ""
 
+    def builder(self, hopfield: bool) -> Callable[[], nn.Module]:
+        """What builds the network a variant runs on (``hopfield``: ep's and chl's)."""
+        return self.hopfield_build if hopfield and self.hopfield_build is not None else self.build
+
 
 def cases(quick: bool) -> dict[str, Case]:
     if quick:

@@ -165,8 +165,8 @@ def run_case(case: Case, args, device: torch.device) -> dict:
 
     network, optimizer, initial = _seeded(case.build, device, args.lr)
     # ep and chl on the same layers with bounded units (the same MACs), from the same seed
-    hopfield = (network, optimizer, initial) if case.hopfield_build is None else _seeded(
-        case.hopfield_build, device, args.lr)
+    hopfield = (network, optimizer, initial) if case.builder(hopfield=True) is case.build else _seeded(
+        case.builder(hopfield=True), device, args.lr)
     chosen = [v for v in VARIANTS if args.variants is None or v.key in args.variants
               or v.key == "bp_textbook"]
     active = [v for v in chosen if not (v.hopfield and case.no_hopfield)]
@@ -180,8 +180,7 @@ def run_case(case: Case, args, device: torch.device) -> dict:
     eager = network
     if compiled is not None:
         eager = copy.deepcopy(network)  # a copy is not compiled
-        compile_layers(network, **compiled)
-        torch._dynamo.config.fail_on_recompile_limit_hit = True  # no eager fallback in a compiled timing
+        compile_for_timing(network, compiled)
 
     def setup(variant: Variant):
         return hopfield if variant.hopfield else (network, optimizer, initial)
@@ -238,6 +237,13 @@ def run_case(case: Case, args, device: torch.device) -> dict:
         row["target"], row["status"] = target_of(case.key, row, args.quick)
     return dict(case=case, rows=rows, agreement=rows_agreement, macs=macs, repeats=repeats,
                 warmup=warmup, seconds=seconds, load=(load_before, load_after), compiled=compiled)
+
+
+def compile_for_timing(network: nn.Module, options: dict) -> None:
+    """``compile_layers`` for a timing: a layer that would fall back to eager (torch's recompile
+    limit) fails the run instead, so that a compiled row is compiled."""
+    compile_layers(network, **options)
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
 
 
 def compile_options(args) -> dict | None:

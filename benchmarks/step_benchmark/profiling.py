@@ -6,10 +6,8 @@ import statistics
 
 import torch
 
-from pl_energy.core.networks import compile_layers
-
 from .cases import Case, data_root, mnist_batches, random_batches
-from .measure import Stepper, sync
+from .measure import Stepper, compile_for_timing, sync
 from .variants import VARIANTS
 
 
@@ -27,10 +25,9 @@ def profile_variant(case: Case, key: str, device: torch.device, steps: int = 5,
     pool = (mnist_batches(case, 1, root) if case.data == "mnist" and root else random_batches(case, 1))
     x, y = (t.to(device) for t in pool[0])
     torch.manual_seed(0)
-    build = case.hopfield_build if variant.hopfield and case.hopfield_build is not None else case.build
-    network = build().to(device)
+    network = case.builder(variant.hopfield)().to(device)
     if compiled is not None:
-        compile_layers(network, **compiled)
+        compile_for_timing(network, compiled)
     initial = [p.detach().clone() for p in network.parameters()]
     stepper = Stepper(variant, network, torch.optim.SGD(network.parameters(), lr=1e-3), initial)
     for _ in range(2):

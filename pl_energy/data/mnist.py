@@ -25,8 +25,8 @@ Xiao et al. 2017).
 from __future__ import annotations
 
 import gzip
-import zlib
 import os
+import zlib
 from pathlib import Path
 
 import torch
