@@ -339,8 +339,8 @@ def test_ep_predicts_with_its_free_equilibrium():
 
 def test_float32_and_float64_agree(problem):
     network, inputs, targets = problem
-    g64 = build_algorithm("pc_nudge").gradients(network, inputs, targets)
-    g32 = build_algorithm("pc_nudge").gradients(network.float(), inputs.float(), targets)
+    g64 = build_algorithm("pc_nudge", lam=0.01).gradients(network, inputs, targets)
+    g32 = build_algorithm("pc_nudge", lam=0.01).gradients(network.float(), inputs.float(), targets)
     assert all(g.dtype == torch.float32 for g in g32.values())
     assert relative_l2({k: v.double() for k, v in g32.items()}, g64) < 1e-5
 
@@ -371,7 +371,7 @@ def test_reduced_first_layer_runs_the_same_dynamics(settings, sizes, monkeypatch
     torch.manual_seed(4)
     network = mlp(sizes)
     inputs, targets = torch.randn(16, 30), torch.randint(0, 5, (16,))
-    algorithm = build_algorithm("pc_nudge", solver="gd", steps=60, tol=None, trace=True, **settings)
+    algorithm = build_algorithm("pc_nudge", **{"lam": 0.01, **settings}, solver="gd", steps=60, tol=None, trace=True)
     used = _spy_on_the_speed_path(monkeypatch)
     estimate = algorithm.estimate(network, inputs, targets)
     reduced, reduced_trace = estimate.gradients, estimate.trace.total
@@ -403,7 +403,7 @@ def test_reduced_first_layer_without_a_trace_and_when_it_diverges(monkeypatch):
         if not reduced:
             assert used and set(used) == {reduced_input.FirstLayerInRowSpace}  # both runs took it
             monkeypatch.setattr(ReducedFirstLayer, "pays_off", staticmethod(lambda *args: False))
-        quiet = build_algorithm("pc_nudge", solver="gd", steps=60, tol=None, trace=False)
+        quiet = build_algorithm("pc_nudge", lam=0.01, solver="gd", steps=60, tol=None, trace=False)
         gradients = quiet.estimate(network, inputs, targets).gradients
         energy = PredictiveCodingEnergy(network, Loss("cross_entropy"))
         state = energy.nudged(energy.free_state(inputs, targets), 1.0)

@@ -119,7 +119,7 @@ def test_a_smooth_vgg_converges_where_max_pooling_settles():
     torch.manual_seed(2)
     smooth = VGG(5, in_shape=(3, 16, 16), width=1 / 16, activation="tanh", pool="avg").double()
     assert smooth.init_args["pool"] == "avg" and not any(isinstance(m, nn.MaxPool2d) for m in smooth.modules())
-    algorithm = pl_energy.build_algorithm("pc_nudge", tol=1e-8)
+    algorithm = pl_energy.build_algorithm("pc_nudge", lam=0.01, tol=1e-8)
     energy = algorithm.energy(smooth, pl_energy.core.Loss("cross_entropy"))
     state = energy.nudged(energy.free_state(x, y), algorithm.lam)
     report = pl_energy.core.relax(energy, state, 100, tol=1e-8, solver="error").report

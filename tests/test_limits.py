@@ -68,8 +68,8 @@ def test_pc_nudge_agrees_with_bp_during_mnist_training(mnist_tensors):
 def test_paper_settings_are_one_flag_set_away(millidge_mlp_batch):
     network, inputs, targets = millidge_mlp_batch
     default = build_algorithm("pc_nudge")
-    assert (default.lam, default.solver, default.tol) == (0.01, "error", 1e-4)
-    paper = build_algorithm("pc_nudge", **PAPER_SETTINGS, trace=True)
+    assert (default.lam, default.solver, default.tol) == ("auto", "error", 1e-4)
+    paper = build_algorithm("pc_nudge", **PAPER_SETTINGS, lam=0.01, trace=True)
     assert (paper.lam, paper.steps, paper.step_size, paper.tol) == (0.01, 50, 0.1, None)
     estimate = paper.estimate(network, inputs, targets)
     assert estimate.trace.steps == 50 and estimate.trace.total.shape == (51,)

@@ -26,9 +26,9 @@ def _net_and_batch():
 
 def test_the_mean_of_positive_and_negative_nudging_is_centered_nudging():
     network, x, y = _net_and_batch()
-    positive = pl_energy.build_algorithm("pc_nudge", **SETTINGS).gradients(network, x, y)
-    negative = pl_energy.build_algorithm("pc_negative", **SETTINGS).gradients(network, x, y)
-    centered = pl_energy.build_algorithm("pc_nudge", centered=True, **SETTINGS).gradients(network, x, y)
+    positive = pl_energy.build_algorithm("pc_nudge", lam=0.01, **SETTINGS).gradients(network, x, y)
+    negative = pl_energy.build_algorithm("pc_negative", lam=0.01, **SETTINGS).gradients(network, x, y)
+    centered = pl_energy.build_algorithm("pc_nudge", lam=0.01, centered=True, **SETTINGS).gradients(network, x, y)
     for key, value in centered.items():
         torch.testing.assert_close((positive[key] + negative[key]) / 2, value, rtol=0, atol=1e-12)
 

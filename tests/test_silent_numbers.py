@@ -89,7 +89,8 @@ def test_autocast_does_not_reach_inference(name):
         torch.testing.assert_close(mixed_reference[key], reference[key], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name,settings", [("ep", {"beta": 1e-6}), ("pc_nudge", {"lam": 1e-6}),
+@pytest.mark.parametrize("name,settings", [("ep", {"beta": 1e-6}),
+                                           ("pc_nudge", {"lam": 1e-6, "solver": "gd", "tol": None, "steps": 20}),
                                            ("chl", {"gamma": 1e-3})])
 def test_a_nudge_below_the_dtypes_resolution_warns(name, settings):
     from pl_energy import PrecisionWarning

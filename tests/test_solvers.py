@@ -20,6 +20,7 @@ from torch import nn
 
 from pl_energy import DivergenceError, build_algorithm, mlp
 from pl_energy.algorithms.base import NotConvergedWarning
+from pl_energy.algorithms.predictive_coding import PAPER_SETTINGS
 from pl_energy.core import SOLVERS, Loss, PredictiveCodingEnergy, relax
 from pl_energy.core.solvers import relative_residual
 from helpers import cosine, max_relative
@@ -136,7 +137,7 @@ def test_gd_at_the_paper_settings_is_the_papers_inference(tanh_problem):
     batch = inputs.shape[0]
     expected = torch.autograd.grad(paper_energy(network, inputs, activities, targets, lam) / (lam * batch),
                                    parameters)
-    estimate = build_algorithm("pc_nudge", solver="gd", steps=50, step_size=0.1, tol=None).estimate(
+    estimate = build_algorithm("pc_nudge", **PAPER_SETTINGS, lam=0.01).estimate(
         network, inputs, targets)
     names = [name for name, _ in network.named_parameters()]
     assert max_relative(estimate.gradients, dict(zip(names, expected))) <= 1e-10
@@ -242,8 +243,8 @@ def test_a_rising_energy_raises_instead_of_returning_a_gradient(name, step_size,
 
 def test_auto_step_size_leaves_a_stable_step_alone(seed_mlp_batch):
     network, inputs, targets = seed_mlp_batch
-    auto = build_algorithm("pc_nudge", solver="gd", step_size="auto", steps=50, tol=None)
-    fixed = build_algorithm("pc_nudge", solver="gd", step_size=0.1, steps=50, tol=None)
+    auto = build_algorithm("pc_nudge", lam=0.01, solver="gd", step_size="auto", steps=50, tol=None)
+    fixed = build_algorithm("pc_nudge", lam=0.01, solver="gd", step_size=0.1, steps=50, tol=None)
     estimate = auto.estimate(network, inputs, targets)
     assert (estimate.inference[0].backoffs, estimate.inference[0].step_size) == (0, 0.1)
     # (the fixed step runs with the first layer in W_2's row space: the same dynamics, other rounding)

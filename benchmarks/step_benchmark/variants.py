@@ -25,7 +25,7 @@ VARIANTS = (
     Variant("z_il", "z_il"),
     Variant("fa_z_il", "fa_z_il"),
     Variant("pc", "pc", dict(PAPER_SETTINGS)),
-    Variant("pc_nudge", "pc_nudge", dict(PAPER_SETTINGS)),
+    Variant("pc_nudge", "pc_nudge", dict(PAPER_SETTINGS, lam=0.01)),
     Variant("pc_converged", "pc"),
     Variant("pc_nudge_converged", "pc_nudge"),
     Variant("ep", "ep", dict(solver="gd", steps=50, step_size=0.5, tol=None, beta=0.1, centered=False),

@@ -73,6 +73,16 @@ class Estimate:
     the free-phase prediction and ``loss`` its batch-mean loss; ``trace`` the energies per step
     of the phase the estimate is read at (None unless recorded); ``inference`` one report per
     inference phase, in the order they ran (empty for algorithms without inference).
+
+    ``nudge`` is the nudge strength the estimate was read with (lam or beta; chosen per batch
+    when set to "auto"), None for algorithms without one. ``error_bound`` is the estimate's
+    a-posteriori relative error per layer (keyed by the layer's name among the network's
+    children): ||g_l - g_l^0|| / ||g_l^0|| with g^0 the update of the limit of a vanishing
+    nudge, the linear response at the free equilibrium, which the algorithm computes from its
+    own first-order response (``pl_energy.core.nudge``); None where it is not computed. For the
+    predictive-coding family that limit is backprop's gradient (Millidge et al. 2022 Eq. 16), so
+    the bound covers every source of error of the estimate (finite nudge, stopping early, steps
+    settled on kinks) except rounding in the limit itself.
     """
 
     gradients: dict[str, Tensor]
@@ -80,15 +90,26 @@ class Estimate:
     loss: Tensor
     trace: InferenceTrace | None = None
     inference: tuple[InferenceReport, ...] = ()
+    nudge: float | None = None
+    error_bound: dict[str, float] | None = None
 
     @classmethod
     def from_layers(cls, network: nn.Module, per_layer: list[list[Tensor]], output: Tensor,
                     loss: Loss, targets: Tensor, trace: InferenceTrace | None = None,
-                    inference: tuple[InferenceReport, ...] = ()) -> "Estimate":
+                    inference: tuple[InferenceReport, ...] = (), nudge: float | None = None,
+                    error_bound: dict[str, float] | None = None) -> "Estimate":
         """From per-layer gradients (``layer.parameters()`` order), the free-phase output and
         the targets as the energy prepared them."""
         return cls(name_layer_gradients(network, per_layer), output, loss.value(output, targets),
-                   trace, inference)
+                   trace, inference, nudge, error_bound)
+
+    @property
+    def worst_error(self) -> tuple[str, float] | None:
+        """(layer, relative error) of the layer with the largest ``error_bound``, or None."""
+        if not self.error_bound:
+            return None
+        layer = max(self.error_bound, key=self.error_bound.__getitem__)
+        return layer, self.error_bound[layer]
 
     @property
     def converged(self) -> bool:
@@ -291,6 +312,19 @@ def backprop_gradients(network: nn.Module, inputs: Tensor, targets: Tensor,
         name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(named, grads)
     }
     return gradients, output.detach(), value.detach()
+
+
+def layer_relative_errors(network: nn.Module, estimate: list[list[Tensor]],
+                          reference: list[list[Tensor]]) -> dict[str, float]:
+    """||u_l - r_l|| / ||r_l|| per layer (over the layer's parameters, in float64), keyed by the
+    layer's name among ``network``'s children; a layer whose reference is 0 reads |u_l| (0 when
+    both vanish)."""
+    errors = {}
+    for (name, _), upper, lower in zip(network.named_children(), estimate, reference):
+        difference = sum((float((u.double() - r.double()).pow(2).sum()) for u, r in zip(upper, lower)), 0.0)
+        size = sum((float(r.double().pow(2).sum()) for r in lower), 0.0)
+        errors[name] = math.sqrt(difference / size) if size > 0 else math.sqrt(difference)
+    return errors
 
 
 def name_layer_gradients(network: nn.Module, per_layer: list[list[Tensor]]) -> dict[str, Tensor]:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ..core.inference import InferenceReport
 from ..core.losses import Loss
 from ..core.trace import InferenceTrace
-from .base import Estimate, RelaxingAlgorithm
+from .base import Estimate, RelaxingAlgorithm, layer_relative_errors
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,9 @@ class Phase:
 class Contrast:
     """What an algorithm's phases give the estimate: the two phases and the scale of their
     difference, the free-phase output and targets, the trace of the traced phase and a report
-    per relaxed phase."""
+    per relaxed phase; the nudge strength used (None where there is none) and, where the
+    algorithm computes it, the update of the limit of a vanishing nudge per layer (the linear
+    response at the free equilibrium), against which the estimate's own error is measured."""
 
     high: Phase | None
     low: Phase | None
@@ -57,6 +59,8 @@ class Contrast:
     targets: Tensor
     trace: InferenceTrace | None
     reports: tuple[InferenceReport, ...]
+    nudge: float | None = None
+    limit: list[list[Tensor]] | None = None
 
 
 def contrast(high: Phase | None, low: Phase | None, scale: float) -> list[list[Tensor]]:
@@ -92,5 +96,7 @@ class ContrastiveAlgorithm(RelaxingAlgorithm):
     def compute(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                 record: bool) -> Estimate:
         run = self.phases(network, inputs, targets, loss, record)
-        return Estimate.from_layers(network, contrast(run.high, run.low, run.scale), run.output, loss,
-                                    run.targets, run.trace, run.reports)
+        per_layer = contrast(run.high, run.low, run.scale)
+        error = None if run.limit is None else layer_relative_errors(network, per_layer, run.limit)
+        return Estimate.from_layers(network, per_layer, run.output, loss, run.targets, run.trace, run.reports,
+                                    nudge=run.nudge, error_bound=error)

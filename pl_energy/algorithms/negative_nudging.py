@@ -16,10 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor, nn
-
-from ..core.losses import Loss
-from .contrastive import Contrast, Phase
 from .predictive_coding import PredictiveCoding
 
 
@@ -28,7 +24,8 @@ class NegativeNudging(PredictiveCoding):
     """PC with negative nudging.
 
     Args:
-        lam: strength of the negative nudge, E = I - lam L.
+        lam: strength of the negative nudge, E = I - lam L, or "auto" (the finite-difference
+            step of each batch, ``PredictiveCoding``).
         centered: +lam and -lam phases, error O(lam^2) (the same estimate as ``pc_nudge`` with
             ``centered=True``).
 
@@ -45,16 +42,9 @@ class NegativeNudging(PredictiveCoding):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.lam <= 0:
+        if self.lam != "auto" and self.lam <= 0:
             raise ValueError(f"lam is the strength of the negative nudge and must be > 0, got {self.lam}")
 
-    def phases(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
-               record: bool) -> Contrast:
-        if self.centered:
-            return super().phases(network, inputs, targets, loss, record)
-        energy = self.energy(network, loss)
-        free = energy.free_state(inputs, targets)
-        negative = energy.nudged(free, -self.lam)
-        relaxation = self.relax(energy, negative, record)
-        return Contrast(None, Phase(energy, negative), 1 / self.lam, free.output, free.targets,
-                        relaxation.trace, (relaxation.report,))
+    def signs(self) -> tuple[int, ...]:
+        """-lam alone, or +lam and -lam when centered."""
+        return (1, -1) if self.centered else (-1,)

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from ..core.losses import Loss
 from ..core.networks import layers_of
-from ..core.predictive_coding import PredictiveCodingEnergy
+from ..core.nudge import automatic_strength, finite_difference_step
+from ..core.predictive_coding import PCState, PredictiveCodingEnergy
 from .contrastive import Contrast, ContrastiveAlgorithm, Phase
 
 
@@ -39,17 +40,28 @@ class PredictiveCoding(ContrastiveAlgorithm):
     """Inference learning / PC-Nudge on the predictive-coding energy.
 
     Args:
-        lam: weight of the supervised term, E = I + lam L (1: the target clamps the output).
+        lam: weight of the supervised term, E = I + lam L (1: the target clamps the output), or
+            "auto": chosen per batch as a finite-difference step (``pl_energy.core.nudge``): the
+            lam whose first-order displacement of the hidden activities is eps^(1/2) of their
+            size (eps^(1/3) centered), eps the parameters' machine epsilon.
         gamma: precision ratio pi_{l+1}/pi_l in (0, 1] (feedback strength).
         centered: +lam and -lam phases, error O(lam^2).
+        error_estimate: compute ``Estimate.error_bound``, the estimate's relative error per
+            layer against the limit lam -> 0 (backprop's gradient, from the first-order
+            response: one parameter VJP per layer, about a third of a backprop step).
 
     The inference settings (``solver``, ``steps``, ``step_size``, ``tol``, ``trace``) are
-    ``RelaxingAlgorithm``'s, converged by default.
+    ``RelaxingAlgorithm``'s, converged by default. With a tolerance, each nudged phase starts at
+    its first-order equilibrium eps_l = lam r_l (where one error step at step 1 from the free
+    state lands); without one (the papers' fixed-step dynamics) it starts at the free state.
+    The error solver carries the errors in difference form (``PCState.carried``), so weak
+    nudges stay exact in float32.
     """
 
-    lam: float = 1.0
+    lam: float | str = 1.0
     gamma: float = 1.0
     centered: bool = False
+    error_estimate: bool = True
     solver: str = "error"
     steps: int = 100
     tol: float | None = 1e-4
@@ -58,13 +70,28 @@ class PredictiveCoding(ContrastiveAlgorithm):
 
     def __post_init__(self):
         super().__post_init__()
+        if isinstance(self.lam, str) and self.lam != "auto":
+            raise ValueError(f"{self.name}: lam must be a number or 'auto', got {self.lam!r}")
         if self.lam == 0:
             raise ValueError("lam must be non-zero: the update is (1/lam) dE/dtheta")
         if not 0 < self.gamma <= 1:
             raise ValueError(f"gamma (feedback strength) must lie in (0, 1], got {self.gamma}")
 
-    def nudge(self, network: nn.Module) -> float:
-        return self.lam
+    def nudge(self, network: nn.Module) -> float | None:
+        """The fixed lam, for the precision check; None for "auto" (chosen above rounding) and
+        for the error solver, whose errors are carried in difference form."""
+        return None if self.lam == "auto" or self.solver == "error" else float(self.lam)
+
+    def nudge_strength(self, energy: PredictiveCodingEnergy, free: PCState, response: list[Tensor]) -> float:
+        """lam for this batch: the fixed value, or the finite-difference step of ``lam="auto"``."""
+        if self.lam != "auto":
+            return float(self.lam)
+        step = finite_difference_step(free.activities[0].dtype, self.centered)
+        return automatic_strength(step, energy.displacement_per_unit(free, response))
+
+    def signs(self) -> tuple[int, ...]:
+        """The signs of the nudged phases: +lam, then -lam when centered."""
+        return (1, -1) if self.centered else (1,)
 
     def energy(self, network: nn.Module, loss: Loss) -> PredictiveCodingEnergy:
         """The PC energy with the precisions gamma^-(L-l) that make gamma the feedback strength."""
@@ -74,20 +101,23 @@ class PredictiveCoding(ContrastiveAlgorithm):
 
     def phases(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                record: bool) -> Contrast:
-        """+lam against the free phase (whose weight gradient is zero), or against -lam; both
-        nudged phases start from one feedforward pass."""
+        """One phase per sign (``signs``) from one feedforward pass, the first traced; a single
+        phase is contrasted with the free phase (whose weight gradient is zero)."""
         energy = self.energy(network, loss)
         free = energy.free_state(inputs, targets)
-        positive = energy.nudged(free, self.lam)
-        relaxation = self.relax(energy, positive, record)
-        reports = (relaxation.report,)
-        if not self.centered:
-            return Contrast(Phase(energy, positive), None, 1 / self.lam, free.output, free.targets,
-                            relaxation.trace, reports)
-        negative = energy.nudged(free, -self.lam)
-        low = self.relax(energy, negative)
-        return Contrast(Phase(energy, positive), Phase(energy, negative), 1 / (2 * self.lam), free.output,
-                        free.targets, relaxation.trace, reports + (low.report,))
+        response = energy.first_order_response(free)
+        lam = self.nudge_strength(energy, free, response)
+        start = response if self.tol is not None else None
+        phases, reports, trace = {}, (), None
+        for sign in self.signs():
+            state = energy.nudged(free, sign * lam, start)
+            relaxation = self.relax(energy, state, record and not reports)
+            phases[sign], reports = Phase(energy, state), reports + (relaxation.report,)
+            trace = relaxation.trace if trace is None else trace
+        scale = 1 / (len(phases) * lam)
+        limit = energy.response_parameter_gradients(free, response) if self.error_estimate else None
+        return Contrast(phases.get(1), phases.get(-1), scale, free.output, free.targets, trace, reports,
+                        lam, limit)
 
 
 @dataclass
@@ -95,11 +125,14 @@ class PCNudge(PredictiveCoding):
     """PC-Nudge: predictive coding with a weak supervised nudge (Millidge et al. 2022, Sec. 4).
 
     Args:
-        lam: weight of the supervised term, E = I + lam L; the update approaches BP's as lam -> 0.
+        lam: weight of the supervised term, E = I + lam L; the update approaches BP's as
+            lam -> 0. "auto" (the default) takes the finite-difference step of each batch
+            (``PredictiveCoding``); the paper's lam = 0.01 is ``lam=0.01``.
 
-    ``gamma``, ``centered`` and the inference settings are ``PredictiveCoding``'s.
+    ``gamma``, ``centered``, ``error_estimate`` and the inference settings are
+    ``PredictiveCoding``'s.
     """
 
-    lam: float = 0.01
+    lam: float | str = "auto"
     name = "pc_nudge"
     traced_phase = "the nudged phase"

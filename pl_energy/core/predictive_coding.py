@@ -20,7 +20,7 @@ Millidge et al. 2022 Eq. 18: dx_l = -eps_l + (pi_{l+1}/pi_l) J^T eps_{l+1}.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -34,16 +34,32 @@ from .networks import layers_of, naming_layer
 class PCState:
     """Activities x_0..x_{L-1}, each layer linearised at its current input, and the weight lam of
     the supervised term this state relaxes under (the nudge lives in the state, as the Hopfield
-    state's beta does: ``PredictiveCodingEnergy.nudged``)."""
+    state's beta does: ``PredictiveCodingEnergy.nudged``).
+
+    ``carried`` holds errors in difference form: for a hidden layer l, (x_l, linearisation of
+    layer l, eps_l) where x_l was set to mu_l + eps_l. While x_l and mu_l are still those tensors,
+    eps_l is read from here instead of being formed as x_l - mu_l: that subtraction cancels all
+    but about eps_dtype |x_l| / |eps_l| of its bits, which for a weak nudge (|eps_l| ~ lam |x_l|)
+    is most of the estimate in float32. Carried, a nudge far below float32's resolution of the
+    activities stays exact (the displacement is the variable, not a difference of two states).
+    """
 
     activities: list[Tensor]
     linearizations: list[Linearization]
     targets: Tensor
     lam: float = 1.0
+    carried: dict[int, tuple[Tensor, Linearization, Tensor]] = field(default_factory=dict)
 
     @property
     def output(self) -> Tensor:
         return self.linearizations[-1].output
+
+    def carried_error(self, index: int) -> Tensor | None:
+        """eps_l in difference form, if x_l and mu_l are still the ones it was set with."""
+        entry = self.carried.get(index)
+        if entry is not None and entry[0] is self.activities[index] and entry[1] is self.linearizations[index - 1]:
+            return entry[2]
+        return None
 
 
 class PredictiveCodingEnergy:
@@ -81,21 +97,62 @@ class PredictiveCodingEnergy:
         return PCState(activities, linearizations, targets, lam=0.0)
 
     def snapshot(self, state: PCState) -> PCState:
-        return PCState(list(state.activities), list(state.linearizations), state.targets, state.lam)
+        return PCState(list(state.activities), list(state.linearizations), state.targets, state.lam,
+                       dict(state.carried))
 
-    def nudged(self, state: PCState, lam: float) -> PCState:
-        """A copy of ``state`` that relaxes under E = I + lam L (e.g. the free state, nudged)."""
+    def nudged(self, state: PCState, lam: float, response: list[Tensor] | None = None) -> PCState:
+        """A copy of ``state`` that relaxes under E = I + lam L (e.g. the free state, nudged);
+        with the free state's ``first_order_response`` r, started at its first-order
+        equilibrium eps_l = lam r_l (carried in difference form), which is where one step of
+        error descent at step 1 from the free state lands."""
         nudged = self.snapshot(state)
         nudged.lam = float(lam)
+        for index, direction in enumerate(response or (), start=1):
+            self.set_error(nudged, index, direction * float(lam))
         return nudged
+
+    # --- the nudge's first order --------------------------------------------------------------
+    def first_order_response(self, free: PCState) -> list[Tensor]:
+        """r_l = d eps_l / d lam at lam = 0 from the free equilibrium (Millidge et al. 2022
+        Eqs. 12-15): the equilibrium of E = I + lam L has pi_l eps_l = -lam (dx_L/dx_l)^T dL/dmu_L
+        + O(lam^2), so r_l = -(1/pi_l) J_{l+1}^T ... J_L^T dL/dmu_L, backprop's adjoint of x_l
+        scaled by -1/pi_l (one backward sweep)."""
+        adjoint = self.loss.per_sample_gradient(free.output, free.targets)
+        response: list[Tensor] = []
+        for index in range(len(self.layers) - 1, 0, -1):
+            adjoint = free.linearizations[index].input_vjp(adjoint)
+            response.append(adjoint * (-1.0 / self.precisions[index - 1]))
+        return response[::-1]
+
+    def displacement_per_unit(self, free: PCState, response: list[Tensor]) -> float:
+        """max_l ||r_l|| / ||x_l||: how far, relative to each hidden activity, one unit of lam
+        moves the state at first order (0 without hidden layers)."""
+        ratios = [float(r.norm() / x.norm().clamp_min(torch.finfo(x.dtype).tiny))
+                  for r, x in zip(response, free.activities[1:])]
+        return max(ratios, default=0.0)
+
+    def response_parameter_gradients(self, free: PCState, response: list[Tensor]) -> list[list[Tensor]]:
+        """The update of the limit lam -> 0 per layer, lim (1/lam) dE/dtheta(x_lam) =
+        (d mu_l/d theta_l)^T d_l / B with d_l = -pi_l r_l inside and dL/dmu_L at the output, at
+        the free equilibrium: backprop's gradient of the batch-mean loss (Millidge et al. 2022
+        Eq. 16), from the response without autograd."""
+        batch = free.activities[0].shape[0]
+        signals = [-self.precisions[index - 1] * r for index, r in enumerate(response, start=1)]
+        signals.append(self.loss.per_sample_gradient(free.output, free.targets))
+        return [linearization.parameter_vjp(signal / batch)
+                for linearization, signal in zip(free.linearizations, signals)]
 
     def restore(self, state: PCState, snapshot: PCState) -> None:
         state.activities[:] = snapshot.activities
         state.linearizations[:] = snapshot.linearizations
+        state.carried = dict(snapshot.carried)
 
     # --- the energy and its gradients ---------------------------------------------------------
     def error(self, state: PCState, index: int) -> Tensor:
-        """eps_l = x_l - mu_l for a hidden layer l."""
+        """eps_l = x_l - mu_l for a hidden layer l (read in difference form where carried)."""
+        carried = state.carried_error(index)
+        if carried is not None:
+            return carried
         return state.activities[index] - state.linearizations[index - 1].output
 
     def signal(self, state: PCState, index: int) -> Tensor:
@@ -139,13 +196,20 @@ class PredictiveCodingEnergy:
     def move_errors(self, state: PCState, directions: list[Tensor], step_size: float,
                     errors: list[Tensor] | None = None) -> list[Tensor]:
         """e_l <- e_l - step_size / pi_l * direction_l, then x_l = mu_l + e_l from the bottom up
-        (each mu_l re-predicted from the moved x_{l-1}); returns the new errors."""
+        (each mu_l re-predicted from the moved x_{l-1}), the e_l carried in difference form;
+        returns the new errors."""
         errors = self.errors(state) if errors is None else errors
         moved = [torch.add(error, direction, alpha=-step_size / self.precisions[index - 1])
                  for index, (error, direction) in enumerate(zip(errors, directions), start=1)]
         for index, error in enumerate(moved, start=1):
-            self.set_activity(state, index, state.linearizations[index - 1].output + error)
+            self.set_error(state, index, error)
         return moved
+
+    def set_error(self, state: PCState, index: int, error: Tensor) -> None:
+        """x_l = mu_l + error, with ``error`` carried as eps_l (``PCState.carried``)."""
+        prediction = state.linearizations[index - 1]
+        self.set_activity(state, index, prediction.output + error)
+        state.carried[index] = (state.activities[index], prediction, error)
 
     def activity_gradients(self, state: PCState, lowest: int = 1) -> list[Tensor]:
         """dE/dx_l = -d_l + J_{l+1}^T d_{l+1} for l = lowest..L-1, from the top down.

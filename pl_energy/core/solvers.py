@@ -99,21 +99,13 @@ class ActivityCoordinates:
 
 @dataclass
 class ErrorCoordinates(ActivityCoordinates):
-    """The prediction errors e_l of a predictive-coding energy (Goemaere et al. 2025).
-
-    A step reads the errors three times (gradient, residual, move) and the move produces the
-    next ones, so they are kept for the activities they belong to (activities are replaced,
-    never changed in place, so the same tensors mean the same errors)."""
-
-    _activities: tuple = ()
-    _errors: list[Tensor] | None = None
+    """The prediction errors e_l of a predictive-coding energy (Goemaere et al. 2025), carried
+    in the state in difference form (``PCState.carried``): a step reads them three times
+    (gradient, residual, move) without forming x_l - mu_l, and a weak nudge's small errors stay
+    exact beside O(1) activities."""
 
     def errors(self, state) -> list[Tensor]:
-        current = tuple(state.activities)
-        if (self._errors is None or len(current) != len(self._activities)
-                or any(a is not b for a, b in zip(current, self._activities))):
-            self._activities, self._errors = current, self.energy.errors(state)
-        return self._errors
+        return self.energy.errors(state)
 
     def gradients(self, state) -> list[Tensor]:
         return self.energy.error_gradients(state, self.errors(state))
@@ -122,8 +114,7 @@ class ErrorCoordinates(ActivityCoordinates):
         return self.energy.local_terms(state, self.errors(state))
 
     def move(self, state, directions: list[Tensor], step_size: float) -> None:
-        moved = self.energy.move_errors(state, directions, step_size, self.errors(state))
-        self._activities, self._errors = tuple(state.activities), moved
+        self.energy.move_errors(state, directions, step_size, self.errors(state))
 
 
 @dataclass

@@ -1,0 +1,41 @@
+"""The nudge as a finite-difference step: its automatic size and the estimate's own error.
+
+The contrastive estimates (PC-Nudge, EP) are difference quotients of equilibria in the nudge
+strength h (lam or beta; Millidge et al. 2022 Eqs. 21, 24; Scellier & Bengio 2017):
+
+    one-sided:  g(h) = (dE/dtheta(x_h) - dE/dtheta(x_0)) / h            = g + O(h),
+    centered:   g(h) = (dE/dtheta(x_h) - dE/dtheta(x_-h)) / (2 h)       = g + O(h^2).
+
+A step that is too large leaves an O(h) (O(h^2)) bias that grows with training; one that is
+too small lets rounding win, by eps / h when the displacement is formed as a difference of two
+O(1) states. The classical optimum balances the two (Press et al. 2007, Numerical Recipes,
+Sec. 5.7): a relative step of eps^(1/2) one-sided and eps^(1/3) centered, eps the dtype's
+machine epsilon. ``finite_difference_step`` gives it; an energy turns it into a nudge strength by
+its first-order response (how far one unit of nudge moves the state, relative to the state).
+
+Where the displacement is carried in difference form (the PC energy's error coordinates,
+``PCState.carried``) the eps / h term is gone to first order, so these steps are conservative:
+their error is then the bias, about eps^(1/2) (one-sided) times the network's curvature.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def finite_difference_step(dtype: torch.dtype, centered: bool) -> float:
+    """The relative finite-difference step that balances bias and rounding in ``dtype``:
+    eps^(1/2) for a one-sided difference, eps^(1/3) for a centered one."""
+    epsilon = torch.finfo(dtype).eps
+    return epsilon ** (1 / 3) if centered else math.sqrt(epsilon)
+
+
+def automatic_strength(step: float, displacement_per_unit: float) -> float:
+    """The nudge strength h whose first-order displacement, h * ``displacement_per_unit``
+    (relative to the state), equals ``step``; 1 when the nudge moves nothing (a batch the loss
+    no longer pulls on: every strength then gives the same, zero, update)."""
+    if not displacement_per_unit > 0 or not math.isfinite(displacement_per_unit):
+        return 1.0
+    return step / displacement_per_unit
