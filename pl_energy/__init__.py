@@ -4,11 +4,12 @@ The core (``pl_energy.core``, ``pl_energy.algorithms``) is pure torch; the Light
 in ``pl_energy.module``, ``pl_energy.callbacks``, ``pl_energy.data`` and ``pl_energy.cli``.
 """
 
-from .algorithms import ALGORITHMS, Algorithm, Estimate, NotConvergedWarning, PrecisionWarning, build_algorithm
+from .algorithms import (ALGORITHMS, Algorithm, Estimate, EstimateErrorWarning, NotConvergedWarning, PrecisionWarning,
+                         build_algorithm)
 from .core import DivergenceError, InferenceReport, InferenceTrace, mlp
 
 __all__ = ["ALGORITHMS", "Algorithm", "DivergenceError", "EnergyModule", "Estimate",
-           "GradientAgreement", "InferenceReport", "InferenceTrace", "NotConvergedWarning", "PrecisionWarning",
+           "EstimateErrorWarning", "GradientAgreement", "InferenceReport", "InferenceTrace", "NotConvergedWarning", "PrecisionWarning",
            "build_algorithm", "mlp"]
 __version__ = "0.1.0"
 

@@ -221,6 +221,7 @@ class EnergyModule(pl.LightningModule):
                  batch_size=batch_size)
         if estimate.inference:
             self._log_inference(estimate.inference, batch_size)
+        self._log_estimate(estimate, batch_size)
         if estimate.trace is not None:
             self._log_trace(estimate.trace, batch_size, step)
         return loss
@@ -239,6 +240,16 @@ class EnergyModule(pl.LightningModule):
         }
         for name, value in values.items():
             self.log(name, value, on_step=True, on_epoch=False, sync_dist=True, batch_size=batch_size)
+
+    def _log_estimate(self, estimate, batch_size: int) -> None:
+        """``estimate/nudge`` (the lam or beta the estimate was read with, chosen per batch by
+        "auto") and ``estimate/worst_error`` (the largest layer's ``Estimate.error_bound``: the
+        estimate's own relative error against its vanishing-nudge limit), where there are."""
+        values = {"estimate/nudge": estimate.nudge,
+                  "estimate/worst_error": None if estimate.worst_error is None else estimate.worst_error[1]}
+        for name, value in values.items():
+            if value is not None:
+                self.log(name, float(value), on_step=True, on_epoch=False, sync_dist=True, batch_size=batch_size)
 
     def _log_trace(self, trace, batch_size: int, step: int) -> None:
         for name in ("internal", "supervised", "total"):

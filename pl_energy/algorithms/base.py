@@ -40,6 +40,10 @@ BATCH_STATISTICS = (
     "(or in eval mode)")
 
 
+class EstimateErrorWarning(UserWarning):
+    """The estimate's own error bound (``Estimate.error_bound``) exceeds its tolerance."""
+
+
 class PrecisionWarning(UserWarning):
     """The nudge is so weak that the dtype's rounding is a large part of the estimate."""
 
@@ -179,7 +183,19 @@ class Algorithm:
                 del forwards[next(iter(forwards))]
         if not torch.isfinite(estimate.loss):
             raise _non_finite(network, inputs)
+        self._check_error(estimate)
         return estimate
+
+    def _check_error(self, estimate: Estimate) -> None:
+        """Warn when the estimate's worst layer is further from its limit than ``error_tolerance``
+        (for algorithms that have one and compute ``Estimate.error_bound``)."""
+        tolerance, worst = getattr(self, "error_tolerance", None), estimate.worst_error
+        if tolerance is not None and worst is not None and worst[1] > tolerance:
+            warnings.warn(
+                f"{self.name}'s estimate is {worst[1]:.1%} off its vanishing-nudge limit (backprop's "
+                f"gradient) in layer {worst[0]}, above error_tolerance={tolerance:g} (nudge {estimate.nudge:.3g}, "
+                f"inference converged: {estimate.converged}): use lam='auto', centered=True or a tighter "
+                "tol; Estimate.error_bound has every layer", EstimateErrorWarning, stacklevel=3)
 
     def gradients(self, network: nn.Module, inputs: Tensor, targets: Tensor,
                   loss: str | Loss = "cross_entropy") -> dict[str, Tensor]:
@@ -316,15 +332,23 @@ def backprop_gradients(network: nn.Module, inputs: Tensor, targets: Tensor,
 
 def layer_relative_errors(network: nn.Module, estimate: list[list[Tensor]],
                           reference: list[list[Tensor]]) -> dict[str, float]:
-    """||u_l - r_l|| / ||r_l|| per layer (over the layer's parameters, in float64), keyed by the
-    layer's name among ``network``'s children; a layer whose reference is 0 reads |u_l| (0 when
-    both vanish)."""
-    errors = {}
-    for (name, _), upper, lower in zip(network.named_children(), estimate, reference):
-        difference = sum((float((u.double() - r.double()).pow(2).sum()) for u, r in zip(upper, lower)), 0.0)
-        size = sum((float(r.double().pow(2).sum()) for r in lower), 0.0)
-        errors[name] = math.sqrt(difference / size) if size > 0 else math.sqrt(difference)
-    return errors
+    """||u_l - r_l|| / ||r_l|| per layer (over the layer's parameters), keyed by the layer's name
+    among ``network``'s children; a layer whose reference is 0 reads |u_l| (0 when both vanish).
+    The norms are taken in the parameters' dtype and read back once."""
+    names = [name for name, _ in network.named_children()]
+    upper = [u for layer in estimate for u in layer]
+    lower = [r for layer in reference for r in layer]
+    if not upper:
+        return {}
+    differences = torch.stack(torch._foreach_norm(torch._foreach_sub(upper, lower))).double()
+    sizes = torch.stack(torch._foreach_norm(lower)).double()
+    counts = torch.tensor([len(layer) for layer in reference], device=sizes.device)
+    owner = torch.repeat_interleave(torch.arange(len(reference), device=sizes.device), counts)
+    difference = torch.zeros(len(reference), dtype=torch.float64, device=sizes.device).index_add_(
+        0, owner, differences.square()).sqrt()
+    size = torch.zeros_like(difference).index_add_(0, owner, sizes.square()).sqrt()
+    ratio = torch.where(size > 0, difference / size.clamp_min(torch.finfo(torch.float64).tiny), difference)
+    return dict(zip(names, ratio.tolist()))
 
 
 def name_layer_gradients(network: nn.Module, per_layer: list[list[Tensor]]) -> dict[str, Tensor]:
@@ -431,11 +455,14 @@ class RelaxingAlgorithm(Algorithm):
                     "MaxPool2d) (a CNN written flat measured cosine 0.958 with BP against 0.9987 grouped, "
                     "and ran 3.3x slower)", UserWarning, stacklevel=4)
 
-    def relax(self, energy, state, record: bool = False, steps: int | None = None) -> Relaxation:
-        """One inference phase on ``state`` in place (see ``core.relax``); warns once per
-        process when a tolerance was asked for and not reached."""
+    def relax(self, energy, state, record: bool = False, steps: int | None = None,
+              tol: float | None = None, from_start: bool = False) -> Relaxation:
+        """One inference phase on ``state`` in place (see ``core.relax``; ``tol`` overrides the
+        algorithm's, ``from_start`` measures the residual against the change since the start);
+        warns once per process when a tolerance was asked for and not reached."""
+        tol = self.tol if tol is None else tol
         relaxation = relax(energy, state, self.steps if steps is None else steps, self.step_size,
-                           self.tol, record, self.solver)
-        if self.tol is not None and not relaxation.report.converged:
+                           tol, record, self.solver, from_start=from_start)
+        if tol is not None and not relaxation.report.converged:
             warnings.warn(NOT_CONVERGED, NotConvergedWarning, stacklevel=2)
         return relaxation

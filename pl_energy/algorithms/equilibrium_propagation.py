@@ -13,11 +13,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
+from ..core.hopfield import HopfieldEnergy, HopfieldState
 from ..core.losses import Loss
+from ..core.nudge import automatic_strength, finite_difference_step
 from .contrastive import Contrast, Phase
 from .hopfield_common import HopfieldAlgorithm
+
+
+#: A nudged phase's tolerance is not tightened below this many machine epsilons over the
+#: relative displacement of the nudge (its rounding floor).
+ROUNDING_EPSILONS = 10
 
 
 @dataclass
@@ -29,43 +37,80 @@ class EquilibriumPropagation(HopfieldAlgorithm):
             2021's remedy for one-sided EP's bias: on MNIST (784-512-10, Adam) it reaches 94.6%
             validation accuracy after one epoch; EP's error against its reference shrinks as
             beta (one-sided) or beta^2 (centered) until a nudge moves a unit across a kink of a
-            clip/ReLU unit or a max-pool switch (``tests/test_hopfield_conv.py``).
+            clip/ReLU unit or a max-pool switch (``tests/test_hopfield_conv.py``). "auto"
+            chooses it per batch as a finite-difference step (``pl_energy.core.nudge``): the
+            beta that moves the output by eps^(1/2) of its size at first order (eps^(1/3)
+            centered), eps the parameters' machine epsilon.
         nudged_steps: step cap of the nudged phases (default: ``steps``).
         centered: nudge by +beta and -beta and take the symmetric difference.
 
     ``gamma`` and the inference settings (``solver``, ``steps``, ``step_size``, ``tol``,
-    ``trace``) are ``HopfieldAlgorithm``'s.
+    ``trace``) are ``HopfieldAlgorithm``'s. Tolerances follow the nudge (``tolerances``): a
+    nudged phase's residual is measured against what the nudge changed (``core.solvers``) and
+    must reach ``tol`` times the nudge's relative displacement h (when h < 1), so that stopping
+    early stays below the O(beta^2) bias of the centered estimate; the one-sided estimate, which
+    reads dE/dtheta at the free state, first relaxes the free phase on as far (its error enters
+    the estimate divided by h). Neither goes below the dtype's rounding floor. In float64, centered EP at the defaults follows O(beta^2) down
+    to beta = 1e-4 (``tests/test_hopfield.py``).
     """
 
-    beta: float = 0.5
+    beta: float | str = 0.5
     nudged_steps: int | None = None
     centered: bool = True
     name = "ep"
     traced_phase = "the nudged phase (+\N{GREEK SMALL LETTER BETA})"
     supervised_weight = "\N{GREEK SMALL LETTER BETA}"
 
-    def nudge(self, network: nn.Module) -> float:
-        return self.beta
+    def nudge(self, network: nn.Module) -> float | None:
+        return None if self.beta == "auto" else float(self.beta)
 
     def __post_init__(self):
         super().__post_init__()
+        if isinstance(self.beta, str) and self.beta != "auto":
+            raise ValueError(f"ep: beta must be a number or 'auto', got {self.beta!r}")
         if self.beta == 0:
             raise ValueError("beta must be non-zero")
         if self.nudged_steps is not None and self.nudged_steps < 1:
             raise ValueError(f"nudged_steps must be >= 1 (or None: steps), got {self.nudged_steps}")
 
+    def nudge_strength(self, energy: HopfieldEnergy, free: HopfieldState) -> float:
+        """beta for this batch: the fixed value, or the finite-difference step of "auto"."""
+        if self.beta != "auto":
+            return float(self.beta)
+        step = finite_difference_step(free.output.dtype, self.centered)
+        return automatic_strength(step, energy.displacement_per_unit(free))
+
+    def tolerances(self, energy: HopfieldEnergy, free: HopfieldState, beta: float) -> tuple[float, float] | None:
+        """(nudged, free) tolerances for a nudge that moves the state by h = |beta| *
+        ``displacement_per_unit`` of its size: a nudged phase's residual, measured against what
+        the nudge changed, must reach tol * min(1, h); the one-sided estimate's free phase,
+        measured against the O(1) state and read divided by h, tol * min(1, h) as well. Neither
+        goes below the rounding floor of O(1) states (``ROUNDING_EPSILONS`` machine epsilons,
+        which against the nudge's move is that over h). None without a tolerance."""
+        if self.tol is None:
+            return None
+        epsilon = ROUNDING_EPSILONS * torch.finfo(free.output.dtype).eps
+        moved = abs(beta) * energy.displacement_per_unit(free)
+        wanted = self.tol * min(1.0, moved)
+        return max(wanted, epsilon / moved if moved > 0 else 0.0), max(wanted, epsilon)
+
     def phases(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                record: bool) -> Contrast:
         """+beta against the free phase, or against -beta (centered)."""
         energy, free, first = self.free_phase(network, inputs, targets, loss)
+        beta = self.nudge_strength(energy, free)
+        tol, free_tol = self.tolerances(energy, free, beta) or (None, None)
+        reports = (first.report,)
+        if not self.centered and free_tol is not None and free_tol < self.tol:  # read divided by beta
+            reports += (self.relax(energy, free, tol=free_tol).report,)
         steps = self.steps if self.nudged_steps is None else self.nudged_steps
-        nudged = energy.nudged(free, self.beta)
-        relaxation = self.relax(energy, nudged, record, steps)
-        reports = (first.report, relaxation.report)
+        nudged = energy.nudged(free, beta)
+        relaxation = self.relax(energy, nudged, record, steps, tol, from_start=True)
+        reports += (relaxation.report,)
         if self.centered:
-            low = energy.nudged(free, -self.beta)
-            reports += (self.relax(energy, low, steps=steps).report,)
-            return Contrast(Phase(energy, nudged), Phase(energy, low), 1 / (2 * self.beta), free.output,
-                            free.targets, relaxation.trace, reports)
-        return Contrast(Phase(energy, nudged), Phase(energy, free), 1 / self.beta, free.output, free.targets,
-                        relaxation.trace, reports)
+            low = energy.nudged(free, -beta)
+            reports += (self.relax(energy, low, steps=steps, tol=tol, from_start=True).report,)
+            return Contrast(Phase(energy, nudged), Phase(energy, low), 1 / (2 * beta), free.output,
+                            free.targets, relaxation.trace, reports, beta)
+        return Contrast(Phase(energy, nudged), Phase(energy, free), 1 / beta, free.output, free.targets,
+                        relaxation.trace, reports, beta)

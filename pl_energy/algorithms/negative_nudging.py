@@ -32,8 +32,9 @@ class NegativeNudging(PredictiveCoding):
     ``gamma`` and the inference settings are ``PredictiveCoding``'s.
     """
 
-    lam: float = 0.01
+    lam: float | str = "auto"
     centered: bool = False
+    error_tolerance: float | None = 0.05
     name = "pc_negative"
 
     @property

@@ -49,6 +49,9 @@ class PredictiveCoding(ContrastiveAlgorithm):
         error_estimate: compute ``Estimate.error_bound``, the estimate's relative error per
             layer against the limit lam -> 0 (backprop's gradient, from the first-order
             response: one parameter VJP per layer, about a third of a backprop step).
+        error_tolerance: warn (``EstimateErrorWarning``) when the worst layer's
+            ``error_bound`` exceeds this; None (pc's default: lam = 1 is not meant to be close
+            to backprop) never warns.
 
     The inference settings (``solver``, ``steps``, ``step_size``, ``tol``, ``trace``) are
     ``RelaxingAlgorithm``'s, converged by default. With a tolerance, each nudged phase starts at
@@ -62,6 +65,7 @@ class PredictiveCoding(ContrastiveAlgorithm):
     gamma: float = 1.0
     centered: bool = False
     error_estimate: bool = True
+    error_tolerance: float | None = None
     solver: str = "error"
     steps: int = 100
     tol: float | None = 1e-4
@@ -129,10 +133,13 @@ class PCNudge(PredictiveCoding):
             lam -> 0. "auto" (the default) takes the finite-difference step of each batch
             (``PredictiveCoding``); the paper's lam = 0.01 is ``lam=0.01``.
 
+        error_tolerance: warn when the worst layer's estimated error exceeds this (5%).
+
     ``gamma``, ``centered``, ``error_estimate`` and the inference settings are
     ``PredictiveCoding``'s.
     """
 
     lam: float | str = "auto"
+    error_tolerance: float | None = 0.05
     name = "pc_nudge"
     traced_phase = "the nudged phase"

@@ -145,6 +145,14 @@ class HopfieldEnergy:
         return HopfieldState(list(state.activities), state.targets, beta=beta,
                              input_drive=state.input_drive)
 
+    def displacement_per_unit(self, free: HopfieldState) -> float:
+        """||dL/dx_L|| / (c_L ||x_L||): how far, relative to the output, one unit of beta moves
+        it at first order when only its own 1/2 c_L ||x_L||^2 holds it (the feedback of the
+        layer below only shortens the move, and the layers below move less)."""
+        output = free.output
+        pull = self.loss.per_sample_gradient(output, free.targets).norm()
+        return float(pull / (self.weights[-1] * output.norm().clamp_min(torch.finfo(output.dtype).tiny)))
+
     def clamped(self, state: HopfieldState) -> HopfieldState:
         """Output clamped to x_L - dL/dx_L (the target itself for ``mse``)."""
         activities = list(state.activities)

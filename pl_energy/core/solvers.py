@@ -44,6 +44,15 @@ b_l = g_l - a_l (top-down feedback), and
     residual = max_l ||g_l|| / (||a_l|| + ||g_l - a_l||)   (0/0 taken as 0),
 
 which is 1 when one side is missing and 0 at equilibrium.
+
+A phase that starts at another equilibrium and is moved off it by a nudge (EP's nudged phases
+from the free equilibrium) measures its residual against what the nudge changed instead
+(``start``: the local terms and gradients where it started, a_l^0 and g_l^0):
+
+    residual = max_l ||g_l|| / (||a_l - a_l^0|| + ||(g_l - a_l) - (g_l^0 - a_l^0)||),
+
+so that a tolerance is a fraction of the O(beta) displacement, not of the O(1) activities: with
+the latter, stopping early left an error of tol / beta in the estimate whatever beta was.
 """
 
 from __future__ import annotations
@@ -126,16 +135,23 @@ class Balance:
     rest: Tensor
 
     @classmethod
-    def of(cls, gradients: list[Tensor], local: list[Tensor]) -> "Balance":
+    def of(cls, gradients: list[Tensor], local: list[Tensor],
+           start: tuple[list[Tensor], list[Tensor]] | None = None) -> "Balance":
+        """The norms at a state; with ``start`` (gradients, local terms where the phase started)
+        the local term and the rest are those of the change since then."""
         rest = torch._foreach_sub(gradients, local)
+        if start is not None:
+            local, rest = torch._foreach_sub(local, start[1]), torch._foreach_sub(
+                rest, torch._foreach_sub(start[0], start[1]))
         return cls(*(torch.stack(torch._foreach_norm(t)) for t in (gradients, local, rest)))
 
     @property
     def residual(self) -> float:
-        """max_l ||g_l|| / (||a_l|| + ||g_l - a_l||), 0/0 taken as 0."""
+        """max_l ||g_l|| / (||a_l|| + ||g_l - a_l||), 0/0 taken as 0 (and g/0 as infinite: a
+        phase measured from its start that has not moved yet)."""
         scale = self.local + self.rest
-        ratio = torch.where(scale > 0, self.gradient / scale.clamp_min(torch.finfo(scale.dtype).tiny),
-                            torch.zeros_like(scale))
+        unmoved = torch.where(self.gradient > 0, torch.full_like(scale, torch.inf), torch.zeros_like(scale))
+        ratio = torch.where(scale > 0, self.gradient / scale.clamp_min(torch.finfo(scale.dtype).tiny), unmoved)
         return float(ratio.max())
 
 
@@ -147,9 +163,10 @@ class SweepCoordinates(ActivityCoordinates):
         self.energy.sweep(state, directions, step_size)
 
 
-def relative_residual(gradients: list[Tensor], local: list[Tensor]) -> float:
+def relative_residual(gradients: list[Tensor], local: list[Tensor],
+                      start: tuple[list[Tensor], list[Tensor]] | None = None) -> float:
     """The relative residual of the module docstring (0 for no free layers)."""
-    return Balance.of(gradients, local).residual if gradients else 0.0
+    return Balance.of(gradients, local, start).residual if gradients else 0.0
 
 
 @dataclass

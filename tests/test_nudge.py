@@ -1,0 +1,182 @@
+"""The nudge as a finite-difference step (``pl_energy.core.nudge``), checked against oracles
+written here: backprop by autograd, the finite-difference error model (error = C h one-sided,
+C h^2 centered, C measured at fixed nudges), EP's implicit-differentiation reference.
+
+- Difference form: the PC energy's errors are carried, so a weak nudge stays exact in float32.
+- ``lam="auto"`` / ``beta="auto"``: the first-order displacement is the dtype's step, and the
+  error is what the error model predicts for that step.
+- ``Estimate.error_bound`` is the estimate's distance from backprop, and warns past its tolerance.
+- EP's tolerances follow the nudge: O(beta) and O(beta^2) down to beta = 1e-4 at the defaults.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from pl_energy import EstimateErrorWarning, build_algorithm, mlp
+from pl_energy.core import Loss
+from pl_energy.core.nudge import finite_difference_step
+from pl_energy.core.solvers import relative_residual
+from helpers import log_slope, relative_l2
+
+
+def _tanh_problem(dtype=torch.float32, depth: int = 6, seed: int = 0):
+    torch.manual_seed(seed)
+    network = mlp([20] + [16] * depth + [5], activation="tanh").to(dtype)
+    return network, torch.randn(32, 20, dtype=dtype), torch.randint(0, 5, (32,))
+
+
+def _autograd_bp(network, inputs, targets) -> dict[str, torch.Tensor]:
+    """Backprop in float64 on a copy, by plain autograd (not the library's bp)."""
+    import copy
+
+    twin = copy.deepcopy(network).double()
+    loss = torch.nn.functional.cross_entropy(twin(inputs.double()), targets)
+    names = [name for name, _ in twin.named_parameters()]
+    return dict(zip(names, torch.autograd.grad(loss, list(twin.parameters()))))
+
+
+def _layer_errors(estimate: dict, reference: dict) -> dict[str, float]:
+    """||u_l - r_l|| / ||r_l|| per top-level layer, written here from the definition."""
+    sums: dict[str, list[float]] = {}
+    for name, r in reference.items():
+        layer = name.split(".")[0]
+        u = estimate[name].double()
+        entry = sums.setdefault(layer, [0.0, 0.0])
+        entry[0] += float((u - r).pow(2).sum())
+        entry[1] += float(r.pow(2).sum())
+    return {layer: math.sqrt(d / r) for layer, (d, r) in sums.items()}
+
+
+def test_a_weak_nudge_stays_exact_in_float32():
+    """Carried errors: at lam = 1e-6 the float32 estimate is within 1e-4 of float64 backprop in
+    every layer (formed as x - mu it was off by 7% at lam = 1e-4), and the one-sided error is
+    linear in lam from 1e-2 down to 1e-5."""
+    network, inputs, targets = _tanh_problem()
+    reference = _autograd_bp(network, inputs, targets)
+    lams = [1e-2, 1e-3, 1e-4, 1e-5]
+    worst = [max(_layer_errors(build_algorithm("pc_nudge", lam=lam).gradients(network, inputs, targets),
+                               reference).values()) for lam in lams]
+    assert 0.9 <= log_slope(lams, worst) <= 1.1, worst
+    tiny = build_algorithm("pc_nudge", lam=1e-6).gradients(network, inputs, targets)
+    assert max(_layer_errors(tiny, reference).values()) < 1e-4
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_the_automatic_nudge_is_the_finite_difference_step(centered):
+    """lam="auto" moves the hidden activities by eps^(1/2) (centered eps^(1/3)) of their size
+    at first order, the response r_l = -J^T...dL/dmu_L written here by autograd."""
+    network, inputs, targets = _tanh_problem(torch.float64)
+    estimate = build_algorithm("pc_nudge", centered=centered).estimate(network, inputs, targets)
+    activities = [inputs.requires_grad_(False)]
+    for layer in network:
+        activities.append(layer(activities[-1]).detach())
+    hidden = [a.requires_grad_(True) for a in activities[1:-1]]
+    # dL/dx_l of the per-sample loss, by autograd through the layers above each hidden activity
+    ratios = []
+    for index, activity in enumerate(hidden, start=1):
+        x = activity
+        for layer in list(network)[index:]:
+            x = layer(x)
+        (adjoint,) = torch.autograd.grad(torch.nn.functional.cross_entropy(x, targets, reduction="sum"), activity)
+        ratios.append(float(adjoint.norm() / activity.detach().norm()))
+    step = finite_difference_step(torch.float64, centered)
+    assert estimate.nudge * max(ratios) == pytest.approx(step, rel=1e-9)
+
+
+@pytest.mark.parametrize("centered,order", [(False, 1), (True, 2)])
+def test_the_automatic_nudges_error_is_the_error_models(centered, order):
+    """error(lam) = C lam^order: C measured at two fixed nudges predicts the error at "auto"
+    within a factor of 2 (float64, where BP is known)."""
+    network, inputs, targets = _tanh_problem(torch.float64, depth=4, seed=1)
+    reference = _autograd_bp(network, inputs, targets)
+
+    def error(lam):
+        algorithm = build_algorithm("pc_nudge", lam=lam, centered=centered, tol=1e-13, steps=500)
+        estimate = algorithm.estimate(network, inputs, targets)
+        return relative_l2(estimate.gradients, reference), estimate.nudge
+
+    (large, _), (small, _) = error(1e-2), error(3e-3)
+    assert log_slope([1e-2, 3e-3], [large, small]) == pytest.approx(order, abs=0.15)
+    constant = small / 3e-3 ** order
+    automatic = build_algorithm("pc_nudge", centered=centered, tol=1e-13, steps=500)
+    estimate = automatic.estimate(network, inputs, targets)
+    measured = relative_l2(estimate.gradients, reference)
+    predicted = constant * estimate.nudge ** order
+    assert predicted / 2 <= max(measured, 1e-13) <= 2 * predicted + 1e-13, (measured, predicted)
+
+
+def test_the_error_bound_is_the_distance_from_backprop_along_training():
+    """Along 20 Adam steps of PC-Nudge at the paper's lam = 0.01 and at "auto", each layer's
+    ``error_bound`` is its relative error against autograd's backprop (to 1e-3 of itself); at
+    lam = 0.01 it grows past the 5% tolerance within these steps (and warns)."""
+    network, inputs, targets = _tanh_problem(torch.float64, depth=6, seed=2)
+    for lam in (0.01, "auto"):
+        algorithm = build_algorithm("pc_nudge", lam=lam)
+        optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
+        for _ in range(20):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", EstimateErrorWarning)
+                estimate = algorithm.estimate(network, inputs, targets)
+            true = _layer_errors(estimate.gradients, _autograd_bp(network, inputs, targets))
+            assert set(true) == set(estimate.error_bound)
+            for layer, value in true.items():
+                assert estimate.error_bound[layer] == pytest.approx(value, rel=1e-3, abs=1e-12)
+            optimizer.zero_grad()
+            for parameter, gradient in zip(network.parameters(), estimate.gradients.values()):
+                parameter.grad = gradient
+            optimizer.step()
+
+
+def test_an_estimate_past_its_error_tolerance_warns():
+    network, inputs, targets = _tanh_problem()
+    with pytest.warns(EstimateErrorWarning, match=r"off its vanishing-nudge limit .* in layer \d+, above error_tolerance"):
+        build_algorithm("pc_nudge", lam=1.0).estimate(network, inputs, targets)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EstimateErrorWarning)
+        build_algorithm("pc_nudge").estimate(network, inputs, targets)
+        build_algorithm("pc").estimate(network, inputs, targets)  # lam = 1 is not meant to be BP
+    assert build_algorithm("pc_nudge", error_estimate=False).estimate(network, inputs, targets).error_bound is None
+
+
+def test_a_phase_measured_from_its_start_has_not_converged_before_it_moves():
+    gradient, local = [torch.ones(3)], [torch.ones(3)]
+    assert relative_residual(gradient, local, start=(gradient, local)) == math.inf
+    assert relative_residual([torch.zeros(3)], local, start=([torch.zeros(3)], local)) == 0.0
+    moved = relative_residual([0.1 * torch.ones(3)], [2 * torch.ones(3)], start=(gradient, local))
+    assert moved == pytest.approx(0.1 / ((2 - 1) + abs((0.1 - 2) - (1 - 1))))  # |g| / (|da| + |d(g - a)|)
+
+
+def test_ep_follows_the_theorys_rates_at_the_default_tolerance():
+    """One-sided O(beta), centered O(beta^2), down to beta = 1e-4 in float64 with every other
+    setting at its default (the nudged phases' tolerance is relative to the nudge; measured
+    against the O(1) state, centered EP's error floored at 5e-4 whatever beta was)."""
+    torch.manual_seed(0)
+    network = mlp([20, 16, 12, 5], activation="tanh").double()
+    inputs, targets = torch.rand(16, 20, dtype=torch.float64), torch.randint(0, 5, (16,))
+    reference = build_algorithm("ep", tol=1e-12, steps=5000).reference(network, inputs, targets)
+    betas = [1e-2, 1e-3, 1e-4]
+    for centered, order in ((False, 1), (True, 2)):
+        errors = [relative_l2(build_algorithm("ep", beta=beta, centered=centered).gradients(network, inputs, targets),
+                              reference) for beta in betas]
+        assert log_slope(betas, errors) == pytest.approx(order, abs=0.1), errors
+    automatic = build_algorithm("ep", beta="auto").estimate(network, inputs, targets)
+    assert relative_l2(automatic.gradients, reference) < 1e-8 and automatic.converged
+
+
+def test_pc_energy_difference_form_reads_the_carried_error():
+    """The error a move set is the one read back, bit for bit, while x_l and mu_l are those
+    it was set with; a changed activity is read as x_l - mu_l again."""
+    network, inputs, targets = _tanh_problem(torch.float32, depth=2)
+    energy = build_algorithm("pc_nudge").energy(network, Loss("cross_entropy"))
+    state = energy.nudged(energy.free_state(inputs, targets), 1e-3)
+    small = 1e-9 * torch.randn_like(state.activities[1])
+    energy.set_error(state, 1, small)
+    assert torch.equal(energy.error(state, 1), small)
+    assert not torch.equal(state.activities[1] - state.linearizations[0].output, small)  # cancels
+    energy.set_activity(state, 1, state.activities[1] + 1.0)
+    assert torch.allclose(energy.error(state, 1), small + 1.0, atol=1e-6)
