@@ -87,9 +87,7 @@ def worst_layer_error(energy, state, reference, lam) -> float:
 def curve(network, x, y, algorithm: str, solver: str, step_size, cap: int, reference) -> list[float]:
     """error_t for t = 0..cap (shorter when the solver diverges or reaches 1e-7)."""
     alg = build_algorithm(algorithm, solver=solver, step_size=step_size, tol=None, steps=cap)
-    lam = alg.lam
-    energy = alg.energy(network, as_loss("cross_entropy"))
-    state = energy.nudged(energy.free_state(x, y), lam)
+    energy, state, lam = nudged_free_state(alg, network, x, y)
     errors: list[float] = []
 
     class Done(Exception):
@@ -109,11 +107,16 @@ def curve(network, x, y, algorithm: str, solver: str, step_size, cap: int, refer
     return errors
 
 
-def converged_reference(network, x, y, algorithm: str, dtype: torch.dtype):
-    alg = build_algorithm(algorithm)
-    lam = alg.lam
+def nudged_free_state(alg, network, x, y):
+    """(energy, the free state nudged by the algorithm's lam for this batch, lam)."""
     energy = alg.energy(network, as_loss("cross_entropy"))
-    state = energy.nudged(energy.free_state(x, y), lam)
+    free = energy.free_state(x, y)
+    lam = alg.nudge_strength(energy, free, energy.first_order_response(free))
+    return energy, energy.nudged(free, lam), lam
+
+
+def converged_reference(network, x, y, algorithm: str, dtype: torch.dtype):
+    energy, state, lam = nudged_free_state(build_algorithm(algorithm), network, x, y)
     tol = 1e-10 if dtype == torch.float64 else 1e-6
     report = relax(energy, state, 2000, tol=tol, solver="error").report
     return energy.parameter_gradients(state, scale=1 / lam), report
@@ -170,13 +173,11 @@ def run(quick: bool, rounds: int) -> list[dict]:
             ratios = timed_ratios(network, x, y, runs, case.get("rounds", rounds))
             defaults = build_algorithm(algorithm)
             default = defaults.estimate(network, x, y)
-            # the default's relaxed state, relaxed as the algorithm does it (its own settings)
-            energy = defaults.energy(network, as_loss("cross_entropy"))
-            state = energy.nudged(energy.free_state(x, y), defaults.lam)
-            defaults.relax(energy, state)
+            # the default's relaxed state, as the algorithm relaxes it (its own settings and start)
+            run = defaults.phases(network, x, y, as_loss("cross_entropy"), False)
             rows.append(dict(case=name, algorithm=algorithm, curves=curves, needed=needed, ratios=ratios,
                              default_steps=default.inference[0].steps,
-                             default_error=worst_layer_error(energy, state, reference, defaults.lam),
+                             default_error=worst_layer_error(run.high.energy, run.high.state, reference, run.nudge),
                              reference_residual=report.residual))
             print(f"{name} {algorithm}: " + ", ".join(
                 f"{label} {needed[label]} steps {ratios.get(label, float('nan')):.2f}x" for label in SOLVERS)

@@ -71,7 +71,7 @@ def main(argv=None) -> float:
     torch.manual_seed(0)
     net = mlp([784, 128, 64, 10])
     fused = make_fused(net, F.one_hot(y, 10).float())
-    library = build_algorithm("pc_nudge", solver="gd", tol=None, steps=50, step_size=0.1)
+    library = build_algorithm("pc_nudge", lam=0.01, solver="gd", tol=None, steps=50, step_size=0.1)
 
     def textbook():
         net.zero_grad(set_to_none=True)

@@ -191,10 +191,10 @@ def test_every_cnn_config_trains_a_step(algorithm, mnist_root, tmp_path):
 
 
 def test_switching_algorithm_starts_from_its_own_defaults(capsys):
-    """configs/mnist_z_il.yaml holds z_il's lam = 1.0; pc_nudge chosen after it keeps its 0.01."""
+    """configs/mnist_z_il.yaml holds z_il's lam = 1.0; pc_nudge chosen after it keeps its own 'auto'."""
     cli = make_cli(["--config", str(CONFIGS / "mnist_z_il.yaml"), "--algorithm", "pc_nudge", "--trainer.logger", "false"],
                    run=False)
-    assert cli.model.algorithm.name == "pc_nudge" and cli.model.algorithm.lam == 0.01
+    assert cli.model.algorithm.name == "pc_nudge" and cli.model.algorithm.lam == "auto"
     assert "holds z_il's hyper-parameters; pc_nudge starts from its own defaults" in capsys.readouterr().err
     flagged = make_cli(["--config", str(CONFIGS / "mnist_pc_nudge.yaml"), "--algorithm", "ep", "--steps", "40",
                         "--trainer.logger", "false"], run=False).model.algorithm

@@ -92,15 +92,17 @@ def test_autocast_does_not_reach_inference(name):
 @pytest.mark.parametrize("name,settings", [("ep", {"beta": 1e-6}),
                                            ("pc_nudge", {"lam": 1e-6, "solver": "gd", "tol": None, "steps": 20}),
                                            ("chl", {"gamma": 1e-3})])
-def test_a_nudge_below_the_dtypes_resolution_warns(name, settings):
+def test_a_nudge_below_the_dtypes_resolution_is_refused_unless_allowed(name, settings):
     from pl_energy import PrecisionWarning
 
     # three layers for CHL: its clamped displacement reaches layer 1 scaled by gamma^2
     network, inputs, targets = small_problem(activation="clip" if name in ("ep", "chl") else "tanh",
                                              sizes=(8, 6, 6, 4) if name == "chl" else (8, 6, 4))
     algorithm = build_algorithm(name, **settings)
-    with pytest.warns(PrecisionWarning, match="machine epsilons of torch.float32.*float64"):
+    with pytest.raises(ValueError, match="machine epsilons of torch.float32.*float64.*allow_imprecise=True"):
         algorithm.gradients(network, inputs, targets)
+    with pytest.warns(PrecisionWarning, match="machine epsilons of torch.float32.*float64"):
+        build_algorithm(name, **settings, allow_imprecise=True).gradients(network, inputs, targets)
     with warnings.catch_warnings():
         warnings.simplefilter("error", PrecisionWarning)
         algorithm.gradients(network.double(), inputs.double(), targets)

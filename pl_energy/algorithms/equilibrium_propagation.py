@@ -26,6 +26,8 @@ from .hopfield_common import HopfieldAlgorithm
 #: A nudged phase's tolerance is not tightened below this many machine epsilons over the
 #: relative displacement of the nudge (its rounding floor).
 ROUNDING_EPSILONS = 10
+#: A nudge too weak for its dtype (allowed with ``allow_imprecise``) still stops at this.
+MAX_TOLERANCE = 0.5
 
 
 @dataclass
@@ -92,7 +94,8 @@ class EquilibriumPropagation(HopfieldAlgorithm):
         epsilon = ROUNDING_EPSILONS * torch.finfo(free.output.dtype).eps
         moved = abs(beta) * energy.displacement_per_unit(free)
         wanted = self.tol * min(1.0, moved)
-        return max(wanted, epsilon / moved if moved > 0 else 0.0), max(wanted, epsilon)
+        floor = epsilon / moved if moved > 0 else 0.0
+        return min(max(wanted, floor), MAX_TOLERANCE), max(wanted, epsilon)
 
     def phases(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                record: bool) -> Contrast:
