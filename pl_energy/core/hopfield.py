@@ -27,6 +27,10 @@ whose gradient points outwards has a projected gradient of 0 (the first-order op
 condition of the bound), and every step is clipped back to the interval. This is how Scellier &
 Bengio 2017 relax their hard-sigmoid units; with rho'(0) = 0 taken literally instead, a ReLU
 unit that the feedforward pass leaves at exactly 0 could never switch on, whatever its drive.
+
+Units without flat regions (tanh, sigmoid, softplus, leaky_relu) leave the states free, with
+rho_l' in closed form (``core.activations``). Non-monotone units (GELU, SiLU) are refused
+(``check_unit``).
 """
 
 from __future__ import annotations
