@@ -133,6 +133,19 @@ def test_non_monotone_units_are_refused_by_the_hopfield_energy(name, unit):
                                                   torch.randint(0, 3, (4,)))
 
 
+@pytest.mark.parametrize("name", ["gelu", "silu", "leaky_relu", "softplus", "tanh", "sigmoid"])
+def test_only_the_refused_units_give_a_driven_unit_a_second_minimum(name):
+    """The reason for the refusal, on a grid: a unit's own energy 1/2 x^2 - h rho(x) for drives h
+    up to 30 has one local minimum for the monotone units, two for GELU and SiLU."""
+    x = torch.linspace(-8, 40, 480_001)
+    unit = make_activation(name)
+    counts = []
+    for h in (-30.0, -5.0, 5.0, 12.0, 30.0):
+        energy = 0.5 * x * x - h * unit(x)
+        counts.append(int(((energy[1:-1] < energy[:-2]) & (energy[1:-1] < energy[2:])).sum()))
+    assert max(counts) == (2 if name in ("gelu", "silu") else 1), counts
+
+
 def test_a_hopfield_unit_applied_in_place_is_refused():
     network = nn.Sequential(nn.Sequential(nn.Linear(6, 5), nn.LeakyReLU(inplace=True)), nn.Linear(5, 3))
     with pytest.raises(ValueError, match="would overwrite the states"):

@@ -84,7 +84,8 @@ def check_unit(rho: nn.Module | None, index: int) -> None:
     """Refuse, in one line, a unit rho_l the Hopfield energy cannot use.
 
     - Not monotone (GELU, SiLU): a unit's own energy 1/2 x^2 - rho(x) h has, for a strong drive
-      h > 0, a second minimum at x < 0 where rho' < 0 (GELU, h = 10: x = -1.3), so a strongly
+      h > 0 (above about 10.2 for GELU, 22 for SiLU), a second minimum at x < 0 where rho' < 0
+      (GELU, h = 12: x = -1.52 beside x = 12), so a strongly
       driven unit can rest on its wrong side: no longer the firing-rate network of Scellier &
       Bengio 2017 that EP and CHL assume. Monotone units (relu, clip, hardsigmoid, sigmoid, tanh,
       leaky_relu, softplus) have one minimum per unit, on the side of h.
