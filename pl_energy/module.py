@@ -50,7 +50,8 @@ class EnergyModule(pl.LightningModule):
         sizes: layer widths of the default MLP (input first, classes last); Millidge et al. 2022's MNIST net
             is 784-128-64-10.
         activation: hidden activation of the default MLP (``relu``, ``tanh``, ``sigmoid``,
-            ``hardsigmoid``, ``clip``, ``identity``); by default the algorithm's own (``clip``
+            ``hardsigmoid``, ``clip``, ``identity``, ``gelu``, ``silu``, ``leaky_relu``,
+            ``softplus``; gelu and silu not for ep/chl); by default the algorithm's own (``clip``
             for ep and chl, whose Hopfield energy needs bounded units; ``relu`` otherwise).
         algorithm: one of ``pl_energy.ALGORITHMS`` (the registered algorithms' names).
         algorithm_hparams: the algorithm's hyper-parameters, e.g. ``{"lam": 0.01, "steps": 50}``

@@ -34,3 +34,12 @@ def one_thread_after_each_test(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
     yield
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def float64():
+    """float64 as the default dtype for one test (``pytestmark = pytest.mark.usefixtures("float64")``)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

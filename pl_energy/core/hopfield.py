@@ -27,6 +27,10 @@ whose gradient points outwards has a projected gradient of 0 (the first-order op
 condition of the bound), and every step is clipped back to the interval. This is how Scellier &
 Bengio 2017 relax their hard-sigmoid units; with rho'(0) = 0 taken literally instead, a ReLU
 unit that the feedforward pass leaves at exactly 0 could never switch on, whatever its drive.
+
+Units without flat regions (tanh, sigmoid, softplus, leaky_relu) leave the states free, with
+rho_l' in closed form (``core.activations``). Non-monotone units (GELU, SiLU) are refused
+(``check_unit``).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .activations import DERIVATIVES, Clip
+from .activations import DERIVATIVES, Clip, derivatives_of
 from .couplings import make_coupling, split_layer
 from .losses import Loss
 from .networks import feedforward, layers_of
@@ -72,6 +76,34 @@ def _hardsigmoid(x: Tensor) -> Tensor:
     return torch.nn.functional.relu6(x + 3) / 6
 
 
+#: Units that are not monotone: rho' < 0 below x = -0.75 (GELU) and x = -1.28 (SiLU).
+NON_MONOTONE: tuple[type[nn.Module], ...] = (nn.GELU, nn.SiLU)
+
+
+def check_unit(rho: nn.Module | None, index: int) -> None:
+    """Refuse, in one line, a unit rho_l the Hopfield energy cannot use.
+
+    - Not monotone (GELU, SiLU): a unit's own energy 1/2 x^2 - rho(x) h has, for a strong drive
+      h > 0 (above about 10.2 for GELU, 22 for SiLU), a second minimum at x < 0 where rho' < 0
+      (GELU, h = 12: x = -1.52 beside x = 12), so a strongly
+      driven unit can rest on its wrong side: no longer the firing-rate network of Scellier &
+      Bengio 2017 that EP and CHL assume. Monotone units (relu, clip, hardsigmoid, sigmoid, tanh,
+      leaky_relu, softplus) have one minimum per unit, on the side of h.
+    - Without a box and applied in place (``LeakyReLU(inplace=True)``): evaluating rho_l would
+      overwrite the state x_l.
+    """
+    if rho is None:
+        return
+    if isinstance(rho, NON_MONOTONE):
+        raise ValueError(
+            f"layer {index}'s {type(rho).__name__} is not monotone, which the Hopfield energy of ep/chl "
+            "needs (a strongly driven unit can rest on its wrong side); use clip, hardsigmoid, sigmoid, "
+            "tanh, relu, leaky_relu or softplus (GELU and SiLU train with bp, pc, pc_nudge and z_il)")
+    if type(rho) not in BOXES and derivatives_of(rho) is None:
+        raise ValueError(f"layer {index}'s {rho!r} would overwrite the states of the Hopfield energy of ep/chl "
+                         "(or has a setting without a closed-form derivative): build it without inplace=True")
+
+
 @dataclass
 class HopfieldState:
     """Activities x_0..x_L; the output is free unless ``clamped``."""
@@ -100,10 +132,13 @@ class HopfieldEnergy:
         self.rhos: list[nn.Module | None] = []
         for index, layer in enumerate(self.layers, start=1):
             coupling, rho = split_layer(layer, tuple(DERIVATIVES))
+            check_unit(rho, index)
             self.couplings.append(make_coupling(coupling, index))
             self.rhos.append(rho)
         self.weights = [self.gamma ** index for index in range(len(self.layers))]
         self.boxes = [None if rho is None else BOXES.get(type(rho)) for rho in self.rhos]
+        self.derivatives = [None if rho is None or box is not None else derivatives_of(rho)
+                            for rho, box in zip(self.rhos, self.boxes)]
 
     def _value(self, index: int, x: Tensor) -> Tensor:
         """rho_l(x) for layer l (index 0 is the input: identity)."""
@@ -120,7 +155,7 @@ class HopfieldEnergy:
         box = self.boxes[index - 1]
         if box is not None:
             return None if box.slope == 1.0 else box.slope
-        return DERIVATIVES[type(rho)].derivative(x, value)
+        return self.derivatives[index - 1].derivative(x, value)
 
     # --- states -------------------------------------------------------------------------------
     def free_state(self, inputs: Tensor, targets: Tensor | None) -> HopfieldState:

@@ -51,8 +51,10 @@ class ConvNet(nn.Sequential):
 
     Conv block b is one layer: ``Conv2d(k x k, padding) -> pool (pool_size) -> activation``.
     Pooling comes before the activation: max-pooling commutes with any non-decreasing activation
-    (relu, clip, tanh, sigmoid), and one trailing activation per layer is the form the Hopfield
-    energy of EP and CHL needs (Ernoult et al. 2019). The dense head is ``Flatten -> Linear ->
+    (relu, clip, tanh, sigmoid, leaky_relu, softplus), and one trailing activation per layer is
+    the form the Hopfield energy of EP and CHL needs (Ernoult et al. 2019). GELU and SiLU are not
+    monotone, so with them (and with average pooling and any nonlinear unit) pool-then-activation
+    is a different network from the activation-then-pool of VGG-5 in PCX (Pinchetti et al. 2024). The dense head is ``Flatten -> Linear ->
     activation`` for each hidden width, then a linear output layer (one layer each; the first
     holds the ``Flatten``). With ``in_shape=(1, 28, 28)`` and flat inputs (MNIST's default
     ``flatten=True``) the first layer starts with an ``Unflatten``.

@@ -34,8 +34,9 @@ Update rules (all act on gradients scaled by P_l):
 - ``nesterov``: Nesterov's accelerated gradient on the activities, momentum k/(k+3), restarted
   whenever the gradient turns against the motion (O'Donoghue & Candes 2015). Any energy.
 - ``sweep``: layered Hopfield energies: the odd layers move, then the even ones given the moved
-  odd ones (block coordinate descent; at step 1 each block is minimised exactly for ReLU,
-  hardsigmoid and linear units: the asynchronous "dt = 1" relaxation of Scellier & Bengio 2017).
+  odd ones (block coordinate descent; at step 1 each block is minimised exactly for ReLU, clip,
+  hardsigmoid and linear units: the asynchronous "dt = 1" relaxation of Scellier & Bengio 2017;
+  for tanh, sigmoid, softplus and leaky_relu a sweep is a descent step, not a minimisation).
 
 The relative residual measures how far a state is from equilibrium without a scale: each layer's
 gradient is a balance of a local term a_l (pi_l eps_l for PC; c_l x_l for Hopfield) and the rest
@@ -353,7 +354,8 @@ class EvenOddSweep(Solver):
     block at once (exact block minimisation at step 1 for ReLU, clip, hardsigmoid and linear
     units). Its default step 1.3 over-relaxes (successive over-relaxation): each block's energy
     is then a separable quadratic of curvature 1 per unit, which any step in (0, 2) lowers; for
-    tanh or sigmoid units it is not quadratic and a step above 1 can raise the energy, which
+    tanh, sigmoid or softplus units it is not quadratic, for leaky_relu (no box: its states cross
+    the kink) it is quadratic only piece by piece, and a step above 1 can raise the energy, which
     ``step_size="auto"`` (the ep/chl default) answers by halving the step.
 
     At initialisation of Millidge et al. 2022's MLP the free phase to a residual of 1e-6 takes 15 sweeps at
