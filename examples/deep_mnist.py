@@ -44,7 +44,8 @@ ALGORITHMS = {"cnn": ("bp", "z_il", "pc_nudge", "pc", "ep", "bp_clip"), "resmlp"
               "smooth_cnn": ("bp", "z_il", "pc_nudge", "pc"),
               "resnet": ("bp", "z_il", "pc_nudge", "pc_nudge_centered", "pc")}
 #: run names that are not an algorithm's name: the algorithm and its hyper-parameters
-RUNS = {"pc_nudge_centered": ("pc_nudge", {"centered": True}), "bp_clip": ("bp", {})}
+RUNS = {"pc_nudge": ("pc_nudge", {"lam": 0.01}), "pc_nudge_centered": ("pc_nudge", {"centered": True, "lam": 0.01}),
+        "bp_clip": ("bp", {})}  # the recorded runs' lam (the paper's), not the per-batch default
 RUN_NAMES = tuple(dict.fromkeys(name for names in ALGORITHMS.values() for name in names))
 #: runs on the CNN with clip units (a Hopfield energy needs bounded units)
 CLIP_RUNS = ("ep", "bp_clip")

@@ -6,7 +6,8 @@ MNIST, batch 64, constant Adam at ``--lr``, one seeded batch order) and measures
 ``--every`` batches, the cosine and relative error of PC-Nudge's update against BP on the
 training batch:
 
-- ``pc_nudge``: one-sided PC-Nudge (the default, lam = 0.01), trained on its own updates;
+- ``pc_nudge``: one-sided PC-Nudge at the paper's lam = 0.01, trained on its own updates;
+- ``pc_nudge_auto``: the default, lam chosen per batch (``lam="auto"``), trained on its own updates;
 - ``pc_nudge_centered``: ``centered=True`` (error O(lam^2)), trained on its own updates;
 - ``along_bp``: the network trained by BP, the one-sided estimate measured along the way.
 
@@ -28,7 +29,8 @@ from deep_mnist import network_for
 import pl_energy
 from pl_energy.metrics import gradient_agreement
 
-RUNS = {"pc_nudge": {}, "pc_nudge_centered": {"centered": True}, "along_bp": {}}
+RUNS = {"pc_nudge": {"lam": 0.01}, "pc_nudge_centered": {"centered": True, "lam": 0.01}, "along_bp": {"lam": 0.01},
+        "pc_nudge_auto": {}}
 DIVERGED = 1e4
 
 

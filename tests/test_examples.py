@@ -168,10 +168,12 @@ def test_deep_mnist_smooth_cnn(run):
 
 def test_trajectory_agreement(run):
     r = run("trajectory_agreement")
-    assert set(r) == {"setup", "pc_nudge", "pc_nudge_centered", "along_bp"}
-    for name in ("pc_nudge", "pc_nudge_centered", "along_bp"):
+    assert set(r) == {"setup", "pc_nudge", "pc_nudge_centered", "along_bp", "pc_nudge_auto"}
+    for name in ("pc_nudge", "pc_nudge_centered", "along_bp", "pc_nudge_auto"):
         assert r[name]["batch"] == [0, 2, 4] and all(-1 <= c <= 1 for c in r[name]["cosine"])
     assert r["pc_nudge_centered"]["hparams"]["centered"] is True
+    assert r["pc_nudge"]["hparams"]["lam"] == 0.01 and r["pc_nudge_auto"]["hparams"]["lam"] == "auto"
+    assert max(r["pc_nudge_auto"]["rel_error"]) < min(r["pc_nudge"]["rel_error"])  # the per-batch step
     # batch 0 is measured before any update, from one seed: the same network for both runs
     assert r["pc_nudge"]["cosine"][0] == r["along_bp"]["cosine"][0]
     assert min(r["pc_nudge"]["cosine"]) > 0.99 and min(r["pc_nudge_centered"]["cosine"]) > 0.99
