@@ -165,8 +165,9 @@ class Algorithm:
         setting."""
         loss = as_loss(loss)
         check_batch(inputs, targets)
-        _check_dtype(network, inputs)
-        self._check_precision(network)
+        parameter = next(network.parameters(), None)  # one walk over the modules, for both checks
+        _check_dtype(parameter, inputs)
+        self._check_precision(network, parameter)
         self._check_layers(network)
         record = getattr(self, "trace", False) if record is None else record
         # phases never build graphs (autograd paths enable it locally); a difference of relaxed
@@ -181,7 +182,7 @@ class Algorithm:
             forwards[id(inputs)] = (weakref.ref(inputs), frozen)  # the batch itself is not kept
             while len(forwards) > REMEMBERED_BATCHES:
                 del forwards[next(iter(forwards))]
-        if not torch.isfinite(estimate.loss):
+        if not math.isfinite(estimate.loss.item()):
             raise _non_finite(network, inputs)
         self._check_error(estimate)
         return estimate
@@ -250,8 +251,9 @@ class Algorithm:
             return contextlib.nullcontext()
         return torch.autocast(inputs.device.type, enabled=False)
 
-    def _check_precision(self, network: nn.Module) -> None:
-        parameter = next(network.parameters(), None)
+    def _check_precision(self, network: nn.Module, parameter: Tensor | None) -> None:
+        """Refuse half precision and nudges below the dtype's resolution (``parameter``: the
+        network's first parameter, None without any)."""
         if parameter is None or not self.precision_sensitive:
             return
         if parameter.dtype in (torch.float16, torch.bfloat16):
@@ -400,8 +402,7 @@ def _non_finite(network: nn.Module, inputs: Tensor) -> ValueError:
                       "the targets and the network's outputs")
 
 
-def _check_dtype(network: nn.Module, inputs: Tensor) -> None:
-    parameter = next(network.parameters(), None)
+def _check_dtype(parameter: Tensor | None, inputs: Tensor) -> None:
     if parameter is not None and inputs.is_floating_point() and inputs.dtype != parameter.dtype:
         raise TypeError(
             f"inputs are {inputs.dtype} but the network's parameters are {parameter.dtype}; cast "

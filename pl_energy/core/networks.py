@@ -225,8 +225,10 @@ def feedforward(layers: Sequence[nn.Module], inputs: Tensor) -> list[Tensor]:
     """x_0 = inputs, x_l = layer_l(x_{l-1}); errors name the layer whose input did not fit."""
     activities = [inputs]
     for index, layer in enumerate(layers, start=1):
-        with naming_layer(layer, index, activities[-1]):
+        try:  # no context manager: this is backprop's forward pass, on the hot path
             activities.append(layer(activities[-1]))
+        except RuntimeError as error:
+            raise _naming(error, layer, index, activities[-1]) from error
     return activities
 
 
@@ -236,12 +238,15 @@ def naming_layer(layer: nn.Module, index: int, x: Tensor) -> Iterator[None]:
     try:
         yield
     except RuntimeError as error:
-        if any(word in str(error) for word in ("shape", "size", "dimension")):
-            raise ValueError(
-                f"layer {index} ({_describe(layer)}) cannot take an input of shape "
-                f"{tuple(x.shape)}: {error}"
-            ) from error
-        raise
+        raise _naming(error, layer, index, x) from error
+
+
+def _naming(error: RuntimeError, layer: nn.Module, index: int, x: Tensor) -> Exception:
+    """A shape error of layer ``index`` as one that names it and the shapes; others as they are."""
+    if any(word in str(error) for word in ("shape", "size", "dimension")):
+        return ValueError(f"layer {index} ({_describe(layer)}) cannot take an input of shape "
+                          f"{tuple(x.shape)}: {error}")
+    return error
 
 
 def _describe(layer: nn.Module) -> str:
