@@ -509,8 +509,11 @@ def make_cli(args: ArgsType = None, run: bool = True) -> EnergyCLI:
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of the ``pl-energy`` command (returns nothing, so its exit status is 0)."""
-    make_cli(args)
+    """Entry point of the ``pl-energy`` command (returns nothing, so its exit status is 0); a
+    refusal ends it with one line on stderr and status 2 (``pl_energy.errors``)."""
+    from .errors import run_refusing_in_one_line
+
+    run_refusing_in_one_line(lambda: make_cli(args))
 
 
 if __name__ == "__main__":
