@@ -56,6 +56,19 @@ def check_checkpoint_file(path: str | Path) -> None:
                            "copy or save it again, or use another checkpoint (e.g. last.ckpt)")
 
 
+def check_checkpoint_arguments(tokens: Sequence[str]) -> None:
+    """:func:`check_checkpoint_file` on the value of a ``--ckpt_path`` command-line argument
+    (before LightningCLI reads the checkpoint's hyper-parameters with torch); Lightning's names
+    ``last``, ``best``, ``hpc`` and ``registry:...`` are left to it."""
+    for index, token in enumerate(tokens):
+        name, equals, value = str(token).partition("=")
+        if name != "--ckpt_path":
+            continue
+        value = value if equals else (tokens[index + 1] if index + 1 < len(tokens) else "")
+        if value and value not in ("last", "best", "hpc", "null") and not value.startswith("registry"):
+            check_checkpoint_file(value)
+
+
 class CheckedCheckpointIO(TorchCheckpointIO):
     """Lightning's ``TorchCheckpointIO`` that refuses a missing or damaged checkpoint file in one
     line (:func:`check_checkpoint_file`) before torch's zip reader fails without naming it."""
@@ -104,11 +117,12 @@ def check_network_fits_batch(network: nn.Module, num_classes: int, inputs: Tenso
     """Refuse, naming both sides, inputs whose width the network's first layer does not take
     and class targets at or beyond the network's ``num_classes`` outputs."""
     expected = input_width(network)
-    if expected is not None and inputs.dim() >= 2:
+    if expected is not None:
         kind, width = expected
-        given = inputs.shape[-1] if kind == "features" else inputs.shape[1]
-        if kind == "features" and inputs.dim() > 2:
-            given = None  # images into an MLP: the network may flatten them itself
+        # flat vectors into a Linear, images into a convolution; other pairs are the network's
+        # own business (a Flatten before the Linear, an Unflatten before the convolution)
+        given = (inputs.shape[-1] if kind == "features" and inputs.dim() == 2 else
+                 inputs.shape[1] if kind == "channels" and inputs.dim() >= 3 else None)
         if given is not None and given != width:
             raise RefusedValue(f"the batch's inputs have {given} {kind} (shape {tuple(inputs.shape)}) but the "
                                f"network's first layer takes {width}: build the network for this data (e.g. "

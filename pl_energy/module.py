@@ -85,23 +85,24 @@ class EnergyModule(pl.LightningModule):
             a plot of the trace (0 disables).
         num_classes: number of classes for the accuracy metric (default: the network's output
             width).
-        batch_keys: the (inputs, targets) keys of batches given as mappings, e.g. ``["image",
-            "label"]``; None reads the first pair of ``pl_energy.checks.DEFAULT_BATCH_KEYS`` a
-            batch holds (``x``/``y``, ``image``/``label``, ``input``/``target``, Hugging Face's
-            ``pixel_values``/``labels``...). Sequences ``(inputs, targets)`` need no keys.
-        evaluate_initial_weights: let ``validate``, ``test`` and ``predict`` run on weights that
-            were neither trained nor loaded (no ``ckpt_path``, no ``load_state_dict``): the
-            network as built, e.g. random or given pre-trained; a line says so. Refused otherwise.
-        allow_constant_batch_statistics: let an energy-based algorithm train a network with
-            BatchNorm in training mode, its update then holding each batch's statistics constant
-            (not backprop through them: cosine 0.38 with bp's gradient measured under pc_nudge).
-            Refused otherwise (bp is exact and needs no opt-in).
+        batch_keys: (inputs, targets) keys of mapping batches.
+        evaluate_initial_weights: evaluate untrained weights (else refused).
+        allow_constant_batch_statistics: train BatchNorm, statistics held constant.
         compile: compile each layer of the network with ``torch.compile`` in place
             (``core.networks.compile_layers``: parameter names and checkpoints are unchanged);
             a dict gives its options, e.g. ``{"mode": "reduce-overhead"}`` for CUDA graphs on a
             GPU. Inference calls every layer many times per batch on shapes that do not change,
             which is what compilation pays off on; plain ``Linear`` layers keep their closed
             forms and are not called.
+
+    Batches given as mappings are read with ``batch_keys``, else with the first pair of
+    ``pl_energy.checks.DEFAULT_BATCH_KEYS`` they hold (``x``/``y``, ``image``/``label``,
+    ``input``/``target``, Hugging Face's ``pixel_values``/``labels``...). ``validate``, ``test``
+    and ``predict`` refuse weights that were neither trained nor loaded (no ``ckpt_path``)
+    unless ``evaluate_initial_weights`` (the network as built: random, or given pre-trained).
+    An energy-based algorithm refuses BatchNorm in training mode, whose statistics it holds
+    constant per batch instead of backpropagating through them (cosine 0.38 with bp's gradient
+    under pc_nudge), unless ``allow_constant_batch_statistics``.
     """
 
     def __init__(
@@ -300,10 +301,22 @@ class EnergyModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Compile the layers again where a copy lost it (the workers of ``ddp_spawn`` get a
-        pickled copy of the module, whose layers would otherwise run eagerly)."""
+        pickled copy of the module, whose layers would otherwise run eagerly); check the run's
+        edges before it starts: the data module's classes against the network, a checkpoint
+        file before torch reads it (``CheckedCheckpointIO``), and pl_energy's warnings once per
+        run (rank 0 only)."""
         if self.compile_options is not None and any(
                 getattr(layer, "_compiled_call_impl", None) is None for layer in self.network.children()):
             compile_layers(self.network, **self.compile_options)
+        self._checked_stages.clear()
+        if self._trainer is None:
+            return
+        trainer = self.trainer
+        quiet_warnings_off_rank_zero(trainer.global_rank, ENERGY_WARNINGS)
+        if trainer.datamodule is not None:
+            check_network_fits_data(self.num_classes, trainer.datamodule)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = CheckedCheckpointIO()
 
     def on_fit_start(self) -> None:
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
@@ -371,18 +384,6 @@ class EnergyModule(pl.LightningModule):
                 "lr_scheduler": {"scheduler": scheduler, "interval": self.lr_scheduler_interval}}
 
     # ------------------------------------------------------------------ edges
-    def setup(self, stage: str) -> None:
-        """Check the run's edges before it starts: the data module's classes against the network,
-        a checkpoint file before torch reads it (``CheckedCheckpointIO``), and pl_energy's
-        warnings once per run (rank 0 only)."""
-        trainer = self.trainer
-        quiet_warnings_off_rank_zero(trainer.global_rank, ENERGY_WARNINGS)
-        if trainer.datamodule is not None:
-            check_network_fits_data(self.num_classes, trainer.datamodule)
-        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
-            trainer.strategy.checkpoint_io = CheckedCheckpointIO()
-        self._checked_stages.clear()
-
     def _check_weights_to_evaluate(self) -> None:
         """Refuse to evaluate weights that were neither trained nor loaded, unless asked to."""
         stage = getattr(self.trainer.state.fn, "value", self.trainer.state.fn)

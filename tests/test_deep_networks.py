@@ -92,6 +92,7 @@ def test_z_il_is_backprop_on_vgg_and_residual_stacks(kind, name):
     network = make()
     x, y = batch(shape, classes)
     algorithm = pl_energy.build_algorithm(name)
+    algorithm.allow_constant_batch_statistics = True  # the ResNet's BatchNorm: exact against its constant-statistics reference
     estimate = algorithm.gradients(network, x, y)
     reference = algorithm.reference(network, x, y)
     for key, exact in reference.items():
