@@ -509,8 +509,17 @@ def make_cli(args: ArgsType = None, run: bool = True) -> EnergyCLI:
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of the ``pl-energy`` command (returns nothing, so its exit status is 0)."""
-    make_cli(args)
+    """Entry point of the ``pl-energy`` command (returns nothing, so its exit status is 0); a
+    refusal ends it with one line on stderr and status 2 (``pl_energy.errors``)."""
+    from .checks import check_checkpoint_arguments
+    from .errors import run_refusing_in_one_line
+
+    def refusing_a_damaged_checkpoint_first() -> None:
+        tokens = sys.argv[1:] if args is None else args
+        check_checkpoint_arguments(tokens if isinstance(tokens, (list, tuple)) else [])
+        make_cli(args)
+
+    run_refusing_in_one_line(refusing_a_damaged_checkpoint_first)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ after ``manual_backward`` returns, ``p.grad`` is the mean of the ranks' estimate
 from __future__ import annotations
 
 import functools
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,20 +19,27 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from .algorithms import Algorithm, algorithm_class, build_algorithm
+from .algorithms import Algorithm, BatchStatisticsWarning, NotConvergedWarning, PrecisionWarning, algorithm_class, \
+    build_algorithm
+from .checks import (CheckedCheckpointIO, check_checkpoint_file, check_network_fits_batch, check_network_fits_data,
+                     quiet_warnings_off_rank_zero, unpack_batch)
 from .core import mlp
 from .configuration import factory_from, network_from, plain_arguments
 from .core.losses import as_loss
 from .core.networks import compile_layers
+from .errors import RefusedValue
 from .outputs import log_figure
 from .plotting import energy_trace_figure
 
 DEFAULT_SIZES = (784, 128, 64, 10)
 RNG_KEY = "pl_energy_rng_states"
+#: pl_energy's warning categories, shown by rank 0 only under DDP.
+ENERGY_WARNINGS = (NotConvergedWarning, BatchStatisticsWarning, PrecisionWarning)
 
 
 #: Millidge et al. 2022's MNIST optimiser (A.1): SGD, lr 0.001, momentum 0.9.
@@ -78,12 +86,24 @@ class EnergyModule(pl.LightningModule):
             a plot of the trace (0 disables).
         num_classes: number of classes for the accuracy metric (default: the network's output
             width).
+        batch_keys: (inputs, targets) keys of mapping batches.
+        evaluate_initial_weights: evaluate untrained weights (else refused).
+        allow_constant_batch_statistics: train BatchNorm, statistics held constant.
         compile: compile each layer of the network with ``torch.compile`` in place
             (``core.networks.compile_layers``: parameter names and checkpoints are unchanged);
             a dict gives its options, e.g. ``{"mode": "reduce-overhead"}`` for CUDA graphs on a
             GPU. Inference calls every layer many times per batch on shapes that do not change,
             which is what compilation pays off on; plain ``Linear`` layers keep their closed
             forms and are not called.
+
+    Batches given as mappings are read with ``batch_keys``, else with the first pair of
+    ``pl_energy.checks.DEFAULT_BATCH_KEYS`` they hold (``x``/``y``, ``image``/``label``,
+    ``input``/``target``, Hugging Face's ``pixel_values``/``labels``...). ``validate``, ``test``
+    and ``predict`` refuse weights that were neither trained nor loaded (no ``ckpt_path``)
+    unless ``evaluate_initial_weights`` (the network as built: random, or given pre-trained).
+    An energy-based algorithm refuses BatchNorm in training mode, whose statistics it holds
+    constant per batch instead of backpropagating through them (cosine 0.38 with bp's gradient
+    under pc_nudge), unless ``allow_constant_batch_statistics``.
     """
 
     def __init__(
@@ -103,6 +123,9 @@ class EnergyModule(pl.LightningModule):
         accumulate_grad_batches: int = 1,
         trace_every_n_steps: int = 100,
         num_classes: int | None = None,
+        batch_keys: Sequence[str] | None = None,
+        evaluate_initial_weights: bool = False,
+        allow_constant_batch_statistics: bool = False,
         compile: bool | dict[str, Any] = False,
     ) -> None:
         super().__init__()
@@ -123,6 +146,7 @@ class EnergyModule(pl.LightningModule):
         self.automatic_optimization = False
         self.algorithm_name = algorithm
         self.algorithm: Algorithm = build_algorithm(algorithm, **dict(algorithm_hparams or {}))
+        self.algorithm.allow_constant_batch_statistics = bool(allow_constant_batch_statistics)
         activation = activation or algorithm_class(algorithm).default_activation
         self.network = network if network is not None else mlp(list(sizes), activation=activation)
         self.compile_options = (compile if isinstance(compile, dict) else {}) if compile else None
@@ -142,10 +166,24 @@ class EnergyModule(pl.LightningModule):
         self.gradient_clip_algorithm = gradient_clip_algorithm
         self.accumulate_grad_batches = accumulate_grad_batches
         self.trace_every_n_steps = int(trace_every_n_steps)
-        classes = num_classes or _output_width(self.network)
+        width = _output_width(self.network)
+        if num_classes and width is not None and num_classes != width:
+            raise RefusedValue(f"num_classes={num_classes} but the network has {width} outputs: give its last "
+                               f"layer {num_classes} outputs (sizes ending with {num_classes}), or leave "
+                               "num_classes unset to take the network's")
+        classes = num_classes or width
         if classes is None:
             raise ValueError("cannot infer the number of classes from the network; pass num_classes")
         self.num_classes = int(classes)
+        if batch_keys is not None and (isinstance(batch_keys, str) or len(batch_keys) != 2):
+            raise RefusedValue(f"batch_keys must name two keys, the inputs' and the targets', got {batch_keys!r}")
+        self.batch_keys = None if batch_keys is None else tuple(batch_keys)
+        self.evaluate_initial_weights = bool(evaluate_initial_weights)
+        #: Where the weights come from: None (as built), "trained" or "loaded" (a checkpoint or
+        #: ``load_state_dict``); ``validate``/``test``/``predict`` refuse None by default.
+        self.weights_origin: str | None = None
+        #: The stages whose first batch was checked against the network (input width, classes).
+        self._checked_stages: set[str] = set()
         self.train_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(self.num_classes, average="micro")
@@ -160,12 +198,20 @@ class EnergyModule(pl.LightningModule):
             return p.dtype
         return torch.get_default_dtype()
 
-    def prepare_batch(self, batch) -> tuple[Tensor, Tensor]:
-        """(inputs in the network's floating dtype, targets) of a training or evaluation batch."""
-        inputs, targets = batch[0], batch[1]
+    def prepare_batch(self, batch, stage: str = "train") -> tuple[Tensor, Tensor]:
+        """(inputs in the network's floating dtype, targets) of a training or evaluation batch:
+        ``(inputs, targets, ...)`` or a mapping (``batch_keys``). The first batch of each stage
+        is checked against the network (input width, class range)."""
+        inputs, targets = unpack_batch(batch, self.batch_keys)
+        self._check_first_batch(stage, inputs, targets)
         if inputs.is_floating_point():
             inputs = inputs.to(self.network_dtype)
         return inputs, targets
+
+    def _check_first_batch(self, stage: str, inputs: Tensor, targets: Tensor | None) -> None:
+        if stage not in self._checked_stages and isinstance(inputs, Tensor):
+            check_network_fits_batch(self.network, self.num_classes, inputs, targets)
+            self._checked_stages.add(stage)
 
     def forward(self, inputs: Tensor) -> Tensor:
         """The algorithm's free-phase prediction (feedforward, or the Hopfield equilibrium)."""
@@ -209,6 +255,7 @@ class EnergyModule(pl.LightningModule):
                                     gradient_clip_algorithm=self.gradient_clip_algorithm)
             opt.step()
             opt.zero_grad()
+            self.weights_origin = "trained"
             self.accumulated = 0
             if self.lr_scheduler_interval == "step":
                 self._step_scheduler()
@@ -266,10 +313,22 @@ class EnergyModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Compile the layers again where a copy lost it (the workers of ``ddp_spawn`` get a
-        pickled copy of the module, whose layers would otherwise run eagerly)."""
+        pickled copy of the module, whose layers would otherwise run eagerly); check the run's
+        edges before it starts: the data module's classes against the network, a checkpoint
+        file before torch reads it (``CheckedCheckpointIO``), and pl_energy's warnings once per
+        run (rank 0 only)."""
         if self.compile_options is not None and any(
                 getattr(layer, "_compiled_call_impl", None) is None for layer in self.network.children()):
             compile_layers(self.network, **self.compile_options)
+        self._checked_stages.clear()
+        if self._trainer is None:
+            return
+        trainer = self.trainer
+        quiet_warnings_off_rank_zero(trainer.global_rank, ENERGY_WARNINGS)
+        if trainer.datamodule is not None:
+            check_network_fits_data(self.num_classes, trainer.datamodule)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = CheckedCheckpointIO()
 
     def on_fit_start(self) -> None:
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
@@ -299,7 +358,7 @@ class EnergyModule(pl.LightningModule):
 
     # -------------------------------------------------------------- evaluation
     def _evaluate(self, batch, stage: str, metric: MulticlassAccuracy) -> Tensor:
-        inputs, targets = self.prepare_batch(batch)
+        inputs, targets = self.prepare_batch(batch, stage)
         output = self.algorithm.predict(self.network, inputs).detach()  # the algorithm owns its grad mode
         loss_fn = as_loss(self.loss)
         loss = loss_fn.value(output, loss_fn.prepare_targets(targets, output)).detach()
@@ -319,7 +378,8 @@ class EnergyModule(pl.LightningModule):
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         """``{"predictions": class indices, "outputs": the network's outputs}`` of a batch
         (inputs, or (inputs, targets)); ``Trainer.predict`` returns one such dict per batch."""
-        inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
+        inputs, targets = unpack_batch(batch, self.batch_keys, need_targets=False)
+        self._check_first_batch("predict", inputs, targets)
         outputs = self.algorithm.predict(self.network, inputs.to(self.network_dtype)).detach()
         return {"predictions": outputs.argmax(-1), "outputs": outputs}
 
@@ -335,6 +395,36 @@ class EnergyModule(pl.LightningModule):
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": self.lr_scheduler_interval}}
 
+    # ------------------------------------------------------------------ edges
+    def _check_weights_to_evaluate(self) -> None:
+        """Refuse to evaluate weights that were neither trained nor loaded, unless asked to."""
+        stage = getattr(self.trainer.state.fn, "value", self.trainer.state.fn)
+        if stage == "fit" or self.weights_origin is not None:
+            return
+        if not self.evaluate_initial_weights:
+            raise RefusedValue(f"{stage} has no weights to evaluate, only the untrained ones the "
+                               "network was built with: give --ckpt_path (ckpt_path=) of a trained checkpoint, or "
+                               "EnergyModule(evaluate_initial_weights=True) (--model.evaluate_initial_weights true) "
+                               "to evaluate them as they are")
+        if self.trainer.is_global_zero:
+            print(f"pl-energy: {stage} evaluates the untrained weights the network was built with "
+                  "(evaluate_initial_weights=True, no checkpoint)", file=sys.stderr)
+
+    def on_validation_start(self) -> None:
+        self._check_weights_to_evaluate()
+
+    def on_test_start(self) -> None:
+        self._check_weights_to_evaluate()
+
+    def on_predict_start(self) -> None:
+        self._check_weights_to_evaluate()
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``; the weights are then known (``weights_origin``)."""
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.weights_origin = "loaded"
+        return result
+
     # ------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.unsaved_arguments and not getattr(self, "_warned_unsaved", False):
@@ -346,6 +436,8 @@ class EnergyModule(pl.LightningModule):
         # Lightning restores optimiser, schedulers and loop state but not the global RNGs, which
         # seed the train loader's shuffling at the start of every epoch: save them so that a run
         # resumed from an epoch-boundary checkpoint draws the same batches as an uninterrupted one.
+        # (Mid-epoch, the train loader keeps the epoch's order and position itself:
+        # pl_energy.data.resumable.)
         checkpoint[RNG_KEY] = collect_rng_states()
         checkpoint["pl_energy"] = {"algorithm": self.algorithm_name,
                                    "algorithm_hparams": self.algorithm.hparams()}
@@ -366,6 +458,7 @@ class EnergyModule(pl.LightningModule):
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
         """Lightning's ``load_from_checkpoint``; a new ``algorithm=`` starts from its own defaults
         (pass ``algorithm_hparams`` to set them) instead of inheriting the saved algorithm's."""
+        check_checkpoint_file(checkpoint_path)
         if "algorithm" in kwargs and "algorithm_hparams" not in kwargs:
             from lightning.fabric.utilities.cloud_io import _load  # local paths, URLs and fsspec alike
 

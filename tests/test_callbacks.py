@@ -110,7 +110,7 @@ def test_agreement_under_accumulation_and_with_stateful_layers(mnist_tensors, ne
                               torch.nn.Linear(16, 10)).double()
     hparams = {"tol": 1e-10, "steps": 500} if algorithm == "pc_nudge" else {}
     module = EnergyModule(network=net, algorithm=algorithm, algorithm_hparams=hparams, trace_every_n_steps=0,
-                          accumulate_grad_batches=accumulate)
+                          accumulate_grad_batches=accumulate, allow_constant_batch_statistics=network == "batchnorm")
     callback = GradientAgreement(every_n_steps=1, per_layer=False, plot=False)
     quiet_trainer(max_epochs=1, callbacks=[callback]).fit(module, loader(x, y, 8))
     assert len(callback.history) == -(-7 // accumulate)  # one per optimiser step, the last group shorter

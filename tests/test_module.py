@@ -60,7 +60,7 @@ def test_validate_and_test_predict_with_the_algorithm():
     torch.manual_seed(0)
     x, y = torch.rand(24, 6, dtype=torch.float64), torch.randint(0, 3, (24,))
     module = EnergyModule(network=mlp([6, 5, 3]).double(), algorithm="ep",
-                          algorithm_hparams={"steps": 5}, trace_every_n_steps=0)
+                          algorithm_hparams={"steps": 5}, trace_every_n_steps=0, evaluate_initial_weights=True)
     trainer = quiet_trainer(max_steps=1)
     (val,) = trainer.validate(module, loader(x, y, 8), verbose=False)
     (test,) = trainer.test(module, loader(x, y, 8), verbose=False)

@@ -184,6 +184,7 @@ def test_stateful_layers_keep_one_mask_and_one_set_of_statistics_per_batch(kind)
     layer = network[0][1]
     for name, bound in (("z_il", 1e-10), ("pc_nudge", 0.05)):
         algorithm = build_algorithm(name, **({"tol": 1e-10, "steps": 500} if name == "pc_nudge" else {}))
+        algorithm.allow_constant_batch_statistics = True  # what this test measures
         tracked = int(layer.num_batches_tracked) if kind == "batchnorm" else 0
         estimate = algorithm.gradients(network, inputs, targets)
         if kind == "batchnorm":
@@ -236,7 +237,9 @@ def test_batchnorm_running_statistics_move_as_in_one_training_forward_pass():
     inputs, targets = torch.rand(16, 8, dtype=torch.float64), torch.randint(0, 4, (16,))
     own = copy.deepcopy(network[0][1])
     own(network[0][0](inputs).detach())  # torch's own training forward pass
-    build_algorithm("pc_nudge", tol=1e-8).gradients(network, inputs, targets)
+    algorithm = build_algorithm("pc_nudge", tol=1e-8)
+    algorithm.allow_constant_batch_statistics = True
+    algorithm.gradients(network, inputs, targets)
     layer = network[0][1]
     torch.testing.assert_close(layer.running_mean, own.running_mean, rtol=0, atol=1e-15)
     torch.testing.assert_close(layer.running_var, own.running_var, rtol=0, atol=1e-15)
@@ -273,6 +276,7 @@ def test_a_compiled_layer_is_not_recompiled_for_every_batch_of_a_stateful_networ
     outside = eager_calls([network[0][0]])
     compile_layers(network, backend="aot_eager")
     algorithm = build_algorithm("z_il")
+    algorithm.allow_constant_batch_statistics = True
     for seed in range(10):
         torch.manual_seed(seed)
         algorithm.gradients(network, torch.rand(16, 8, dtype=torch.float64), torch.randint(0, 4, (16,)))
@@ -322,17 +326,26 @@ def test_hyperparameters_of_a_user_subclass_written_without_future_annotations(m
     assert dc.is_dataclass(namespace["Mine"])
 
 
-def test_batchnorm_in_training_mode_is_named_for_what_the_update_leaves_out():
+def test_batchnorm_in_training_mode_is_refused_and_named_for_what_the_update_leaves_out():
     """The update holds the batch statistics constant: it is not bp's update, and its agreement
-    with its own reference cannot show that (a BatchNorm ResNet: z_il 37 % after an epoch, bp 98 %)."""
+    with its own reference cannot show that (a BatchNorm ResNet: z_il 37 % after an epoch, bp 98 %).
+    Refused by default in one line naming the opt-in; with it, warned about."""
     from pl_energy.algorithms import BatchStatisticsWarning
+    from pl_energy.errors import RefusedValue
 
     torch.manual_seed(0)
     network = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5), torch.nn.Tanh()),
                                   torch.nn.Linear(5, 3)).double()
     x, y = torch.rand(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
+    for name in ("z_il", "pc_nudge", "pc", "ep"):
+        with pytest.raises(RefusedValue, match=rf"^{name} with BatchNorm in training mode \(0\.1\).*"
+                                               r"allow_constant_batch_statistics=True") as refused:
+            build_algorithm(name).estimate(network, x, y)
+        assert "\n" not in str(refused.value)
+    accepting = build_algorithm("z_il")
+    accepting.allow_constant_batch_statistics = True
     with pytest.warns(BatchStatisticsWarning, match="statistics held constant"):
-        build_algorithm("z_il").estimate(network, x, y)
+        accepting.estimate(network, x, y)
     with warnings.catch_warnings():
         warnings.simplefilter("error", BatchStatisticsWarning)
         build_algorithm("bp").estimate(network, x, y)  # autograd's own forward: through the statistics

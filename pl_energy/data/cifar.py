@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from ..errors import MissingFile, RefusedValue
 from .loading import SplitDataModule, check_split, default_data_dir, seeded_split
 
 TRAIN_TOTAL = 50_000  # images in the training files (the split's settings are checked against it)
@@ -120,10 +121,10 @@ class CIFAR10DataModule(SplitDataModule):
     def root(self) -> Path:
         return Path(self.data_dir) / self.folder
 
-    def _missing_error(self, cause: str = "") -> FileNotFoundError:
+    def _missing_error(self, cause: str = "") -> MissingFile:
         how = "could not be downloaded" + cause if self.download else "download=False"
         files = ", ".join((*self.train_files, *self.test_files))
-        return FileNotFoundError(
+        return MissingFile(
             f"{self.torchvision_name} not found ({how}): extract the python version "
             f"({self.folder}/: {files}) into {Path(self.data_dir).resolve()}/ (or point data_dir / "
             "$PL_ENERGY_DATA at the folder holding it)")
@@ -157,17 +158,17 @@ class CIFAR10DataModule(SplitDataModule):
                     batch = pickle.load(handle, encoding="bytes")
                 data, targets = batch[b"data"], batch[self.label_key]
             except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{path} is not a {self.torchvision_name} batch "
+                raise RefusedValue(f"{path} is not a {self.torchvision_name} batch "
                                  f"({type(exc).__name__}: {exc}): download it again") from exc
             data = torch.as_tensor(data, dtype=torch.uint8)
             if data.dim() != 2 or data.shape[1] != 3072 or data.shape[0] != len(targets):
-                raise ValueError(f"{path} holds data of shape {tuple(data.shape)} for {len(targets)} labels, "
+                raise RefusedValue(f"{path} holds data of shape {tuple(data.shape)} for {len(targets)} labels, "
                                  "expected N x 3072 for N labels: it is truncated or corrupt")
             images.append(data.view(-1, 3, 32, 32))
             labels.append(torch.as_tensor(targets, dtype=torch.long))
         x, y = torch.cat(images), torch.cat(labels)
         if y.min() < 0 or y.max() >= self.num_classes:
-            raise ValueError(f"{self.root}: labels outside 0..{self.num_classes - 1}")
+            raise RefusedValue(f"{self.root}: labels outside 0..{self.num_classes - 1}")
         return x, y
 
     def _dataset(self, images: torch.Tensor, labels: torch.Tensor, augment: bool) -> Dataset:

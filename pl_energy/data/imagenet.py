@@ -64,6 +64,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import MissingFile, RefusedValue
 from .loading import SplitDataModule
 from .loading import default_data_dir
 
@@ -118,7 +119,7 @@ class _PILLoader:
                     img = img.convert("I").point(lambda value: value * (1 / 256)).convert("L")
                 return img.convert(self.mode)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # truncated, corrupt, not an image
-            raise ValueError(f"cannot read the image {path}: {exc}") from exc
+            raise RefusedValue(f"cannot read the image {path}: {exc}") from exc
 
 
 class ImageListDataset(Dataset):
@@ -274,9 +275,9 @@ class ImageNetDataModule(SplitDataModule):
         """Check ``root`` and return ``"torchvision"`` or ``"folder"`` (one-line errors otherwise)."""
         root = self.root
         if not root.is_dir():
-            raise FileNotFoundError(f"ImageNet root {root} does not exist: {_layout_hint(root)}")
+            raise MissingFile(f"ImageNet root {root} does not exist: {_layout_hint(root)}")
         if self.layout == "torchvision" and not (root / "meta.bin").is_file():
-            raise FileNotFoundError(
+            raise MissingFile(
                 f"ImageNet root {root} has no meta.bin, needed by layout='torchvision': create it with "
                 f"torch.save((wnid_to_classes, None), '{root}/meta.bin') or use layout='folder'"
             )
@@ -287,7 +288,7 @@ class ImageNetDataModule(SplitDataModule):
     def _split_dir(self, split: str) -> Path:
         d = self.root / split
         if not d.is_dir():
-            raise FileNotFoundError(f"ImageNet root {self.root} has no {split}/ folder: {_layout_hint(self.root)}")
+            raise MissingFile(f"ImageNet root {self.root} has no {split}/ folder: {_layout_hint(self.root)}")
         return d
 
     def _scan(self, split: str, layout: str) -> list[tuple[str, str]]:
@@ -312,7 +313,7 @@ class ImageNetDataModule(SplitDataModule):
         else:
             wnids = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
             if not wnids:
-                raise FileNotFoundError(
+                raise MissingFile(
                     f"ImageNet folder {split_dir} has no class folders: {_layout_hint(self.root)}"
                 )
             class_to_idx = {w: i for i, w in enumerate(wnids)}
@@ -320,12 +321,12 @@ class ImageNetDataModule(SplitDataModule):
             samples = [(path, wnids[t]) for path, t in pairs]
         bad = [w for w in wnids if w not in all_wnids]
         if bad:
-            raise ValueError(
+            raise RefusedValue(
                 f"ImageNet folder {split_dir} has {len(bad)} class folder(s) that are not ILSVRC-2012 wnids "
                 f"(e.g. {bad[0]!r}): {_layout_hint(self.root)}"
             )
         if not samples:
-            raise FileNotFoundError(f"ImageNet folder {split_dir} has no images: {_layout_hint(self.root)}")
+            raise MissingFile(f"ImageNet folder {split_dir} has no images: {_layout_hint(self.root)}")
         return samples
 
     def _label_map(self) -> dict[str, int]:

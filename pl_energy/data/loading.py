@@ -9,6 +9,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .resumable import ResumableDataLoader, ResumableSampler
+
 
 def default_data_dir() -> str:
     """``$PL_ENERGY_DATA`` if set (and non-empty), else ``./data``: the folder every data set
@@ -53,20 +55,27 @@ class SplitDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.shuffle = shuffle
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, shuffle: bool, resumable: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before requesting a dataloader")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-        )
+        options = dict(batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                       persistent_workers=self.persistent_workers)
+        if not resumable:
+            return DataLoader(dataset, shuffle=shuffle, **options)
+        sampler = ResumableSampler(len(dataset), self.batch_size, shuffle, self._batches_done)
+        return ResumableDataLoader(dataset, sampler=sampler, **options)
+
+    def _batches_done(self) -> int:
+        """The batches of the current epoch the training loop has taken (0 outside a fit)."""
+        trainer = self.trainer
+        return 0 if trainer is None else int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.shuffle)
+        """The training batches; on one process a :class:`ResumableDataLoader`, which resumes
+        mid-epoch exactly. Under DDP Lightning's ``DistributedSampler`` shards and shuffles them
+        (a mid-epoch resume then restarts the epoch's order, as Lightning warns)."""
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        return self._loader(self.train_set, self.shuffle, resumable=not distributed)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, False)

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
+from ..errors import MissingFile, RefusedValue
 from .loading import SplitDataModule, check_split, default_data_dir, seeded_split
 
 MNIST_FILES = (
@@ -52,20 +53,20 @@ def read_idx(raw_folder: Path, stem: str) -> torch.Tensor:
     plain, packed = raw_folder / stem, raw_folder / f"{stem}.gz"
     path = plain if plain.is_file() else packed
     if not path.is_file():
-        raise FileNotFoundError(f"{packed} is missing")
+        raise MissingFile(f"{packed} is missing")
     try:
         data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-        raise ValueError(f"{path} is not a complete gzip file ({exc}): download it again") from exc
+        raise RefusedValue(f"{path} is not a complete gzip file ({exc}): download it again") from exc
     magic, count, shape = IDX_HEADERS[stem]
     header = 4 * (2 + len(shape))
     values = [int.from_bytes(data[i:i + 4], "big") for i in range(0, min(header, len(data)) - 3, 4)]
     if values[:1] != [magic] or values[1:] != [count, *shape]:
-        raise ValueError(f"{path} does not hold {stem} (its header reads {values}, expected "
+        raise RefusedValue(f"{path} does not hold {stem} (its header reads {values}, expected "
                          f"{[magic, count, *shape]}): the files may be swapped or corrupt")
     size = count * (shape[0] * shape[1] if shape else 1)
     if len(data) != header + size:
-        raise ValueError(f"{path} holds {len(data) - header} bytes of data, expected {size}: it is truncated")
+        raise RefusedValue(f"{path} holds {len(data) - header} bytes of data, expected {size}: it is truncated")
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(count, *shape)
 
 
@@ -153,9 +154,9 @@ class MNISTDataModule(SplitDataModule):
     def raw_folder(self) -> Path:
         return Path(self.data_dir) / self.folder / "raw"
 
-    def _missing_error(self, cause: str = "") -> FileNotFoundError:
+    def _missing_error(self, cause: str = "") -> MissingFile:
         how = "could not be downloaded" + cause if self.download else "download=False"
-        return FileNotFoundError(
+        return MissingFile(
             f"{self.folder} not found ({how}): put the four files {', '.join(MNIST_FILES)} "
             f"into {self.raw_folder.resolve()}/ (or point data_dir / $PL_ENERGY_DATA at a folder holding "
             f"{self.folder}/raw/)"
