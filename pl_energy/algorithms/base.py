@@ -56,8 +56,11 @@ HALF_PRECISION_COSINE = {"pc_nudge": 0.74, "pc": 0.76, "ep": 0.96, "chl": 0.56}
 #: How many recent batches' Dropout masks and BatchNorm statistics are kept for their references
 #: (gradient accumulation compares the mean of that many batches).
 REMEMBERED_BATCHES = 16
-#: A nudge whose displacement is below this many machine epsilons is warned about.
+#: A nudge whose displacement is below this many machine epsilons is warned about (rounding
+#: about 0.1% of the estimate) ...
 RESOLVED_NUDGE = 1e3
+#: ... and below this many refused unless allowed (rounding 10% or more: far off).
+REFUSED_NUDGE = 10
 
 
 NOT_CONVERGED = (
@@ -277,7 +280,7 @@ class Algorithm:
             problem = (f"{self.name}'s nudge displaces the state by about {abs(nudge):.1e} of its size, only "
                        f"{abs(nudge) / epsilon:.0f} machine epsilons of {parameter.dtype}: rounding is then a large "
                        "part of the estimate (ep at beta 1e-12 in float32 measured 2.5e5 relative error)")
-            if not getattr(self, "allow_imprecise", False):
+            if abs(nudge) < REFUSED_NUDGE * epsilon and not getattr(self, "allow_imprecise", False):
                 raise ValueError(f"{problem}; use a larger nudge, 'auto', or float64 parameters "
                                  "(allow_imprecise=True returns it anyway, with a PrecisionWarning)")
             warnings.warn(f"{problem}; use a larger nudge or float64 parameters", PrecisionWarning, stacklevel=3)
@@ -452,7 +455,8 @@ class RelaxingAlgorithm(Algorithm):
         trace: record the energy of every inference step by default (``estimate(record=...)``
             overrides it); off by default, as it costs a pass over the state per step.
         allow_imprecise: return estimates known to be far off instead of refusing them (a nudge
-            below the dtype's resolution), with a warning; for researchers who study them.
+            below 10 machine epsilons, where rounding is 10% of the estimate or more; between 10
+            and 1000 it warns), with a warning; for researchers who study them.
     """
 
     precision_sensitive: ClassVar[bool] = True

@@ -43,7 +43,8 @@ class PredictiveCoding(ContrastiveAlgorithm):
         lam: weight of the supervised term, E = I + lam L (1: the target clamps the output), or
             "auto": chosen per batch as a finite-difference step (``pl_energy.core.nudge``): the
             lam whose first-order displacement of the hidden activities is eps^(1/2) of their
-            size (eps^(1/3) centered), eps the parameters' machine epsilon.
+            size (eps^(1/3) centered) for the sample and layer it moves most, eps the
+            parameters' machine epsilon.
         gamma: precision ratio pi_{l+1}/pi_l in (0, 1] (feedback strength).
         centered: +lam and -lam phases, error O(lam^2).
         error_estimate: compute ``Estimate.error_bound``, the estimate's relative error per

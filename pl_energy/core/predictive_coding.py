@@ -125,11 +125,15 @@ class PredictiveCodingEnergy:
         return response[::-1]
 
     def displacement_per_unit(self, free: PCState, response: list[Tensor]) -> float:
-        """max_l ||r_l|| / ||x_l||: how far, relative to each hidden activity, one unit of lam
-        moves the state at first order (0 without hidden layers)."""
-        ratios = [float(r.norm() / x.norm().clamp_min(torch.finfo(x.dtype).tiny))
+        """max_{l,b} ||r_lb|| / ||x_lb||: how far, relative to its own hidden activity, one unit
+        of lam moves the state of the sample and layer it moves most, at first order (0 without
+        hidden layers). Per sample: each sample's equilibrium is its own problem, and the
+        samples the loss pulls hardest carry the largest bias."""
+        if not response:
+            return 0.0
+        ratios = [r.flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1).clamp_min(torch.finfo(x.dtype).tiny)
                   for r, x in zip(response, free.activities[1:])]
-        return max(ratios, default=0.0)
+        return float(torch.stack([ratio.max() for ratio in ratios]).max())
 
     def response_parameter_gradients(self, free: PCState, response: list[Tensor]) -> list[list[Tensor]]:
         """The update of the limit lam -> 0 per layer, lim (1/lam) dE/dtheta(x_lam) =
