@@ -112,6 +112,38 @@ def test_inference_diagnostics_reach_the_logger(tmp_path):
         assert float(row[column["inference/residual"]]) <= 1e-4
 
 
+def test_the_estimates_nudge_and_error_reach_the_logger(tmp_path):
+    """pc_nudge logs the lam it chose on each batch and its worst layer's error bound, which
+    is the estimate's distance from backprop's gradient on that batch (autograd, here)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 6, dtype=torch.float64), torch.randint(0, 3, (16,))
+    network = mlp([6, 5, 4, 3], activation="tanh").double()
+    module = EnergyModule(network=network, algorithm="pc_nudge", trace_every_n_steps=0)
+    logger = CSVLogger(tmp_path, name="run")
+    first = module.algorithm.estimate(network, x[:4], y[:4])
+    reference = torch.autograd.grad(torch.nn.functional.cross_entropy(network(x[:4]), y[:4]), list(network.parameters()))
+    worst = max(float(sum((first.gradients[n] - g).pow(2).sum() for n, g in zip(names, grads)).sqrt()
+                      / sum(g.pow(2).sum() for g in grads).sqrt())
+                for names, grads in _by_layer(network, reference))
+    quiet_trainer(max_steps=4, logger=logger, log_every_n_steps=1).fit(module, loader(x, y, 4))
+    rows = (Path(logger.log_dir) / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    nudge, error = header.index("estimate/nudge"), header.index("estimate/worst_error")
+    logged = [row.split(",") for row in rows[1:] if row.split(",")[nudge]]
+    assert len(logged) == 4 and all(0 < float(row[nudge]) < 1 for row in logged)
+    assert float(logged[0][error]) == pytest.approx(worst, rel=1e-6)
+    assert all(float(row[error]) < 1e-6 for row in logged)  # float64's step: far below any tolerance
+
+
+def _by_layer(network, gradients):
+    """(names, gradients) of each top-level layer, in named_parameters order."""
+    named = list(zip((n for n, _ in network.named_parameters()), gradients))
+    for layer, _ in network.named_children():
+        yield zip(*[(n, g) for n, g in named if n.split(".")[0] == layer])
+
+
 def test_z_il_matches_bp_for_200_mnist_steps_in_float64(mnist_root):
     """Z-IL is exact backprop: 200 SGD steps on real MNIST end within 1e-10 of BP's weights."""
     data = MNISTDataModule(data_dir=str(mnist_root), batch_size=64)
