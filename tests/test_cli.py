@@ -195,7 +195,7 @@ def test_switching_algorithm_starts_from_its_own_defaults(capsys):
     cli = make_cli(["--config", str(CONFIGS / "mnist_z_il.yaml"), "--algorithm", "pc_nudge", "--trainer.logger", "false"],
                    run=False)
     assert cli.model.algorithm.name == "pc_nudge" and cli.model.algorithm.lam == 0.01
-    assert "holds z_il's hyper-parameters; pc_nudge starts from its own defaults" in capsys.readouterr().err
+    assert "--algorithm pc_nudge replaces the configured z_il, starting from pc_nudge's own defaults" in capsys.readouterr().err
     flagged = make_cli(["--config", str(CONFIGS / "mnist_pc_nudge.yaml"), "--algorithm", "ep", "--steps", "40",
                         "--trainer.logger", "false"], run=False).model.algorithm
     assert flagged.name == "ep" and flagged.steps == 40 and flagged.beta == 0.5  # flags apply, defaults otherwise
@@ -203,11 +203,13 @@ def test_switching_algorithm_starts_from_its_own_defaults(capsys):
     assert same.model.algorithm.solver == "gd" and same.model.algorithm.steps == 50  # its own: kept
 
 
-def test_an_algorithm_flag_overridden_by_a_later_config_is_refused(capsys):
-    with pytest.raises(SystemExit):
-        make_cli(["--algorithm", "pc_nudge", "--config", str(CONFIGS / "mnist_z_il.yaml"), "--trainer.logger", "false"],
-                 run=False)
-    assert "--algorithm pc_nudge comes before --config" in capsys.readouterr().err
+def test_the_algorithm_flag_wins_wherever_it_stands():
+    """--algorithm is a shorthand for --model.algorithm: before or after a config file that
+    describes another algorithm, it picks the algorithm (from its own defaults)."""
+    for argv in (["--algorithm", "pc_nudge", "--config", str(CONFIGS / "mnist_z_il.yaml")],
+                 ["--config", str(CONFIGS / "mnist_z_il.yaml"), "--algorithm", "pc_nudge"]):
+        algorithm = make_cli([*argv, "--trainer.logger", "false"], run=False).model.algorithm
+        assert algorithm.name == "pc_nudge" and algorithm.lam == 0.01
 
 
 def test_python_dash_m_and_the_data_subpackage_after_a_bare_import(tmp_path):
