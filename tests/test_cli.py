@@ -44,7 +44,8 @@ def test_fit_pc_nudge_20_steps_as_a_subprocess(mnist_root, tmp_path):
     checkpoints = list((version / "checkpoints").glob("*.ckpt"))
     assert [c.name for c in checkpoints] == ["epoch=0-step=20.ckpt"]
     config = (version / "config.yaml").read_text()
-    assert "algorithm: pc_nudge" in config and "lr: 0.001" in config and "momentum: 0.9" in config
+    assert "class_path: pl_energy.algorithms.predictive_coding.PCNudge" in config and "lam: 0.01" in config
+    assert "lr: 0.001" in config and "momentum: 0.9" in config
     assert (version / "agreement.png").is_file()
     assert sorted(p.name for p in (version / "energy").glob("*.png")) == ["step_0000000.png",
                                                                           "step_0000010.png"]
