@@ -16,6 +16,12 @@ from pl_energy.cli import make_cli
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    """Runs without a root dir (test, predict) write their config.yaml into the working directory."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _fit(tmp_path, *arguments: str) -> tuple:
     cli = make_cli(["fit", *arguments, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
                     "--trainer.default_root_dir", str(tmp_path / "fit"), "--agreement.every_n_steps", "0",
