@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 from torch import nn
 
+from .algorithms import Algorithm, algorithm_class
+from .algorithms.registry import REGISTRY, unknown_hyperparameters
 from .core.network_spec import as_plain, build_network, class_path, describe_network, import_object
 
 
@@ -60,3 +62,48 @@ def plain_arguments(network: Any, optimizer: Any, lr_scheduler: Any) -> tuple[An
     return tuple(value if value is None or (isinstance(value, dict) and "class_path" in value) else describe(value)
                  for value, describe in ((network, describe_network), (optimizer, describe_factory),
                                          (lr_scheduler, describe_factory)))
+
+
+def algorithm_type(spec: str) -> type[Algorithm]:
+    """The algorithm class that ``spec`` names: a registered name (``ep``), a class name
+    (``EquilibriumPropagation``) or an import path (``pl_energy.algorithms.EquilibriumPropagation``)."""
+    if spec in REGISTRY:
+        return REGISTRY[spec]
+    for cls in REGISTRY.values():
+        if spec in (cls.__name__, class_path(cls)):
+            return cls
+    if "." in spec:
+        cls = import_object(spec)
+        if isinstance(cls, type) and issubclass(cls, Algorithm):
+            return cls
+    return algorithm_class(spec)  # raises, listing the valid names
+
+
+def algorithm_from(algorithm: Algorithm | str | dict[str, Any], hparams: dict[str, Any] | None = None) -> Algorithm:
+    """An algorithm from an instance, a name (see :func:`algorithm_type`) or a ``{"class_path",
+    "init_args"}`` description; ``hparams`` override the description's (or the defaults) and are
+    refused, in one line, where the algorithm has no such hyper-parameter."""
+    hparams = dict(hparams or {})
+    if isinstance(algorithm, Algorithm):
+        if hparams:
+            raise TypeError("algorithm_hparams apply to an algorithm given by name or description, not to an "
+                            f"instance: set them on the instance ({type(algorithm).__name__}(...))")
+        return algorithm
+    if isinstance(algorithm, dict) and "class_path" in algorithm:
+        cls = algorithm_type(algorithm["class_path"])
+        hparams = {**dict(algorithm.get("init_args") or {}), **hparams}
+    elif isinstance(algorithm, str):
+        cls = algorithm_type(algorithm)
+    else:
+        raise TypeError(f"expected an algorithm, its name or its {{'class_path', 'init_args'}} description, "
+                        f"got {algorithm!r}")
+    refusal = unknown_hyperparameters(cls.name, hparams)
+    if refusal:
+        raise TypeError(refusal)
+    return cls(**hparams)
+
+
+def describe_algorithm(algorithm: Algorithm) -> dict[str, Any]:
+    """``{"class_path", "init_args"}`` of an algorithm with every hyper-parameter's value: what
+    checkpoints, configs and loggers hold, and :func:`algorithm_from` builds back."""
+    return {"class_path": class_path(type(algorithm)), "init_args": as_plain(algorithm.hparams())}

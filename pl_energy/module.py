@@ -24,12 +24,11 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from .algorithms import Algorithm, BatchStatisticsWarning, NotConvergedWarning, PrecisionWarning, algorithm_class, \
-    build_algorithm
+from .algorithms import Algorithm, BatchStatisticsWarning, EstimateErrorWarning, NotConvergedWarning, PrecisionWarning
 from .checks import (CheckedCheckpointIO, check_checkpoint_file, check_network_fits_batch, check_network_fits_data,
                      quiet_warnings_off_rank_zero, unpack_batch)
 from .core import mlp
-from .configuration import factory_from, network_from, plain_arguments
+from .configuration import algorithm_from, describe_algorithm, factory_from, network_from, plain_arguments
 from .core.losses import as_loss
 from .core.networks import compile_layers
 from .errors import RefusedValue
@@ -39,7 +38,7 @@ from .plotting import energy_trace_figure
 DEFAULT_SIZES = (784, 128, 64, 10)
 RNG_KEY = "pl_energy_rng_states"
 #: pl_energy's warning categories, shown by rank 0 only under DDP.
-ENERGY_WARNINGS = (NotConvergedWarning, BatchStatisticsWarning, PrecisionWarning)
+ENERGY_WARNINGS = (NotConvergedWarning, BatchStatisticsWarning, PrecisionWarning, EstimateErrorWarning)
 
 
 #: Millidge et al. 2022's MNIST optimiser (A.1): SGD, lr 0.001, momentum 0.9.
@@ -61,9 +60,13 @@ class EnergyModule(pl.LightningModule):
             ``hardsigmoid``, ``clip``, ``identity``, ``gelu``, ``silu``, ``leaky_relu``,
             ``softplus``; gelu and silu not for ep/chl); by default the algorithm's own (``clip``
             for ep and chl, whose Hopfield energy needs bounded units; ``relu`` otherwise).
-        algorithm: one of ``pl_energy.ALGORITHMS`` (the registered algorithms' names).
-        algorithm_hparams: the algorithm's hyper-parameters, e.g. ``{"lam": 0.01, "steps": 50}``
-            for pc_nudge; unset ones keep the algorithm's defaults.
+        algorithm: the learning algorithm: an instance (``pl_energy.algorithms.EquilibriumPropagation(beta=0.1)``),
+            a registered name (``pl_energy.ALGORITHMS``: ``"ep"``), a class name or path, or its
+            ``{"class_path", "init_args"}`` description (``--model.algorithm`` of the CLI). The
+            checkpoint, ``hparams`` and every logger hold its description with every
+            hyper-parameter's value.
+        algorithm_hparams: hyper-parameters of an algorithm given by name or description, e.g.
+            ``{"lam": 0.01, "steps": 50}`` for pc_nudge; unset ones keep the algorithm's defaults.
         loss: ``cross_entropy`` or ``mse`` (half squared error to one-hot targets).
         optimizer: a callable taking the parameters and returning the optimiser
             (default: SGD, lr 0.001, momentum 0.9), or its description. Classes and
@@ -74,13 +77,15 @@ class EnergyModule(pl.LightningModule):
         lr_scheduler_interval: step the scheduler after every optimiser ``step`` or every ``epoch``.
         lr_scheduler_monitor: metric given to ``ReduceLROnPlateau``-style schedulers.
         gradient_clip_val: clip each applied update (the estimate, after the DDP all-reduce) to
-            this norm or value before the optimiser step; None leaves it as it is. Lightning
-            refuses ``Trainer(gradient_clip_val=...)`` under manual optimisation; the CLI moves
-            ``--trainer.gradient_clip_val`` here.
+            this norm or value before the optimiser step; None leaves it as it is. Write
+            ``EnergyModule(..., gradient_clip_val=1.0)``, not ``Trainer(gradient_clip_val=1.0)``:
+            the module applies its updates itself (manual optimisation), which Lightning's
+            Trainer option refuses; the CLI moves ``--trainer.gradient_clip_val`` here.
         gradient_clip_algorithm: ``norm`` (the global L2 norm) or ``value`` (elementwise).
         accumulate_grad_batches: average the estimates of this many batches into one optimiser
-            step (the CLI moves ``--trainer.accumulate_grad_batches`` here); under DDP the
-            batches in between are not synchronised (``no_sync``).
+            step: ``EnergyModule(..., accumulate_grad_batches=4)``, not the Trainer's option (the
+            CLI moves ``--trainer.accumulate_grad_batches`` here); under DDP the batches in
+            between are not synchronised (``no_sync``).
         trace_every_n_steps: record the energy of every inference step every n training steps,
             log ``energy/internal``, ``energy/supervised``, ``energy/total`` (final step) and save
             a plot of the trace (0 disables).
@@ -111,7 +116,7 @@ class EnergyModule(pl.LightningModule):
         network: nn.Sequential | None = None,
         sizes: Sequence[int] = DEFAULT_SIZES,
         activation: str | None = None,
-        algorithm: str = "pc_nudge",
+        algorithm: Algorithm | str = "pc_nudge",
         algorithm_hparams: dict[str, Any] | None = None,
         loss: Literal["cross_entropy", "mse"] = "cross_entropy",
         optimizer: OptimizerCallable = default_optimizer,
@@ -129,7 +134,7 @@ class EnergyModule(pl.LightningModule):
         compile: bool | dict[str, Any] = False,
     ) -> None:
         super().__init__()
-        algorithm_class(algorithm)  # an unknown name fails here, listing the valid ones
+        built = algorithm_from(algorithm, algorithm_hparams)  # an unknown name fails here, listing the valid ones
         if loss not in ("cross_entropy", "mse"):
             raise ValueError(f"unknown loss {loss!r}; choose 'cross_entropy' or 'mse'")
         if trace_every_n_steps is None or trace_every_n_steps < 0:
@@ -138,16 +143,17 @@ class EnergyModule(pl.LightningModule):
         # save_hyperparameters reads __init__'s arguments by name: it keeps their descriptions
         # (LightningCLI passes its own, the config's, instead)
         network, optimizer, lr_scheduler = plain_arguments(*given)
+        algorithm, algorithm_hparams = describe_algorithm(built), None  # every value, resolved
         self.save_hyperparameters()
         network, optimizer, lr_scheduler = given
         #: Arguments the checkpoint cannot hold (a lambda optimiser, a custom module).
         self.unsaved_arguments = [name for name, value in zip(("network", "optimizer", "lr_scheduler"), given)
                                   if value is not None and self.hparams.get(name) is None]
         self.automatic_optimization = False
-        self.algorithm_name = algorithm
-        self.algorithm: Algorithm = build_algorithm(algorithm, **dict(algorithm_hparams or {}))
+        self.algorithm: Algorithm = built
+        self.algorithm_name = built.name
         self.algorithm.allow_constant_batch_statistics = bool(allow_constant_batch_statistics)
-        activation = activation or algorithm_class(algorithm).default_activation
+        activation = activation or built.default_activation
         self.network = network if network is not None else mlp(list(sizes), activation=activation)
         self.compile_options = (compile if isinstance(compile, dict) else {}) if compile else None
         if self.compile_options is not None:
@@ -329,6 +335,28 @@ class EnergyModule(pl.LightningModule):
             check_network_fits_data(self.num_classes, trainer.datamodule)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = CheckedCheckpointIO()
+
+    def configure_callbacks(self) -> list:
+        """No callbacks of its own. Lightning calls this before it checks the Trainer's options,
+        so that it is where ``Trainer(gradient_clip_val=...)`` and
+        ``Trainer(accumulate_grad_batches=...)``, which manual optimisation cannot honour, are
+        refused with the module argument to write instead."""
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return []
+        moved = {"gradient_clip_val": trainer.gradient_clip_val,
+                 "accumulate_grad_batches": trainer.accumulate_grad_batches}
+        moved = {name: value for name, value in moved.items() if value not in (None, 0, 1)}
+        if moved:
+            if "gradient_clip_val" in moved and trainer.gradient_clip_algorithm not in (None, "norm"):
+                moved["gradient_clip_algorithm"] = str(trainer.gradient_clip_algorithm)
+            arguments = ", ".join(f"{name}={value!r}" for name, value in moved.items())
+            raise ValueError(f"EnergyModule applies its updates itself (manual optimisation), which the Trainer's "
+                             f"{' and '.join(n for n in moved if n != 'gradient_clip_algorithm')} cannot reach: "
+                             f"write EnergyModule(..., {arguments}) and leave them out of Trainer(...) "
+                             "(the pl-energy CLI moves --trainer.gradient_clip_val and "
+                             "--trainer.accumulate_grad_batches there itself)")
+        return []
 
     def on_fit_start(self) -> None:
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)

@@ -44,7 +44,8 @@ def test_fit_pc_nudge_20_steps_as_a_subprocess(mnist_root, tmp_path):
     checkpoints = list((version / "checkpoints").glob("*.ckpt"))
     assert [c.name for c in checkpoints] == ["epoch=0-step=20.ckpt"]
     config = (version / "config.yaml").read_text()
-    assert "algorithm: pc_nudge" in config and "lr: 0.001" in config and "momentum: 0.9" in config
+    assert "class_path: pl_energy.algorithms.predictive_coding.PCNudge" in config and "lam: 0.01" in config
+    assert "lr: 0.001" in config and "momentum: 0.9" in config
     assert (version / "agreement.png").is_file()
     assert sorted(p.name for p in (version / "energy").glob("*.png")) == ["step_0000000.png",
                                                                           "step_0000010.png"]
@@ -201,7 +202,7 @@ def test_switching_algorithm_starts_from_its_own_defaults(capsys):
     cli = make_cli(["--config", str(CONFIGS / "mnist_z_il.yaml"), "--algorithm", "pc_nudge", "--trainer.logger", "false"],
                    run=False)
     assert cli.model.algorithm.name == "pc_nudge" and cli.model.algorithm.lam == "auto"
-    assert "holds z_il's hyper-parameters; pc_nudge starts from its own defaults" in capsys.readouterr().err
+    assert "--algorithm pc_nudge replaces the configured z_il, starting from pc_nudge's own defaults" in capsys.readouterr().err
     flagged = make_cli(["--config", str(CONFIGS / "mnist_pc_nudge.yaml"), "--algorithm", "ep", "--steps", "40",
                         "--trainer.logger", "false"], run=False).model.algorithm
     assert flagged.name == "ep" and flagged.steps == 40 and flagged.beta == 0.5  # flags apply, defaults otherwise
@@ -209,11 +210,13 @@ def test_switching_algorithm_starts_from_its_own_defaults(capsys):
     assert same.model.algorithm.solver == "gd" and same.model.algorithm.steps == 50  # its own: kept
 
 
-def test_an_algorithm_flag_overridden_by_a_later_config_is_refused(capsys):
-    with pytest.raises(SystemExit):
-        make_cli(["--algorithm", "pc_nudge", "--config", str(CONFIGS / "mnist_z_il.yaml"), "--trainer.logger", "false"],
-                 run=False)
-    assert "--algorithm pc_nudge comes before --config" in capsys.readouterr().err
+def test_the_algorithm_flag_wins_wherever_it_stands():
+    """--algorithm is a shorthand for --model.algorithm: before or after a config file that
+    describes another algorithm, it picks the algorithm (from its own defaults)."""
+    for argv in (["--algorithm", "pc_nudge", "--config", str(CONFIGS / "mnist_z_il.yaml")],
+                 ["--config", str(CONFIGS / "mnist_z_il.yaml"), "--algorithm", "pc_nudge"]):
+        algorithm = make_cli([*argv, "--trainer.logger", "false"], run=False).model.algorithm
+        assert algorithm.name == "pc_nudge" and algorithm.lam == 0.01
 
 
 def test_python_dash_m_and_the_data_subpackage_after_a_bare_import(tmp_path):

@@ -260,3 +260,18 @@ def test_the_cli_moves_clipping_and_accumulation_into_the_module():
                     "4", "--trainer.logger", "false"], run=False)
     assert (cli.model.gradient_clip_val, cli.model.accumulate_grad_batches) == (0.5, 4)
     assert cli.trainer.accumulate_grad_batches == 1 and cli.trainer.gradient_clip_val is None
+
+
+@pytest.mark.parametrize("option, value", [("gradient_clip_val", 0.5), ("accumulate_grad_batches", 4)])
+def test_trainer_clipping_and_accumulation_point_to_the_modules_arguments(option, value):
+    """Lightning refuses these Trainer options under manual optimisation and says "switch to
+    automatic optimization"; the module says what to write instead."""
+    import lightning.pytorch as pl
+
+    module = EnergyModule(network=mlp([4, 3, 2]), algorithm="bp", trace_every_n_steps=0)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.rand(8, 4), torch.randint(0, 2, (8,))),
+                                       batch_size=4)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=1,
+                         **{option: value})
+    with pytest.raises(ValueError, match=rf"write EnergyModule\(\.\.\., {option}={value}\)"):
+        trainer.fit(module, data)

@@ -55,8 +55,11 @@ def test_offline_run_holds_agreement_and_energy(no_wandb_key, mnist_root, tmp_pa
     for names in history["energy/trace/filenames"] + history["agreement/plot/filenames"]:
         assert (media / names[0]).is_file()
     config = wandb_config(records)
-    assert config.get("algorithm") == "pc_nudge", sorted(config)
-    assert config.get("algorithm_hparams") == {"steps": 10}
+    # the algorithm's class and every hyper-parameter's resolved value (the flag's steps among them)
+    used = {"class_path": "pl_energy.algorithms.predictive_coding.PCNudge", "init_args": cli.model.algorithm.hparams()}
+    assert used["init_args"]["steps"] == 10 and used["init_args"]["lam"] == 0.01
+    assert config.get("algorithm") == used and config["model"]["algorithm"] == used, sorted(config)
+    assert "lam" not in config  # the shorthand flags are expanded into model.algorithm, not logged as nulls
     # the whole configuration reaches the run config: optimiser, network, data and seed
     assert config.get("optimizer") == {"class_path": "torch.optim.SGD",
                                        "init_args": {"lr": 0.001, "momentum": 0.9, "dampening": 0.0,
