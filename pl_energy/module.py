@@ -48,58 +48,48 @@ default_optimizer = functools.partial(torch.optim.SGD, lr=0.001, momentum=0.9)
 class EnergyModule(pl.LightningModule):
     """Train a network with an energy-based learning algorithm (or backprop) under Lightning.
 
+    The checkpoint keeps the network's ``{"class_path", "init_args"}`` description (see
+    :mod:`pl_energy.configuration`), so ``load_from_checkpoint(path)`` rebuilds it. The
+    checkpoint, ``hparams`` and every logger hold the algorithm's description with every
+    hyper-parameter's value (``--model.algorithm`` of the CLI takes the same description, e.g.
+    ``pl_energy.algorithms.EquilibriumPropagation(beta=0.1)`` or ``"ep"``). The module applies
+    its updates itself (manual optimisation), so clipping and accumulation are its own
+    arguments: ``EnergyModule(..., gradient_clip_val=1.0, accumulate_grad_batches=4)``, not the
+    Trainer's, which Lightning refuses with manual optimisation (the CLI moves
+    ``--trainer.gradient_clip_val`` and ``--trainer.accumulate_grad_batches`` here); under DDP the
+    accumulated batches in between are not synchronised (``no_sync``). A trace logs
+    ``energy/internal``, ``energy/supervised`` and ``energy/total`` and saves its plot.
+    ``compile`` goes through ``core.networks.compile_layers`` (parameter names and checkpoints
+    unchanged; ``{"mode": "reduce-overhead"}`` for CUDA graphs on a GPU): inference calls every
+    layer many times per batch on fixed shapes, which is what compilation pays off on; plain
+    ``Linear`` layers keep their closed forms and are not called.
+
     Args:
-        network: the network, an ``nn.Sequential`` whose top-level children are the layers (or
-            its ``{"class_path", "init_args"}`` description, e.g. of
-            :class:`~pl_energy.core.networks.ConvNet`). When omitted, ``pl_energy.mlp(sizes,
-            activation)`` is built. The checkpoint keeps its description (see
-            :mod:`pl_energy.configuration`), so ``load_from_checkpoint(path)`` rebuilds it.
-        sizes: layer widths of the default MLP (input first, classes last); Millidge et al. 2022's MNIST net
-            is 784-128-64-10.
-        activation: hidden activation of the default MLP (``relu``, ``tanh``, ``sigmoid``,
-            ``hardsigmoid``, ``clip``, ``identity``, ``gelu``, ``silu``, ``leaky_relu``,
-            ``softplus``; gelu and silu not for ep/chl); by default the algorithm's own (``clip``
-            for ep and chl, whose Hopfield energy needs bounded units; ``relu`` otherwise).
-        algorithm: the learning algorithm: an instance (``pl_energy.algorithms.EquilibriumPropagation(beta=0.1)``),
-            a registered name (``pl_energy.ALGORITHMS``: ``"ep"``), a class name or path, or its
-            ``{"class_path", "init_args"}`` description (``--model.algorithm`` of the CLI). The
-            checkpoint, ``hparams`` and every logger hold its description with every
-            hyper-parameter's value.
-        algorithm_hparams: hyper-parameters of an algorithm given by name or description, e.g.
-            ``{"lam": 0.01, "steps": 50}`` for pc_nudge; unset ones keep the algorithm's defaults.
-        loss: ``cross_entropy`` or ``mse`` (half squared error to one-hot targets).
-        optimizer: a callable taking the parameters and returning the optimiser
-            (default: SGD, lr 0.001, momentum 0.9), or its description. Classes and
-            ``functools.partial(cls, **kwargs)`` are saved in the checkpoint; a function is not
-            (a warning says so when the checkpoint is written).
+        network: an ``nn.Sequential`` of layers, or its description; None: the default MLP.
+        sizes: layer widths of the default MLP (Millidge et al. 2022's: 784-128-64-10).
+        activation: hidden activation of the default MLP; None: ``clip`` for ep/chl, else ``relu``.
+        algorithm: the learning algorithm: an instance, a registered name (``"ep"``), a class
+            name or path, or its ``{"class_path", "init_args"}`` description.
+        algorithm_hparams: hyper-parameters of an algorithm given by name, e.g. ``{"lam": 0.01}``.
+        loss: ``cross_entropy`` or ``mse``.
+        optimizer: a callable taking the parameters and returning the optimiser (default: SGD,
+            lr 0.001, momentum 0.9), or its description (a plain function is not checkpointed).
         lr_scheduler: optional callable taking the optimiser and returning an LR scheduler (or its
             description).
         lr_scheduler_interval: step the scheduler after every optimiser ``step`` or every ``epoch``.
         lr_scheduler_monitor: metric given to ``ReduceLROnPlateau``-style schedulers.
-        gradient_clip_val: clip each applied update (the estimate, after the DDP all-reduce) to
-            this norm or value before the optimiser step; None leaves it as it is. Write
-            ``EnergyModule(..., gradient_clip_val=1.0)``, not ``Trainer(gradient_clip_val=1.0)``:
-            the module applies its updates itself (manual optimisation), which Lightning's
-            Trainer option refuses; the CLI moves ``--trainer.gradient_clip_val`` here.
+        gradient_clip_val: clip each applied update (after the DDP all-reduce) to this norm or
+            value (this module's option, not the Trainer's); None leaves it.
         gradient_clip_algorithm: ``norm`` (the global L2 norm) or ``value`` (elementwise).
         accumulate_grad_batches: average the estimates of this many batches into one optimiser
-            step: ``EnergyModule(..., accumulate_grad_batches=4)``, not the Trainer's option (the
-            CLI moves ``--trainer.accumulate_grad_batches`` here); under DDP the batches in
-            between are not synchronised (``no_sync``).
-        trace_every_n_steps: record the energy of every inference step every n training steps,
-            log ``energy/internal``, ``energy/supervised``, ``energy/total`` (final step) and save
-            a plot of the trace (0 disables).
-        num_classes: number of classes for the accuracy metric (default: the network's output
-            width).
+            step (this module's option, not the Trainer's).
+        trace_every_n_steps: record, log and plot the energy of every inference step every n
+            training steps (0 disables).
+        num_classes: classes of the accuracy metric; None: the network's output width.
         batch_keys: (inputs, targets) keys of mapping batches.
         evaluate_initial_weights: evaluate untrained weights (else refused).
         allow_constant_batch_statistics: train BatchNorm, statistics held constant.
-        compile: compile each layer of the network with ``torch.compile`` in place
-            (``core.networks.compile_layers``: parameter names and checkpoints are unchanged);
-            a dict gives its options, e.g. ``{"mode": "reduce-overhead"}`` for CUDA graphs on a
-            GPU. Inference calls every layer many times per batch on shapes that do not change,
-            which is what compilation pays off on; plain ``Linear`` layers keep their closed
-            forms and are not called.
+        compile: compile each layer with ``torch.compile`` in place (a dict: its options).
 
     Batches given as mappings are read with ``batch_keys``, else with the first pair of
     ``pl_energy.checks.DEFAULT_BATCH_KEYS`` they hold (``x``/``y``, ``image``/``label``,

@@ -44,7 +44,7 @@ def test_fit_pc_nudge_20_steps_as_a_subprocess(mnist_root, tmp_path):
     checkpoints = list((version / "checkpoints").glob("*.ckpt"))
     assert [c.name for c in checkpoints] == ["epoch=0-step=20.ckpt"]
     config = (version / "config.yaml").read_text()
-    assert "class_path: pl_energy.algorithms.predictive_coding.PCNudge" in config and "lam: 0.01" in config
+    assert "class_path: pl_energy.algorithms.predictive_coding.PCNudge" in config and "lam: auto" in config
     assert "lr: 0.001" in config and "momentum: 0.9" in config
     assert (version / "agreement.png").is_file()
     assert sorted(p.name for p in (version / "energy").glob("*.png")) == ["step_0000000.png",
@@ -216,7 +216,7 @@ def test_the_algorithm_flag_wins_wherever_it_stands():
     for argv in (["--algorithm", "pc_nudge", "--config", str(CONFIGS / "mnist_z_il.yaml")],
                  ["--config", str(CONFIGS / "mnist_z_il.yaml"), "--algorithm", "pc_nudge"]):
         algorithm = make_cli([*argv, "--trainer.logger", "false"], run=False).model.algorithm
-        assert algorithm.name == "pc_nudge" and algorithm.lam == 0.01
+        assert algorithm.name == "pc_nudge" and algorithm.lam == "auto"
 
 
 def test_python_dash_m_and_the_data_subpackage_after_a_bare_import(tmp_path):

@@ -57,7 +57,7 @@ def test_offline_run_holds_agreement_and_energy(no_wandb_key, mnist_root, tmp_pa
     config = wandb_config(records)
     # the algorithm's class and every hyper-parameter's resolved value (the flag's steps among them)
     used = {"class_path": "pl_energy.algorithms.predictive_coding.PCNudge", "init_args": cli.model.algorithm.hparams()}
-    assert used["init_args"]["steps"] == 10 and used["init_args"]["lam"] == 0.01
+    assert used["init_args"]["steps"] == 10 and used["init_args"]["lam"] == "auto"
     assert config.get("algorithm") == used and config["model"]["algorithm"] == used, sorted(config)
     assert "lam" not in config  # the shorthand flags are expanded into model.algorithm, not logged as nulls
     # the whole configuration reaches the run config: optimiser, network, data and seed

@@ -440,23 +440,17 @@ class RelaxingAlgorithm(Algorithm):
     """An algorithm with inference phases, each relaxed by a solver (``pl_energy.core.solvers``).
 
     Args:
-        solver: "gd" (fixed-step descent on the activities: the papers' dynamics), "error"
-            (descent on the prediction errors, predictive-coding energies only; converges in a
-            few steps at any depth), "anderson" (the error map with Anderson mixing: for pc's
-            lam = 1 on trained deep nets, where "error" stalls), "nesterov" (accelerated
-            descent on the activities) or "sweep" (even/odd layer blocks, Hopfield energies only).
+        solver: "gd" (descent on the activities: the papers' dynamics), "error" (descent on
+            the prediction errors, PC only), "anderson" ("error" with Anderson mixing),
+            "nesterov" or "sweep" (even/odd layer blocks, Hopfield only).
         steps: the step cap of each phase; the exact number of steps when ``tol`` is None.
-        step_size: the solver's step (None: its default, 0.1 for gd and nesterov, 1.0 for
-            error, 1.3 for sweep); "auto" starts from that default and halves it whenever the
+        step_size: the solver's step (None: its default); "auto" halves it whenever the
             energy rises instead of raising ``DivergenceError``.
-        tol: stop a phase once its relative residual is at most this (see
-            ``pl_energy.core.solvers``); None runs exactly ``steps`` steps. Reaching the cap
-            first warns once (``NotConvergedWarning``).
-        trace: record the energy of every inference step by default (``estimate(record=...)``
-            overrides it); off by default, as it costs a pass over the state per step.
-        allow_imprecise: return estimates known to be far off instead of refusing them (a nudge
-            below 10 machine epsilons, where rounding is 10% of the estimate or more; between 10
-            and 1000 it warns), with a warning; for researchers who study them.
+        tol: stop a phase at this relative residual (``pl_energy.core.solvers``); None runs
+            exactly ``steps`` steps.
+        trace: record the energy of every inference step (a pass over the state per step).
+        allow_imprecise: return, with a warning, an estimate whose nudge is below 10 machine
+            epsilons (rounding 10% or more) instead of refusing it.
     """
 
     precision_sensitive: ClassVar[bool] = True

@@ -39,10 +39,8 @@ class EquilibriumPropagation(HopfieldAlgorithm):
             2021's remedy for one-sided EP's bias: on MNIST (784-512-10, Adam) it reaches 94.6%
             validation accuracy after one epoch; EP's error against its reference shrinks as
             beta (one-sided) or beta^2 (centered) until a nudge moves a unit across a kink of a
-            clip/ReLU unit or a max-pool switch (``tests/test_hopfield_conv.py``). "auto"
-            chooses it per batch as a finite-difference step (``pl_energy.core.nudge``): the
-            beta that moves the output by eps^(1/2) of its size at first order (eps^(1/3)
-            centered), eps the parameters' machine epsilon.
+            clip/ReLU unit or a max-pool switch (``tests/test_hopfield_conv.py``). "auto": the
+            finite-difference step of each batch (``nudge_strength``).
         nudged_steps: step cap of the nudged phases (default: ``steps``).
         centered: nudge by +beta and -beta and take the symmetric difference.
 
@@ -76,7 +74,8 @@ class EquilibriumPropagation(HopfieldAlgorithm):
             raise ValueError(f"nudged_steps must be >= 1 (or None: steps), got {self.nudged_steps}")
 
     def nudge_strength(self, energy: HopfieldEnergy, free: HopfieldState) -> float:
-        """beta for this batch: the fixed value, or the finite-difference step of "auto"."""
+        """beta for this batch: the fixed value, or for "auto" the beta that moves the output
+        by eps^(1/2) of its size at first order (eps^(1/3) centered; ``pl_energy.core.nudge``)."""
         if self.beta != "auto":
             return float(self.beta)
         step = finite_difference_step(free.output.dtype, self.centered)

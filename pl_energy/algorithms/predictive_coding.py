@@ -40,19 +40,19 @@ class PredictiveCoding(ContrastiveAlgorithm):
     """Inference learning / PC-Nudge on the predictive-coding energy.
 
     Args:
-        lam: weight of the supervised term, E = I + lam L (1: the target clamps the output), or
-            "auto": chosen per batch as a finite-difference step (``pl_energy.core.nudge``): the
-            lam whose first-order displacement of the hidden activities is eps^(1/2) of their
-            size (eps^(1/3) centered) for the sample and layer it moves most, eps the
-            parameters' machine epsilon.
+        lam: weight of the supervised term, E = I + lam L (1: the target clamps the output),
+            or "auto", the finite-difference step of each batch (``nudge_strength``).
         gamma: precision ratio pi_{l+1}/pi_l in (0, 1] (feedback strength).
         centered: +lam and -lam phases, error O(lam^2).
-        error_estimate: compute ``Estimate.error_bound``, the estimate's relative error per
-            layer against the limit lam -> 0 (backprop's gradient, from the first-order
-            response: one parameter VJP per layer, about a third of a backprop step).
-        error_tolerance: warn (``EstimateErrorWarning``) when the worst layer's
-            ``error_bound`` exceeds this; None (pc's default: lam = 1 is not meant to be close
-            to backprop) never warns.
+        error_estimate: compute ``Estimate.error_bound`` (one parameter VJP per layer).
+        error_tolerance: warn when the worst layer's ``error_bound`` exceeds this (None: never).
+
+    ``lam="auto"`` takes the lam whose first-order displacement of the hidden activities is
+    eps^(1/2) of their size (eps^(1/3) centered) for the sample and layer it moves most, eps the
+    parameters' machine epsilon (``pl_energy.core.nudge``). ``Estimate.error_bound`` is the
+    estimate's relative error per layer against the limit lam -> 0 (backprop's gradient, from
+    the first-order response); ``EstimateErrorWarning`` says when its worst layer exceeds
+    ``error_tolerance`` (None for pc: lam = 1 is not meant to be close to backprop).
 
     The inference settings (``solver``, ``steps``, ``step_size``, ``tol``, ``trace``) are
     ``RelaxingAlgorithm``'s, converged by default. With a tolerance, each nudged phase starts at
@@ -130,14 +130,13 @@ class PCNudge(PredictiveCoding):
     """PC-Nudge: predictive coding with a weak supervised nudge (Millidge et al. 2022, Sec. 4).
 
     Args:
-        lam: weight of the supervised term, E = I + lam L; the update approaches BP's as
-            lam -> 0. "auto" (the default) takes the finite-difference step of each batch
-            (``PredictiveCoding``); the paper's lam = 0.01 is ``lam=0.01``.
+        lam: weight of the supervised term, E = I + lam L (1: the target clamps the output),
+            or "auto", the finite-difference step of each batch (``nudge_strength``).
+        error_tolerance: warn when the worst layer's ``error_bound`` exceeds this (None: never).
 
-        error_tolerance: warn when the worst layer's estimated error exceeds this (5%).
-
-    ``gamma``, ``centered``, ``error_estimate`` and the inference settings are
-    ``PredictiveCoding``'s.
+    The update approaches BP's as lam -> 0; "auto" (the default) takes the finite-difference
+    step of each batch, the paper's is ``lam=0.01``. ``gamma``, ``centered``,
+    ``error_estimate`` and the inference settings are ``PredictiveCoding``'s.
     """
 
     lam: float | str = "auto"
