@@ -45,3 +45,14 @@ def test_a_nan_layer_is_the_worst_and_an_empty_reference_is_refused():
     assert result.worst_layer == "1" and math.isnan(result.worst_rel_error)
     with pytest.raises(ValueError, match="no parameters"):
         layer_agreement({}, {})
+
+
+def test_a_layer_far_off_hides_in_the_global_cosine_not_in_the_worst_layer():
+    """The case of issue 24: a layer with small gradients 100% off, the global cosine 0.9999."""
+    from pl_energy.metrics import gradient_agreement
+
+    reference = {"0.weight": torch.full((100,), 1e-3), "1.weight": torch.ones(100)}
+    update = {"0.weight": torch.zeros(100), "1.weight": torch.ones(100)}
+    assert gradient_agreement(update, reference)["cosine"] > 0.9999
+    result = layer_agreement(update, reference)
+    assert result.worst_layer == "0" and result.worst_rel_error == pytest.approx(1.0)
