@@ -7,8 +7,10 @@ converging later. This trains one network with ``--algorithm`` (its hyper-parame
 initialisation with textbook backprop (``F.cross_entropy(net(x), y).backward()``): batch 64, Adam
 at ``--lr`` (constant), one seeded batch order, one epoch of the 50k training split (or
 ``--batches N``). Every ``--every`` batches (batch 0 included) the algorithm's estimate is compared
-with BP's gradient at the algorithm's weights on the same batch (``algorithm.reference``), layer by
-layer (a layer is a top-level child of the network, ``pl_energy.metrics.layer_agreement``):
+with its exact reference at the algorithm's weights on the same batch (``algorithm.reference``: BP
+through the network for the PC family and Z-IL; for ep and chl, the gradient at their free
+equilibrium by implicit differentiation), layer by layer (a layer is a top-level child of the
+network, ``pl_energy.metrics.layer_agreement``):
 
     e_l = |u_l - r_l| / |r_l|,   worst-layer error = max_l e_l.
 
