@@ -178,20 +178,22 @@ def train(args: argparse.Namespace, hparams: dict[str, Any]) -> dict[str, Any]:
     batches: dict[str, list] = {"steps": [], "converged": [], "settled": [], "loss": [], "bp_loss": []}
     probes: list[dict[str, Any]] = []
     seconds = bp_seconds = 0.0
-    diverged_at = None
+    diverged = None
     load_before = load_average()
     for index, chunk in enumerate(chunks):
         x, y = train_x[chunk], train_y[chunk]
         start = time.perf_counter()
-        bp_optimizer.zero_grad(set_to_none=True)
-        bp_loss = F.cross_entropy(bp_network(x), y)
-        bp_loss.backward()
-        bp_optimizer.step()
-        bp_seconds += time.perf_counter() - start
-
-        start = time.perf_counter()
-        estimate = algorithm.estimate(network, x, y)
+        try:
+            estimate = algorithm.estimate(network, x, y)
+        except pl_energy.DivergenceError as error:
+            diverged = {"batch": index, "reason": str(error)}
+        else:
+            if not math.isfinite(float(estimate.loss)):
+                diverged = {"batch": index, "reason": f"loss {float(estimate.loss)}"}
         seconds += time.perf_counter() - start
+        if diverged is not None:  # no update applied by either run; the epoch stops here for both
+            print(f"{args.algorithm}: diverged at batch {index} ({diverged['reason']}): training stopped", flush=True)
+            break
         if index % args.every == 0:
             probes.append(probe(algorithm, network, x, y, estimate, index))
             row = probes[-1]
@@ -205,18 +207,20 @@ def train(args: argparse.Namespace, hparams: dict[str, Any]) -> dict[str, Any]:
         optimizer.step()
         seconds += time.perf_counter() - start
 
+        start = time.perf_counter()
+        bp_optimizer.zero_grad(set_to_none=True)
+        bp_loss = F.cross_entropy(bp_network(x), y)
+        bp_loss.backward()
+        bp_optimizer.step()
+        bp_seconds += time.perf_counter() - start
+
         batches["steps"].append(sum(report.steps for report in estimate.inference))
         batches["converged"].append(estimate.converged)
         batches["settled"].append(any(report.settled for report in estimate.inference))
         batches["loss"].append(float(estimate.loss))
         batches["bp_loss"].append(float(bp_loss.detach()))
-        if not math.isfinite(batches["loss"][-1]):
-            diverged_at = index
-            print(f"{args.algorithm}: loss {batches['loss'][-1]} at batch {index}: diverged, training stopped",
-                  flush=True)
-            break
     return {"batches": batches, "probes": probes, "seconds": seconds, "bp_seconds": bp_seconds,
-            "diverged_at": diverged_at, "load_average": [load_before, load_average()],
+            "diverged": diverged, "load_average": [load_before, load_average()],
             "hparams": algorithm.hparams(), "network_repr": repr(network),
             "test_accuracy": accuracy(algorithm, network, test_x, test_y),
             "bp_test_accuracy": accuracy(pl_energy.build_algorithm("bp"), bp_network, test_x, test_y)}
@@ -241,14 +245,18 @@ def summarise(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def summary_line(network: str, algorithm: str, summary: dict[str, Any]) -> str:
+def summary_line(network: str, algorithm: str, summary: dict[str, Any], diverged: dict | None) -> str:
+    def number(key: str, spec: str) -> str:
+        return "n/a" if summary[key] is None else format(summary[key], spec)
+
     held = summary["bound_held_fraction"]
     bound = (f"true worst <= {BOUND_FACTOR:g}x bound on {held:.1%} of {summary['probes_with_bound']} probes"
              if held is not None else "no error bound reported")
-    return (f"{network} {algorithm}: max worst-layer error {summary['max_worst_rel_error']:.3g} over "
-            f"{summary['probes']} probes; converged on {summary['converged_fraction']:.1%} of {summary['batches']} "
-            f"batches (median {summary['median_steps']} steps); test accuracy {summary['test_accuracy']:.2%} vs BP "
-            f"{summary['bp_test_accuracy']:.2%}; {summary['time_ratio']:.2f}x BP; {bound}")
+    return (f"{network} {algorithm}: max worst-layer error {number('max_worst_rel_error', '.3g')} over "
+            f"{summary['probes']} probes; converged on {number('converged_fraction', '.1%')} of {summary['batches']} "
+            f"batches (median {number('median_steps', 'g')} steps); test accuracy {number('test_accuracy', '.2%')} "
+            f"vs BP {number('bp_test_accuracy', '.2%')}; {number('time_ratio', '.2f')}x BP; {bound}"
+            + (f"; DIVERGED at batch {diverged['batch']}" if diverged else ""))
 
 
 def figure(run: dict[str, Any], title: str):
@@ -337,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fig = figure(run, f"{args.algorithm} {args.hparams or ''} on {args.network}: along training, vs BP")
     fig.savefig(out / f"{stem}.png", dpi=90)
     plt.close(fig)
-    print(summary_line(args.network, args.algorithm, summary), flush=True)
+    print(summary_line(args.network, args.algorithm, summary, run["diverged"]), flush=True)
     return result
 
 

@@ -266,3 +266,23 @@ def test_probe_training_reads_the_estimates_bound_and_refuses_bad_settings(probe
         probe.main(["--network", "seed_mlp", "--algorithm", "pc_nudge", "--set", "no_such_setting=1"])
     with pytest.raises(SystemExit):
         probe.main(["--network", "seed_mlp", "--algorithm", "pc_nudge", "--set", "lam"])
+
+
+def test_probe_training_stops_and_says_so_when_the_algorithm_diverges(probe, tmp_path, monkeypatch, capsys):
+    import pl_energy
+
+    cls = type(pl_energy.build_algorithm("pc_nudge"))
+    original, calls = cls.estimate, []
+
+    def diverging(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise pl_energy.DivergenceError("the energy rose")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "estimate", diverging)
+    result = _probe_run(probe, tmp_path, "--network", "seed_mlp", "--algorithm", "pc_nudge")
+    assert result["diverged"] == {"batch": 1, "reason": "the energy rose"}
+    assert len(result["batches"]["loss"]) == len(result["batches"]["bp_loss"]) == 1  # both stopped there
+    assert [row["batch"] for row in result["probes"]] == [0]
+    assert "DIVERGED at batch 1" in capsys.readouterr().out
