@@ -12,7 +12,7 @@ from torch import Tensor
 from torchmetrics.aggregation import MaxMetric, MeanMetric, MinMetric
 from typing_extensions import override
 
-from .metrics import agreement_metrics, gradient_agreement
+from .metrics import agreement_metrics, gradient_agreement, layer_agreement
 from .module import EnergyModule
 from .outputs import log_figure
 from .plotting import agreement_figure
@@ -37,16 +37,26 @@ class GradientAgreement(Callback):
     (top-level child of the network):
 
     - ``agreement/cosine`` and ``agreement/cosine/<layer>``: cosine similarity;
-    - ``agreement/rel_error``: relative L2 error ``|update - reference| / |reference|``;
-    - ``agreement/sign``: fraction of parameters whose update has the reference's sign (among
-      those where neither is exactly zero);
-    - ``agreement/norm_ratio``: ``|update| / |reference|``.
+    - ``agreement/rel_error`` and ``agreement/rel_error/<layer>``: relative L2 error
+      ``|update - reference| / |reference|``;
+    - ``agreement/worst_layer_rel_error``: the largest layer's relative error,
+      ``max_l |u_l - r_l| / |r_l|`` (logged also with ``per_layer=False``): the global metrics
+      are dominated by the layers with the largest gradients, and a global cosine of 0.9997 can
+      hide a layer whose update is 100% off; the worst layer's name is kept in ``history``
+      (``worst_layer``);
+    - ``agreement/sign`` and ``agreement/sign/<layer>``: fraction of parameters whose update has
+      the reference's sign (among those where neither is exactly zero);
+    - ``agreement/norm_ratio`` and ``agreement/norm_ratio/<layer>``: ``|update| / |reference|``.
+
+    The per-layer metrics (``.../<layer>``) are logged with ``per_layer=True``.
 
     At the end of every training epoch the epoch's summary is logged (torchmetrics aggregators):
-    ``agreement/cosine_min``, ``agreement/cosine_mean``, ``agreement/rel_error_max`` and
-    ``agreement/rel_error_mean`` over that epoch's measurements.
+    ``agreement/cosine_min``, ``agreement/cosine_mean``, ``agreement/rel_error_max``,
+    ``agreement/rel_error_mean``, ``agreement/worst_layer_rel_error_max`` and
+    ``agreement/worst_layer_rel_error_mean`` over that epoch's measurements.
 
-    At the end of training a plot of the global metrics over training is saved as
+    At the end of training a plot of the global metrics (and the worst layer's relative error)
+    over training is saved as
     ``agreement.png`` in the run's folder (``pl_energy.outputs``) and logged as the image
     ``agreement/plot`` to W&B and TensorBoard loggers.
 
@@ -55,7 +65,8 @@ class GradientAgreement(Callback):
 
     Args:
         every_n_steps: measure every n optimiser steps (step 0 included); 0 disables.
-        per_layer: also log the per-layer metrics.
+        per_layer: also log the per-layer metrics (the worst layer's relative error is logged
+            either way).
         plot: save (and log to W&B) the plot of agreement over training at the end.
     """
 
@@ -65,7 +76,7 @@ class GradientAgreement(Callback):
         self.every_n_steps = every_n_steps
         self.per_layer = per_layer
         self.plot = plot
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, float | str]] = []
         self.plot_path: Path | None = None
         self._batches: list[tuple[Tensor, Tensor]] = []
         #: The epoch summaries: (metric, statistic) -> aggregator, reset at every epoch's end.
@@ -73,7 +84,9 @@ class GradientAgreement(Callback):
         # the aggregators on the backend's device
         local = {"sync_on_compute": False}
         self.summaries = {("cosine", "min"): MinMetric(**local), ("cosine", "mean"): MeanMetric(**local),
-                          ("rel_error", "max"): MaxMetric(**local), ("rel_error", "mean"): MeanMetric(**local)}
+                          ("rel_error", "max"): MaxMetric(**local), ("rel_error", "mean"): MeanMetric(**local),
+                          ("worst_layer_rel_error", "max"): MaxMetric(**local),
+                          ("worst_layer_rel_error", "mean"): MeanMetric(**local)}
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -130,16 +143,14 @@ class GradientAgreement(Callback):
         references = {name: part.view_as(p) for (name, p), part in
                       zip(named, torch.split(flat_reference, [p.numel() for _, p in named]))}
         updates = {name: p.grad if p.grad is not None else torch.zeros_like(p) for name, p in named}
-        row: dict[str, float] = {"step": float(step)}
         values = gradient_agreement(updates, references)
-        row.update(values)
+        by_layer = layer_agreement(updates, references)
+        values["worst_layer_rel_error"] = by_layer.worst_rel_error
+        row: dict[str, float | str] = {"step": float(step), **values, "worst_layer": by_layer.worst_layer}
         logged = {f"agreement/{key}": value for key, value in values.items()}
         if self.per_layer:
-            layers: dict[str, list[str]] = {}
-            for name, _ in named:
-                layers.setdefault(name.split(".")[0], []).append(name)
-            for layer, names in layers.items():
-                for key, value in gradient_agreement(updates, {n: references[n] for n in names}).items():
+            for layer, metrics in by_layer.layers.items():
+                for key, value in metrics.items():
                     logged[f"agreement/{key}/{layer}"] = value
                     row[f"{key}/{layer}"] = value
         self.history.append(row)

@@ -10,6 +10,10 @@ For an update u and a reference r, over all their entries and in float64:
   counting it would report 0.745 for an update whose cosine is 0.99997;
 - ``norm_ratio`` = |u| / |r|.
 
+``layer_agreement`` gives the same metrics layer by layer and the worst layer: a global cosine of
+0.9997 can hide a layer whose update is 100% off, because the global metrics are dominated by the
+layers with the largest gradients.
+
 Pure torch: no Lightning.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -51,3 +56,41 @@ def gradient_agreement(update: Mapping[str, Tensor], reference: Mapping[str, Ten
 def agreement_metrics(update: Tensor, reference: Tensor) -> dict[str, float]:
     """The agreement metrics of two flat vectors (see the module docstring)."""
     return gradient_agreement({"": update.flatten()}, {"": reference.flatten()})
+
+
+def layer_of(name: str) -> str:
+    """The layer a parameter belongs to: the top-level child of the network, as the energies
+    define layers (``"3.0.weight"`` is in layer ``"3"``)."""
+    return name.split(".", 1)[0]
+
+
+@dataclass(frozen=True)
+class LayerAgreement:
+    """The agreement metrics of each layer and the worst layer.
+
+    Attributes:
+        layers: layer name -> its metrics (``METRICS``), in the reference's order.
+        worst_layer: the layer with the largest relative error.
+        worst_rel_error: that layer's relative error, max_l |u_l - r_l| / |r_l|.
+    """
+
+    layers: dict[str, dict[str, float]]
+    worst_layer: str
+    worst_rel_error: float
+
+
+def layer_agreement(update: Mapping[str, Tensor], reference: Mapping[str, Tensor]) -> LayerAgreement:
+    """The agreement metrics of each layer (the parameters of one top-level child of the network,
+    ``layer_of``), over the reference's keys: for layer l, ``rel_error`` = |u_l - r_l| / |r_l| and
+    ``cosine`` = u_l.r_l / (|u_l| |r_l|) with u_l, r_l the layer's parameters' entries together; and
+    the worst layer, the one with the largest relative error (a NaN counts as the worst)."""
+    if not reference:
+        raise ValueError("layer_agreement: the reference has no parameters to compare")
+    names: dict[str, list[str]] = {}
+    for name in reference:
+        names.setdefault(layer_of(name), []).append(name)
+    layers = {layer: gradient_agreement(update, {name: reference[name] for name in members})
+              for layer, members in names.items()}
+    worst = max(layers, key=lambda layer: math.inf if math.isnan(layers[layer]["rel_error"])
+                else layers[layer]["rel_error"])
+    return LayerAgreement(layers, worst, layers[worst]["rel_error"])

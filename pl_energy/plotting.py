@@ -63,7 +63,8 @@ def agreement_figure(history: Sequence[Mapping[str, float]], title: str = "") ->
     """Global agreement with the reference gradient over training.
 
     ``history`` holds one mapping per measurement with ``step`` and the global metrics
-    ``cosine``, ``rel_error``, ``sign``, ``norm_ratio``.
+    ``cosine``, ``rel_error``, ``sign``, ``norm_ratio``; where it also holds
+    ``worst_layer_rel_error``, that is drawn in the ``rel_error`` panel beside the global one.
     """
     metrics = METRICS
     from matplotlib.figure import Figure
@@ -73,7 +74,12 @@ def agreement_figure(history: Sequence[Mapping[str, float]], title: str = "") ->
     steps = [row["step"] for row in history]
     for ax, name in zip(axes[0], metrics):
         values = [row[name] for row in history]
-        ax.plot(steps, values, marker="." if len(steps) < 30 else None)
+        ax.plot(steps, values, marker="." if len(steps) < 30 else None, label="global")
+        if name == "rel_error" and all("worst_layer_rel_error" in row for row in history):
+            worst = [row["worst_layer_rel_error"] for row in history]
+            ax.plot(steps, worst, marker="." if len(steps) < 30 else None, label="worst layer")
+            ax.legend(fontsize=8)
+            values = values + worst
         ax.set_title(name)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)

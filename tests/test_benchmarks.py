@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/bench_step.py: tiny networks, 2 repeats, no timing assertions."""
+"""Smoke tests of the benchmarks (bench_step.py, bench_convergence.py, pc_fused_reference.py, probe_training.py): tiny settings, no timing assertions."""
 
 from __future__ import annotations
 
@@ -184,3 +184,105 @@ def test_gpu_check_script_dry_run_on_the_cpu(tmp_path):
     failed = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert failed.returncode == 1 and "gpu_check: 2 step(s) failed" in failed.stdout
     assert "gpu_check: FAILED (exit 2)" in (tmp_path / "failing" / "log.txt").read_text()
+
+
+@pytest.fixture(scope="module")
+def probe():
+    spec = importlib.util.spec_from_file_location("probe_training", REPO / "benchmarks" / "probe_training.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["probe_training"] = module  # its dataclass resolves its annotations there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _probe_run(probe, tmp_path, *args):
+    return probe.main(["--batches", "3", "--every", "1", "--test-images", "200", "--out", str(tmp_path), *args])
+
+
+def test_probe_training_records_every_probe_and_batch(probe, tmp_path, capsys):
+    """benchmarks/probe_training.py on 3 batches of real MNIST, a probe on each: the JSON's fields,
+    finite per-layer errors, and PC-Nudge at lam 1e-3 within 5% of BP in every layer at init."""
+    import json
+    import math
+
+    result = _probe_run(probe, tmp_path, "--network", "mlp10_tanh", "--algorithm", "pc_nudge", "--set", "lam=1e-3",
+                        "--tag", "smoke")
+    written = json.loads((tmp_path / "probe_mlp10_tanh_pc_nudge_smoke.json").read_text())
+    assert (tmp_path / "probe_mlp10_tanh_pc_nudge_smoke.png").is_file()
+    assert written["setup"]["settings"] == {"lam": 1e-3} and written["hparams"]["lam"] == 1e-3
+    assert [row["batch"] for row in written["probes"]] == [0, 1, 2]
+    for row in written["probes"]:
+        assert set(row["layer_rel_error"]) == {str(layer) for layer in range(10)}
+        assert all(math.isfinite(value) for value in row["layer_rel_error"].values())
+        assert row["worst_rel_error"] == max(row["layer_rel_error"].values())
+        assert row["layer_rel_error"][row["worst_layer"]] == row["worst_rel_error"]
+        assert row["steps"] == sum(phase["steps"] for phase in row["inference"]) >= 1
+        assert row["bound"] is None and row["within_bound"] is None  # this Estimate reports none
+    assert written["probes"][0]["worst_rel_error"] < 0.05
+    for key in ("steps", "converged", "settled", "loss", "bp_loss"):
+        assert len(written["batches"][key]) == 3
+    summary = written["summary"]
+    assert summary["batches"] == 3 and summary["probes"] == 3
+    assert summary["converged_fraction"] == sum(written["batches"]["converged"]) / 3
+    assert summary["max_worst_rel_error"] == max(row["worst_rel_error"] for row in written["probes"])
+    assert summary["time_ratio"] > 0 and 0 <= summary["test_accuracy"] <= 1 and summary["bound_held_fraction"] is None
+    assert result["summary"] == summary
+    assert "max worst-layer error" in capsys.readouterr().out
+
+
+def test_probe_training_bp_against_textbook_bp(probe, tmp_path):
+    """The library's BP trained in lockstep with textbook BP from the same initialisation on the
+    same batches: the same losses and test accuracy, no error, no inference."""
+    result = _probe_run(probe, tmp_path, "--network", "seed_mlp", "--algorithm", "bp")
+    assert result["batches"]["loss"] == pytest.approx(result["batches"]["bp_loss"], rel=1e-6)
+    assert result["test_accuracy"] == result["bp_test_accuracy"]
+    assert all(row["worst_rel_error"] < 1e-6 and row["steps"] == 0 and row["converged"] for row in result["probes"])
+    assert result["summary"]["converged_fraction"] == 1.0
+
+
+def test_probe_training_scores_a_reported_bound(probe, tmp_path, monkeypatch):
+    """Where the estimate reports an error bound, each probe's true worst-layer error is scored
+    against 3x it: a bound far below the error never holds, one far above always does."""
+    bound = {"value": 1e-30}
+    monkeypatch.setattr(probe, "reported_bound", lambda estimate: ({"0": bound["value"]}, bound["value"]))
+    args = ("--network", "seed_mlp", "--algorithm", "pc_nudge", "--set", "lam=1e-3")
+    result = _probe_run(probe, tmp_path, *args)
+    assert all(row["worst_rel_error"] > 1e-20 for row in result["probes"])
+    assert result["summary"]["bound_held_fraction"] == 0.0 and result["summary"]["probes_with_bound"] == 3
+    assert [row["bound_layers"] for row in result["probes"]] == [{"0": 1e-30}] * 3
+    bound["value"] = 10.0
+    assert _probe_run(probe, tmp_path, *args)["summary"]["bound_held_fraction"] == 1.0
+
+
+def test_probe_training_reads_the_estimates_bound_and_refuses_bad_settings(probe):
+    from types import SimpleNamespace
+
+    assert probe.reported_bound(SimpleNamespace()) == (None, None)
+    assert probe.reported_bound(SimpleNamespace(error_bound=0.02)) == (None, 0.02)
+    assert probe.reported_bound(SimpleNamespace(error_bound={0: 0.01, 1: 0.03})) == ({"0": 0.01, "1": 0.03}, 0.03)
+    assert probe.setting("lam=1e-3") == ("lam", 1e-3) and probe.setting("lam=auto") == ("lam", "auto")
+    assert probe.setting("centered=True") == ("centered", True)
+    with pytest.raises(SystemExit):
+        probe.main(["--network", "seed_mlp", "--algorithm", "pc_nudge", "--set", "no_such_setting=1"])
+    with pytest.raises(SystemExit):
+        probe.main(["--network", "seed_mlp", "--algorithm", "pc_nudge", "--set", "lam"])
+
+
+def test_probe_training_stops_and_says_so_when_the_algorithm_diverges(probe, tmp_path, monkeypatch, capsys):
+    import pl_energy
+
+    cls = type(pl_energy.build_algorithm("pc_nudge"))
+    original, calls = cls.estimate, []
+
+    def diverging(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise pl_energy.DivergenceError("the energy rose")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "estimate", diverging)
+    result = _probe_run(probe, tmp_path, "--network", "seed_mlp", "--algorithm", "pc_nudge")
+    assert result["diverged"] == {"batch": 1, "reason": "the energy rose"}
+    assert len(result["batches"]["loss"]) == len(result["batches"]["bp_loss"]) == 1  # both stopped there
+    assert [row["batch"] for row in result["probes"]] == [0]
+    assert "DIVERGED at batch 1" in capsys.readouterr().out

@@ -54,9 +54,16 @@ def test_agreement_with_backprop_on_mnist(mnist_tensors, tmp_path, algorithm, hp
         assert row["cosine"] >= threshold, row
         for layer in ("0", "1", "2"):
             assert row[f"cosine/{layer}"] >= threshold - 1e-3, (layer, row)
+        # the worst layer is the layer with the largest relative error, and never below the
+        # global one: sum_l |d_l|^2 = sum_l e_l^2 |r_l|^2 <= max_l e_l^2 sum_l |r_l|^2
+        errors = {layer: row[f"rel_error/{layer}"] for layer in ("0", "1", "2")}
+        assert row["worst_layer_rel_error"] == max(errors.values())
+        assert errors[row["worst_layer"]] == max(errors.values())
+        assert row["rel_error"] <= row["worst_layer_rel_error"] * (1 + 1e-12)
     metrics = trainer.callback_metrics
-    for key in KEYS:
+    for key in (*KEYS, "worst_layer_rel_error"):
         assert f"agreement/{key}" in metrics
+    for key in KEYS:
         for layer in ("0", "1", "2"):
             assert f"agreement/{key}/{layer}" in metrics
     assert float(metrics["agreement/cosine"]) == pytest.approx(callback.history[-1]["cosine"], abs=1e-6)
@@ -71,7 +78,8 @@ def test_bp_agrees_exactly_and_every_n_steps(mnist_tensors, tmp_path):
     quiet_trainer(max_steps=5, callbacks=[callback]).fit(module, loader(x, y, 8))
     assert [row["step"] for row in callback.history] == [0, 2, 4]
     assert all(math.isclose(row["cosine"], 1.0, abs_tol=1e-12) and row["rel_error"] < 1e-12
-               for row in callback.history)
+               and row["worst_layer_rel_error"] < 1e-12 for row in callback.history)
+    assert not any("/" in key for row in callback.history for key in row)  # per_layer=False
     assert callback.state_dict() == {"history": callback.history}
 
 
@@ -156,6 +164,9 @@ def test_epoch_summaries_are_the_min_and_mean_of_the_epochs_measurements(mnist_t
         measured = callback.history[4 * epoch:4 * epoch + 4]
         cosines = [m["cosine"] for m in measured]
         errors = [m["rel_error"] for m in measured]
+        worst = [m["worst_layer_rel_error"] for m in measured]
+        assert float(row["agreement/worst_layer_rel_error_max"]) == pytest.approx(max(worst), abs=1e-7)
+        assert float(row["agreement/worst_layer_rel_error_mean"]) == pytest.approx(sum(worst) / 4, abs=1e-7)
         assert float(row["agreement/cosine_min"]) == pytest.approx(min(cosines), abs=1e-7)
         assert float(row["agreement/cosine_mean"]) == pytest.approx(sum(cosines) / 4, abs=1e-7)
         assert float(row["agreement/rel_error_max"]) == pytest.approx(max(errors), abs=1e-7)

@@ -44,7 +44,7 @@ def test_offline_run_holds_agreement_and_energy(no_wandb_key, mnist_root, tmp_pa
             break
         time.sleep(0.2)
     for key in ("agreement/cosine", "agreement/rel_error", "agreement/sign", "agreement/norm_ratio",
-                "agreement/cosine/0", "energy/internal", "energy/supervised", "energy/total",
+                "agreement/worst_layer_rel_error", "agreement/cosine/0", "energy/internal", "energy/supervised", "energy/total",
                 "train/loss_step", "val/acc", "energy/trace/_type", "agreement/plot/_type"):
         assert key in history, (key, sorted(history))
     assert all(-1 <= value <= 1 for value in history["agreement/cosine"])
