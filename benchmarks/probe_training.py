@@ -53,7 +53,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,15 +124,11 @@ def setting(text: str) -> tuple[str, Any]:
 
 
 def reported_bound(estimate: pl_energy.Estimate) -> tuple[dict[str, float] | None, float | None]:
-    """The estimate's own error bound, if it reports one (``Estimate.error_bound``): (per-layer
-    bounds or None, the worst layer's bound)."""
-    bound = getattr(estimate, "error_bound", None)
-    if bound is None:
+    """The estimate's own error bound (``Estimate.error_bound``, None where the algorithm does
+    not compute one): (per-layer bounds, the worst layer's bound)."""
+    if estimate.error_bound is None:
         return None, None
-    if isinstance(bound, Mapping):
-        layers = {str(layer): float(value) for layer, value in bound.items()}
-        return layers, max(layers.values()) if layers else None
-    return None, float(bound)
+    return dict(estimate.error_bound), estimate.worst_error[1] if estimate.worst_error else None
 
 
 def phases(estimate: pl_energy.Estimate) -> list[dict[str, Any]]:
