@@ -74,12 +74,10 @@ class EnergyModule(pl.LightningModule):
         loss: ``cross_entropy`` or ``mse``.
         optimizer: a callable taking the parameters and returning the optimiser (default: SGD,
             lr 0.001, momentum 0.9), or its description (a plain function is not checkpointed).
-        lr_scheduler: optional callable taking the optimiser and returning an LR scheduler (or its
-            description).
-        lr_scheduler_interval: step the scheduler after every optimiser ``step`` or every ``epoch``.
-        lr_scheduler_monitor: metric given to ``ReduceLROnPlateau``-style schedulers.
-        gradient_clip_val: clip each applied update (after the DDP all-reduce) to this norm or
-            value (this module's option, not the Trainer's); None leaves it.
+        lr_scheduler: an optional LR scheduler factory taking the optimiser, or its description.
+        lr_scheduler_interval: step the scheduler every optimiser ``step`` or every ``epoch``.
+        lr_scheduler_monitor: the metric of ``ReduceLROnPlateau``-style schedulers.
+        gradient_clip_val: clip each applied update (after DDP's all-reduce) to this norm/value.
         gradient_clip_algorithm: ``norm`` (the global L2 norm) or ``value`` (elementwise).
         accumulate_grad_batches: average the estimates of this many batches into one optimiser
             step (this module's option, not the Trainer's).
