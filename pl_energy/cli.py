@@ -140,9 +140,8 @@ class EnergyCLI(LightningCLI):
                                         help=f"{text} Type: {_type_name(kind)}.")
             action.complete_help = True  # the help says it all (every default is unset)
         parser.add_argument("--threads", type=int | Literal["auto"], default="auto",
-                            help="torch CPU threads per process on CPU runs; 'auto': the free cores "
-                                 "shared among this node's processes (one thread on a 2-core machine "
-                                 "where another job runs: oversubscribed cores slowed chl 20x)")
+                            help="torch CPU threads per process on CPU runs; 'auto': the cores "
+                                 "other jobs leave free, shared among this node's processes")
         parser.add_lightning_class_args(GradientAgreement, "agreement")
         parser.set_defaults({
             "model.optimizer": {"class_path": "torch.optim.SGD",
@@ -263,7 +262,8 @@ def make_cli(args: ArgsType = None, run: bool = True) -> EnergyCLI:
         auto_configure_optimizers=False,
         args=args,
         run=run,
-        parser_kwargs={"description": "Train energy-based learning algorithms (PC, Z-IL, PC-Nudge, "
+        parser_kwargs={"prog": "pl-energy",  # also under python -m pl_energy, as the saved help
+                       "description": "Train energy-based learning algorithms (PC, Z-IL, PC-Nudge, "
                                       "EP, CHL) or backprop with PyTorch Lightning.",
                        "formatter_class": BriefHelpFormatter},
     )

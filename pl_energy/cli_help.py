@@ -60,9 +60,7 @@ class BriefHelpFormatter(DefaultHelpFormatter):
     and Lightning classes) give way to the ``--<flag>.help CLASS`` that describes one."""
 
     def __init__(self, prog: str, **kwargs: Any) -> None:
-        import shutil
-
-        kwargs.setdefault("width", max(100, shutil.get_terminal_size().columns - 2))
+        kwargs.setdefault("width", 100)  # the same in every terminal, as the saved help (cli_saved_help)
         kwargs.setdefault("max_help_position", 34)
         super().__init__(prog, **kwargs)
 

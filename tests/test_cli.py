@@ -14,6 +14,7 @@ from pl_energy import ALGORITHMS
 from pl_energy.algorithms import hyperparameters_of
 from pl_energy.algorithms.registry import hyperparameter_docs
 from pl_energy.cli import hyperparameter_flags, make_cli
+from pl_energy.cli_saved_help import HELPS, help_name, render, saved_help
 
 CONFIGS = REPO / "configs"
 
@@ -245,6 +246,38 @@ def test_help_fits_on_a_few_screens_and_names_every_hyperparameter(capsys):
     for name in ALGORITHMS:
         for field in hyperparameters_of(name):
             assert f"--{field} " in text, field
+
+
+@pytest.mark.parametrize("name", list(HELPS))
+def test_the_saved_help_is_what_the_parser_prints(name):
+    """``pl-energy --help`` answers from ``pl_energy/help/`` without building the parser."""
+    assert saved_help(HELPS[name]) == render(HELPS[name]), \
+        "the saved help is out of date: `python -m pl_energy.cli_saved_help` writes it again"
+
+
+def test_the_command_answers_a_help_without_importing_torch_or_lightning(tmp_path):
+    import tomllib
+
+    module, function = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["pl-energy"].split(":")
+    code = (f"import sys; from {module} import {function}; {function}(sys.argv[1:]); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'lightning', 'jsonargparse'}), file=sys.stderr)")
+    for args in (["fit", "--help"], ["-h"], ["predict", "-h"]):
+        done = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=_env(), capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0 and done.stderr.strip() == "[]", done.stderr[-2000:]
+        assert done.stdout == saved_help(args)
+
+
+def test_only_a_bare_help_is_answered_from_the_saved_text(monkeypatch):
+    assert help_name(["--help"]) == help_name(["-h"]) == "pl-energy" and help_name(["test", "-h"]) == "test"
+    for args in (["fit", "--algorithm", "ep", "--help"], ["--config", "c.yaml", "fit", "--help"], ["fit"],
+                 ["fit", "--model.algorithm.help", "ep"], []):
+        assert help_name(args) is None and saved_help(args) is None, args
+    monkeypatch.setenv("JSONARGPARSE_DEFAULT_ENV", "true")  # the help would name each flag's variable
+    assert saved_help(["fit", "--help"]) is None
+    monkeypatch.delenv("JSONARGPARSE_DEFAULT_ENV")
+    monkeypatch.setattr("pl_energy.cli_saved_help.versions", lambda: {"lightning": "another"})
+    assert saved_help(["fit", "--help"]) is None
 
 
 def test_every_dataclass_field_is_a_documented_flag():

@@ -14,7 +14,7 @@ from torch import nn
 import pl_energy
 from pl_energy.metrics import agreement_metrics
 from pl_energy.core.network_spec import build_network, describe_network
-from pl_energy.algorithms.base import NotConvergedWarning
+from pl_energy.algorithms import NotConvergedWarning
 from pl_energy.core.networks import VGG
 from pl_energy.core.residual import ResidualMLP, ResNet, ScaledLinear
 from helpers import eager_calls

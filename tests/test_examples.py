@@ -116,7 +116,11 @@ def test_tutorial_runs_as_written(mnist_root, tmp_path):
                            "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300,
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
-    out = done.stdout
+    assert_tutorial_output(done.stdout)
+
+
+def assert_tutorial_output(out: str) -> None:
+    """What examples/tutorial.py (and its notebook) prints where it works."""
     for name in ("bp", "z_il", "fa_z_il"):
         assert f"{name:9s} cosine with BP 1.000000" in out  # exact in float64
     pc_nudge = next(line for line in out.splitlines() if line.startswith("pc_nudge  cosine with BP"))

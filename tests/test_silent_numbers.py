@@ -312,7 +312,8 @@ def test_a_reference_of_an_unseen_batch_leaves_the_running_statistics_alone():
 def test_hyperparameters_of_a_user_subclass_written_without_future_annotations(monkeypatch):
     import dataclasses as dc
 
-    from pl_energy.algorithms.base import Algorithm, check_hyperparameter_types
+    from pl_energy.algorithms.base import Algorithm
+    from pl_energy.algorithms.validation import check_hyperparameter_types
 
     # the class registers itself: into a copy of the registry, which the later tests do not see
     monkeypatch.setattr(Algorithm, "registered", dict(Algorithm.registered))

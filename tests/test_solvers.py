@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pl_energy import DivergenceError, build_algorithm, mlp
-from pl_energy.algorithms.base import NotConvergedWarning
+from pl_energy.algorithms import NotConvergedWarning
 from pl_energy.algorithms.predictive_coding import PAPER_SETTINGS
 from pl_energy.core import SOLVERS, Loss, PredictiveCodingEnergy, relax
 from pl_energy.core.solvers import relative_residual

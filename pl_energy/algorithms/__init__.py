@@ -14,8 +14,8 @@ for _module in _pkgutil.iter_modules(__path__):
     if _module.name != "registry":
         _importlib.import_module(f".{_module.name}", __name__)
 
-from .base import (Algorithm, BatchStatisticsWarning, Estimate, EstimateErrorWarning, NotConvergedWarning,  # noqa: E402
-                   PrecisionWarning)
+from .base import Algorithm, Estimate  # noqa: E402
+from .warnings import BatchStatisticsWarning, EstimateErrorWarning, NotConvergedWarning, PrecisionWarning  # noqa: E402
 from .registry import ALGORITHMS, algorithm_class, build_algorithm, hyperparameters_of  # noqa: E402
 
 __all__ = ["ALGORITHMS", "Algorithm", "BatchStatisticsWarning", "Estimate", "EstimateErrorWarning", "NotConvergedWarning", "PrecisionWarning", "algorithm_class",

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..core.losses import Loss
-from .base import Algorithm, Estimate, backprop_gradients
+from .base import Algorithm, Estimate
+from .gradients import backprop_gradients
 
 
 @dataclass

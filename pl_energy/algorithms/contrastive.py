@@ -33,7 +33,8 @@ from torch import Tensor, nn
 from ..core.inference import InferenceReport
 from ..core.losses import Loss
 from ..core.trace import InferenceTrace
-from .base import Estimate, RelaxingAlgorithm, layer_relative_errors
+from .base import Estimate, RelaxingAlgorithm
+from .gradients import layer_relative_errors
 
 
 @dataclass(frozen=True)

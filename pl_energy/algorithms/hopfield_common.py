@@ -13,7 +13,8 @@ from ..core.hopfield import HopfieldEnergy, HopfieldState
 from ..core.implicit import equilibrium_gradient
 from ..core.inference import Relaxation
 from ..core.losses import Loss, as_loss
-from .base import NotConvergedWarning, check_batch
+from .validation import check_batch
+from .warnings import NotConvergedWarning
 from .contrastive import ContrastiveAlgorithm
 
 #: Above this free-phase residual the implicit-differentiation reference is flagged.

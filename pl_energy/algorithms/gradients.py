@@ -1,0 +1,74 @@
+"""Gradients as the algorithms hand them over: backprop's by autograd (the reference), per-layer
+lists named like ``network.named_parameters()``, and the relative error of one against another."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..core.losses import Loss
+from ..core.networks import feedforward
+
+
+def backprop_gradients(network: nn.Module, inputs: Tensor, targets: Tensor,
+                       loss: Loss) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """Plain autograd: (gradients, output, loss value)."""
+    named = [(name, p) for name, p in network.named_parameters() if p.requires_grad]
+    with torch.enable_grad():
+        # layer by layer, so that a shape error names the layer (the energy algorithms' way)
+        output = feedforward(list(network.children()), inputs)[-1] if isinstance(network, nn.Sequential) \
+            else network(inputs)
+        if loss.name == "cross_entropy" and targets.dim() == 1 and output.dim() == 2:
+            if targets.is_floating_point() or (targets.numel() and not 0 <= int(targets.min()) <= int(targets.max())
+                                               < output.shape[-1]):
+                loss.prepare_targets(targets, output)  # raises, naming the problem (torch would skip -100)
+            value = loss.value(output, targets.long())  # class indices, in range (checked above)
+        else:
+            value = loss.value(output, loss.prepare_targets(targets, output))
+        grads = torch.autograd.grad(value, [p for _, p in named], allow_unused=True)
+    gradients = {
+        name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(named, grads)
+    }
+    return gradients, output.detach(), value.detach()
+
+
+def layer_relative_errors(network: nn.Module, estimate: list[list[Tensor]],
+                          reference: list[list[Tensor]]) -> dict[str, float]:
+    """||u_l - r_l|| / ||r_l|| per layer (over the layer's parameters), keyed by the layer's name
+    among ``network``'s children; a layer whose reference is 0 reads |u_l| (0 when both vanish).
+    The norms are taken in the parameters' dtype and read back once."""
+    names = [name for name, _ in network.named_children()]
+    upper = [u for layer in estimate for u in layer]
+    lower = [r for layer in reference for r in layer]
+    if not upper:
+        return {}
+    differences = torch.stack(torch._foreach_norm(torch._foreach_sub(upper, lower))).double()
+    sizes = torch.stack(torch._foreach_norm(lower)).double()
+    counts = torch.tensor([len(layer) for layer in reference], device=sizes.device)
+    owner = torch.repeat_interleave(torch.arange(len(reference), device=sizes.device), counts)
+    difference = torch.zeros(len(reference), dtype=torch.float64, device=sizes.device).index_add_(
+        0, owner, differences.square()).sqrt()
+    size = torch.zeros_like(difference).index_add_(0, owner, sizes.square()).sqrt()
+    ratio = torch.where(size > 0, difference / size.clamp_min(torch.finfo(torch.float64).tiny), difference)
+    return dict(zip(names, ratio.tolist()))
+
+
+def name_layer_gradients(network: nn.Module, per_layer: list[list[Tensor]]) -> dict[str, Tensor]:
+    """Turn per-layer gradient lists (in ``layer.parameters()`` order) into a dict keyed like
+    ``network.named_parameters()``.
+
+    A parameter used by several layers (tied weights) is listed once there, under its first
+    name, and gets the sum of every use's gradient, as backprop gives it. Frozen parameters
+    (``requires_grad=False``) are left out, as backprop leaves them out.
+    """
+    names = {id(parameter): name for name, parameter in network.named_parameters()}
+    gradients: dict[str, Tensor] = {}
+    for (child, layer), grads in zip(network.named_children(), per_layer):
+        parameters = list(layer.parameters())
+        if len(parameters) != len(grads):
+            raise RuntimeError(f"layer {child} has {len(parameters)} parameters but {len(grads)} gradients")
+        for parameter, grad in zip(parameters, grads):
+            if parameter.requires_grad:
+                name = names[id(parameter)]
+                gradients[name] = gradients[name] + grad if name in gradients else grad
+    return gradients
