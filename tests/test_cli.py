@@ -14,7 +14,14 @@ from pl_energy import ALGORITHMS
 from pl_energy.algorithms import hyperparameters_of
 from pl_energy.algorithms.registry import hyperparameter_docs
 from pl_energy.cli import hyperparameter_flags, make_cli
-from pl_energy.cli_saved_help import HELPS, help_name, render, saved_help
+from pl_energy.cli_saved_help import FOLDER, HELPS, help_name, render, saved_help, versions
+
+#: The saved help answers only for the versions it was rendered with; where CI installs newer
+#: ones, the parser answers (correct, slower) and the tests of the saved text do not apply.
+SAVED_FOR_THESE_VERSIONS = pytest.mark.skipif(
+    __import__("json").loads((FOLDER / "versions.json").read_text()) != versions(),
+    reason="installed versions differ from pl_energy/help/versions.json: the parser answers --help; "
+           "`python -m pl_energy.cli_saved_help` saves it for these versions")
 
 CONFIGS = REPO / "configs"
 
@@ -248,6 +255,7 @@ def test_help_fits_on_a_few_screens_and_names_every_hyperparameter(capsys):
             assert f"--{field} " in text, field
 
 
+@SAVED_FOR_THESE_VERSIONS
 @pytest.mark.parametrize("name", list(HELPS))
 def test_the_saved_help_is_what_the_parser_prints(name):
     """``pl-energy --help`` answers from ``pl_energy/help/`` without building the parser."""
@@ -255,6 +263,7 @@ def test_the_saved_help_is_what_the_parser_prints(name):
         "the saved help is out of date: `python -m pl_energy.cli_saved_help` writes it again"
 
 
+@SAVED_FOR_THESE_VERSIONS
 def test_the_command_answers_a_help_without_importing_torch_or_lightning(tmp_path):
     import tomllib
 
