@@ -148,8 +148,14 @@ def check_estimate_error(algorithm: Algorithm, estimate: Estimate) -> None:
     (for algorithms that have one and compute ``Estimate.error_bound``)."""
     tolerance, worst = getattr(algorithm, "error_tolerance", None), estimate.worst_error
     if tolerance is not None and worst is not None and worst[1] > tolerance:
+        if getattr(algorithm, "lam", None) != "auto":
+            fix = "use lam='auto' (the finite-difference step of each batch), centered=True or a tighter tol"
+        else:
+            fix = ("with the per-batch lam this is mostly a unit crossing the kink of a ReLU or a max-pool tie, which "
+                   "moves its layer's update whatever lam is (a smooth activation avoids it); else centered=True or "
+                   "a tighter tol")
         warnings.warn(
             f"{algorithm.name}'s estimate is {worst[1]:.1%} off its vanishing-nudge limit (backprop's "
             f"gradient) in layer {worst[0]}, above error_tolerance={tolerance:g} (nudge {estimate.nudge:.3g}, "
-            f"inference converged: {estimate.converged}): use lam='auto', centered=True or a tighter "
-            "tol; Estimate.error_bound has every layer", EstimateErrorWarning, stacklevel=3)
+            f"inference converged: {estimate.converged}): {fix}; Estimate.error_bound has every layer",
+            EstimateErrorWarning, stacklevel=3)
