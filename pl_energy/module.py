@@ -290,8 +290,9 @@ class EnergyModule(pl.LightningModule):
         values = {"estimate/nudge": estimate.nudge,
                   "estimate/worst_error": None if estimate.worst_error is None else estimate.worst_error[1]}
         for name, value in values.items():
-            if value is not None:
-                self.log(name, float(value), on_step=True, on_epoch=False, sync_dist=True, batch_size=batch_size)
+            if value is not None:  # the worst layer over the processes, not their mean
+                self.log(name, float(value), on_step=True, on_epoch=False, sync_dist=True, batch_size=batch_size,
+                         reduce_fx="max" if name == "estimate/worst_error" else "mean")
 
     def _log_trace(self, trace, batch_size: int, step: int) -> None:
         for name in ("internal", "supervised", "total"):

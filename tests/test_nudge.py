@@ -36,8 +36,8 @@ def _autograd_bp(network, inputs, targets) -> dict[str, torch.Tensor]:
 
     twin = copy.deepcopy(network).double()
     loss = torch.nn.functional.cross_entropy(twin(inputs.double()), targets)
-    names = [name for name, _ in twin.named_parameters()]
-    return dict(zip(names, torch.autograd.grad(loss, list(twin.parameters()))))
+    trained = [(name, p) for name, p in twin.named_parameters() if p.requires_grad]
+    return dict(zip([name for name, _ in trained], torch.autograd.grad(loss, [p for _, p in trained])))
 
 
 def _layer_errors(estimate: dict, reference: dict) -> dict[str, float]:
@@ -69,8 +69,8 @@ def test_a_weak_nudge_stays_exact_in_float32():
 @pytest.mark.parametrize("centered", [False, True])
 def test_the_automatic_nudge_is_the_finite_difference_step(centered):
     """lam="auto" moves the hidden activity of the sample and layer it moves most by eps^(1/2)
-    (centered eps^(1/3)) of its size at first order, the response r_l = -J^T...dL/dmu_L written
-    here by autograd."""
+    (centered eps^(1/3)) of its size (at least the batch's mean size) at first order, the
+    response r_l = -J^T...dL/dmu_L written here by autograd."""
     network, inputs, targets = _tanh_problem(torch.float64)
     estimate = build_algorithm("pc_nudge", centered=centered).estimate(network, inputs, targets)
     activities = [inputs.requires_grad_(False)]
@@ -84,7 +84,8 @@ def test_the_automatic_nudge_is_the_finite_difference_step(centered):
         for layer in list(network)[index:]:
             x = layer(x)
         (adjoint,) = torch.autograd.grad(torch.nn.functional.cross_entropy(x, targets, reduction="sum"), activity)
-        ratios.append(float((adjoint.norm(dim=1) / activity.detach().norm(dim=1)).max()))  # the sample moved most
+        size = activity.detach().norm(dim=1)
+        ratios.append(float((adjoint.norm(dim=1) / torch.maximum(size, size.mean())).max()))  # the sample moved most
     step = finite_difference_step(torch.float64, centered)
     assert estimate.nudge * max(ratios) == pytest.approx(step, rel=1e-9)
 
@@ -181,3 +182,55 @@ def test_pc_energy_difference_form_reads_the_carried_error():
     assert not torch.equal(state.activities[1] - state.linearizations[0].output, small)  # cancels
     energy.set_activity(state, 1, state.activities[1] + 1.0)
     assert torch.allclose(energy.error(state, 1), small + 1.0, atol=1e-6)
+
+
+def test_a_sample_with_a_dead_hidden_layer_does_not_underflow_the_automatic_nudge():
+    """A sample whose ReLU layer is all off has a zero activity there: measured against its own
+    size lam underflowed (6e-42 in float32) and every gradient was NaN; against the batch's mean
+    size the estimate is within 1e-3 of autograd's backprop."""
+    torch.manual_seed(1)
+    network = mlp([20, 32, 4, 10], activation="relu")
+    with torch.no_grad():
+        network[1][0].bias.fill_(-0.3)  # most samples: layer 2 all off
+    inputs, targets = torch.randn(64, 20), torch.randint(0, 10, (64,))
+    estimate = build_algorithm("pc_nudge").estimate(network, inputs, targets)
+    assert 1e-8 < estimate.nudge < 1
+    assert max(_layer_errors(estimate.gradients, _autograd_bp(network, inputs, targets)).values()) < 1e-3
+
+
+def test_ep_at_its_defaults_converges_in_float32():
+    """The nudged phases' rounding floor is that of float32 (with 10 eps / h the default's nudged
+    phases of a sigmoid net ran to the 500-step cap where they had taken 15)."""
+    torch.manual_seed(0)
+    network = mlp([784, 256, 64, 10], activation="sigmoid")
+    inputs, targets = torch.rand(32, 784), torch.randint(0, 10, (32,))
+    estimate = build_algorithm("ep").estimate(network, inputs, targets)
+    assert estimate.converged and max(report.steps for report in estimate.inference) <= 50
+
+
+def test_an_ep_nudge_that_float32_cannot_resolve_is_refused_unless_allowed():
+    """beta = 2e-6 (17 machine epsilons) was 17% (centered) and 34% (one-sided) off its
+    float64 value with only a warning: the nudge's move is measured, and refused."""
+    from pl_energy import PrecisionWarning
+
+    torch.manual_seed(0)
+    network = mlp([20, 16, 5], activation="clip")
+    inputs, targets = torch.rand(16, 20), torch.randint(0, 5, (16,))
+    with pytest.raises(ValueError, match=r"resolves to about \d+%.*allow_imprecise=True"):
+        build_algorithm("ep", beta=2e-6, centered=False).estimate(network, inputs, targets)
+    with pytest.warns(PrecisionWarning):
+        build_algorithm("ep", beta=2e-6, allow_imprecise=True).estimate(network, inputs, targets)
+
+
+def test_frozen_parameters_are_not_part_of_the_error_bound():
+    """A frozen parameter is not trained: its error is left out of its layer's bound, and a
+    layer without trainable parameters has none."""
+    network, inputs, targets = _tanh_problem(torch.float64, depth=2)
+    network[0][0].weight.requires_grad_(False)
+    for parameter in network[1].parameters():
+        parameter.requires_grad_(False)
+    estimate = build_algorithm("pc_nudge", lam=0.01).estimate(network, inputs, targets)
+    true = _layer_errors(estimate.gradients, _autograd_bp(network, inputs, targets))
+    assert set(estimate.error_bound) == set(true) == {"0", "2"}  # layer 1 is frozen
+    for layer, value in true.items():
+        assert estimate.error_bound[layer] == pytest.approx(value, rel=1e-6)

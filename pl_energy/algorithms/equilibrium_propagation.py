@@ -11,6 +11,7 @@ Free phase to x_bar, nudged phase E + beta L to x_beta, both on the layered Hopf
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -21,13 +22,15 @@ from ..core.losses import Loss
 from ..core.nudge import automatic_strength, finite_difference_step
 from .contrastive import Contrast, Phase
 from .hopfield_common import HopfieldAlgorithm
+from .warnings import PrecisionWarning
 
 
-#: A nudged phase's tolerance is not tightened below this many machine epsilons over the
-#: relative displacement of the nudge (its rounding floor).
-ROUNDING_EPSILONS = 10
-#: A nudge too weak for its dtype (allowed with ``allow_imprecise``) still stops at this.
-MAX_TOLERANCE = 0.5
+#: The rounding floor of a residual measured against the nudge's move: this many machine
+#: epsilons of the O(1) states over the relative move h (float32 sigmoid nets stall at about
+#: 60 eps / h; with 10 the nudged phases of the default ran to the step cap).
+ROUNDING_EPSILONS = 100
+#: A nudge whose rounding floor exceeds this fraction is refused (allow_imprecise: stops there).
+REFUSED_ROUNDING = 0.1
 
 
 @dataclass
@@ -87,14 +90,23 @@ class EquilibriumPropagation(HopfieldAlgorithm):
         the nudge changed, must reach tol * min(1, h); the one-sided estimate's free phase,
         measured against the O(1) state and read divided by h, tol * min(1, h) as well. Neither
         goes below the rounding floor of O(1) states (``ROUNDING_EPSILONS`` machine epsilons,
-        which against the nudge's move is that over h). None without a tolerance."""
-        if self.tol is None:
-            return None
+        which against the nudge's move is that over h). A nudge whose floor is above
+        ``REFUSED_ROUNDING`` (rounding that large a part of the estimate) is refused unless
+        ``allow_imprecise``. None without a tolerance."""
         epsilon = ROUNDING_EPSILONS * torch.finfo(free.output.dtype).eps
         moved = abs(beta) * energy.displacement_per_unit(free)
-        wanted = self.tol * min(1.0, moved)
         floor = epsilon / moved if moved > 0 else 0.0
-        return min(max(wanted, floor), MAX_TOLERANCE), max(wanted, epsilon)
+        if floor > REFUSED_ROUNDING:
+            problem = (f"ep's nudge beta={beta:.3g} moves the state by {moved:.1e} of its size, which "
+                       f"{free.output.dtype} resolves to about {floor:.0%} (rounding of the O(1) states)")
+            if not self.allow_imprecise:
+                raise ValueError(f"{problem}; use a larger beta, beta='auto' or float64 parameters "
+                                 "(allow_imprecise=True returns it anyway, with a PrecisionWarning)")
+            warnings.warn(problem, PrecisionWarning, stacklevel=4)
+        if self.tol is None:
+            return None
+        wanted = self.tol * min(1.0, moved)
+        return min(max(wanted, floor), REFUSED_ROUNDING), max(wanted, epsilon)
 
     def phases(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                record: bool) -> Contrast:

@@ -34,19 +34,25 @@ def backprop_gradients(network: nn.Module, inputs: Tensor, targets: Tensor,
 
 def layer_relative_errors(network: nn.Module, estimate: list[list[Tensor]],
                           reference: list[list[Tensor]]) -> dict[str, float]:
-    """||u_l - r_l|| / ||r_l|| per layer (over the layer's parameters), keyed by the layer's name
-    among ``network``'s children; a layer whose reference is 0 reads |u_l| (0 when both vanish).
-    The norms are taken in the parameters' dtype and read back once."""
-    names = [name for name, _ in network.named_children()]
-    upper = [u for layer in estimate for u in layer]
-    lower = [r for layer in reference for r in layer]
+    """||u_l - r_l|| / ||r_l|| per layer over its trainable parameters (frozen ones are not
+    trained, so their error is nobody's), keyed by the layer's name among ``network``'s
+    children; a layer whose reference is 0 reads |u_l| (0 when both vanish), a layer without
+    trainable parameters is left out. The norms are taken in the parameters' dtype and read back
+    once."""
+    names, upper, lower, owners = [], [], [], []
+    for (name, layer), estimated, limit in zip(network.named_children(), estimate, reference):
+        kept = [(u, r) for p, u, r in zip(layer.parameters(), estimated, limit) if p.requires_grad]
+        if kept:
+            owners += [len(names)] * len(kept)
+            names.append(name)
+            upper += [u for u, _ in kept]
+            lower += [r for _, r in kept]
     if not upper:
         return {}
     differences = torch.stack(torch._foreach_norm(torch._foreach_sub(upper, lower))).double()
     sizes = torch.stack(torch._foreach_norm(lower)).double()
-    counts = torch.tensor([len(layer) for layer in reference], device=sizes.device)
-    owner = torch.repeat_interleave(torch.arange(len(reference), device=sizes.device), counts)
-    difference = torch.zeros(len(reference), dtype=torch.float64, device=sizes.device).index_add_(
+    owner = torch.tensor(owners, device=sizes.device)
+    difference = torch.zeros(len(names), dtype=torch.float64, device=sizes.device).index_add_(
         0, owner, differences.square()).sqrt()
     size = torch.zeros_like(difference).index_add_(0, owner, sizes.square()).sqrt()
     ratio = torch.where(size > 0, difference / size.clamp_min(torch.finfo(torch.float64).tiny), difference)

@@ -28,6 +28,7 @@ from ..core.losses import Loss
 from ..core.networks import layers_of
 from ..core.nudge import automatic_strength, finite_difference_step
 from ..core.predictive_coding import PCState, PredictiveCodingEnergy
+from ..core.solvers import ErrorDescent, solver_class
 from .contrastive import Contrast, ContrastiveAlgorithm, Phase
 
 
@@ -84,8 +85,9 @@ class PredictiveCoding(ContrastiveAlgorithm):
 
     def nudge(self, network: nn.Module) -> float | None:
         """The fixed lam, for the precision check; None for "auto" (chosen above rounding) and
-        for the error solver, whose errors are carried in difference form."""
-        return None if self.lam == "auto" or self.solver == "error" else float(self.lam)
+        for the error solvers, whose errors are carried in difference form."""
+        carried = issubclass(solver_class(self.solver), ErrorDescent)
+        return None if self.lam == "auto" or carried else float(self.lam)
 
     def nudge_strength(self, energy: PredictiveCodingEnergy, free: PCState, response: list[Tensor]) -> float:
         """lam for this batch: the fixed value, or the finite-difference step of ``lam="auto"``."""

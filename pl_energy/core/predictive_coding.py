@@ -125,15 +125,24 @@ class PredictiveCodingEnergy:
         return response[::-1]
 
     def displacement_per_unit(self, free: PCState, response: list[Tensor]) -> float:
-        """max_{l,b} ||r_lb|| / ||x_lb||: how far, relative to its own hidden activity, one unit
-        of lam moves the state of the sample and layer it moves most, at first order (0 without
-        hidden layers). Per sample: each sample's equilibrium is its own problem, and the
-        samples the loss pulls hardest carry the largest bias."""
+        """max_{l,b} ||r_lb|| / max(||x_lb||, mean_b ||x_lb||): how far, relative to its hidden
+        activity, one unit of lam moves the state of the sample and layer it moves most, at first
+        order (0 without hidden layers). Per sample: each sample's equilibrium is its own
+        problem, and the samples the loss pulls hardest carry the largest bias; a sample whose
+        activity is (near) zero, a layer of dead ReLUs, is measured against the batch's mean size
+        instead of its own, and a layer that is zero for the whole batch against the mean size
+        of the other layers (against its own, the ratio is unbounded and lam underflows)."""
         if not response:
             return 0.0
-        ratios = [r.flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1).clamp_min(torch.finfo(x.dtype).tiny)
-                  for r, x in zip(response, free.activities[1:])]
-        return float(torch.stack([ratio.max() for ratio in ratios]).max())
+        sizes = [x.flatten(1).norm(dim=1) for x in free.activities[1:]]
+        means = torch.stack([size.mean() for size in sizes])
+        alive = means[means > 0]
+        fallback = alive.mean() if alive.numel() else means.new_ones(())
+        ratios = []
+        for r, size, mean in zip(response, sizes, means):
+            scale = torch.maximum(size, torch.where(mean > 0, mean, fallback))
+            ratios.append((r.flatten(1).norm(dim=1) / scale).max())
+        return float(torch.stack(ratios).max())
 
     def response_parameter_gradients(self, free: PCState, response: list[Tensor]) -> list[list[Tensor]]:
         """The update of the limit lam -> 0 per layer, lim (1/lam) dE/dtheta(x_lam) =

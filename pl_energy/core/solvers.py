@@ -346,10 +346,11 @@ class AndersonIteration(Iteration):
         else:
             changes = torch.stack([c[0] for c in columns], dim=2)  # (B, N, m)
             moves = torch.stack([c[1] for c in columns], dim=2)
-            normal = torch.bmm(changes.transpose(1, 2), changes).double()
+            wide = changes.double()  # the Gram matrix squares the conditioning: float64
+            normal = torch.bmm(wide.transpose(1, 2), wide)
             ridge = 1e-8 * normal.diagonal(dim1=1, dim2=2).amax(1) + torch.finfo(torch.float64).tiny
             normal = normal + ridge[:, None, None] * torch.eye(len(columns), dtype=normal.dtype, device=normal.device)
-            weights = torch.linalg.solve(normal, torch.bmm(changes.transpose(1, 2), flat.unsqueeze(2)).double())
+            weights = torch.linalg.solve_ex(normal, torch.bmm(wide.transpose(1, 2), flat.unsqueeze(2).double()))[0]
             weights = torch.nan_to_num(weights, nan=0.0, posinf=0.0, neginf=0.0)  # a sample at rest
             mixed = flat - torch.bmm(moves + changes, weights.to(flat.dtype)).squeeze(2)
         self.previous = (flat, mixed)
