@@ -259,13 +259,13 @@ class RelaxingAlgorithm(Algorithm):
                     "and ran 3.3x slower)", UserWarning, stacklevel=4)
 
     def relax(self, energy, state, record: bool = False, steps: int | None = None,
-              tol: float | None = None, from_start: bool = False) -> Relaxation:
+              tol: float | None = None, measured_from=None) -> Relaxation:
         """One inference phase on ``state`` in place (see ``core.relax``; ``tol`` overrides the
-        algorithm's, ``from_start`` measures the residual against the change since the start);
+        algorithm's, ``measured_from`` measures the residual against the change since that state);
         warns once per process when a tolerance was asked for and not reached."""
         tol = self.tol if tol is None else tol
         relaxation = relax(energy, state, self.steps if steps is None else steps, self.step_size,
-                           tol, record, self.solver, from_start=from_start)
+                           tol, record, self.solver, measured_from=measured_from)
         if tol is not None and not relaxation.report.converged:
             warnings.warn(NOT_CONVERGED, NotConvergedWarning, stacklevel=2)
         return relaxation

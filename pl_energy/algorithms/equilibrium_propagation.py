@@ -119,11 +119,11 @@ class EquilibriumPropagation(HopfieldAlgorithm):
             reports += (self.relax(energy, free, tol=free_tol).report,)
         steps = self.steps if self.nudged_steps is None else self.nudged_steps
         nudged = energy.nudged(free, beta)
-        relaxation = self.relax(energy, nudged, record, steps, tol, from_start=True)
+        relaxation = self.relax(energy, nudged, record, steps, tol, measured_from=energy.nudged(free, beta))
         reports += (relaxation.report,)
-        if self.centered:
-            low = energy.nudged(free, -beta)
-            reports += (self.relax(energy, low, steps=steps, tol=tol, from_start=True).report,)
+        if self.centered:  # -beta from the mirror image of the +beta equilibrium (first order)
+            low = energy.mirrored(nudged, free, -beta)
+            reports += (self.relax(energy, low, steps=steps, tol=tol, measured_from=energy.nudged(free, -beta)).report,)
             return Contrast(Phase(energy, nudged), Phase(energy, low), 1 / (2 * beta), free.output,
                             free.targets, relaxation.trace, reports, beta)
         return Contrast(Phase(energy, nudged), Phase(energy, free), 1 / beta, free.output, free.targets,

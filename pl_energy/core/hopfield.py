@@ -180,6 +180,18 @@ class HopfieldEnergy:
         return HopfieldState(list(state.activities), state.targets, beta=beta,
                              input_drive=state.input_drive)
 
+    def mirrored(self, state: HopfieldState, centre: HopfieldState, beta: float) -> HopfieldState:
+        """2 centre - state in every free layer, projected onto its box, relaxing under ``beta``:
+        from the +beta equilibrium x+ = x0 + beta v + O(beta^2) around the free one x0, the
+        -beta one's first-order guess x0 - beta v, O(beta^2) from it (a warm start that leaves
+        the equilibrium, and so the estimate, as it is)."""
+        activities = [centre.activities[0]]
+        for index, (x, x0) in enumerate(zip(state.activities[1:], centre.activities[1:]), start=1):
+            box = self.boxes[index - 1]
+            guess = torch.add(x0, x, alpha=-1).add_(x0)
+            activities.append(guess if box is None else box.project(guess))
+        return HopfieldState(activities, centre.targets, beta=beta, input_drive=centre.input_drive)
+
     def displacement_per_unit(self, free: HopfieldState) -> float:
         """||dL/dx_L|| / (c_L ||x_L||): how far, relative to the output, one unit of beta moves
         it at first order when only its own 1/2 c_L ||x_L||^2 holds it (the feedback of the

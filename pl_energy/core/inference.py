@@ -8,9 +8,10 @@ state, and watches it:
   report then says ``converged``. A solver that damps its own step also stops once its moves
   are at most ``tol`` (relative) while the residual is not: the report says ``settled``, not
   converged. The final residual is always measured, in the plain coordinates of the state that
-  is returned, and reported, also for a fixed number of steps. With ``from_start`` it is measured
-  against the change since the start (``solvers``: a nudged phase's tolerance is then a fraction
-  of the nudge's displacement).
+  is returned, and reported, also for a fixed number of steps. With ``measured_from`` (a state
+  of the same energy, e.g. the free equilibrium under this phase's nudge) it is measured against
+  the change since that state (``solvers``: a nudged phase's tolerance is then a fraction of the
+  nudge's displacement, wherever the phase starts).
 - Divergence. Descent on a smooth energy does not raise it. The energy is watched every step when
   the trace is recorded, else every ``check_every`` steps of the solver and at the last step; a
   value above the running minimum by more than the solver's ``rise_tolerance`` times the descent
@@ -101,7 +102,7 @@ def relax(
     record: bool = False,
     solver: str | Solver = "gd",
     on_step: Callable[[int, object], None] | None = None,
-    from_start: bool = False,
+    measured_from: Any | None = None,
 ) -> Relaxation:
     """Relax ``state`` in place for at most ``steps`` steps of ``solver``.
 
@@ -117,8 +118,8 @@ def relax(
             to watch the dynamics (it must not change the state). Fixed-step descent then
             runs in the plain coordinates, never in faster ones of the same dynamics
             (``core.reduced_input``), so that the watched state is always in its plain form.
-        from_start: measure the residual against what changed since the start (the gradients
-            and local terms at the starting state), for a phase nudged off an equilibrium.
+        measured_from: measure the residual against what changed since this state (its
+            gradients and local terms), for a phase nudged off an equilibrium.
     """
     name = solver if isinstance(solver, str) else solver.name
     check_settings(name, steps, step_size, tol)
@@ -128,7 +129,7 @@ def relax(
     first_step = solver.default_step if step_size in (None, "auto") else float(step_size)
     every = 1 if record else solver.check_every
     start = energy.snapshot(state)
-    origin = (plain.gradients(state), plain.local_terms(state)) if from_start else None
+    origin = None if measured_from is None else (plain.gradients(measured_from), plain.local_terms(measured_from))
     first = energy.components(state)
     watch = _EnergyWatch(float(first[2]), solver.rise_tolerance, first[2].dtype)
     if not math.isfinite(watch.start):
