@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..core.hopfield import HopfieldEnergy, HopfieldState
+from ..core.hopfield import HopfieldState
 from ..core.losses import Loss
 from ..core.nudge import automatic_strength, finite_difference_step
 from .contrastive import Contrast, Phase
@@ -53,8 +53,9 @@ class EquilibriumPropagation(HopfieldAlgorithm):
     must reach ``tol`` times the nudge's relative displacement h (when h < 1), so that stopping
     early stays below the O(beta^2) bias of the centered estimate; the one-sided estimate, which
     reads dE/dtheta at the free state, first relaxes the free phase on as far (its error enters
-    the estimate divided by h). Neither goes below the dtype's rounding floor. In float64, centered EP at the defaults follows O(beta^2) down
-    to beta = 1e-4 (``tests/test_hopfield.py``).
+    the estimate divided by h). Neither goes below the dtype's rounding floor. In float64,
+    centered EP at the defaults follows O(beta^2) down to beta = 1e-4 (``tests/test_nudge.py``).
+    The -beta phase starts at the mirror image of the +beta equilibrium (``mirrored``).
     """
 
     beta: float | str = 0.5
@@ -76,17 +77,17 @@ class EquilibriumPropagation(HopfieldAlgorithm):
         if self.nudged_steps is not None and self.nudged_steps < 1:
             raise ValueError(f"nudged_steps must be >= 1 (or None: steps), got {self.nudged_steps}")
 
-    def nudge_strength(self, energy: HopfieldEnergy, free: HopfieldState) -> float:
+    def nudge_strength(self, free: HopfieldState, per_unit: float) -> float:
         """beta for this batch: the fixed value, or for "auto" the beta that moves the output
-        by eps^(1/2) of its size at first order (eps^(1/3) centered; ``pl_energy.core.nudge``)."""
+        by eps^(1/2) of its size at first order (eps^(1/3) centered; ``pl_energy.core.nudge``),
+        ``per_unit`` being the energy's ``displacement_per_unit`` at the free state."""
         if self.beta != "auto":
             return float(self.beta)
-        step = finite_difference_step(free.output.dtype, self.centered)
-        return automatic_strength(step, energy.displacement_per_unit(free))
+        return automatic_strength(finite_difference_step(free.output.dtype, self.centered), per_unit)
 
-    def tolerances(self, energy: HopfieldEnergy, free: HopfieldState, beta: float) -> tuple[float, float] | None:
-        """(nudged, free) tolerances for a nudge that moves the state by h = |beta| *
-        ``displacement_per_unit`` of its size: a nudged phase's residual, measured against what
+    def tolerances(self, free: HopfieldState, beta: float, per_unit: float) -> tuple[float, float] | None:
+        """(nudged, free) tolerances for a nudge that moves the state by h = |beta| * per_unit
+        (the energy's ``displacement_per_unit``) of its size: a nudged phase's residual, measured against what
         the nudge changed, must reach tol * min(1, h); the one-sided estimate's free phase,
         measured against the O(1) state and read divided by h, tol * min(1, h) as well. Neither
         goes below the rounding floor of O(1) states (``ROUNDING_EPSILONS`` machine epsilons,
@@ -94,7 +95,7 @@ class EquilibriumPropagation(HopfieldAlgorithm):
         ``REFUSED_ROUNDING`` (rounding that large a part of the estimate) is refused unless
         ``allow_imprecise``. None without a tolerance."""
         epsilon = ROUNDING_EPSILONS * torch.finfo(free.output.dtype).eps
-        moved = abs(beta) * energy.displacement_per_unit(free)
+        moved = abs(beta) * per_unit
         floor = epsilon / moved if moved > 0 else 0.0
         if floor > REFUSED_ROUNDING:
             problem = (f"ep's nudge beta={beta:.3g} moves the state by {moved:.1e} of its size, which "
@@ -112,8 +113,9 @@ class EquilibriumPropagation(HopfieldAlgorithm):
                record: bool) -> Contrast:
         """+beta against the free phase, or against -beta (centered)."""
         energy, free, first = self.free_phase(network, inputs, targets, loss)
-        beta = self.nudge_strength(energy, free)
-        tol, free_tol = self.tolerances(energy, free, beta) or (None, None)
+        per_unit = energy.displacement_per_unit(free)
+        beta = self.nudge_strength(free, per_unit)
+        tol, free_tol = self.tolerances(free, beta, per_unit) or (None, None)
         reports = (first.report,)
         if not self.centered and free_tol is not None and free_tol < self.tol:  # read divided by beta
             reports += (self.relax(energy, free, tol=free_tol).report,)

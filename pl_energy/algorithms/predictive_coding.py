@@ -89,7 +89,8 @@ class PredictiveCoding(ContrastiveAlgorithm):
         carried = issubclass(solver_class(self.solver), ErrorDescent)
         return None if self.lam == "auto" or carried else float(self.lam)
 
-    def nudge_strength(self, energy: PredictiveCodingEnergy, free: PCState, response: list[Tensor]) -> float:
+    def nudge_strength(self, energy: PredictiveCodingEnergy, free: PCState,
+                       response: list[Tensor] | None) -> float:
         """lam for this batch: the fixed value, or the finite-difference step of ``lam="auto"``."""
         if self.lam != "auto":
             return float(self.lam)
@@ -112,7 +113,10 @@ class PredictiveCoding(ContrastiveAlgorithm):
         phase is contrasted with the free phase (whose weight gradient is zero)."""
         energy = self.energy(network, loss)
         free = energy.free_state(inputs, targets)
-        response = energy.first_order_response(free)
+        # the response picks "auto"'s lam, starts converged phases and gives the error's limit;
+        # the papers' fixed-step runs at a fixed lam without the error need none of it
+        needed = self.lam == "auto" or self.tol is not None or self.error_estimate
+        response = energy.first_order_response(free) if needed else None
         lam = self.nudge_strength(energy, free, response)
         start = response if self.tol is not None else None
         phases, reports, trace = {}, (), None

@@ -228,7 +228,7 @@ def feedforward(layers: Sequence[nn.Module], inputs: Tensor) -> list[Tensor]:
         try:  # no context manager: this is backprop's forward pass, on the hot path
             activities.append(layer(activities[-1]))
         except RuntimeError as error:
-            raise _naming(error, layer, index, activities[-1]) from error
+            _raise_naming(error, layer, index, activities[-1])
     return activities
 
 
@@ -238,15 +238,16 @@ def naming_layer(layer: nn.Module, index: int, x: Tensor) -> Iterator[None]:
     try:
         yield
     except RuntimeError as error:
-        raise _naming(error, layer, index, x) from error
+        _raise_naming(error, layer, index, x)
 
 
-def _naming(error: RuntimeError, layer: nn.Module, index: int, x: Tensor) -> Exception:
-    """A shape error of layer ``index`` as one that names it and the shapes; others as they are."""
+def _raise_naming(error: RuntimeError, layer: nn.Module, index: int, x: Tensor) -> None:
+    """Raise a shape error of layer ``index`` as one that names it and the shapes; any other
+    error as it is."""
     if any(word in str(error) for word in ("shape", "size", "dimension")):
-        return ValueError(f"layer {index} ({_describe(layer)}) cannot take an input of shape "
-                          f"{tuple(x.shape)}: {error}")
-    return error
+        raise ValueError(f"layer {index} ({_describe(layer)}) cannot take an input of shape "
+                         f"{tuple(x.shape)}: {error}") from error
+    raise error
 
 
 def _describe(layer: nn.Module) -> str:

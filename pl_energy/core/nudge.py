@@ -38,4 +38,9 @@ def automatic_strength(step: float, displacement_per_unit: float) -> float:
     no longer pulls on: every strength then gives the same, zero, update)."""
     if not displacement_per_unit > 0 or not math.isfinite(displacement_per_unit):
         return 1.0
-    return step / displacement_per_unit
+    strength = step / displacement_per_unit
+    if not math.isfinite(1 / strength):  # the estimate's 1/h would overflow: never silently
+        raise FloatingPointError(f"the automatic nudge came out as {strength:.3g}, whose reciprocal overflows "
+                                 f"(a first-order move of {displacement_per_unit:.3g} per unit nudge): give a "
+                                 "fixed nudge (lam or beta) and check the network for exploding activities")
+    return strength
