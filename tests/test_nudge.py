@@ -19,7 +19,6 @@ import torch
 
 from pl_energy import EstimateErrorWarning, build_algorithm, mlp
 from pl_energy.core import Loss
-from pl_energy.core.nudge import finite_difference_step
 from pl_energy.core.solvers import relative_residual
 from helpers import log_slope, relative_l2
 
@@ -66,13 +65,17 @@ def test_a_weak_nudge_stays_exact_in_float32():
     assert max(_layer_errors(tiny, reference).values()) < 1e-4
 
 
-@pytest.mark.parametrize("centered", [False, True])
-def test_the_automatic_nudge_is_the_finite_difference_step(centered):
-    """lam="auto" moves the hidden activity of the sample and layer it moves most by eps^(1/2)
-    (centered eps^(1/3)) of its size (at least the batch's mean size) at first order, the
-    response r_l = -J^T...dL/dmu_L written here by autograd."""
+@pytest.mark.parametrize("solver,centered,step", [
+    ("error", False, torch.finfo(torch.float64).eps), ("error", True, torch.finfo(torch.float64).eps),
+    ("nesterov", False, torch.finfo(torch.float64).eps ** (1 / 2)),
+    ("nesterov", True, torch.finfo(torch.float64).eps ** (1 / 3))])
+def test_the_automatic_nudge_is_the_finite_difference_step(solver, centered, step):
+    """lam="auto" moves the hidden activity of the sample and layer it moves most by a step of
+    its size (at least the batch's mean size) at first order, the response r_l = -J^T...dL/dmu_L
+    written here by autograd: one rounding unit eps where the errors are carried (the error
+    solvers), eps^(1/2) (centered eps^(1/3)) where the state is the activities."""
     network, inputs, targets = _tanh_problem(torch.float64)
-    estimate = build_algorithm("pc_nudge", centered=centered).estimate(network, inputs, targets)
+    estimate = build_algorithm("pc_nudge", centered=centered, solver=solver).estimate(network, inputs, targets)
     activities = [inputs.requires_grad_(False)]
     for layer in network:
         activities.append(layer(activities[-1]).detach())
@@ -86,30 +89,61 @@ def test_the_automatic_nudge_is_the_finite_difference_step(centered):
         (adjoint,) = torch.autograd.grad(torch.nn.functional.cross_entropy(x, targets, reduction="sum"), activity)
         size = activity.detach().norm(dim=1)
         ratios.append(float((adjoint.norm(dim=1) / torch.maximum(size, size.mean())).max()))  # the sample moved most
-    step = finite_difference_step(torch.float64, centered)
     assert estimate.nudge * max(ratios) == pytest.approx(step, rel=1e-9)
 
 
 @pytest.mark.parametrize("centered,order", [(False, 1), (True, 2)])
 def test_the_automatic_nudges_error_is_the_error_models(centered, order):
-    """error(lam) = C lam^order: C measured at two fixed nudges predicts the error at "auto"
-    within a factor of 2 (float64, where BP is known)."""
+    """Where the state is the activities (solver nesterov), error(lam) = C lam^order: C measured
+    at two fixed nudges predicts the error at "auto" within a factor of 2 (float64, where BP is
+    known)."""
     network, inputs, targets = _tanh_problem(torch.float64, depth=4, seed=1)
     reference = _autograd_bp(network, inputs, targets)
 
     def error(lam):
-        algorithm = build_algorithm("pc_nudge", lam=lam, centered=centered, tol=1e-13, steps=500)
-        estimate = algorithm.estimate(network, inputs, targets)
+        algorithm = build_algorithm("pc_nudge", lam=lam, centered=centered, solver="nesterov", tol=1e-12,
+                                    steps=3000)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the cap: the residual's floor is near 1e-12
+            estimate = algorithm.estimate(network, inputs, targets)
         return relative_l2(estimate.gradients, reference), estimate.nudge
 
     (large, _), (small, _) = error(1e-2), error(3e-3)
     assert log_slope([1e-2, 3e-3], [large, small]) == pytest.approx(order, abs=0.15)
     constant = small / 3e-3 ** order
-    automatic = build_algorithm("pc_nudge", centered=centered, tol=1e-13, steps=500)
-    estimate = automatic.estimate(network, inputs, targets)
-    measured = relative_l2(estimate.gradients, reference)
-    predicted = constant * estimate.nudge ** order
-    assert predicted / 2 <= max(measured, 1e-13) <= 2 * predicted + 1e-13, (measured, predicted)
+    measured, nudge = error("auto")
+    predicted = constant * nudge ** order
+    assert predicted > 1e-12 and predicted / 2 <= measured <= 2 * predicted, (measured, predicted)
+
+
+@pytest.mark.parametrize("network_kind", ["tanh", "relu_maxpool"])
+def test_the_carried_automatic_nudge_is_as_exact_as_float32_backprop(network_kind):
+    """With the errors carried (solver error), lam="auto" is one rounding unit: the float32
+    estimate is as close to float64 backprop as float32 backprop itself is (within 3x, and
+    1e-6), in every layer, and inference converges at its first-order start, also on a ReLU /
+    max-pooling convnet whose blank input margins tie its pooling windows."""
+    if network_kind == "tanh":
+        network, inputs, targets = _tanh_problem(torch.float32, depth=8, seed=3)
+    else:
+        network, inputs, targets = _tied_convnet()
+    reference = _autograd_bp(network, inputs, targets)
+    estimate = build_algorithm("pc_nudge").estimate(network, inputs, targets)
+    backprop = _layer_errors(build_algorithm("bp").gradients(network, inputs, targets), reference)
+    for layer, error in _layer_errors(estimate.gradients, reference).items():
+        assert error <= 3 * backprop[layer] + 1e-6, (layer, error, backprop[layer])
+    assert estimate.converged and estimate.inference[0].steps <= 1
+
+
+def _tied_convnet():
+    """A ReLU / max-pooling convnet on images with a blank margin (as MNIST's): identical
+    convolution outputs tie whole pooling windows."""
+    from pl_energy.core.networks import ConvNet
+
+    torch.manual_seed(4)
+    network = ConvNet(in_shape=(1, 12, 12), channels=(4, 6), num_classes=5, hidden=(16,))
+    inputs = torch.zeros(16, 1, 12, 12)
+    inputs[:, :, 3:9, 3:9] = torch.rand(16, 1, 6, 6)
+    return network, inputs, torch.randint(0, 5, (16,))
 
 
 def test_the_error_bound_is_the_distance_from_backprop_along_training():

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from ..core.kinks import kinks_pinned
 from ..core.losses import Loss
 from ..core.networks import layers_of
 from ..core.nudge import automatic_strength, finite_difference_step
@@ -48,9 +49,15 @@ class PredictiveCoding(ContrastiveAlgorithm):
         error_estimate: compute ``Estimate.error_bound`` (one parameter VJP per layer).
         error_tolerance: warn when the worst layer's ``error_bound`` exceeds this (None: never).
 
-    ``lam="auto"`` takes the lam whose first-order displacement of the hidden activities is
-    eps^(1/2) of their size (eps^(1/3) centered) for the sample and layer it moves most, eps the
-    parameters' machine epsilon (``pl_energy.core.nudge``). ``Estimate.error_bound`` is the
+    ``lam="auto"`` takes the lam whose first-order displacement of the hidden activities is a
+    step h of their size for the sample and layer it moves most (``pl_energy.core.nudge``): with
+    the error solvers, which carry the errors in difference form, one rounding unit (h = eps, the
+    parameters' machine epsilon: the estimate is then the limit lam -> 0 to rounding, and
+    inference converges at its first-order start); with the activity solvers (``gd``,
+    ``nesterov``) h = eps^(1/2) (eps^(1/3) centered), the classical balance of bias and rounding.
+    Units exactly on a kink of the free state (ReLU at 0, tied max-pooling entries) keep
+    autograd's slope in the nudged phases (``pl_energy.core.kinks``), so the limit is backprop's
+    gradient as autograd defines it, and a nudged phase has an equilibrium to converge to. ``Estimate.error_bound`` is the
     estimate's relative error per layer against the limit lam -> 0 (backprop's gradient, from
     the first-order response); ``EstimateErrorWarning`` says when its worst layer exceeds
     ``error_tolerance`` (None for pc: lam = 1 is not meant to be close to backprop).
@@ -83,18 +90,22 @@ class PredictiveCoding(ContrastiveAlgorithm):
         if not 0 < self.gamma <= 1:
             raise ValueError(f"gamma (feedback strength) must lie in (0, 1], got {self.gamma}")
 
+    @property
+    def carried(self) -> bool:
+        """Whether the solver carries the errors in difference form (the error solvers)."""
+        return issubclass(solver_class(self.solver), ErrorDescent)
+
     def nudge(self, network: nn.Module) -> float | None:
         """The fixed lam, for the precision check; None for "auto" (chosen above rounding) and
         for the error solvers, whose errors are carried in difference form."""
-        carried = issubclass(solver_class(self.solver), ErrorDescent)
-        return None if self.lam == "auto" or carried else float(self.lam)
+        return None if self.lam == "auto" or self.carried else float(self.lam)
 
     def nudge_strength(self, energy: PredictiveCodingEnergy, free: PCState,
                        response: list[Tensor] | None) -> float:
         """lam for this batch: the fixed value, or the finite-difference step of ``lam="auto"``."""
         if self.lam != "auto":
             return float(self.lam)
-        step = finite_difference_step(free.activities[0].dtype, self.centered)
+        step = finite_difference_step(free.activities[0].dtype, self.centered, self.carried)
         return automatic_strength(step, energy.displacement_per_unit(free, response))
 
     def signs(self) -> tuple[int, ...]:
@@ -112,7 +123,12 @@ class PredictiveCoding(ContrastiveAlgorithm):
         """One phase per sign (``signs``) from one feedforward pass, the first traced; a single
         phase is contrasted with the free phase (whose weight gradient is zero)."""
         energy = self.energy(network, loss)
-        free = energy.free_state(inputs, targets)
+        with kinks_pinned(network) as kinks:
+            free = energy.free_state(inputs, targets)
+            kinks.fix()
+            return self._nudged_phases(energy, free, record)
+
+    def _nudged_phases(self, energy: PredictiveCodingEnergy, free: PCState, record: bool) -> Contrast:
         # the response picks "auto"'s lam, starts converged phases and gives the error's limit;
         # the papers' fixed-step runs at a fixed lam without the error need none of it
         needed = self.lam == "auto" or self.tol is not None or self.error_estimate

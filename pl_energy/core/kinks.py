@@ -1,0 +1,190 @@
+"""Units on a kink at the free state keep the slope autograd gives them in every nudged state.
+
+A piecewise-linear network has kinks: a ReLU unit whose pre-activation is exactly 0, a
+max-pooling window whose largest entries are exactly equal. On MNIST they are not rare: the
+blank margin of a digit gives identical convolution outputs across a pooling window, and at
+initialisation of VGG-5 at 1/4 width about two thirds of the first layer's 2x2 windows are
+exact ties. Backprop takes one side of each kink by convention: autograd's ReLU has slope 0 at
+0 (``threshold_backward``), and max-pooling sends the whole gradient to the first maximal entry
+of the window (row-major order). A nudged equilibrium breaks every such tie by the sign of its
+own displacement, however small the nudge, so (i) the difference quotient's limit at a tie is a
+one-sided derivative, not autograd's, and (ii) a tie whose winner loses under the nudge has no
+equilibrium on either side: the state cycles across the kink and inference only settles.
+
+``kinks_pinned(network)`` fixes the convention once, at the first call of each ReLU and
+``MaxPool2d`` in it (the free state, the feedforward pass of predictive coding): the units
+exactly on a kink there keep autograd's side in every later call, as if the free state had been
+moved onto that side by a delta much larger than any nudge (lam << delta -> 0, taken in that
+order). Concretely, a ReLU unit with pre-activation exactly 0 stays inactive (output 0, slope 0)
+and, in a window whose maxima tie, only autograd's winner may win among the tied entries (the
+others can still lose or win against the window's untied entries, which compare as usual). At
+the free state this is the same function with the same gradient as the plain layers, so
+backprop, the reference, is unchanged; the limit lam -> 0 of the nudged estimate is then
+backprop's gradient with autograd's slopes, and a nudged phase has an equilibrium to converge to
+wherever the nudge crosses no other kink.
+
+A layer with no unit on a kink at the free state gets its own forward back at once (no
+cost, nothing changed). Units that are not on a kink at the free state but that a nudge moves
+across one (a pre-activation within the displacement of 0, a runner-up within it of the maximum)
+are not pinned: there the nudged equilibrium is a different linear piece, or on the kink. At the
+automatic nudge of the error solvers (one rounding unit of the state: ``core.nudge``) that does
+not happen in practice; at a fixed lam it can, and inference then settles instead of
+converging (``InferenceReport.settled``) and the estimate's own error says by how much its
+update moved (``Estimate.error_bound`` is measured against autograd's slopes). Other
+piecewise-linear units (leaky_relu, hardtanh, hardsigmoid) and pooling layers other than
+``MaxPool2d`` without ``ceil_mode`` are left as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class _Pin:
+    """A layer's forward with the kinks of the free state pinned: ``record`` reads them off the
+    free state (and returns the plain output there), ``__call__`` evaluates a later state;
+    ``kinks`` is how many units ``record`` found on a kink."""
+
+    kinks: int = 0
+
+    def record(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class _PinnedReLU(_Pin):
+    """ReLU whose units at exactly 0 at the free state stay inactive."""
+
+    def record(self, x: Tensor) -> Tensor:
+        self.on_kink = x == 0
+        self.kinks = int(self.on_kink.sum())
+        return F.relu(x)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return F.relu(x).masked_fill(self.on_kink, 0.0)
+
+
+class _PinnedMaxPool2d(_Pin):
+    """``MaxPool2d`` whose tied maxima in the first call keep autograd's winner."""
+
+    def __init__(self, module: nn.MaxPool2d):
+        self.module = module
+        self.geometry = tuple(_pair(v) for v in (
+            module.kernel_size, module.kernel_size if module.stride is None else module.stride,
+            module.padding, module.dilation))
+
+    def _windows(self, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+        """(N*C, k*k, L): each output position's window, the padding at -inf as max-pooling pads
+        it; and the output's shape."""
+        kernel, stride, padding, dilation = self.geometry
+        padded = F.pad(x.reshape(-1, 1, *x.shape[-2:]), (padding[1], padding[1], padding[0], padding[0]),
+                       value=-torch.inf)
+        size = [(n + 2 * p - d * (k - 1) - 1) // s + 1
+                for n, k, s, p, d in zip(x.shape[-2:], kernel, stride, padding, dilation)]
+        return F.unfold(padded, kernel, dilation=dilation, stride=stride), (*x.shape[:-2], *size)
+
+    def record(self, x: Tensor) -> Tensor:
+        windows, _ = self._windows(x)
+        winners = windows.argmax(1, keepdim=True)  # the first maximum, as max-pooling picks it
+        tied = windows == windows.amax(1, keepdim=True)
+        self.losers = tied & (torch.arange(windows.shape[1], device=x.device)[:, None] != winners)
+        self.kinks = int(self.losers.sum())
+        return nn.MaxPool2d.forward(self.module, x)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        windows, shape = self._windows(x)
+        winners = windows.masked_fill(self.losers, -torch.inf).argmax(1, keepdim=True)
+        return windows.gather(1, winners).reshape(shape)
+
+
+def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _pin_for(module: nn.Module) -> _Pin | None:
+    if isinstance(module, nn.MaxPool2d) and not module.ceil_mode and not module.return_indices:
+        return _PinnedMaxPool2d(module)
+    return _PinnedReLU() if type(module) is nn.ReLU else None
+
+
+class KinkPins:
+    """The pinned layers of one network for one batch (see the module docstring).
+
+    Until ``fix`` the layers compute as usual and each records its first call (the free state);
+    ``fix`` pins what they found. A layer called more than once before ``fix`` (one module used
+    at several places) or not at all, and a layer with no unit on a kink, gets its own forward
+    back: pinning is only ever a change at units exactly on a kink of the free state.
+
+    Attributes:
+        on_kink: units found on a kink at the free state, per pinned layer (ReLU units at
+            exactly 0, tied entries of a pooling window other than autograd's winner).
+    """
+
+    def __init__(self, network: nn.Module):
+        self.on_kink: dict[nn.Module, int] = {}
+        self.fixed = False
+        self._calls: dict[nn.Module, int] = {}
+        self._installed: dict[nn.Module, object] = {}  # module -> the forward it had before
+        for module in network.modules():
+            pin = _pin_for(module)
+            if pin is not None:
+                self._installed[module] = module.__dict__.get("forward")
+                self._calls[module] = 0
+                module.forward = _Slot(self, module, pin)
+
+    def fix(self) -> None:
+        """The free state is computed: pin the kinks it found."""
+        self.fixed = True
+        for module in list(self._installed):
+            pin = module.forward.pin
+            if self._calls[module] == 1 and pin.kinks:
+                self.on_kink[module] = pin.kinks
+            else:
+                self._release(module)
+
+    def _release(self, module: nn.Module) -> None:
+        before = self._installed.pop(module)
+        if before is None:
+            del module.forward
+        else:
+            module.forward = before
+
+    def release(self) -> None:
+        """Give every layer still pinned its own forward back."""
+        for module in list(self._installed):
+            self._release(module)
+
+
+class _Slot:
+    """A pinned layer's forward. The compiler does not trace into it (it holds per-batch
+    state), so a compiled layer that contains one breaks its graph there (only layers with units
+    on a kink keep one after ``KinkPins.fix``)."""
+
+    def __init__(self, pins: KinkPins, module: nn.Module, pin: _Pin):
+        self.pins, self.module, self.pin = pins, module, pin
+
+    @torch.compiler.disable
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.pins.fixed:
+            return self.pin(x)
+        calls = self.pins._calls[self.module] = self.pins._calls[self.module] + 1
+        return self.pin.record(x) if calls == 1 else type(self.module).forward(self.module, x)
+
+
+@contextmanager
+def kinks_pinned(network: nn.Module) -> Iterator[KinkPins]:
+    """Watch the network's ReLU and ``MaxPool2d`` layers for kinks at their next call (the free
+    state), pinned once the caller says ``fix()``, for as long as the context lasts; the layers'
+    own forwards come back after it."""
+    pins = KinkPins(network)
+    try:
+        yield pins
+    finally:
+        pins.release()
