@@ -76,9 +76,35 @@ class _PinnedMaxPool2d(_Pin):
 
     def __init__(self, module: nn.MaxPool2d):
         self.module = module
-        self.geometry = tuple(_pair(v) for v in (
+        kernel, stride, padding, dilation = self.geometry = tuple(_pair(v) for v in (
             module.kernel_size, module.kernel_size if module.stride is None else module.stride,
             module.padding, module.dilation))
+        #: windows that tile the input without overlap or padding: the losers can be masked in
+        #: the input's own layout and pooled natively
+        self.tiles = stride == kernel and padding == (0, 0) and dilation == (1, 1)
+
+    def record(self, x: Tensor) -> Tensor:
+        output, winners = F.max_pool2d(x, *self.geometry, return_indices=True)
+        if self.tiles:
+            (kh, kw), (h, w) = self.geometry[0], output.shape[-2:]
+            window_max = torch.full_like(x, torch.inf)  # entries outside every window never lose
+            window_max[..., :h * kh, :w * kw] = output.repeat_interleave(kh, -2).repeat_interleave(kw, -1)
+            won = torch.zeros_like(x, dtype=torch.bool).flatten(-2).scatter_(-1, winners.flatten(-2), True)
+            self.losers = (x == window_max) & ~won.view_as(x)
+        else:
+            windows, _ = self._windows(x)
+            first = windows.argmax(1, keepdim=True)  # the first maximum, as max-pooling picks it
+            tied = windows == windows.amax(1, keepdim=True)
+            self.losers = tied & (torch.arange(windows.shape[1], device=x.device)[:, None] != first)
+        self.kinks = int(self.losers.sum())
+        return output
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.tiles:
+            return F.max_pool2d(x.masked_fill(self.losers, -torch.inf), *self.geometry)
+        windows, shape = self._windows(x)
+        winners = windows.masked_fill(self.losers, -torch.inf).argmax(1, keepdim=True)
+        return windows.gather(1, winners).reshape(shape)
 
     def _windows(self, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
         """(N*C, k*k, L): each output position's window, the padding at -inf as max-pooling pads
@@ -89,19 +115,6 @@ class _PinnedMaxPool2d(_Pin):
         size = [(n + 2 * p - d * (k - 1) - 1) // s + 1
                 for n, k, s, p, d in zip(x.shape[-2:], kernel, stride, padding, dilation)]
         return F.unfold(padded, kernel, dilation=dilation, stride=stride), (*x.shape[:-2], *size)
-
-    def record(self, x: Tensor) -> Tensor:
-        windows, _ = self._windows(x)
-        winners = windows.argmax(1, keepdim=True)  # the first maximum, as max-pooling picks it
-        tied = windows == windows.amax(1, keepdim=True)
-        self.losers = tied & (torch.arange(windows.shape[1], device=x.device)[:, None] != winners)
-        self.kinks = int(self.losers.sum())
-        return nn.MaxPool2d.forward(self.module, x)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        windows, shape = self._windows(x)
-        winners = windows.masked_fill(self.losers, -torch.inf).argmax(1, keepdim=True)
-        return windows.gather(1, winners).reshape(shape)
 
 
 def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
