@@ -288,10 +288,24 @@ def check_equivalence(side: TorchSide, worker: PCXWorker | None, folder: Path, f
     return lines + notes
 
 
-def ratio_summary(rounds: list[dict], numerator: str, denominator: str) -> str:
-    ratios = [r[numerator] / r[denominator] for r in rounds]
+def paired_summary(first: list[dict], second: list[dict], numerator: str, denominator: str) -> str:
+    """Median (interquartile range) over rounds of first[numerator] / second[denominator]."""
+    ratios = [a[numerator] / b[denominator] for a, b in zip(first, second)]
     low, high = np.quantile(ratios, [0.25, 0.75])
     return f"{statistics.median(ratios):.2f}x ({low:.2f}-{high:.2f})"
+
+
+def ratio_summary(rounds: list[dict], numerator: str, denominator: str) -> str:
+    return paired_summary(rounds, rounds, numerator, denominator)
+
+
+def per_step(rounds: list[dict], key: str, steps: list[int]) -> str:
+    """The cost of one inference step and of the rest (the T = 0 intercept), from the line through
+    the smallest and largest T, medians over rounds."""
+    low, high = min(steps), max(steps)
+    slopes = [(r[f"{key}_{high}"] - r[f"{key}_{low}"]) / (high - low) for r in rounds]
+    fixed = [r[f"{key}_{low}"] - slope * low for r, slope in zip(rounds, slopes)]
+    return f"{1e6 * statistics.median(slopes):.0f} us/step + {1e3 * statistics.median(fixed):.2f} ms"
 
 
 def report(args, torch_rounds: list[dict], pcx_rounds: list[dict]) -> list[str]:
@@ -300,23 +314,27 @@ def report(args, torch_rounds: list[dict], pcx_rounds: list[dict]) -> list[str]:
 
     pcx = bool(pcx_rounds)
     lines = ["| T | ours pc_nudge / ours bp | ours / plain autograd | ours bare / plain autograd "
-             "| PCX pc / PCX bp | PCX pc / jax.grad | ms: ours, ours bare, PCX |",
-             "|---|---|---|---|---|---|---|"]
+             "| PCX pc / PCX bp | PCX pc / jax.grad | ours / PCX (time) | ms: ours, ours bare, PCX |",
+             "|---|---|---|---|---|---|---|---|"]
     for steps in args.steps:
         key = f"pc_nudge_{steps}"
         cells = [ratio_summary(torch_rounds, key, "bp_library"), ratio_summary(torch_rounds, key, "bp_autograd"),
                  ratio_summary(torch_rounds, key + "_bare", "bp_autograd"),
                  ratio_summary(pcx_rounds, key, "bp_pcx") if pcx else "-",
                  ratio_summary(pcx_rounds, key, "bp_jax") if pcx else "-",
+                 paired_summary(torch_rounds, pcx_rounds, key, key) if pcx else "-",
                  f"{ms(torch_rounds, key)}, {ms(torch_rounds, key + '_bare')}, "
                  + (ms(pcx_rounds, key) if pcx else "-")]
         lines.append(f"| {steps} | " + " | ".join(cells) + " |")
-    bp = (f"BP, ms: plain autograd {ms(torch_rounds, 'bp_autograd')}, library bp {ms(torch_rounds, 'bp_library')} "
-          f"({ratio_summary(torch_rounds, 'bp_library', 'bp_autograd')} autograd)")
-    if pcx:
-        bp += (f"; jax.grad {ms(pcx_rounds, 'bp_jax')}, PCX bp {ms(pcx_rounds, 'bp_pcx')} "
-               f"({ratio_summary(pcx_rounds, 'bp_pcx', 'bp_jax')} jax.grad)")
-    return lines + ["", bp]
+    lines += ["", f"BP, ms: plain autograd {ms(torch_rounds, 'bp_autograd')}, library bp "
+                  f"{ms(torch_rounds, 'bp_library')} ({ratio_summary(torch_rounds, 'bp_library', 'bp_autograd')} "
+                  "autograd)" + (f"; jax.grad {ms(pcx_rounds, 'bp_jax')}, PCX bp {ms(pcx_rounds, 'bp_pcx')} "
+                                 f"({ratio_summary(pcx_rounds, 'bp_pcx', 'bp_jax')} jax.grad)" if pcx else "")]
+    if len(set(args.steps)) > 1:
+        lines.append(f"time = per step x T + the rest (line through T = {min(args.steps)} and {max(args.steps)}): "
+                     f"ours {per_step(torch_rounds, 'pc_nudge', args.steps)}"
+                     + (f", PCX {per_step(pcx_rounds, 'pc_nudge', args.steps)}" if pcx else ""))
+    return lines
 
 
 def main(argv=None) -> int:
