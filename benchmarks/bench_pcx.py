@@ -247,8 +247,11 @@ class PCXWorker:
 
     def close(self) -> None:
         if self.process.poll() is None:
-            self.process.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-            self.process.stdin.close()
+            try:
+                self.process.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                self.process.stdin.close()
+            except OSError:  # it stopped meanwhile
+                pass
             self.process.wait(timeout=30)
 
 
@@ -345,13 +348,19 @@ def main(argv=None) -> int:
         if python is None:
             print(SKIPPED)
             return 0
-    pinned = pin(args.cpu)
     sys.path.insert(0, str(BENCHMARKS.parent))
     from pl_energy.algorithms.warnings import EstimateErrorWarning
 
-    # few fixed steps at lam = 0.01 are far from BP's gradient, as the papers run them: the
-    # equivalence check lists the warnings once; the timed calls still run the check, silently
-    warnings.filterwarnings("ignore", category=EstimateErrorWarning)
+    with warnings.catch_warnings():
+        # few fixed steps at lam = 0.01 are far from BP's gradient, as the papers run them: the
+        # equivalence check lists the warnings once; the timed calls still run the check, silently
+        warnings.filterwarnings("ignore", category=EstimateErrorWarning)
+        return run(args, python)
+
+
+def run(args, python: str | None) -> int:
+    """Pin, check the gradients, time the interleaved rounds, print the report."""
+    pinned = pin(args.cpu)
     load_before = load_averages()
     side = TorchSide(args)
     with tempfile.TemporaryDirectory() as folder:
