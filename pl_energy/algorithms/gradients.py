@@ -15,12 +15,16 @@ def backprop_gradients(network: nn.Module, inputs: Tensor, targets: Tensor,
     """Plain autograd: (gradients, output, loss value)."""
     named = [(name, p) for name, p in network.named_parameters() if p.requires_grad]
     with torch.enable_grad():
-        # layer by layer, so that a shape error names the layer (the energy algorithms' way)
-        output = feedforward(list(network.children()), inputs)[-1] if isinstance(network, nn.Sequential) \
-            else network(inputs)
+        try:
+            output = network(inputs)
+        except RuntimeError:
+            if not isinstance(network, nn.Sequential):
+                raise
+            # again layer by layer, so that a shape error names the layer (the energy algorithms' way)
+            output = feedforward(list(network.children()), inputs)[-1]
         if loss.name == "cross_entropy" and targets.dim() == 1 and output.dim() == 2:
-            if targets.is_floating_point() or (targets.numel() and not 0 <= int(targets.min()) <= int(targets.max())
-                                               < output.shape[-1]):
+            if targets.is_floating_point() or (targets.numel() and not 0 <= (
+                    bounds := torch.aminmax(targets)).min.item() <= bounds.max.item() < output.shape[-1]):
                 loss.prepare_targets(targets, output)  # raises, naming the problem (torch would skip -100)
             value = loss.value(output, targets.long())  # class indices, in range (checked above)
         else:

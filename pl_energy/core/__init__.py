@@ -4,6 +4,7 @@ from .energy import Energy
 from .hopfield import HopfieldEnergy
 from .inference import DivergenceError, InferenceReport, Relaxation, relax
 from .losses import LOSSES, Loss
+from .newton import NewtonErrorDescent  # registers solver="newton"
 from .networks import mlp
 from .predictive_coding import PredictiveCodingEnergy
 from .solvers import SOLVERS

@@ -62,12 +62,16 @@ class Loss:
 
     def value(self, output: Tensor, targets: Tensor) -> Tensor:
         """Batch-mean loss (targets as returned by ``prepare_targets``)."""
+        if self.name == "mse" or output.dim() != 2:
+            return self.per_sample(output, targets).mean()
+        return F.cross_entropy(output, targets)
+
+    def per_sample(self, output: Tensor, targets: Tensor) -> Tensor:
+        """Each sample's loss l, shape (B,) (cross-entropy with the classes on the last axis,
+        as in ``per_sample_gradient``, summed over any other axes)."""
         if self.name == "mse":
-            return 0.5 * (output - targets).pow(2).flatten(1).sum(1).mean()
-        if output.dim() == 2:
-            return F.cross_entropy(output, targets)
-        # classes on the last axis, as in per_sample_gradient; summed over the other axes
-        return -(targets * F.log_softmax(output, dim=-1)).flatten(1).sum(1).mean()
+            return 0.5 * (output - targets).pow(2).flatten(1).sum(1)
+        return -(targets * F.log_softmax(output, dim=-1)).flatten(1).sum(1)
 
     def per_sample_gradient(self, output: Tensor, targets: Tensor) -> Tensor:
         """dl/dmu for each sample's loss l."""
