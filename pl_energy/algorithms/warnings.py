@@ -31,7 +31,8 @@ BATCH_STATISTICS = (
 NOT_CONVERGED = (
     "inference stopped before its residual reached tol, so this estimate is read off a state that "
     "may be short of equilibrium: the step cap was hit (raise steps, loosen tol, or use a faster "
-    "solver: 'error' for pc and pc_nudge, 'nesterov' or 'sweep' for ep and chl), or the damped "
+    "solver: 'error' for pc and pc_nudge, 'newton' for pc's lam = 1 on a trained smooth network, "
+    "'nesterov' or 'sweep' for ep and chl), or the damped "
     "steps settled on the kinks of a ReLU/max-pool energy, where the residual cannot vanish and "
     "the update depends on the slope taken at each kink (a smooth activation avoids it); "
     "Estimate.inference has the residual"

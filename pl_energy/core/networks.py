@@ -132,11 +132,13 @@ class VGG(ConvNet):
     """VGG-5, -7 or -9 (``VGG_PRESETS``): 3x3 convolutions with padding 1, ReLU, 2x2 max-pooling,
     each conv block one energy layer, then a linear output layer.
 
-    Max-pooling and ReLU make the energy of PC and EP non-smooth: at the nudged equilibrium some
-    pooling switches and units sit on a tie or a kink, the residual cannot vanish and inference
-    settles instead of converging (pc_nudge on VGG-5: 16-20 steps of its solver). With a smooth
-    activation and ``pool="avg"`` the energy is smooth and pc_nudge converges in 2 steps
-    (``benchmarks/RESULTS.md``, cases d and f).
+    Max-pooling and ReLU make the energy of PC and EP non-smooth: a nudge that moves a unit
+    across its kink or breaks a tie of a pooling window leaves an equilibrium where the residual
+    cannot vanish, and inference settles instead of converging. PC pins the kinks of the free
+    state (``core.kinks``: MNIST's blank margins tie whole windows) and its automatic nudge is one
+    rounding unit, so the default pc_nudge converges at its first-order start on VGG-5 (0 steps,
+    ``RESULTS.md``); at a fixed lam such as the paper's 0.01 units cross kinks and phases settle
+    (16-20 steps on VGG-5).
 
     Args:
         depth: 5, 7 or 9 weight layers.
