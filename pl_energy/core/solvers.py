@@ -63,6 +63,7 @@ the latter, stopping early left an error of tol / beta in the estimate whatever 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -79,8 +80,8 @@ class Coordinates(Protocol):
     def local_terms(self, state) -> list[Tensor]:
         """The local part a_l of each gradient (for the residual)."""
 
-    def move(self, state, directions: list[Tensor], step_size: float) -> None:
-        """v_l <- v_l - step_size * P_l * direction_l."""
+    def move(self, state, directions: list[Tensor], step_size: float | Tensor) -> None:
+        """v_l <- v_l - step_size * P_l * direction_l (a tensor step size: ``core.moves``)."""
 
     def components(self, state) -> tuple[Tensor, Tensor, Tensor]:
         """The energy's (I, L, E) at the state."""
@@ -102,7 +103,7 @@ class ActivityCoordinates:
     def local_terms(self, state) -> list[Tensor]:
         return self.energy.local_terms(state)
 
-    def move(self, state, directions: list[Tensor], step_size: float) -> None:
+    def move(self, state, directions: list[Tensor], step_size: float | Tensor) -> None:
         self.energy.move_activities(state, directions, step_size)
 
     def components(self, state) -> tuple[Tensor, Tensor, Tensor]:
@@ -128,7 +129,7 @@ class ErrorCoordinates(ActivityCoordinates):
     def local_terms(self, state) -> list[Tensor]:
         return self.energy.local_terms(state, self.errors(state))
 
-    def move(self, state, directions: list[Tensor], step_size: float) -> None:
+    def move(self, state, directions: list[Tensor], step_size: float | Tensor) -> None:
         self.energy.move_errors(state, directions, step_size, self.errors(state))
 
 
@@ -154,11 +155,15 @@ class Balance:
     @property
     def residual(self) -> float:
         """max_l ||g_l|| / (||a_l|| + ||g_l - a_l||), 0/0 taken as 0 (and g/0 as infinite: a
-        phase measured from its start that has not moved yet)."""
+        phase measured from its start that has not moved yet); a host read of ``ratio``."""
+        return float(self.ratio())
+
+    def ratio(self) -> Tensor:
+        """The residual as a 0-dim tensor, on the device (no host read)."""
         scale = self.local + self.rest
         unmoved = torch.where(self.gradient > 0, torch.full_like(scale, torch.inf), torch.zeros_like(scale))
         ratio = torch.where(scale > 0, self.gradient / scale.clamp_min(torch.finfo(scale.dtype).tiny), unmoved)
-        return float(ratio.max())
+        return ratio.max()
 
 
 @dataclass
@@ -173,6 +178,34 @@ def relative_residual(gradients: list[Tensor], local: list[Tensor],
                       start: tuple[list[Tensor], list[Tensor]] | None = None) -> float:
     """The relative residual of the module docstring (0 for no free layers)."""
     return Balance.of(gradients, local, start).residual if gradients else 0.0
+
+
+def measure(coordinates: Coordinates, state, origin: tuple[list[Tensor], list[Tensor]] | None = None
+            ) -> tuple[list[Tensor], Balance | None]:
+    """The gradients at the state and their ``Balance`` (the residual's pieces; None without
+    free variables), ``origin`` as in ``Balance.of``."""
+    gradients = coordinates.gradients(state)
+    return gradients, Balance.of(gradients, coordinates.local_terms(state), origin) if gradients else None
+
+
+def advance(coordinates: Coordinates, iteration: "Iteration", state, gradients: list[Tensor],
+            balance: Balance | None, step_size: float | Tensor) -> float | Tensor:
+    """The move from the gradients at the state: the rule picks the step size (``observe``)
+    and the direction; returns the step size it took."""
+    step_size = iteration.observe(balance, step_size)
+    coordinates.move(state, iteration.direction(gradients), step_size)
+    return step_size
+
+
+def step(coordinates: Coordinates, iteration: "Iteration", state, step_size: float | Tensor
+         ) -> float | Tensor:
+    """One step nobody checks: gradients (with their balance for a rule that reads it) and the
+    move; no host read (a compiled step is one graph)."""
+    if iteration.needs_residual:
+        gradients, balance = measure(coordinates, state)
+    else:
+        gradients, balance = coordinates.gradients(state), None
+    return advance(coordinates, iteration, state, gradients, balance, step_size)
 
 
 @dataclass
@@ -224,9 +257,11 @@ class Iteration:
     def direction(self, gradients: list[Tensor]) -> list[Tensor]:
         return gradients
 
-    def observe(self, residual: float | None) -> float:
-        """Called with the residual before each move; returns a factor for the step size."""
-        return 1.0
+    def observe(self, balance: Balance | None, step_size: float | Tensor) -> float | Tensor:
+        """Called before each move with the balance at the state (None unless
+        ``needs_residual``); returns the step size of the move. Rules that change it do so with
+        tensor operations (no host read), so that a step is one compiled graph."""
+        return step_size
 
     def reset(self) -> None:
         """Forget the history (after a back-off)."""
@@ -287,23 +322,26 @@ class DampedIteration(Iteration):
     """
 
     needs_residual: ClassVar[bool] = True
-    previous: float = float("inf")
-    damped: bool = False
+    previous: Tensor | None = None  # the last residual (None: none yet, or forgotten)
+    damped: Tensor | bool = False  # whether a step was ever halved (a tensor once observed)
 
-    def observe(self, residual: float | None) -> float:
-        factor = 0.5 if residual is not None and residual >= self.previous else 1.0
-        if residual is not None:
-            self.previous = residual
-        self.damped = self.damped or factor < 1
-        return factor
+    def observe(self, balance: Balance | None, step_size: float | Tensor) -> float | Tensor:
+        """step_size / 2 where the residual did not fall since the last move, on the device
+        (``relax`` passes a tensor step size to this rule)."""
+        residual = balance.ratio()
+        rose = residual >= (math.inf if self.previous is None else self.previous)
+        self.previous = residual
+        self.damped = rose | self.damped
+        return torch.where(rose, step_size * 0.5, step_size)
 
     def reset(self) -> None:
-        self.previous = float("inf")
+        self.previous = None
         self.damped = True
 
-    def settled(self, step_size: float, balance: Balance, tol: float) -> bool:
+    def settled(self, step_size: float | Tensor, balance: Balance, tol: float) -> bool:
         # local_l = pi_l e_l and the move is step * g_l / pi_l: the ratio needs no precisions
-        return self.damped and bool((balance.gradient * step_size <= tol * balance.local).all())
+        still = (balance.gradient * step_size <= tol * balance.local).all()
+        return bool(still & self.damped) if isinstance(self.damped, Tensor) else self.damped and bool(still)
 
 
 @dataclass

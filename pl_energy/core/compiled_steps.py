@@ -1,0 +1,68 @@
+"""The solver's step functions, eager or compiled by ``torch.compile`` as whole graphs.
+
+``relax`` runs a phase through three functions of ``core.solvers``: ``measure`` (gradients and
+the residual's pieces), ``advance`` (the rule's step size and the move) and ``step`` (both, for
+the steps nobody checks). Each is written without host reads (a damped step size is a tensor:
+``solvers.DampedIteration``; moves by a tensor step: ``core.moves``), so that ``torch.compile``
+traces each as one graph (``fullgraph=True``: a graph break raises) with static shapes
+(``dynamic=False``): the energy gradient through every layer's closed form
+(``core.linearization``), the residual's norms, the move and the re-linearisation of the moved
+layers. The step size is an input of the graph, so a halved step does not recompile.
+
+Inductor workaround: torch 2.14's post-grad pattern that fuses ``add(inp, mm(a, b))`` into
+``addmm`` drops ``add``'s ``alpha`` (``torch.add(e, g @ W, alpha=lam)`` compiles to e + g W),
+which the error gradient (``PredictiveCodingEnergy.error_gradients``) is made of; inductor's
+pattern matcher is therefore turned off for these graphs (``tests/test_compiled_inference.py``
+holds a four-line reproduction, which fails once torch fixes it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import solvers
+
+
+@dataclass(frozen=True)
+class StepFunctions:
+    """``measure``, ``advance`` and ``step`` of ``core.solvers``, eager or compiled."""
+
+    measure: Callable
+    advance: Callable
+    step: Callable
+    compiled: bool = False
+
+
+EAGER = StepFunctions(solvers.measure, solvers.advance, solvers.step)
+_COMPILED: dict[tuple, StepFunctions] = {}
+
+
+def step_functions(options: dict[str, Any] | None) -> StepFunctions:
+    """The eager functions for None, else the ones compiled with ``torch.compile``'s keyword
+    ``options`` (e.g. ``{}``, ``{"mode": "reduce-overhead"}`` for CUDA graphs on a GPU,
+    ``{"backend": "aot_eager"}``), compiled once per process and set of options."""
+    if options is None:
+        return EAGER
+    key = tuple(sorted((name, repr(value)) for name, value in options.items()))
+    if key not in _COMPILED:
+        _COMPILED[key] = StepFunctions(*(compile_graph(f, options) for f in (
+            solvers.measure, solvers.advance, solvers.step)), compiled=True)
+    return _COMPILED[key]
+
+
+def compile_graph(function: Callable, options: dict[str, Any]) -> Callable:
+    """``torch.compile(function, fullgraph=True, dynamic=False, **options)``, with inductor's
+    pattern matcher off (the module docstring's workaround; a ``mode`` becomes its options)."""
+    import torch._inductor  # noqa: F401  (list_mode_options)
+
+    options = dict(options)
+    if options.get("backend", "inductor") == "inductor":
+        mode = options.pop("mode", None)
+        inductor = {**(torch._inductor.list_mode_options(mode) if mode else {}), **options.pop("options", {}),
+                    "pattern_matcher": False}
+        options["options"] = inductor
+    return torch.compile(function, fullgraph=True, dynamic=False, **options)
