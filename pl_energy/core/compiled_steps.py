@@ -1,5 +1,8 @@
 """The solver's step functions, eager or compiled by ``torch.compile`` as whole graphs.
 
+Compiled where they trace as one graph (``compilable``): predictive-coding energies of layers
+with closed forms (dense MLPs, ``ResidualMLP``); elsewhere the steps run eagerly.
+
 ``relax`` runs a phase through three functions of ``core.solvers``: ``measure`` (gradients and
 the residual's pieces), ``advance`` (the rule's step size and the move) and ``step`` (both, for
 the steps nobody checks). Each is written without host reads (a damped step size is a tensor:
@@ -13,7 +16,7 @@ Inductor workaround: torch 2.14's post-grad pattern that fuses ``add(inp, mm(a, 
 ``addmm`` drops ``add``'s ``alpha`` (``torch.add(e, g @ W, alpha=lam)`` compiles to e + g W),
 which the error gradient (``PredictiveCodingEnergy.error_gradients``) is made of; inductor's
 pattern matcher is therefore turned off for these graphs (``tests/test_compiled_inference.py``
-holds a four-line reproduction, which fails once torch fixes it).
+holds the reproduction: plain ``torch.compile`` is off by 8.9 there, in float64).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 import torch
 
 from . import solvers
+from .predictive_coding import PredictiveCodingEnergy
 
 
 @dataclass(frozen=True)
@@ -41,11 +45,20 @@ EAGER = StepFunctions(solvers.measure, solvers.advance, solvers.step)
 _COMPILED: dict[tuple, StepFunctions] = {}
 
 
-def step_functions(options: dict[str, Any] | None) -> StepFunctions:
-    """The eager functions for None, else the ones compiled with ``torch.compile``'s keyword
-    ``options`` (e.g. ``{}``, ``{"mode": "reduce-overhead"}`` for CUDA graphs on a GPU,
-    ``{"backend": "aot_eager"}``), compiled once per process and set of options."""
-    if options is None:
+def compilable(energy: object) -> bool:
+    """Whether the steps on ``energy`` trace as whole graphs: a predictive-coding energy whose
+    layers all have closed forms (``core.linearization``: dense and ``ResidualMLP`` layers).
+    Others linearise through autograd, which ``torch.compile`` does not trace as one graph."""
+    return isinstance(energy, PredictiveCodingEnergy) and all(
+        linearizer.parts is not None or linearizer.scaled_parts is not None for linearizer in energy.linearizers)
+
+
+def step_functions(options: dict[str, Any] | None, energy: object = None) -> StepFunctions:
+    """The eager functions for None or an energy that is not ``compilable``, else the ones
+    compiled with ``torch.compile``'s keyword ``options`` (e.g. ``{}``, ``{"mode":
+    "reduce-overhead"}`` for CUDA graphs on a GPU, ``{"backend": "aot_eager"}``), compiled once
+    per process and set of options."""
+    if options is None or not compilable(energy):
         return EAGER
     key = tuple(sorted((name, repr(value)) for name, value in options.items()))
     if key not in _COMPILED:

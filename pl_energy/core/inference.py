@@ -133,12 +133,13 @@ def relax(
         measured_from: measure the residual against what changed since this state (its
             gradients and local terms), for a phase nudged off an equilibrium.
         compile: run the solver's steps compiled by ``torch.compile`` with these options
-            (``core.compiled_steps``; ``{}`` for the defaults); None: eagerly.
+            (``core.compiled_steps``; ``{}`` for the defaults) where the energy's steps trace
+            as whole graphs (``compiled_steps.compilable``); None: eagerly.
     """
     name = solver if isinstance(solver, str) else solver.name
     check_settings(name, steps, step_size, tol)
     solver = solver_class(solver)() if isinstance(solver, str) else solver
-    phase = _Phase(energy, state, solver, step_size, record, step_functions(compile))
+    phase = _Phase(energy, state, solver, step_size, record, step_functions(compile, energy))
     if tol is None and on_step is None and not phase.adaptive:
         return phase.plain_loop(steps)
     return phase.watched_loop(steps, tol, on_step, measured_from)
