@@ -40,8 +40,9 @@ def explained(function, *args):
 
 
 def test_each_step_of_the_default_and_the_papers_solver_is_one_graph_without_breaks(problem):
-    """The error solver's measure and damped advance (pc_nudge's default), and the fixed-step gd
-    step in the plain and in the faster coordinates (the papers' settings)."""
+    """The error solver's measure and damped advance (pc_nudge's default), the fixed-step gd
+    step in the plain and in the faster coordinates, and a whole fixed-step run (the papers'
+    settings: ``relax``'s plain loop calls it once per phase)."""
     energy, state = nudged(*problem)
     step_size = torch.tensor(1.0, dtype=torch.float64)
     error = solvers.ErrorDescent()
@@ -57,6 +58,7 @@ def test_each_step_of_the_default_and_the_papers_solver_is_one_graph_without_bre
     faster = FirstLayerInRowSpace.around(energy, free, 50)
     assert faster is not None
     cases["gd step, faster coordinates"] = (solvers.step, faster, solvers.Iteration(), free, step_size)
+    cases["50 gd steps, faster coordinates"] = (solvers.run, faster, solvers.Iteration(), free, step_size, 50, 10)
     for name, (function, *args) in cases.items():
         graphs, breaks, reasons = explained(function, *args)
         assert (graphs, breaks) == (1, 0), (name, reasons)
@@ -120,12 +122,14 @@ def test_energy_module_compiles_the_inference_steps_of_a_dense_network(problem):
 
 
 def test_only_energies_whose_steps_trace_as_one_graph_are_compiled(problem):
-    """Layers without a closed form linearise through autograd: their steps stay eager."""
+    """Layers without a closed form linearise through autograd, and rules that read values back
+    break graphs: their steps stay eager."""
     energy, _ = nudged(*problem)
-    assert compilable(energy)
+    assert compilable(energy, solvers.ErrorDescent()) and compilable(energy, solvers.GradientDescent())
+    assert not compilable(energy, solvers.Nesterov())  # it reads the turning test back every step
     convolutional = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten()),
                                         torch.nn.Linear(8, 3))
-    assert not compilable(PredictiveCodingEnergy(convolutional, Loss("cross_entropy")))
+    assert not compilable(PredictiveCodingEnergy(convolutional, Loss("cross_entropy")), solvers.GradientDescent())
 
 
 def test_relax_compiled_names_the_same_first_bad_step_as_eager(problem):

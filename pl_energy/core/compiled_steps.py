@@ -4,8 +4,10 @@ Compiled where they trace as one graph (``compilable``): predictive-coding energ
 with closed forms (dense MLPs, ``ResidualMLP``); elsewhere the steps run eagerly.
 
 ``relax`` runs a phase through three functions of ``core.solvers``: ``measure`` (gradients and
-the residual's pieces), ``advance`` (the rule's step size and the move) and ``step`` (both, for
-the steps nobody checks). Each is written without host reads (a damped step size is a tensor:
+the residual's pieces), ``advance`` (the rule's step size and the move) and ``run`` (fixed steps
+nobody checks, each a ``step``: both, with the watched energies left on the device; compiled,
+a whole run is one graph, which on a CPU saves the per-call cost of a compiled function, tens of
+microseconds, at every step). Each is written without host reads (a damped step size is a tensor:
 ``solvers.DampedIteration``; moves by a tensor step: ``core.moves``), so that ``torch.compile``
 traces each as one graph (``fullgraph=True``: a graph break raises) with static shapes
 (``dynamic=False``): the energy gradient through every layer's closed form
@@ -33,37 +35,39 @@ from .predictive_coding import PredictiveCodingEnergy
 
 @dataclass(frozen=True)
 class StepFunctions:
-    """``measure``, ``advance`` and ``step`` of ``core.solvers``, eager or compiled."""
+    """``measure``, ``advance`` and ``run`` of ``core.solvers``, eager or compiled."""
 
     measure: Callable
     advance: Callable
-    step: Callable
+    run: Callable
     compiled: bool = False
 
 
-EAGER = StepFunctions(solvers.measure, solvers.advance, solvers.step)
+EAGER = StepFunctions(solvers.measure, solvers.advance, solvers.run)
 _COMPILED: dict[tuple, StepFunctions] = {}
 
 
-def compilable(energy: object) -> bool:
-    """Whether the steps on ``energy`` trace as whole graphs: a predictive-coding energy whose
-    layers all have closed forms (``core.linearization``: dense and ``ResidualMLP`` layers).
-    Others linearise through autograd, which ``torch.compile`` does not trace as one graph."""
-    return isinstance(energy, PredictiveCodingEnergy) and all(
+def compilable(energy: object, solver: solvers.Solver) -> bool:
+    """Whether the steps of ``solver`` on ``energy`` trace as whole graphs: a rule that reads
+    nothing back (``Solver.compiles``) on a predictive-coding energy whose layers all have closed
+    forms (``core.linearization``: dense and ``ResidualMLP`` layers). Others linearise through
+    autograd, which ``torch.compile`` does not trace as one graph."""
+    return solver.compiles and isinstance(energy, PredictiveCodingEnergy) and all(
         linearizer.parts is not None or linearizer.scaled_parts is not None for linearizer in energy.linearizers)
 
 
-def step_functions(options: dict[str, Any] | None, energy: object = None) -> StepFunctions:
+def step_functions(options: dict[str, Any] | None, energy: object = None,
+                   solver: solvers.Solver | None = None) -> StepFunctions:
     """The eager functions for None or an energy that is not ``compilable``, else the ones
     compiled with ``torch.compile``'s keyword ``options`` (e.g. ``{}``, ``{"mode":
     "reduce-overhead"}`` for CUDA graphs on a GPU, ``{"backend": "aot_eager"}``), compiled once
     per process and set of options."""
-    if options is None or not compilable(energy):
+    if options is None or not compilable(energy, solver):
         return EAGER
     key = tuple(sorted((name, repr(value)) for name, value in options.items()))
     if key not in _COMPILED:
         _COMPILED[key] = StepFunctions(*(compile_graph(f, options) for f in (
-            solvers.measure, solvers.advance, solvers.step)), compiled=True)
+            solvers.measure, solvers.advance, solvers.run)), compiled=True)
     return _COMPILED[key]
 
 

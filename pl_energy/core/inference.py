@@ -139,7 +139,7 @@ def relax(
     name = solver if isinstance(solver, str) else solver.name
     check_settings(name, steps, step_size, tol)
     solver = solver_class(solver)() if isinstance(solver, str) else solver
-    phase = _Phase(energy, state, solver, step_size, record, step_functions(compile, energy))
+    phase = _Phase(energy, state, solver, step_size, record, step_functions(compile, energy, solver))
     if tol is None and on_step is None and not phase.adaptive:
         return phase.plain_loop(steps)
     return phase.watched_loop(steps, tol, on_step, measured_from)
@@ -193,17 +193,14 @@ class _Phase:
         coordinates = self.plain if faster is None else faster
         iteration = solver.start()
         eta = self.step_size(iteration)
-        watched: list[tuple[int, tuple[Tensor, Tensor, Tensor]]] = []
         try:
-            for taken in range(1, steps + 1):
-                eta = self.functions.step(coordinates, iteration, state, eta)
-                if taken % self.every == 0 or taken == steps:
-                    watched.append((taken, coordinates.components(state)))
-            totals = torch.stack([row[2] for _, row in watched]).tolist() if watched else []
+            eta, rows = self.functions.run(coordinates, iteration, state, eta, steps, self.every)
+            totals = torch.stack([row[2] for row in rows]).tolist() if rows else []
         finally:
             coordinates.leave(state)
         good_step = 0
-        for (taken, row), total in zip(watched, totals):
+        watched = [taken for taken in range(1, steps + 1) if taken % self.every == 0 or taken == steps]
+        for taken, row, total in zip(watched, rows, totals):
             problem = self.watch.problem(total)
             if problem is not None:
                 raise self.divergence(problem, taken, float(eta), good_step)

@@ -208,6 +208,19 @@ def step(coordinates: Coordinates, iteration: "Iteration", state, step_size: flo
     return advance(coordinates, iteration, state, gradients, balance, step_size)
 
 
+def run(coordinates: Coordinates, iteration: "Iteration", state, step_size: float | Tensor, steps: int,
+        every: int) -> tuple[float | Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
+    """``steps`` steps nobody checks, with the energy's components after every ``every``-th
+    step and the last, left on the device; returns the last step size and those components
+    (compiled, the whole run is one graph: one call instead of one per step)."""
+    watched = []
+    for taken in range(1, steps + 1):
+        step_size = step(coordinates, iteration, state, step_size)
+        if taken % every == 0 or taken == steps:
+            watched.append(coordinates.components(state))
+    return step_size, watched
+
+
 @dataclass
 class Solver:
     """An update rule in some coordinates. Subclasses set the class attributes.
@@ -221,6 +234,8 @@ class Solver:
             of the descent so far (plus rounding) counts as divergence. Monotone rules use a
             small value; accelerated rules, whose energy may wobble, 1 (never above the start).
         adaptive: the rule halves its own step on a rise instead of failing.
+        compiles: its steps read nothing back to the host, so that ``torch.compile`` traces
+            each as one graph (``core.compiled_steps``; other rules run eagerly).
     """
 
     name: ClassVar[str]
@@ -228,6 +243,7 @@ class Solver:
     check_every: ClassVar[int] = 1
     rise_tolerance: ClassVar[float] = 1e-2
     adaptive: ClassVar[bool] = False
+    compiles: ClassVar[bool] = False
 
     def coordinates(self, energy) -> Coordinates:
         return ActivityCoordinates(energy)
@@ -278,6 +294,7 @@ class GradientDescent(Solver):
 
     name: ClassVar[str] = "gd"
     check_every: ClassVar[int] = 10
+    compiles: ClassVar[bool] = True
 
     def faster_coordinates(self, energy, state, steps: int) -> Coordinates | None:
         """The PC energy's first layer in the row space of W_2 when it saves work
@@ -296,6 +313,7 @@ class ErrorDescent(Solver):
     default_step: ClassVar[float] = 1.0
     check_every: ClassVar[int] = 5
     adaptive: ClassVar[bool] = True
+    compiles: ClassVar[bool] = True
 
     def coordinates(self, energy) -> Coordinates:
         if not hasattr(energy, "error_gradients"):
@@ -354,6 +372,7 @@ class AndersonErrorDescent(ErrorDescent):
     name: ClassVar[str] = "anderson"
     check_every: ClassVar[int] = 2
     rise_tolerance: ClassVar[float] = 1.0  # extrapolation is not monotone: never above the start
+    compiles: ClassVar[bool] = False  # not tried: a growing history of a per-sample least-squares fit
 
     def start(self) -> "Iteration":
         return AndersonIteration()
