@@ -285,6 +285,18 @@ def test_auto_backs_off_from_a_step_that_diverges(clamped_pc):
     assert float(energy.components(state)[2]) < first
 
 
+@pytest.mark.parametrize("steps", [0, 5])
+@pytest.mark.parametrize("solver", ["error", "gd"])
+def test_a_non_finite_start_is_refused_even_when_no_step_is_taken(solver, steps, clamped_pc):
+    """The starting energy is read only before the first move (a converged start skips it), and
+    whenever the start is returned with a residual that is not finite."""
+    energy, clamped_state = clamped_pc
+    state = clamped_state()
+    state.activities[1] = state.activities[1] * math.nan
+    with pytest.raises(DivergenceError, match="before inference starts"):
+        relax(energy, state, steps, tol=1e-6, solver=solver)
+
+
 @pytest.mark.parametrize("watch", [{"record": True}, {"record": False}, {"tol": 1e-12}])
 def test_divergence_names_the_same_first_bad_step_however_energies_are_watched(watch, clamped_pc):
     energy, clamped_state = clamped_pc

@@ -169,19 +169,26 @@ class _Phase:
         self.first_step = solver.default_step if step_size in (None, "auto") else float(step_size)
         self.every = 1 if record else solver.check_every
         self.start = energy.snapshot(state)
-        first = energy.components(state)
-        self.watch = _EnergyWatch(float(first[2]), solver.rise_tolerance, first[2].dtype)
+        self.watch: _EnergyWatch | None = None  # from the first move on (``start_watch``)
+        self.rows: list[tuple[Tensor, Tensor, Tensor]] = []
+        self.tensor_step = functions.compiled  # a compiled graph takes its step size as an input
+
+    def start_watch(self) -> None:
+        """Read the starting energy, before the first move (a phase that stops where it starts,
+        as a converged nudged phase of pc_nudge does, skips it), the first row of a trace."""
+        first = self.energy.components(self.state)
+        self.watch = _EnergyWatch(float(first[2]), self.solver.rise_tolerance, first[2].dtype)
         if not math.isfinite(self.watch.start):
             raise DivergenceError(
                 f"the energy is {self.watch.start} before inference starts: the inputs, targets or "
                 "network parameters contain NaN or Inf")
-        self.rows = [first] if record else []
-        self.tensor_step = functions.compiled  # a compiled graph takes its step size as an input
+        if self.record:
+            self.rows.append(first)
         self.like = first[2]
 
     def step_size(self, iteration: Iteration) -> float | Tensor:
-        """The first step size: a 0-dim tensor of the energy's dtype for compiled steps and for
-        rules that change it on the device, else a number."""
+        """The first step size (after ``start_watch``): a 0-dim tensor of the energy's dtype
+        and device for compiled steps and for rules that change it on the device, else a number."""
         if self.tensor_step or iteration.needs_residual:
             return torch.tensor(self.first_step, dtype=self.like.dtype, device=self.like.device)
         return self.first_step
@@ -189,6 +196,7 @@ class _Phase:
     def plain_loop(self, steps: int) -> Relaxation:
         """``steps`` fixed steps; the watched energies read once, at the end."""
         energy, state, solver = self.energy, self.state, self.solver
+        self.start_watch()
         faster = solver.faster_coordinates(energy, state, steps)
         coordinates = self.plain if faster is None else faster
         iteration = solver.start()
@@ -218,7 +226,9 @@ class _Phase:
         iteration = solver.start()
         origin = None if measured_from is None else (
             coordinates.gradients(measured_from), coordinates.local_terms(measured_from))
-        eta = self.step_size(iteration)
+        if self.record:
+            self.start_watch()
+        eta = self.first_step if self.watch is None else self.step_size(iteration)
         taken, kept, backoffs = 0, 0, 0  # kept: the steps behind the current state
         converged = settled = False
         residual = None
@@ -245,6 +255,9 @@ class _Phase:
                         break
             if taken >= steps:
                 break
+            if self.watch is None:
+                self.start_watch()
+                eta = self.step_size(iteration)
             eta = functions.advance(coordinates, iteration, state, gradients, balance, eta)
             taken, kept = taken + 1, kept + 1
             if on_step is not None:
@@ -271,6 +284,10 @@ class _Phase:
                     f"inference found no step that lowers the energy (step_size fell to {float(eta):g} "
                     f"after {backoffs} back-offs at step {taken}); check the inputs and the network "
                     "for NaN/Inf or extreme values")
+        if self.watch is None:  # no move: the start is returned, and its energy is checked if in doubt
+            if residual is None or not math.isfinite(residual):
+                self.start_watch()
+            return self.report(kept, converged, residual, eta, backoffs, tol, settled, origin)
         if taken != good_step:  # stopped between two watches: the returned state is watched too
             problem = self.watch.problem(float(coordinates.components(state)[2]))
             if problem is not None and not self.adaptive:

@@ -159,9 +159,9 @@ class Balance:
         return float(self.ratio())
 
     def ratio(self) -> Tensor:
-        """The residual as a 0-dim tensor, on the device (no host read)."""
+        """The residual as a 0-dim tensor, on the device (no host read); NaN where a norm is."""
         scale = self.local + self.rest
-        unmoved = torch.where(self.gradient > 0, torch.full_like(scale, torch.inf), torch.zeros_like(scale))
+        unmoved = torch.where(self.gradient > 0, torch.full_like(scale, torch.inf), self.gradient * 0)
         ratio = torch.where(scale > 0, self.gradient / scale.clamp_min(torch.finfo(scale.dtype).tiny), unmoved)
         return ratio.max()
 
