@@ -14,7 +14,7 @@ from torch._dynamo.utils import counters
 from pl_energy import DivergenceError, EnergyModule, build_algorithm, mlp
 from pl_energy.algorithms.predictive_coding import PAPER_SETTINGS
 from pl_energy.core import Loss, PredictiveCodingEnergy, relax
-from pl_energy.core import solvers
+from pl_energy.core import compiled_steps, solvers
 from pl_energy.core.compiled_steps import compilable, compile_graph
 from pl_energy.core.reduced_input import FirstLayerInRowSpace
 from helpers import max_relative
@@ -74,9 +74,13 @@ def run(network, inputs, targets, compile, **settings):
     {"lam": 0.01, "tol": 1e-10},  # the default error solver, made to take steps and damp them
     dict(PAPER_SETTINGS, lam=0.01),  # the papers' fixed steps (faster coordinates)
 ], ids=["error", "gd"])
-def test_compiled_steps_give_eager_numbers_to_rounding(settings, problem):
+def test_compiled_steps_give_eager_numbers_to_rounding(settings, problem, monkeypatch):
     """Inductor's code (pattern matcher off: ``compiled_steps.compile_graph``) against eager, in
-    float64, with the same steps taken; a second batch reuses the graphs (no recompiles)."""
+    float64, with the same steps taken; a second batch reuses the graphs (no recompiles). Every
+    step function compiled, as on a GPU (a CPU compiles only whole fixed-step runs); the 50
+    fixed steps in compiled runs of 20, 20 and 10 (``RUN_LENGTH``), each watching its steps."""
+    monkeypatch.setattr(compiled_steps, "COMPILED_ON_CPU", frozenset({"measure", "advance", "run"}))
+    monkeypatch.setattr(compiled_steps, "RUN_LENGTH", 20)
     torch._dynamo.reset()
     counters.clear()
     network, inputs, targets = problem
@@ -111,13 +115,13 @@ def test_energy_module_compiles_the_inference_steps_of_a_dense_network(problem):
     """``EnergyModule(compile=...)`` hands its options to the algorithm's inference, which runs
     compiled graphs on a dense MLP (the layers have closed forms) with eager's numbers."""
     network, inputs, targets = problem
-    module = EnergyModule(network=network, algorithm="pc_nudge", algorithm_hparams={"tol": 1e-10},
+    module = EnergyModule(network=network, algorithm="pc_nudge", algorithm_hparams=PAPER_SETTINGS,
                           compile={"backend": "aot_eager"})
     assert module.algorithm.compile_inference == {"backend": "aot_eager"}
     counters.clear()
     compiled = module.algorithm.estimate(module.network, inputs, targets)
     assert counters["stats"]["calls_captured"] > 0 and not counters["graph_break"]
-    eager = build_algorithm("pc_nudge", tol=1e-10).estimate(network, inputs, targets)
+    eager = build_algorithm("pc_nudge", **PAPER_SETTINGS).estimate(network, inputs, targets)
     assert max_relative(compiled.gradients, eager.gradients) <= 1e-12
 
 

@@ -35,16 +35,26 @@ from .predictive_coding import PredictiveCodingEnergy
 
 @dataclass(frozen=True)
 class StepFunctions:
-    """``measure``, ``advance`` and ``run`` of ``core.solvers``, eager or compiled."""
+    """``measure``, ``advance`` and ``run`` of ``core.solvers``, eager or compiled; a compiled
+    ``run`` unrolls its steps into one graph, so it is called for at most ``run_length`` steps
+    at a time (a longer phase calls it again), which bounds the graph and its compile time."""
 
     measure: Callable
     advance: Callable
     run: Callable
     compiled: bool = False
+    run_length: int | None = None
 
 
 EAGER = StepFunctions(solvers.measure, solvers.advance, solvers.run)
 _COMPILED: dict[tuple, StepFunctions] = {}
+#: The step functions compiled on a CPU. There a compiled call costs guards and wrappers, some
+#: 70 us more than the eager ``measure`` of the seed MLP (126 against 58 us), which only a whole
+#: run of fixed steps amortises (``benchmarks/RESULTS.md``): the watched loop's ``measure`` and
+#: ``advance`` stay eager there. On a GPU all three are compiled.
+COMPILED_ON_CPU = frozenset({"run"})
+#: Steps per compiled run (the papers' 50: one graph per phase).
+RUN_LENGTH = 50
 
 
 def compilable(energy: object, solver: solvers.Solver) -> bool:
@@ -60,15 +70,19 @@ def step_functions(options: dict[str, Any] | None, energy: object = None,
                    solver: solvers.Solver | None = None) -> StepFunctions:
     """The eager functions for None or an energy that is not ``compilable``, else the ones
     compiled with ``torch.compile``'s keyword ``options`` (e.g. ``{}``, ``{"mode":
-    "reduce-overhead"}`` for CUDA graphs on a GPU, ``{"backend": "aot_eager"}``), compiled once
-    per process and set of options."""
+    "reduce-overhead"}`` for CUDA graphs on a GPU, ``{"backend": "aot_eager"}``; on a CPU only
+    those of ``COMPILED_ON_CPU``), compiled once per process, device type and set of options."""
     if options is None or not compilable(energy, solver):
         return EAGER
     device = next(energy.layers[0].parameters()).device.type
-    key = (device, *sorted((name, repr(value)) for name, value in options.items()))
+    chosen = COMPILED_ON_CPU if device == "cpu" else frozenset({"measure", "advance", "run"})
+    key = (device, tuple(sorted(chosen)), RUN_LENGTH,
+           *sorted((name, repr(value)) for name, value in options.items()))
     if key not in _COMPILED:
-        _COMPILED[key] = StepFunctions(*(compile_graph(f, options, device) for f in (
-            solvers.measure, solvers.advance, solvers.run)), compiled=True)
+        _COMPILED[key] = StepFunctions(*(
+            compile_graph(function, options, device) if function.__name__ in chosen else function
+            for function in (solvers.measure, solvers.advance, solvers.run)),
+            compiled=True, run_length=RUN_LENGTH)
     return _COMPILED[key]
 
 

@@ -201,8 +201,15 @@ class _Phase:
         coordinates = self.plain if faster is None else faster
         iteration = solver.start()
         eta = self.step_size(iteration)
+        # runs of a multiple of the watch stride, so that each run watches the phase's steps
+        length = max(steps, 1) if self.functions.run_length is None else self.every * max(
+            1, self.functions.run_length // self.every)
+        rows: list[tuple[Tensor, Tensor, Tensor]] = []
         try:
-            eta, rows = self.functions.run(coordinates, iteration, state, eta, steps, self.every)
+            for first in range(0, steps, length):
+                eta, more = self.functions.run(coordinates, iteration, state, eta, min(length, steps - first),
+                                               self.every)
+                rows += more
             totals = torch.stack([row[2] for row in rows]).tolist() if rows else []
         finally:
             coordinates.leave(state)
