@@ -90,8 +90,9 @@ def compile_graph(function: Callable, options: dict[str, Any], device: str = "cp
     """``torch.compile(function, fullgraph=True, dynamic=False, **options)``, with inductor's
     pattern matcher off (the module docstring's workaround; a ``mode`` becomes its options)
     and, on a CPU, inductor's C++ wrapper unless the options say otherwise: the graph is then
-    called without a Python wrapper around its kernels (seed MLP, 50 gd steps: 3.87x BP
-    against 4.40x with the Python wrapper, ``benchmarks/RESULTS.md``; some 20 s more compiling)."""
+    called without a Python wrapper around its kernels (seed MLP, 50 gd steps, two interleaved
+    runs: 3.87x and 3.97x plain BP against 4.40x and 4.35x with the Python wrapper; some 20 s
+    more compiling)."""
     import torch._inductor  # noqa: F401  (list_mode_options)
 
     options = dict(options)

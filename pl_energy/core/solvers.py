@@ -135,11 +135,13 @@ class ErrorCoordinates(ActivityCoordinates):
 
 @dataclass
 class Balance:
-    """Per-layer norms of a gradient g_l, its local term a_l and the rest g_l - a_l."""
+    """Per-layer norms of a gradient g_l, its local term a_l and the rest g_l - a_l, and the
+    residual they give as a 0-dim tensor (``ratio``, on the device; ``residual`` reads it)."""
 
     gradient: Tensor
     local: Tensor
     rest: Tensor
+    ratio: Tensor
 
     @classmethod
     def of(cls, gradients: list[Tensor], local: list[Tensor],
@@ -150,20 +152,22 @@ class Balance:
         if start is not None:
             local, rest = torch._foreach_sub(local, start[1]), torch._foreach_sub(
                 rest, torch._foreach_sub(start[0], start[1]))
-        return cls(*(torch.stack(torch._foreach_norm(t)) for t in (gradients, local, rest)))
+        norms = [torch.stack(torch._foreach_norm(t)) for t in (gradients, local, rest)]
+        return cls(*norms, largest_ratio(*norms))
 
     @property
     def residual(self) -> float:
-        """max_l ||g_l|| / (||a_l|| + ||g_l - a_l||), 0/0 taken as 0 (and g/0 as infinite: a
-        phase measured from its start that has not moved yet); a host read of ``ratio``."""
-        return float(self.ratio())
+        """The residual, read back to the host."""
+        return float(self.ratio)
 
-    def ratio(self) -> Tensor:
-        """The residual as a 0-dim tensor, on the device (no host read); NaN where a norm is."""
-        scale = self.local + self.rest
-        unmoved = torch.where(self.gradient > 0, torch.full_like(scale, torch.inf), self.gradient * 0)
-        ratio = torch.where(scale > 0, self.gradient / scale.clamp_min(torch.finfo(scale.dtype).tiny), unmoved)
-        return ratio.max()
+
+def largest_ratio(gradient: Tensor, local: Tensor, rest: Tensor) -> Tensor:
+    """max_l ||g_l|| / (||a_l|| + ||g_l - a_l||) from the per-layer norms, 0/0 taken as 0 (and
+    g/0 as infinite: a phase measured from its start that has not moved yet), NaN where a norm
+    is NaN."""
+    scale = local + rest
+    unmoved = torch.where(gradient > 0, torch.full_like(scale, torch.inf), gradient * 0)
+    return torch.where(scale > 0, gradient / scale.clamp_min(torch.finfo(scale.dtype).tiny), unmoved).max()
 
 
 @dataclass
@@ -346,7 +350,7 @@ class DampedIteration(Iteration):
     def observe(self, balance: Balance | None, step_size: float | Tensor) -> float | Tensor:
         """step_size / 2 where the residual did not fall since the last move, on the device
         (``relax`` passes a tensor step size to this rule)."""
-        residual = balance.ratio()
+        residual = balance.ratio
         rose = residual >= (math.inf if self.previous is None else self.previous)
         self.previous = residual
         self.damped = rose | self.damped
