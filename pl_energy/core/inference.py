@@ -172,6 +172,7 @@ class _Phase:
         self.watch: _EnergyWatch | None = None  # from the first move on (``start_watch``)
         self.rows: list[tuple[Tensor, Tensor, Tensor]] = []
         self.tensor_step = functions.compiled  # a compiled graph takes its step size as an input
+        self.like: Tensor | None = None  # a tensor of the energy's dtype and device (``start_watch``)
 
     def start_watch(self) -> None:
         """Read the starting energy, before the first move (a phase that stops where it starts,
@@ -205,23 +206,28 @@ class _Phase:
         length = max(steps, 1) if self.functions.run_length is None else self.every * max(
             1, self.functions.run_length // self.every)
         rows: list[tuple[Tensor, Tensor, Tensor]] = []
+        totals: list[Tensor] = []
         try:
             for first in range(0, steps, length):
                 eta, more = self.functions.run(coordinates, iteration, state, eta, min(length, steps - first),
                                                self.every)
-                rows += more
-            totals = torch.stack([row[2] for row in rows]).tolist() if rows else []
+                # taken out of a compiled run's outputs before its next call (which, under CUDA
+                # graphs, writes its outputs where the last call's were)
+                totals.append(torch.stack([row[2] for row in more]))
+                if self.record:
+                    rows += [tuple(column.clone() for column in row) for row in more] if self.tensor_step else more
+            values = torch.cat(totals).tolist() if totals else []  # the one host read
         finally:
             coordinates.leave(state)
         good_step = 0
         watched = [taken for taken in range(1, steps + 1) if taken % self.every == 0 or taken == steps]
-        for taken, row, total in zip(watched, rows, totals):
-            problem = self.watch.problem(total)
+        for index, (taken, value) in enumerate(zip(watched, values)):
+            problem = self.watch.problem(value)
             if problem is not None:
                 raise self.divergence(problem, taken, float(eta), good_step)
             good_step = taken
             if self.record:
-                self.rows.append(row)
+                self.rows.append(rows[index])
         return self.report(steps, False, None, eta)
 
     def watched_loop(self, steps: int, tol: float | None,
