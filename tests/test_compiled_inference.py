@@ -146,3 +146,22 @@ def test_relax_compiled_names_the_same_first_bad_step_as_eager(problem):
             relax(energy, state, 100, 8.0, solver="gd", compile=compile)
         messages.append(str(error.value))
     assert messages[0] == messages[1] and "at step" in messages[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("options", [{}, {"mode": "reduce-overhead"}], ids=["inductor", "cuda-graphs"])
+@pytest.mark.parametrize("settings", [{"lam": 0.01, "tol": 1e-10}, dict(PAPER_SETTINGS, lam=0.01, steps=120)],
+                         ids=["error", "gd"])
+def test_compiled_inference_on_cuda_computes_what_eager_computes(options, settings, problem):
+    """On a GPU every step function is compiled (``COMPILED_ON_CPU`` is for CPUs), with CUDA
+    graphs under ``reduce-overhead``, whose replays write their outputs where the last ones
+    were: 120 fixed steps are three compiled runs. Two batches, each against eager, float64."""
+    network, inputs, targets = problem
+    network = network.cuda()
+    for batch in (slice(None), slice(None, None, -1)):
+        x, y = inputs[batch].cuda(), targets[batch].cuda()
+        eager = run(network, x, y, None, **settings)
+        compiled = run(network, x, y, options, **settings)
+        assert max_relative(compiled.gradients, eager.gradients) <= 1e-10
+        assert compiled.inference[0].steps == eager.inference[0].steps
