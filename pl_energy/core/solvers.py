@@ -345,15 +345,15 @@ class DampedIteration(Iteration):
 
     needs_residual: ClassVar[bool] = True
     previous: Tensor | None = None  # the last residual (None: none yet, or forgotten)
-    damped: Tensor | bool = False  # whether a step was ever halved (a tensor once observed)
+    first: float | Tensor | None = None  # the first step size observed: below it, a step was halved
+    damped: bool = False  # set by a back-off (``reset``)
 
     def observe(self, balance: Balance | None, step_size: float | Tensor) -> float | Tensor:
         """step_size / 2 where the residual did not fall since the last move, on the device
         (``relax`` passes a tensor step size to this rule)."""
-        residual = balance.ratio
-        rose = residual >= (math.inf if self.previous is None else self.previous)
-        self.previous = residual
-        self.damped = rose | self.damped
+        self.first = step_size if self.first is None else self.first
+        rose = balance.ratio >= (math.inf if self.previous is None else self.previous)
+        self.previous = balance.ratio
         return torch.where(rose, step_size * 0.5, step_size)
 
     def reset(self) -> None:
@@ -362,8 +362,8 @@ class DampedIteration(Iteration):
 
     def settled(self, step_size: float | Tensor, balance: Balance, tol: float) -> bool:
         # local_l = pi_l e_l and the move is step * g_l / pi_l: the ratio needs no precisions
-        still = (balance.gradient * step_size <= tol * balance.local).all()
-        return bool(still & self.damped) if isinstance(self.damped, Tensor) else self.damped and bool(still)
+        damped = self.damped or (self.first is not None and bool(step_size < self.first))
+        return damped and bool((balance.gradient * step_size <= tol * balance.local).all())
 
 
 @dataclass
