@@ -84,9 +84,9 @@ def parse_args(argv=None):
     parser.add_argument("--profile", metavar="VARIANT", choices=[v.key for v in VARIANTS],
                         help="profile VARIANT on each --case instead of benchmarking")
     parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
-                        help="compile every layer of the networks with torch.compile (backend: inductor "
-                             "unless given), as EnergyModule(compile=...) does; the section is kept apart "
-                             "from the eager one")
+                        help="compile every layer of the networks and the PC inference steps with "
+                             "torch.compile (backend: inductor unless given), as EnergyModule(compile=...) "
+                             "does; the section is kept apart from the eager one")
     parser.add_argument("--compile-mode", default=None,
                         help="torch.compile's mode with --compile, e.g. reduce-overhead (CUDA graphs)")
     parser.add_argument("--verbose", action="store_true", help="progress on stderr")

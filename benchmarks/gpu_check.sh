@@ -4,9 +4,13 @@
 #
 #     run(command="bash benchmarks/gpu_check.sh", timeout_s=500)
 #
-# 1. the CUDA tests (pytest -m gpu: the GPU computes what the CPU computes, in float64);
+# 1. the CUDA tests (pytest -m gpu: the GPU computes what the CPU computes, in float64; compiled
+#    inference, also under CUDA graphs, what eager inference computes);
 # 2. cases (d) and (f) of bench_step.py (VGG-5, max-pool/ReLU and average-pool/tanh) on the GPU,
-#    eager, then with compiled layers (inductor): timings, ratios to BP, peak memory, agreement.
+#    eager, then with compiled layers (inductor): timings, ratios to BP, peak memory, agreement;
+# 3. case (a) (the seed MLP, whose PC inference steps compile as whole graphs: core.compiled_steps)
+#    for bp and pc_nudge (50 fixed gd steps, and the default), eager, compiled, and compiled
+#    with CUDA graphs (--compile-mode reduce-overhead; on a GPU only).
 #
 # What comes back: $OUT/log.txt and $OUT/RESULTS.md, a copy of benchmarks/RESULTS.md with the
 # GPU sections (d-cuda, f-cuda, d-cuda-compiled, f-cuda-compiled) added beside the CPU ones,
@@ -45,11 +49,17 @@ step() {
 
 step 30 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
 torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
-step 120 "$PYTHON" -m pytest -q -m gpu tests/test_deep_networks.py -p no:cacheprovider
+step 150 "$PYTHON" -m pytest -q -m gpu tests/test_deep_networks.py tests/test_compiled_inference.py -p no:cacheprovider
 cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
 for compiled in "" "--compile=${COMPILE_BACKEND:-inductor}"; do
     step 150 "$PYTHON" benchmarks/bench_step.py --device "$DEVICE" --case "${cases[@]}" "${size[@]}" $compiled \
         --variants bp z_il pc_nudge_converged pc_converged ep chl --output "$OUT/RESULTS.md"
+done
+modes=("" "--compile=${COMPILE_BACKEND:-inductor}")
+[ "$DEVICE" = cuda ] && modes+=("--compile=inductor --compile-mode=reduce-overhead")
+for compiled in "${modes[@]}"; do
+    step 120 "$PYTHON" benchmarks/bench_step.py --device "$DEVICE" --case a "${size[@]}" $compiled \
+        --variants bp pc_nudge pc_nudge_converged --output "$OUT/RESULTS.md"
 done
 if [ "$failed" -ne 0 ]; then
     echo "gpu_check: $failed step(s) failed; the sections written are in $OUT/RESULTS.md" | tee -a "$log"

@@ -62,7 +62,9 @@ class EnergyModule(pl.LightningModule):
     ``compile`` goes through ``core.networks.compile_layers`` (parameter names and checkpoints
     unchanged; ``{"mode": "reduce-overhead"}`` for CUDA graphs on a GPU): inference calls every
     layer many times per batch on fixed shapes, which is what compilation pays off on; plain
-    ``Linear`` layers keep their closed forms and are not called.
+    ``Linear`` layers keep their closed forms and are not called; where every layer has one
+    (dense MLPs, ``ResidualMLP``), the predictive-coding inference steps are compiled instead,
+    each as one graph (``core.compiled_steps``).
 
     Args:
         network: an ``nn.Sequential`` of layers, or its description; None: the default MLP.
@@ -87,7 +89,8 @@ class EnergyModule(pl.LightningModule):
         batch_keys: (inputs, targets) keys of mapping batches.
         evaluate_initial_weights: evaluate untrained weights (else refused).
         allow_constant_batch_statistics: train BatchNorm, statistics held constant.
-        compile: compile each layer with ``torch.compile`` in place (a dict: its options).
+        compile: compile each layer with ``torch.compile`` in place, and the inference steps
+            (a dict: its options).
 
     Batches given as mappings are read with ``batch_keys``, else with the first pair of
     ``pl_energy.checks.DEFAULT_BATCH_KEYS`` they hold (``x``/``y``, ``image``/``label``,
@@ -146,6 +149,7 @@ class EnergyModule(pl.LightningModule):
         self.compile_options = (compile if isinstance(compile, dict) else {}) if compile else None
         if self.compile_options is not None:
             compile_layers(self.network, **self.compile_options)
+            self.algorithm.compile_inference = self.compile_options
         self.loss = loss
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler

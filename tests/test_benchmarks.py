@@ -152,7 +152,7 @@ def test_compiled_run_keeps_its_own_section(bench, tmp_path):
     text = output.read_text()
     assert text.split("<!-- case c start -->")[1].split("<!-- case c end -->")[0] == eager
     compiled = text.split("<!-- case c-compiled-eager start -->")[1].split("<!-- case c-compiled-eager end -->")[0]
-    assert "(cpu, layers compiled: backend=eager)" in compiled and "| pc_nudge_converged |" in compiled
+    assert "(cpu, layers and inference compiled: backend=eager)" in compiled and "| pc_nudge_converged |" in compiled
     with pytest.raises(SystemExit, match="needs --compile"):
         bench.main(["--quick", "--case", "c", "--compile-mode", "reduce-overhead", "--no-write"])
 
@@ -176,7 +176,7 @@ def test_gpu_check_script_dry_run_on_the_cpu(tmp_path):
     for key in ("f", "f-compiled-aot_eager"):
         block = written.split(f"<!-- case {key} start -->")[1].split(f"<!-- case {key} end -->")[0]
         assert "quick: VGG-5" in block and "| pc_nudge_converged |" in block  # this run's, not the copy's
-    assert "layers compiled: backend=aot_eager" in written
+    assert "layers and inference compiled: backend=aot_eager" in written
     assert "gpu_check done" in (tmp_path / "ok" / "log.txt").read_text()
     assert (REPO / "benchmarks" / "RESULTS.md").read_text() == before
 

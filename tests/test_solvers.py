@@ -285,6 +285,18 @@ def test_auto_backs_off_from_a_step_that_diverges(clamped_pc):
     assert float(energy.components(state)[2]) < first
 
 
+@pytest.mark.parametrize("steps", [0, 5])
+@pytest.mark.parametrize("solver", ["error", "gd"])
+def test_a_non_finite_start_is_refused_even_when_no_step_is_taken(solver, steps, clamped_pc):
+    """The starting energy is read only before the first move (a converged start skips it), and
+    whenever the start is returned with a residual that is not finite."""
+    energy, clamped_state = clamped_pc
+    state = clamped_state()
+    state.activities[1] = state.activities[1] * math.nan
+    with pytest.raises(DivergenceError, match="before inference starts"):
+        relax(energy, state, steps, tol=1e-6, solver=solver)
+
+
 @pytest.mark.parametrize("watch", [{"record": True}, {"record": False}, {"tol": 1e-12}])
 def test_divergence_names_the_same_first_bad_step_however_energies_are_watched(watch, clamped_pc):
     energy, clamped_state = clamped_pc
@@ -338,3 +350,35 @@ def test_nesterov_relaxes_the_hopfield_energy_to_the_same_free_equilibrium():
     slope = torch.sigmoid(x1) * (1 - torch.sigmoid(x1))
     torch.testing.assert_close(x1, slope * (first(inputs) + x2 @ second.weight), rtol=0, atol=1e-10)
     torch.testing.assert_close(x2, second(torch.sigmoid(x1)), rtol=0, atol=1e-10)
+
+
+# --- host reads ---------------------------------------------------------------------------------
+def host_reads(monkeypatch) -> list[str]:
+    """A list that grows at every read of a tensor's value back to Python (float, bool, int,
+    item, tolist): the host synchronisations a GPU would wait on."""
+    reads: list[str] = []
+    for name in ("__float__", "__bool__", "__int__", "item", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return reads
+
+
+@pytest.mark.parametrize("settings", [{"solver": "gd", "step_size": 0.1}, {"solver": "gd", "step_size": 0.1,
+                                                                             "record": True}])
+def test_fixed_steps_read_nothing_back_while_they_run(settings, clamped_pc, monkeypatch):
+    """The papers' fixed steps (the plain loop, also with a trace) read the watched energies
+    and the residual back once, at the end: the host reads do not grow with the steps."""
+    energy, clamped_state = clamped_pc
+    counts = []
+    for steps in (10, 40):
+        state = clamped_state()
+        reads = host_reads(monkeypatch)
+        relax(energy, state, steps, **settings)
+        counts.append(len(reads))
+        monkeypatch.undo()
+    assert counts[0] == counts[1] <= 4

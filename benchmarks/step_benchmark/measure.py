@@ -28,16 +28,20 @@ def sync(device: torch.device) -> None:
 
 
 class Stepper:
-    """One training step of a variant on a shared network and SGD optimiser."""
+    """One training step of a variant on a shared network and SGD optimiser; ``compiled``:
+    ``torch.compile``'s options for its inference steps too, as ``EnergyModule(compile=...)``
+    sets them (``core.compiled_steps``: PC inference on closed-form layers)."""
 
     def __init__(self, variant: Variant, network: nn.Module, optimizer: torch.optim.Optimizer,
-                 initial: list[torch.Tensor] | None = None):
+                 initial: list[torch.Tensor] | None = None, compiled: dict | None = None):
         self.variant = variant
         self.initial = initial
         self.network = network
         self.optimizer = optimizer
         self.named = list(network.named_parameters())
         self.algorithm = variant.build() if variant.algorithm else None
+        if compiled is not None and self.algorithm is not None:
+            self.algorithm.compile_inference = compiled
         self.steps_taken: list[int] = []
 
     def restore(self) -> None:
@@ -189,7 +193,7 @@ def run_case(case: Case, args, device: torch.device) -> dict:
                                                             reference_network=eager)
     del eager
 
-    steppers = {v.key: Stepper(v, *setup(v)) for v in active}
+    steppers = {v.key: Stepper(v, *setup(v), compiled=compiled) for v in active}
     for stepper in steppers.values():  # warm-up, every variant
         for i in range(warmup):
             stepper.restore()

@@ -14,7 +14,8 @@ from .variants import VARIANTS
 def profile_variant(case: Case, key: str, device: torch.device, steps: int = 5,
                     compiled: dict | None = None) -> str:
     """Where a step's time goes: torch.profiler ops (self time) and cProfile Python functions,
-    on the network the benchmark times the variant on (``compiled``: ``compile_layers``' options)."""
+    on the network the benchmark times the variant on (``compiled``: ``compile_layers``' options,
+    also given to the inference steps)."""
     import cProfile
     import io
     import pstats
@@ -29,7 +30,7 @@ def profile_variant(case: Case, key: str, device: torch.device, steps: int = 5,
     if compiled is not None:
         compile_for_timing(network, compiled)
     initial = [p.detach().clone() for p in network.parameters()]
-    stepper = Stepper(variant, network, torch.optim.SGD(network.parameters(), lr=1e-3), initial)
+    stepper = Stepper(variant, network, torch.optim.SGD(network.parameters(), lr=1e-3), initial, compiled)
     for _ in range(2):
         stepper.restore()
         stepper.release(stepper(x, y))

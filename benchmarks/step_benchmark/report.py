@@ -150,7 +150,7 @@ def section(result: dict, command: str, device: torch.device) -> str:
     case = result["case"]
     compiled = result.get("compiled")
     where = "" if device.type == "cpu" and not compiled else (
-        f" ({device.type}" + (f", layers compiled: {_options(compiled)}" if compiled else "") + ")")
+        f" ({device.type}" + (f", layers and inference compiled: {_options(compiled)}" if compiled else "") + ")")
     head = f"## Case ({case.key}): {case.title}{where}\n\n"
     if "skipped" in result:
         return head + f"Skipped: {result['skipped']}\n"

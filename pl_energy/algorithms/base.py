@@ -237,6 +237,10 @@ class RelaxingAlgorithm(Algorithm):
     tol: float | None = None
     trace: bool = False
     allow_imprecise: bool = False
+    #: ``torch.compile``'s options for the inference steps (``core.compiled_steps``), None:
+    #: eager (``EnergyModule(compile=...)`` sets it). Not a hyper-parameter: numbers change by
+    #: rounding only.
+    compile_inference: ClassVar[dict[str, Any] | None] = None
 
     def __post_init__(self):
         check_settings(self.solver, self.steps, self.step_size, self.tol)  # the precise messages first
@@ -266,7 +270,7 @@ class RelaxingAlgorithm(Algorithm):
         warns once per process when a tolerance was asked for and not reached."""
         tol = self.tol if tol is None else tol
         relaxation = relax(energy, state, self.steps if steps is None else steps, self.step_size,
-                           tol, record, self.solver, measured_from=measured_from)
+                           tol, record, self.solver, measured_from=measured_from, compile=self.compile_inference)
         if tol is not None and not relaxation.report.converged:
             warnings.warn(NOT_CONVERGED, NotConvergedWarning, stacklevel=2)
         return relaxation

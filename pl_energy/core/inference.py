@@ -20,6 +20,12 @@ state, and watches it:
   ``step_size="auto"`` (and for adaptive solvers) the state goes back to the last good check,
   the step is halved and inference goes on, and the report counts the back-offs. No state from a
   diverging phase is ever returned quietly.
+- Host reads. Fixed steps that nobody watches (no tolerance, ``on_step`` or back-off) keep the
+  watched energies on the device and read them once, at the end (a divergence found there is
+  named as above, by a replay with a trace); otherwise the energy and the residual are read at
+  the check stride only. Each step's own work (``core.solvers``: ``measure``, ``advance``,
+  ``step``) reads nothing back, so that ``compile=`` runs it as compiled graphs
+  (``core.compiled_steps``).
 """
 
 from __future__ import annotations
@@ -30,9 +36,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
+from .compiled_steps import StepFunctions, step_functions
 from .energy import Energy
-from .solvers import Balance, Solver, relative_residual, solver_class
+from .solvers import Iteration, Solver, relative_residual, solver_class
 from .trace import InferenceTrace
 
 ROUNDING_ALLOWANCE = 64  # machine epsilons of |E| that a watched energy may rise by rounding
@@ -103,8 +111,12 @@ def relax(
     solver: str | Solver = "gd",
     on_step: Callable[[int, object], None] | None = None,
     measured_from: Any | None = None,
+    compile: dict[str, Any] | None = None,
 ) -> Relaxation:
     """Relax ``state`` in place for at most ``steps`` steps of ``solver``.
+
+    Fixed steps that nobody watches (no ``tol``, ``on_step`` or back-off) run as a plain loop,
+    the rest as a watched loop (see ``_Phase``).
 
     Args:
         energy: the energy (``pl_energy.core.Energy``).
@@ -120,59 +132,134 @@ def relax(
             (``core.reduced_input``), so that the watched state is always in its plain form.
         measured_from: measure the residual against what changed since this state (its
             gradients and local terms), for a phase nudged off an equilibrium.
+        compile: run the solver's steps compiled by ``torch.compile`` with these options
+            (``core.compiled_steps``; ``{}`` for the defaults) where the energy's steps trace
+            as whole graphs (``compiled_steps.compilable``); None: eagerly.
     """
     name = solver if isinstance(solver, str) else solver.name
     check_settings(name, steps, step_size, tol)
     solver = solver_class(solver)() if isinstance(solver, str) else solver
-    plain = solver.coordinates(energy)
-    adaptive = solver.adaptive or step_size == "auto"
-    first_step = solver.default_step if step_size in (None, "auto") else float(step_size)
-    every = 1 if record else solver.check_every
-    start = energy.snapshot(state)
-    origin = None if measured_from is None else (plain.gradients(measured_from), plain.local_terms(measured_from))
-    first = energy.components(state)
-    watch = _EnergyWatch(float(first[2]), solver.rise_tolerance, first[2].dtype)
-    if not math.isfinite(watch.start):
-        raise DivergenceError(
-            f"the energy is {watch.start} before inference starts: the inputs, targets or "
-            "network parameters contain NaN or Inf")
-    rows = [first] if record else []
-    iteration = solver.start()
-    eta, taken, kept, backoffs = first_step, 0, 0, 0  # kept: the steps behind the current state
-    converged = settled = False
-    residual = None
-    good, good_step, good_kept = start, 0, 0
+    phase = _Phase(energy, state, solver, step_size, record, step_functions(compile, energy, solver))
+    if tol is None and on_step is None and not phase.adaptive:
+        return phase.plain_loop(steps)
+    return phase.watched_loop(steps, tol, on_step, measured_from)
 
-    def fail(problem: str) -> DivergenceError:
-        """The error to raise; with sparse watches, first replay every step to name the first bad one."""
-        if every > 1:
+
+class _Phase:
+    """One inference phase: what both loops share, the loops, and the report.
+
+    - ``plain_loop``: fixed steps, possibly in faster coordinates of the same dynamics
+      (``Solver.faster_coordinates``). Nothing is read back while it runs: the watched energies
+      (every ``check_every`` steps of the solver, every step with a trace, and the last) stay on
+      the device and are read once at the end, where divergence is named as the watched loop
+      would have named it; the residual is measured once, at the returned state.
+    - ``watched_loop``: a tolerance, ``on_step`` or back-offs. The residual is read at the
+      check stride (every step for a rule that reads it before every move, ``needs_residual``,
+      whose damping itself stays on the device), the energy at the same stride, and a rise
+      goes back to the last good check with half the step, without replaying.
+    - ``report``: the ``InferenceReport`` (and trace) of the returned state.
+    """
+
+    def __init__(self, energy: Energy, state: Any, solver: Solver, step_size: float | str | None,
+                 record: bool, functions: StepFunctions):
+        self.energy, self.state, self.solver, self.record = energy, state, solver, record
+        self.functions = functions
+        self.plain = solver.coordinates(energy)
+        self.adaptive = solver.adaptive or step_size == "auto"
+        self.first_step = solver.default_step if step_size in (None, "auto") else float(step_size)
+        self.every = 1 if record else solver.check_every
+        self.start = energy.snapshot(state)
+        self.watch: _EnergyWatch | None = None  # from the first move on (``start_watch``)
+        self.rows: list[tuple[Tensor, Tensor, Tensor]] = []
+        self.tensor_step = functions.compiled  # a compiled graph takes its step size as an input
+        self.like: Tensor | None = None  # a tensor of the energy's dtype and device (``start_watch``)
+
+    def start_watch(self) -> None:
+        """Read the starting energy, before the first move (a phase that stops where it starts,
+        as a converged nudged phase of pc_nudge does, skips it), the first row of a trace."""
+        first = self.energy.components(self.state)
+        self.watch = _EnergyWatch(float(first[2]), self.solver.rise_tolerance, first[2].dtype)
+        if not math.isfinite(self.watch.start):
+            raise DivergenceError(
+                f"the energy is {self.watch.start} before inference starts: the inputs, targets or "
+                "network parameters contain NaN or Inf")
+        if self.record:
+            self.rows.append(first)
+        self.like = first[2]
+
+    def step_size(self, iteration: Iteration) -> float | Tensor:
+        """The first step size (after ``start_watch``): a 0-dim tensor of the energy's dtype
+        and device for compiled steps and for rules that change it on the device, else a number."""
+        if self.tensor_step or iteration.needs_residual:
+            return torch.tensor(self.first_step, dtype=self.like.dtype, device=self.like.device)
+        return self.first_step
+
+    def plain_loop(self, steps: int) -> Relaxation:
+        """``steps`` fixed steps; the watched energies read once, at the end."""
+        energy, state, solver = self.energy, self.state, self.solver
+        self.start_watch()
+        faster = solver.faster_coordinates(energy, state, steps)
+        coordinates = self.plain if faster is None else faster
+        iteration = solver.start()
+        eta = self.step_size(iteration)
+        # runs of a multiple of the watch stride, so that each run watches the phase's steps
+        length = max(steps, 1) if self.functions.run_length is None else self.every * max(
+            1, self.functions.run_length // self.every)
+        rows: list[tuple[Tensor, Tensor, Tensor]] = []
+        totals: list[Tensor] = []
+        try:
+            for first in range(0, steps, length):
+                eta, more = self.functions.run(coordinates, iteration, state, eta, min(length, steps - first),
+                                               self.every)
+                # taken out of a compiled run's outputs before its next call (which, under CUDA
+                # graphs, writes its outputs where the last call's were)
+                totals.append(torch.stack([row[2] for row in more]))
+                if self.record:
+                    rows += [tuple(column.clone() for column in row) for row in more] if self.tensor_step else more
+            values = torch.cat(totals).tolist() if totals else []  # the one host read
+        finally:
             coordinates.leave(state)
-            energy.restore(state, start)
-            relax(energy, state, taken, first_step, record=True, solver=solver)
-        return _divergence(problem, taken, eta, good_step)
+        good_step = 0
+        watched = [taken for taken in range(1, steps + 1) if taken % self.every == 0 or taken == steps]
+        for index, (taken, value) in enumerate(zip(watched, values)):
+            problem = self.watch.problem(value)
+            if problem is not None:
+                raise self.divergence(problem, taken, float(eta), good_step)
+            good_step = taken
+            if self.record:
+                self.rows.append(rows[index])
+        return self.report(steps, False, None, eta)
 
-    # faster coordinates of the same dynamics (the PC energy's first layer in the row space of
-    # W_2) change the norms the residual is measured in and keep part of the state outside it:
-    # they serve only plain fixed-step descent that is not adaptive (it never restores a
-    # snapshot) and has no tolerance or on_step (the residual is taken once, at the end, in
-    # plain coordinates); a recorded trace reads the energy through them (``components``)
-    faster = None if (on_step is not None or tol is not None or adaptive) else (
-        solver.faster_coordinates(energy, state, steps))
-    coordinates = plain if faster is None else faster
-    if on_step is not None:
-        on_step(0, state)
-    try:
+    def watched_loop(self, steps: int, tol: float | None,
+                     on_step: Callable[[int, object], None] | None, measured_from: Any | None) -> Relaxation:
+        """At most ``steps`` steps in the plain coordinates, stopped by ``tol``, backing off on
+        rises when adaptive."""
+        energy, state, solver, functions = self.energy, self.state, self.solver, self.functions
+        coordinates = self.plain
+        iteration = solver.start()
+        origin = None if measured_from is None else (
+            coordinates.gradients(measured_from), coordinates.local_terms(measured_from))
+        if self.record:
+            self.start_watch()
+        eta = self.first_step if self.watch is None else self.step_size(iteration)
+        taken, kept, backoffs = 0, 0, 0  # kept: the steps behind the current state
+        converged = settled = False
+        residual = None
+        good, good_step, good_kept = self.start, 0, 0
+        if on_step is not None:
+            on_step(0, state)
         while True:
-            if coordinates is not plain and taken >= steps:
-                break
-            gradients = coordinates.gradients(state)
-            # the residual: at the end, before every move for rules that read it, and every
-            # `every` steps when a tolerance asks for it
-            if taken >= steps or iteration.needs_residual or (tol is not None and taken % every == 0):
-                if not gradients:  # no free layer: the state is its own equilibrium
+            # the residual: at the end and every `every` steps when a tolerance asks for it (every
+            # step for rules that read it before each move: the damping, on the device, then the check)
+            check = taken >= steps or (tol is not None and (iteration.needs_residual or taken % self.every == 0))
+            if check or iteration.needs_residual:
+                gradients, balance = functions.measure(coordinates, state, origin)
+                if balance is None:  # no free layer: the state is its own equilibrium
                     residual, converged = 0.0, tol is not None
                     break
-                balance = Balance.of(gradients, coordinates.local_terms(state), origin)
+            else:
+                gradients, balance = coordinates.gradients(state), None
+            if check:
                 residual = balance.residual
                 if tol is not None and (taken >= solver.min_steps(len(gradients)) or residual == 0):
                     converged = residual <= tol
@@ -181,47 +268,67 @@ def relax(
                         break
             if taken >= steps:
                 break
-            eta *= iteration.observe(residual if iteration.needs_residual else None)
-            coordinates.move(state, iteration.direction(gradients), eta)
+            if self.watch is None:
+                self.start_watch()
+                eta = self.step_size(iteration)
+            eta = functions.advance(coordinates, iteration, state, gradients, balance, eta)
             taken, kept = taken + 1, kept + 1
             if on_step is not None:
                 on_step(kept, state)
-            if not (record or taken % every == 0 or taken == steps):
+            if not (self.record or taken % self.every == 0 or taken == steps):
                 continue
             row = coordinates.components(state)
-            problem = watch.problem(float(row[2]))
+            problem = self.watch.problem(float(row[2]))
             if problem is None:
-                if record:
-                    rows.append(row)
+                if self.record:
+                    self.rows.append(row)
                 good, good_step, good_kept = energy.snapshot(state), taken, kept
                 continue
-            if not adaptive or watch.unbounded:  # no step size finds a minimum that is not there
-                raise fail(problem)
+            if not self.adaptive or self.watch.unbounded:  # no step size finds a minimum that is not there
+                raise self.divergence(problem, taken, float(eta), good_step)
             energy.restore(state, good)
             kept = good_kept
             if on_step is not None:
                 on_step(kept, state)
             eta, backoffs = eta / 2, backoffs + 1
             iteration.reset()
-            if eta < first_step * SMALLEST_STEP_FRACTION:
+            if eta < self.first_step * SMALLEST_STEP_FRACTION:
                 raise DivergenceError(
-                    f"inference found no step that lowers the energy (step_size fell to {eta:g} "
+                    f"inference found no step that lowers the energy (step_size fell to {float(eta):g} "
                     f"after {backoffs} back-offs at step {taken}); check the inputs and the network "
                     "for NaN/Inf or extreme values")
+        if self.watch is None:  # no move: the start is returned, and its energy is checked if in doubt
+            if residual is None or not math.isfinite(residual):
+                self.start_watch()
+            return self.report(kept, converged, residual, eta, backoffs, tol, settled, origin)
         if taken != good_step:  # stopped between two watches: the returned state is watched too
-            problem = watch.problem(float(coordinates.components(state)[2]))
-            if problem is not None and not adaptive:
-                raise fail(problem)
+            problem = self.watch.problem(float(coordinates.components(state)[2]))
+            if problem is not None and not self.adaptive:
+                raise self.divergence(problem, taken, float(eta), good_step)
             if problem is not None:  # back to the last good state, which is then not converged
                 energy.restore(state, good)
                 kept, converged, settled, residual = good_kept, False, False, None
-    finally:
-        coordinates.leave(state)
-    if residual is None:  # faster coordinates, or a state restored after the last measurement
-        residual = relative_residual(plain.gradients(state), plain.local_terms(state), origin)
-    report = InferenceReport(name, kept, converged, float(residual), eta, backoffs, tol, settled)
-    trace = InferenceTrace.from_rows(rows, converged, steps=kept) if record else None
-    return Relaxation(report, trace)
+        return self.report(kept, converged, residual, eta, backoffs, tol, settled, origin)
+
+    def divergence(self, problem: str, step: int, step_size: float, good_step: int) -> DivergenceError:
+        """The error to raise; where energies were watched sparsely, every step from the start
+        is first replayed with a trace, which raises naming the first bad one."""
+        if self.every > 1:
+            self.energy.restore(self.state, self.start)
+            relax(self.energy, self.state, step, self.first_step, record=True, solver=self.solver)
+        return _divergence(problem, step, step_size, good_step)
+
+    def report(self, kept: int, converged: bool, residual: float | None, step_size: float | Tensor,
+               backoffs: int = 0, tol: float | None = None, settled: bool = False,
+               origin: tuple[list[Tensor], list[Tensor]] | None = None) -> Relaxation:
+        """The report of the returned state, its residual measured in plain coordinates unless
+        the loop has it (faster coordinates, or a state restored after the last measurement)."""
+        if residual is None:
+            residual = relative_residual(self.plain.gradients(self.state), self.plain.local_terms(self.state), origin)
+        report = InferenceReport(self.solver.name, kept, converged, float(residual), float(step_size), backoffs,
+                                 tol, settled)
+        trace = InferenceTrace.from_rows(self.rows, converged, steps=kept) if self.record else None
+        return Relaxation(report, trace)
 
 
 class _EnergyWatch:

@@ -182,6 +182,7 @@ class NewtonErrorDescent(ErrorDescent):
     name: ClassVar[str] = "newton"
     check_every: ClassVar[int] = 1
     adaptive: ClassVar[bool] = False  # the line search is per sample, inside the step
+    compiles: ClassVar[bool] = False  # autograd's Hessian-vector products and a host-read line search
     cg_steps: ClassVar[int] = 20
 
     def coordinates(self, energy) -> NewtonErrorCoordinates:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .linearization import LayerLinearizer, Linearization
 from .losses import Loss
+from .moves import descend, divide
 from .networks import layers_of, naming_layer
 
 
@@ -206,13 +207,13 @@ class PredictiveCodingEnergy:
             gradients[index - 1] = torch.add(local[index - 1], adjoint, alpha=state.lam)
         return gradients
 
-    def move_errors(self, state: PCState, directions: list[Tensor], step_size: float,
+    def move_errors(self, state: PCState, directions: list[Tensor], step_size: float | Tensor,
                     errors: list[Tensor] | None = None) -> list[Tensor]:
         """e_l <- e_l - step_size / pi_l * direction_l, then x_l = mu_l + e_l from the bottom up
         (each mu_l re-predicted from the moved x_{l-1}), the e_l carried in difference form;
-        returns the new errors."""
+        returns the new errors. A tensor step size is read on the device (``core.moves``)."""
         errors = self.errors(state) if errors is None else errors
-        moved = [torch.add(error, direction, alpha=-step_size / self.precisions[index - 1])
+        moved = [descend(error, direction, divide(step_size, self.precisions[index - 1]))
                  for index, (error, direction) in enumerate(zip(errors, directions), start=1)]
         for index, error in enumerate(moved, start=1):
             self.set_error(state, index, error)
@@ -246,12 +247,12 @@ class PredictiveCodingEnergy:
             above, alpha = weighted, -1.0
         return gradients[lowest - 1:], above, alpha
 
-    def move_activities(self, state: PCState, directions: list[Tensor], step_size: float,
+    def move_activities(self, state: PCState, directions: list[Tensor], step_size: float | Tensor,
                         lowest: int = 1) -> None:
         """x_l -= step_size / pi_l * direction_l for l = lowest..L-1."""
         for index, direction in enumerate(directions, start=lowest):
-            scale = step_size / self.precisions[index - 1]
-            self.set_activity(state, index, torch.add(state.activities[index], direction, alpha=-scale))
+            scale = divide(step_size, self.precisions[index - 1])
+            self.set_activity(state, index, descend(state.activities[index], direction, scale))
 
     def set_activity(self, state: PCState, index: int, value: Tensor) -> None:
         """x_l = value, then re-linearise the layer that reads x_l (shapes were checked by

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from .linearization import DenseLinearization
+from .moves import descend, divide
 from .predictive_coding import PCState, PredictiveCodingEnergy
 from .solvers import ActivityCoordinates
 
@@ -54,9 +55,9 @@ class ReducedFirstLayer:
     def pays_off(batch: int, steps: int, width_1: int, width_2: int) -> bool:
         return steps * batch * (2 * width_1 - width_2) > 2 * width_1 * width_2
 
-    def move(self, gradient: Tensor, scale: float) -> Tensor:
+    def move(self, gradient: Tensor, scale: float | Tensor) -> Tensor:
         """S -= scale * gradient; returns the new pre-activation a_2 of layer 2."""
-        self.coordinates = torch.add(self.coordinates, gradient, alpha=-scale)
+        self.coordinates = descend(self.coordinates, gradient, scale)
         self.projected = self.coordinates @ self.gram
         return self.start + self.projected
 
@@ -110,9 +111,9 @@ class FirstLayerInRowSpace(ActivityCoordinates):
         raise NotImplementedError("the residual is measured in the plain coordinates: relax "
                                   "measures it after leave(), with ActivityCoordinates")
 
-    def move(self, state: PCState, directions: list[Tensor], step_size: float) -> None:
+    def move(self, state: PCState, directions: list[Tensor], step_size: float | Tensor) -> None:
         energy = self.energy
-        pre = self.reduced.move(directions[0], step_size / energy.precisions[0])
+        pre = self.reduced.move(directions[0], divide(step_size, energy.precisions[0]))
         state.linearizations[1] = DenseLinearization(*energy.linearizers[1].parts, None, pre=pre)
         energy.move_activities(state, directions[1:], step_size, lowest=2)
 

@@ -63,6 +63,7 @@ the latter, stopping early left an error of tol / beta in the estimate whatever 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -79,8 +80,8 @@ class Coordinates(Protocol):
     def local_terms(self, state) -> list[Tensor]:
         """The local part a_l of each gradient (for the residual)."""
 
-    def move(self, state, directions: list[Tensor], step_size: float) -> None:
-        """v_l <- v_l - step_size * P_l * direction_l."""
+    def move(self, state, directions: list[Tensor], step_size: float | Tensor) -> None:
+        """v_l <- v_l - step_size * P_l * direction_l (a tensor step size: ``core.moves``)."""
 
     def components(self, state) -> tuple[Tensor, Tensor, Tensor]:
         """The energy's (I, L, E) at the state."""
@@ -102,7 +103,7 @@ class ActivityCoordinates:
     def local_terms(self, state) -> list[Tensor]:
         return self.energy.local_terms(state)
 
-    def move(self, state, directions: list[Tensor], step_size: float) -> None:
+    def move(self, state, directions: list[Tensor], step_size: float | Tensor) -> None:
         self.energy.move_activities(state, directions, step_size)
 
     def components(self, state) -> tuple[Tensor, Tensor, Tensor]:
@@ -128,17 +129,19 @@ class ErrorCoordinates(ActivityCoordinates):
     def local_terms(self, state) -> list[Tensor]:
         return self.energy.local_terms(state, self.errors(state))
 
-    def move(self, state, directions: list[Tensor], step_size: float) -> None:
+    def move(self, state, directions: list[Tensor], step_size: float | Tensor) -> None:
         self.energy.move_errors(state, directions, step_size, self.errors(state))
 
 
 @dataclass
 class Balance:
-    """Per-layer norms of a gradient g_l, its local term a_l and the rest g_l - a_l."""
+    """Per-layer norms of a gradient g_l, its local term a_l and the rest g_l - a_l, and the
+    residual they give as a 0-dim tensor (``ratio``, on the device; ``residual`` reads it)."""
 
     gradient: Tensor
     local: Tensor
     rest: Tensor
+    ratio: Tensor
 
     @classmethod
     def of(cls, gradients: list[Tensor], local: list[Tensor],
@@ -149,16 +152,22 @@ class Balance:
         if start is not None:
             local, rest = torch._foreach_sub(local, start[1]), torch._foreach_sub(
                 rest, torch._foreach_sub(start[0], start[1]))
-        return cls(*(torch.stack(torch._foreach_norm(t)) for t in (gradients, local, rest)))
+        norms = [torch.stack(torch._foreach_norm(t)) for t in (gradients, local, rest)]
+        return cls(*norms, largest_ratio(*norms))
 
     @property
     def residual(self) -> float:
-        """max_l ||g_l|| / (||a_l|| + ||g_l - a_l||), 0/0 taken as 0 (and g/0 as infinite: a
-        phase measured from its start that has not moved yet)."""
-        scale = self.local + self.rest
-        unmoved = torch.where(self.gradient > 0, torch.full_like(scale, torch.inf), torch.zeros_like(scale))
-        ratio = torch.where(scale > 0, self.gradient / scale.clamp_min(torch.finfo(scale.dtype).tiny), unmoved)
-        return float(ratio.max())
+        """The residual, read back to the host."""
+        return float(self.ratio)
+
+
+def largest_ratio(gradient: Tensor, local: Tensor, rest: Tensor) -> Tensor:
+    """max_l ||g_l|| / (||a_l|| + ||g_l - a_l||) from the per-layer norms, 0/0 taken as 0 (and
+    g/0 as infinite: a phase measured from its start that has not moved yet), NaN where a norm
+    is NaN."""
+    scale = local + rest
+    unmoved = torch.where(gradient > 0, torch.full_like(scale, torch.inf), gradient * 0)
+    return torch.where(scale > 0, gradient / scale.clamp_min(torch.finfo(scale.dtype).tiny), unmoved).max()
 
 
 @dataclass
@@ -175,6 +184,47 @@ def relative_residual(gradients: list[Tensor], local: list[Tensor],
     return Balance.of(gradients, local, start).residual if gradients else 0.0
 
 
+def measure(coordinates: Coordinates, state, origin: tuple[list[Tensor], list[Tensor]] | None = None
+            ) -> tuple[list[Tensor], Balance | None]:
+    """The gradients at the state and their ``Balance`` (the residual's pieces; None without
+    free variables), ``origin`` as in ``Balance.of``."""
+    gradients = coordinates.gradients(state)
+    return gradients, Balance.of(gradients, coordinates.local_terms(state), origin) if gradients else None
+
+
+def advance(coordinates: Coordinates, iteration: "Iteration", state, gradients: list[Tensor],
+            balance: Balance | None, step_size: float | Tensor) -> float | Tensor:
+    """The move from the gradients at the state: the rule picks the step size (``observe``)
+    and the direction; returns the step size it took."""
+    step_size = iteration.observe(balance, step_size)
+    coordinates.move(state, iteration.direction(gradients), step_size)
+    return step_size
+
+
+def step(coordinates: Coordinates, iteration: "Iteration", state, step_size: float | Tensor
+         ) -> float | Tensor:
+    """One step nobody checks: gradients (with their balance for a rule that reads it) and the
+    move; no host read (a compiled step is one graph)."""
+    if iteration.needs_residual:
+        gradients, balance = measure(coordinates, state)
+    else:
+        gradients, balance = coordinates.gradients(state), None
+    return advance(coordinates, iteration, state, gradients, balance, step_size)
+
+
+def run(coordinates: Coordinates, iteration: "Iteration", state, step_size: float | Tensor, steps: int,
+        every: int) -> tuple[float | Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
+    """``steps`` steps nobody checks, with the energy's components after every ``every``-th
+    step and the last, left on the device; returns the last step size and those components
+    (compiled, the whole run is one graph: one call instead of one per step)."""
+    watched = []
+    for taken in range(1, steps + 1):
+        step_size = step(coordinates, iteration, state, step_size)
+        if taken % every == 0 or taken == steps:
+            watched.append(coordinates.components(state))
+    return step_size, watched
+
+
 @dataclass
 class Solver:
     """An update rule in some coordinates. Subclasses set the class attributes.
@@ -188,6 +238,8 @@ class Solver:
             of the descent so far (plus rounding) counts as divergence. Monotone rules use a
             small value; accelerated rules, whose energy may wobble, 1 (never above the start).
         adaptive: the rule halves its own step on a rise instead of failing.
+        compiles: its steps read nothing back to the host, so that ``torch.compile`` traces
+            each as one graph (``core.compiled_steps``; other rules run eagerly).
     """
 
     name: ClassVar[str]
@@ -195,6 +247,7 @@ class Solver:
     check_every: ClassVar[int] = 1
     rise_tolerance: ClassVar[float] = 1e-2
     adaptive: ClassVar[bool] = False
+    compiles: ClassVar[bool] = False
 
     def coordinates(self, energy) -> Coordinates:
         return ActivityCoordinates(energy)
@@ -224,9 +277,11 @@ class Iteration:
     def direction(self, gradients: list[Tensor]) -> list[Tensor]:
         return gradients
 
-    def observe(self, residual: float | None) -> float:
-        """Called with the residual before each move; returns a factor for the step size."""
-        return 1.0
+    def observe(self, balance: Balance | None, step_size: float | Tensor) -> float | Tensor:
+        """Called before each move with the balance at the state (None unless
+        ``needs_residual``); returns the step size of the move. Rules that change it do so with
+        tensor operations (no host read), so that a step is one compiled graph."""
+        return step_size
 
     def reset(self) -> None:
         """Forget the history (after a back-off)."""
@@ -243,6 +298,7 @@ class GradientDescent(Solver):
 
     name: ClassVar[str] = "gd"
     check_every: ClassVar[int] = 10
+    compiles: ClassVar[bool] = True
 
     def faster_coordinates(self, energy, state, steps: int) -> Coordinates | None:
         """The PC energy's first layer in the row space of W_2 when it saves work
@@ -261,6 +317,7 @@ class ErrorDescent(Solver):
     default_step: ClassVar[float] = 1.0
     check_every: ClassVar[int] = 5
     adaptive: ClassVar[bool] = True
+    compiles: ClassVar[bool] = True
 
     def coordinates(self, energy) -> Coordinates:
         if not hasattr(energy, "error_gradients"):
@@ -287,23 +344,26 @@ class DampedIteration(Iteration):
     """
 
     needs_residual: ClassVar[bool] = True
-    previous: float = float("inf")
-    damped: bool = False
+    previous: Tensor | None = None  # the last residual (None: none yet, or forgotten)
+    first: float | Tensor | None = None  # the first step size observed: below it, a step was halved
+    damped: bool = False  # set by a back-off (``reset``)
 
-    def observe(self, residual: float | None) -> float:
-        factor = 0.5 if residual is not None and residual >= self.previous else 1.0
-        if residual is not None:
-            self.previous = residual
-        self.damped = self.damped or factor < 1
-        return factor
+    def observe(self, balance: Balance | None, step_size: float | Tensor) -> float | Tensor:
+        """step_size / 2 where the residual did not fall since the last move, on the device
+        (``relax`` passes a tensor step size to this rule)."""
+        self.first = step_size if self.first is None else self.first
+        rose = balance.ratio >= (math.inf if self.previous is None else self.previous)
+        self.previous = balance.ratio
+        return torch.where(rose, step_size * 0.5, step_size)
 
     def reset(self) -> None:
-        self.previous = float("inf")
+        self.previous = None
         self.damped = True
 
-    def settled(self, step_size: float, balance: Balance, tol: float) -> bool:
+    def settled(self, step_size: float | Tensor, balance: Balance, tol: float) -> bool:
         # local_l = pi_l e_l and the move is step * g_l / pi_l: the ratio needs no precisions
-        return self.damped and bool((balance.gradient * step_size <= tol * balance.local).all())
+        damped = self.damped or (self.first is not None and bool(step_size < self.first))
+        return damped and bool((balance.gradient * step_size <= tol * balance.local).all())
 
 
 @dataclass
@@ -316,6 +376,7 @@ class AndersonErrorDescent(ErrorDescent):
     name: ClassVar[str] = "anderson"
     check_every: ClassVar[int] = 2
     rise_tolerance: ClassVar[float] = 1.0  # extrapolation is not monotone: never above the start
+    compiles: ClassVar[bool] = False  # not tried: a growing history of a per-sample least-squares fit
 
     def start(self) -> "Iteration":
         return AndersonIteration()
