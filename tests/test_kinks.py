@@ -150,3 +150,43 @@ def test_a_tie_the_nudge_would_break_converges_to_autograds_piece(monkeypatch):
         unpinned = build_algorithm("pc_nudge", lam=0.1, tol=1e-12, error_tolerance=None).estimate(
             network, inputs, targets)
     assert not unpinned.converged
+
+
+def test_subclasses_and_replaced_forwards_are_not_pinned():
+    """A MaxPool2d subclass with its own forward, or a ReLU whose forward was replaced on the
+    instance, computes another function than a pin would: the estimate stays backprop's (float64,
+    against autograd), and neither module is touched."""
+
+    class ScaledPool(nn.MaxPool2d):
+        def forward(self, x):
+            return 2.0 * super().forward(x) + 1.0
+
+    torch.manual_seed(0)
+    relu = nn.ReLU()
+    relu.forward = lambda x: torch.relu(x) * 0.5
+    network = nn.Sequential(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), relu, ScaledPool(2)),
+                            nn.Sequential(nn.Flatten(), nn.Linear(64, 10))).double()
+    inputs = torch.randn(8, 1, 8, 8, dtype=torch.float64)
+    inputs[:, :, :4, :4] = 0
+    targets = torch.randint(0, 10, (8,))
+    estimate = build_algorithm("pc_nudge").gradients(network, inputs, targets)
+    reference = build_algorithm("bp").gradients(network, inputs, targets)
+    for name, gradient in reference.items():
+        torch.testing.assert_close(estimate[name], gradient, rtol=1e-9, atol=1e-12)
+
+
+def test_compiled_steps_run_eagerly_in_a_batch_with_pinned_kinks():
+    """A pin is not traced by torch.compile, so whole-graph compiled steps would fail on a batch
+    whose ReLU has units at exactly 0; they run eagerly there, with the eager numbers."""
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Sequential(nn.Linear(6, 8, bias=False), nn.ReLU()),
+                            nn.Sequential(nn.Linear(8, 8, bias=False), nn.ReLU()), nn.Linear(8, 3)).double()
+    inputs = torch.randn(4, 6, dtype=torch.float64)
+    inputs[0] = 0  # an all-zero sample: exact ReLU zeros
+    targets = torch.tensor([0, 1, 2, 0])
+    settings = dict(solver="gd", steps=50, step_size=0.1, tol=None)
+    eager = build_algorithm("pc", **settings).gradients(network, inputs, targets)
+    compiled = build_algorithm("pc", **settings)
+    compiled.compile_inference = {"backend": "eager"}
+    for name, gradient in compiled.gradients(network, inputs, targets).items():
+        torch.testing.assert_close(gradient, eager[name], rtol=1e-12, atol=1e-14)

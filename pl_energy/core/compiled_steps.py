@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from . import solvers
+from .kinks import has_pins
 from .predictive_coding import PredictiveCodingEnergy
 
 
@@ -60,10 +61,12 @@ RUN_LENGTH = 50
 def compilable(energy: object, solver: solvers.Solver) -> bool:
     """Whether the steps of ``solver`` on ``energy`` trace as whole graphs: a rule that reads
     nothing back (``Solver.compiles``) on a predictive-coding energy whose layers all have closed
-    forms (``core.linearization``: dense and ``ResidualMLP`` layers). Others linearise through
-    autograd, which ``torch.compile`` does not trace as one graph."""
+    forms (``core.linearization``: dense and ``ResidualMLP`` layers) and no unit on a pinned kink
+    (``core.kinks``: a pin is not traced). Others linearise through autograd, which
+    ``torch.compile`` does not trace as one graph."""
     return solver.compiles and isinstance(energy, PredictiveCodingEnergy) and all(
-        linearizer.parts is not None or linearizer.scaled_parts is not None for linearizer in energy.linearizers)
+        linearizer.parts is not None or linearizer.scaled_parts is not None for linearizer in energy.linearizers
+    ) and not has_pins(energy.layers)
 
 
 def step_functions(options: dict[str, Any] | None, energy: object = None,

@@ -18,7 +18,8 @@ moved onto that side by a delta much larger than any nudge (lam << delta -> 0, t
 order). Concretely, a ReLU unit with pre-activation exactly 0 stays inactive (output 0, slope 0)
 and, in a window whose maxima tie, only autograd's winner may win among the tied entries (the
 others can still lose or win against the window's untied entries, which compare as usual). At
-the free state this is the same function with the same gradient as the plain layers, so
+the free state this is the same function with the same gradient as the plain layers (for
+finite inputs; windows that overlap may sum a gradient in another order), so
 backprop, the reference, is unchanged; the limit lam -> 0 of the nudged estimate is then
 backprop's gradient with autograd's slopes, and a nudged phase has an equilibrium to converge to
 wherever the nudge crosses no other kink.
@@ -31,8 +32,10 @@ automatic nudge of the error solvers (one rounding unit of the state: ``core.nud
 not happen in practice; at a fixed lam it can, and inference then settles instead of
 converging (``InferenceReport.settled``) and the estimate's own error says by how much its
 update moved (``Estimate.error_bound`` is measured against autograd's slopes). Other
-piecewise-linear units (leaky_relu, hardtanh, hardsigmoid) and pooling layers other than
-``MaxPool2d`` without ``ceil_mode`` are left as they are.
+piecewise-linear units (leaky_relu, hardtanh, hardsigmoid), pooling layers other than
+``MaxPool2d`` without ``ceil_mode``, subclasses of ReLU and MaxPool2d and modules whose forward
+was replaced on the instance are left as they are. Compiled whole-graph solver steps
+(``core.compiled_steps``) run eagerly in a batch with pinned kinks.
 """
 
 from __future__ import annotations
@@ -122,9 +125,20 @@ def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
 
 
 def _pin_for(module: nn.Module) -> _Pin | None:
-    if isinstance(module, nn.MaxPool2d) and not module.ceil_mode and not module.return_indices:
+    """A pin for PyTorch's own ReLU and MaxPool2d (not a subclass, not a module whose forward
+    was replaced on the instance: their function is not the one a pin computes)."""
+    if "forward" in module.__dict__:
+        return None
+    if type(module) is nn.MaxPool2d and not module.ceil_mode and not module.return_indices:
         return _PinnedMaxPool2d(module)
     return _PinnedReLU() if type(module) is nn.ReLU else None
+
+
+def has_pins(layers) -> bool:
+    """Whether any module of ``layers`` computes through a pin now (a pin is not traced by
+    ``torch.compile``, so whole-graph compiled steps cannot contain one)."""
+    return any(isinstance(module.__dict__.get("forward"), _Slot)
+               for layer in layers for module in layer.modules())
 
 
 class KinkPins:
@@ -148,7 +162,7 @@ class KinkPins:
         for module in network.modules():
             pin = _pin_for(module)
             if pin is not None:
-                self._installed[module] = module.__dict__.get("forward")
+                self._installed[module] = None
                 self._calls[module] = 0
                 module.forward = _Slot(self, module, pin)
 
@@ -163,11 +177,8 @@ class KinkPins:
                 self._release(module)
 
     def _release(self, module: nn.Module) -> None:
-        before = self._installed.pop(module)
-        if before is None:
-            del module.forward
-        else:
-            module.forward = before
+        del self._installed[module]
+        del module.forward
 
     def release(self) -> None:
         """Give every layer still pinned its own forward back."""
