@@ -42,7 +42,7 @@ def net_inputs(network, activation, inputs, hidden):
 
 
 @pytest.mark.parametrize("activation", ["relu", "hardsigmoid", "sigmoid"])
-@pytest.mark.parametrize("solver,step_size", [("gd", 0.5), ("nesterov", 0.5), ("sweep", 1.0)])
+@pytest.mark.parametrize("solver,step_size", [("gd", 0.5), ("nesterov", 0.5), ("sweep", 1.0), ("adaptive_sweep", 1.3)])
 def test_free_equilibrium_satisfies_the_kkt_conditions(activation, solver, step_size):
     network, inputs, targets = problem(activation)
     energy = HopfieldEnergy(network, Loss("mse"))

@@ -145,6 +145,10 @@ class HopfieldEnergy:
                             for rho, box in zip(self.rhos, self.boxes)]
         #: rho_l(x) = x on the box (clip, ReLU): a state kept in its box is its own value
         self.identity_in_box = [box is not None and box.slope == 1.0 for box in self.boxes]
+        #: every unit linear inside a box (or the identity): the energy is quadratic piece by piece
+        self.piecewise_linear = all(rho is None or box is not None for rho, box in zip(self.rhos, self.boxes))
+        #: the over-relaxation factor the last phase on these weights found (``core.adaptive_sweep``)
+        self.over_relaxation: float | None = None
 
     def _value(self, index: int, x: Tensor) -> Tensor:
         """rho_l(x) for layer l (index 0 is the input: identity)."""
@@ -247,9 +251,11 @@ class HopfieldEnergy:
         box = self.boxes[index - 1]
         return gradient if box is None or not projected else box.project_gradient(x[index], gradient)
 
-    def sweep(self, state: HopfieldState, gradients: list[Tensor], step_size: float) -> None:
+    def sweep(self, state: HopfieldState, gradients: list[Tensor], step_size: float,
+              output_step_size: float | None = None) -> None:
         """One even/odd sweep: the odd layers step with ``gradients`` (taken at the current
-        state), then the even layers with their gradients at the moved odd layers.
+        state), then the even layers with their gradients at the moved odd layers; the output
+        layer steps by ``output_step_size`` when given (else ``step_size``).
 
         Layers of one parity do not interact, so at step 1 with ReLU, hardsigmoid or linear
         units and affine couplings each half is the exact minimisation over its layers given the
@@ -260,13 +266,13 @@ class HopfieldEnergy:
         """
         free = self.free_layers(state)
         odd = [(index, gradients[index - 1]) for index in free if index % 2 == 1]
-        self._move(state, odd, step_size)
+        self._move(state, odd, step_size, output_step_size)
         values = self._state_values(state)
         # the move is projected onto the box, which zeroes an outward step at a bound as the
         # projected gradient would: the same state for one projection less
         even = [(index, self._layer_gradient(state, values, index, projected=False))
                 for index in free if index % 2 == 0]
-        self._move(state, even, step_size)
+        self._move(state, even, step_size, output_step_size)
 
     def local_terms(self, state: HopfieldState) -> list[Tensor]:
         """c_l x_l, the part of dE/dx_l from layer l's own 1/2 ||x_l||^2 (free layers only)."""
@@ -283,9 +289,11 @@ class HopfieldEnergy:
         """x_l <- x_l - step_size / c_l * gradient_l, projected onto the layer's box."""
         self._move(state, list(enumerate(gradients, start=1)), step_size)
 
-    def _move(self, state: HopfieldState, moves: list[tuple[int, Tensor]], step_size: float) -> None:
+    def _move(self, state: HopfieldState, moves: list[tuple[int, Tensor]], step_size: float,
+              output_step_size: float | None = None) -> None:
         for index, gradient in moves:
-            moved = torch.add(state.activities[index], gradient, alpha=-step_size / self.weights[index - 1])
+            step = output_step_size if index == len(self.layers) and output_step_size is not None else step_size
+            moved = torch.add(state.activities[index], gradient, alpha=-step / self.weights[index - 1])
             box = self.boxes[index - 1]
             state.activities[index] = moved if box is None else box.project(moved)
 
