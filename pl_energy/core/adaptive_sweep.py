@@ -19,8 +19,9 @@ omega = 1 takes 30 sweeps at initialisation and 65-155 after 25-200 Adam steps o
 ``sweep``'s fixed 1.3, near omega_opt at initialisation, turns slow (15-135 sweeps per phase).
 
 Here the factor follows the observed rate (the adaptive SOR of Hageman & Young 1981, Ch. 9):
-after each sweep the ratio r_k = ||x_{k+1} - x_k|| / ||x_k - x_{k-1}|| of successive moves is
-read; once ``SETTLED`` successive ratios agree to ``AGREEMENT`` (the power iteration has settled
+before each sweep the ratio r_k = ||g_k|| / ||g_{k-1}|| of the norms of successive gradients of
+the odd layers (which the sweep moves with, so they cost nothing more; in the linear regime every
+linear function of the error shrinks at the dominant rate) is read; once ``SETTLED`` successive ratios agree to ``AGREEMENT`` (the power iteration has settled
 on the dominant lambda) and r > omega - 1 (so omega is below the optimum and r estimates the real
 lambda), mu^2 = (r + omega - 1)^2 / (r omega^2) and omega rises to omega_opt(mu), at most
 ``LARGEST_FACTOR``. The factor never falls within a phase (an overestimate costs little:
@@ -37,8 +38,10 @@ parts are kept as in ``sweep``:
   so it keeps the starting factor (an over-relaxed step can overshoot its minimum: with 1.7 on
   every layer the +beta phases of the checkpoints above took 65-125 sweeps, 20-65 with the
   output kept at 1.3);
-- units that are not piecewise linear (tanh, sigmoid, softplus, leaky_relu without a box):
-  a sweep is a descent step there, not a block minimisation, and the factor stays fixed.
+- units that are not piecewise linear (tanh, sigmoid, softplus, leaky_relu without a box) and
+  max-pooling couplings (a layer's top-down input then depends on its own state): a sweep is a
+  descent step or a fixed-point update there, not an exact block minimisation, and the factor
+  stays fixed (on VGG-5 with max-pooling, adapting it made EP slower than ``sweep``).
 
 Measured on that MLP along the first 200 batches of EP's training (centered, beta = 0.5,
 ``benchmarks/probe_training.py``): a median of 105 sweeps per batch over the three phases
@@ -88,12 +91,12 @@ class AdaptiveSweepCoordinates(SweepCoordinates):
 
     factor: float | None = None
     given: float | None = None  # the step relax passed last; a change is a back-off
-    moves: list[float] = field(default_factory=list)  # ||x_{k+1} - x_k|| since the factor changed
+    norms: list[float] = field(default_factory=list)  # ||g_k|| of the odd layers since the factor changed
     ratios: list[float] = field(default_factory=list)
     frozen: bool = False
 
     def __post_init__(self):
-        self.frozen = not getattr(self.energy, "piecewise_linear", False)
+        self.frozen = not getattr(self.energy, "quadratic_blocks", False)
 
     def move(self, state, directions: list[Tensor], step_size: float) -> None:
         if self.given is not None and step_size != self.given:  # a back-off: the step as given
@@ -102,21 +105,15 @@ class AdaptiveSweepCoordinates(SweepCoordinates):
         self.given = step_size
         if self.factor is None:
             self.factor = max(step_size, self.energy.over_relaxation or 0.0)
-        nudged_output = step_size if state.beta else None
-        if self.frozen:
-            self.energy.sweep(state, directions, self.factor, output_step_size=nudged_output)
-            return
-        free = self.energy.free_layers(state)
-        before = [state.activities[index] for index in free]
-        self.energy.sweep(state, directions, self.factor, output_step_size=nudged_output)
-        changes = torch._foreach_sub([state.activities[index] for index in free], before)
-        self._observe(float(torch.stack(torch._foreach_norm(changes)).norm()))
+        if not self.frozen:  # directions[::2]: the odd layers'
+            self._observe(float(torch.stack(torch._foreach_norm(directions[::2])).norm()))
+        self.energy.sweep(state, directions, self.factor, output_step_size=step_size if state.beta else None)
 
-    def _observe(self, moved: float) -> None:
+    def _observe(self, norm: float) -> None:
         """Raise the factor once ``SETTLED`` successive contraction ratios agree (module docstring)."""
-        if self.moves and self.moves[-1] > 0:
-            self.ratios.append(moved / self.moves[-1])
-        self.moves.append(moved)
+        if self.norms and self.norms[-1] > 0:
+            self.ratios.append(norm / self.norms[-1])
+        self.norms.append(norm)
         recent = self.ratios[-SETTLED:]
         if len(recent) < SETTLED or not all(self.factor - 1 < ratio < 1 for ratio in recent):
             return
@@ -125,7 +122,7 @@ class AdaptiveSweepCoordinates(SweepCoordinates):
         better = min(optimal_factor(recent[-1], self.factor), LARGEST_FACTOR)
         if better > self.factor:
             self.factor = self.energy.over_relaxation = better
-            self.moves, self.ratios = [], []  # the new factor's transient first
+            self.norms, self.ratios = [], []  # the new factor's transient first
             self.frozen = better >= LARGEST_FACTOR  # nothing left to raise: no more watching
 
 

@@ -80,6 +80,8 @@ def _hardsigmoid(x: Tensor) -> Tensor:
     return torch.nn.functional.relu6(x + 3) / 6
 
 
+MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+
 #: Units that are not monotone: rho' < 0 below x = -0.75 (GELU) and x = -1.28 (SiLU).
 NON_MONOTONE: tuple[type[nn.Module], ...] = (nn.GELU, nn.SiLU)
 
@@ -145,8 +147,12 @@ class HopfieldEnergy:
                             for rho, box in zip(self.rhos, self.boxes)]
         #: rho_l(x) = x on the box (clip, ReLU): a state kept in its box is its own value
         self.identity_in_box = [box is not None and box.slope == 1.0 for box in self.boxes]
-        #: every unit linear inside a box (or the identity): the energy is quadratic piece by piece
-        self.piecewise_linear = all(rho is None or box is not None for rho, box in zip(self.rhos, self.boxes))
+        #: every unit linear inside a box (or the identity) and no max-pool (whose switches make a
+        #: layer's top-down input depend on its own state): each block of a sweep is a quadratic
+        #: minimised exactly, piece by piece, as SOR theory needs (``core.adaptive_sweep``)
+        self.quadratic_blocks = (all(rho is None or box is not None for rho, box in zip(self.rhos, self.boxes))
+                                 and not any(isinstance(part, MAX_POOLS) for layer in self.layers
+                                             for part in layer.modules()))
         #: the over-relaxation factor the last phase on these weights found (``core.adaptive_sweep``)
         self.over_relaxation: float | None = None
 
