@@ -21,7 +21,7 @@ omega = 1 takes 30 sweeps at initialisation and 65-155 after 25-200 Adam steps o
 Here the factor follows the observed rate (the adaptive SOR of Hageman & Young 1981, Ch. 9):
 before each sweep the ratio r_k = ||g_k|| / ||g_{k-1}|| of the norms of successive gradients of
 the odd layers (which the sweep moves with, so they cost nothing more; in the linear regime every
-linear function of the error shrinks at the dominant rate) is read; once ``SETTLED`` successive ratios agree to ``AGREEMENT`` (the power iteration has settled
+linear function of the error shrinks at the dominant rate) is read (``READ_EVERY`` at a time); once ``SETTLED`` successive ratios agree to ``AGREEMENT`` (the power iteration has settled
 on the dominant lambda) and r > omega - 1 (so omega is below the optimum and r estimates the real
 lambda), mu^2 = (r + omega - 1)^2 / (r omega^2) and omega rises to omega_opt(mu), at most
 ``LARGEST_FACTOR``. The factor never falls within a phase (an overestimate costs little:
@@ -70,6 +70,10 @@ from .solvers import SOLVERS, EvenOddSweep, SweepCoordinates
 #: are taken as the dominant eigenvalue's.
 SETTLED = 2
 AGREEMENT = 0.1
+#: The norms are read back to the host this many sweeps at a time: one synchronisation per
+#: READ_EVERY sweeps, not per sweep, for accelerators (on the seed MLP's checkpoints 830 sweeps
+#: against 820 read at every sweep: a raise comes up to three sweeps later).
+READ_EVERY = 4
 #: The largest over-relaxation factor (below 2, where SOR stops converging). Units crossing the
 #: bounds of their boxes make the early sweeps piecewise-linear, not linear; on the seed MLP's
 #: checkpoints along training (``benchmarks/probe_training.py``) a cap of 1.8 or 1.9 took more
@@ -93,6 +97,7 @@ class AdaptiveSweepCoordinates(SweepCoordinates):
     given: float | None = None  # the step relax passed last; a change is a back-off
     norms: list[float] = field(default_factory=list)  # ||g_k|| of the odd layers since the factor changed
     ratios: list[float] = field(default_factory=list)
+    pending: list[Tensor] = field(default_factory=list)  # norms not yet read back
     frozen: bool = False
 
     def __post_init__(self):
@@ -106,7 +111,14 @@ class AdaptiveSweepCoordinates(SweepCoordinates):
         if self.factor is None:
             self.factor = max(step_size, self.energy.over_relaxation or 0.0)
         if not self.frozen:  # directions[::2]: the odd layers'
-            self._observe(float(torch.stack(torch._foreach_norm(directions[::2])).norm()))
+            self.pending.append(torch.stack(torch._foreach_norm(directions[::2])).norm())
+            if len(self.pending) == READ_EVERY:  # one host synchronisation for several sweeps
+                factor, read = self.factor, torch.stack(self.pending).tolist()
+                self.pending = []
+                for norm in read:
+                    self._observe(norm)
+                    if self.factor != factor:  # the rest was swept at the old factor
+                        break
         self.energy.sweep(state, directions, self.factor, output_step_size=step_size if state.beta else None)
 
     def _observe(self, norm: float) -> None:
