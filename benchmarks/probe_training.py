@@ -38,7 +38,7 @@ Millidge et al. 2022's ``mlp([784, 128, 64, 10])`` (ReLU); ``vgg5`` = ``VGG(5)``
 ``--width`` (1/4 by default; ReLU, max-pooling); ``vgg5_avg`` the same with average pooling;
 ``resnet_nobn``, ``cnn``, ``smooth_cnn``, ``resmlp``: ``examples/deep_mnist.py``'s networks
 (``resnet_nobn`` is ``examples/trajectory_agreement.py``'s ResNet without BatchNorm). For ``ep`` and
-``chl`` (Hopfield energies need bounded units) the ReLU of ``vgg5`` and ``cnn`` is ``clip``; the
+``chl`` (Hopfield energies need bounded units) the ReLU of ``seed_mlp``, ``vgg5`` and ``cnn`` is ``clip``; the
 BP run trains the same network.
 """
 
@@ -101,7 +101,8 @@ def _vgg5(pool: str) -> Network:
 
 NETWORKS: dict[str, Network] = {
     "mlp10_tanh": Network(lambda algorithm, width: pl_energy.mlp([784] + [128] * 9 + [10], activation="tanh"), False),
-    "seed_mlp": Network(lambda algorithm, width: pl_energy.mlp([784, 128, 64, 10]), False),
+    "seed_mlp": Network(lambda algorithm, width: pl_energy.mlp(
+        [784, 128, 64, 10], activation="clip" if algorithm in HOPFIELD else "relu"), False),
     "vgg5": _vgg5("max"),
     "vgg5_avg": _vgg5("avg"),
     "resnet_nobn": _deep_mnist("resnet", batch_norm=False),

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from pl_energy import build_algorithm, mlp
 from pl_energy.core import HopfieldEnergy, Loss, relax
+from pl_energy.core.hopfield import Box
 from helpers import max_relative
 
 RHO = {"relu": torch.relu, "hardsigmoid": lambda x: F.relu6(x + 3) / 6, "sigmoid": torch.sigmoid}
@@ -41,7 +42,7 @@ def net_inputs(network, activation, inputs, hidden):
 
 
 @pytest.mark.parametrize("activation", ["relu", "hardsigmoid", "sigmoid"])
-@pytest.mark.parametrize("solver,step_size", [("gd", 0.5), ("nesterov", 0.5), ("sweep", 1.0)])
+@pytest.mark.parametrize("solver,step_size", [("gd", 0.5), ("nesterov", 0.5), ("sweep", 1.0), ("adaptive_sweep", 1.3)])
 def test_free_equilibrium_satisfies_the_kkt_conditions(activation, solver, step_size):
     network, inputs, targets = problem(activation)
     energy = HopfieldEnergy(network, Loss("mse"))
@@ -176,3 +177,18 @@ def test_hardsigmoid_reference_and_frozen_parameters():
     for name in ("ep", "chl"):
         reference = build_algorithm(name, steps=2000, tol=1e-12).reference(network, inputs, targets)
         assert "0.0.bias" not in reference and all(torch.isfinite(g).all() for g in reference.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("box", [Box(0.0, 1.0, 1.0), Box(0.0, None, 1.0), Box(-3.0, 3.0, 1 / 6)])
+def test_the_projected_gradient_is_its_definition(box, dtype):
+    """0 where x is on (or past) a bound and the gradient points outwards, else the gradient."""
+    torch.manual_seed(0)
+    x = box.project(torch.randn(40, 30, dtype=dtype) * 4)
+    x[0, :4] = torch.tensor([-5.0, 5.0, box.low, box.high if box.high is not None else 2.0])
+    gradient = torch.randn(40, 30, dtype=dtype)
+    gradient[1, :3] = torch.tensor([0.0, -0.0, 1e30])
+    expected = torch.where(x <= box.low, gradient.clamp(max=0), gradient)
+    if box.high is not None:
+        expected = torch.where(x >= box.high, expected.clamp(min=0), expected)
+    assert torch.equal(box.project_gradient(x, gradient), expected)

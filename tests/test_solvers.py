@@ -68,7 +68,8 @@ PC_SOLVERS = ("error", "anderson", "newton", "gd", "nesterov")
 
 
 def test_every_solver_is_tested():
-    assert set(SOLVERS) == set(PC_SOLVERS) | {"sweep"}  # sweep: Hopfield only, test_hopfield.py
+    # sweep, adaptive_sweep: Hopfield only (test_hopfield.py, test_adaptive_sweep.py); newton: test_newton.py
+    assert set(SOLVERS) == set(PC_SOLVERS) | {"sweep", "adaptive_sweep", "newton"}
 
 
 @pytest.mark.parametrize("lam", [0.01, 1.0])

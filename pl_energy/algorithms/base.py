@@ -218,8 +218,8 @@ class RelaxingAlgorithm(Algorithm):
     Args:
         solver: "gd" (descent on the activities: the papers' dynamics), "error" (descent on
             the prediction errors, PC only), "anderson" ("error" with Anderson mixing),
-            "newton" (truncated Newton on the errors, PC only), "nesterov" or "sweep"
-            (even/odd layer blocks, Hopfield only).
+            "newton" (truncated Newton on the errors, PC only), "nesterov", "sweep" or
+            "adaptive_sweep" (even/odd layer blocks, Hopfield only).
         steps: the step cap of each phase; the exact number of steps when ``tol`` is None.
         step_size: the solver's step (None: its default); "auto" halves it whenever the
             energy rises instead of raising ``DivergenceError``.

@@ -1,5 +1,6 @@
 """The energy core, pure torch: networks, energies, inference solvers, traces."""
 
+from .adaptive_sweep import AdaptiveEvenOddSweep  # registers solver="adaptive_sweep"
 from .energy import Energy
 from .hopfield import HopfieldEnergy
 from .inference import DivergenceError, InferenceReport, Relaxation, relax
