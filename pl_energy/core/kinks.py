@@ -51,9 +51,10 @@ from torch import Tensor, nn
 class _Pin:
     """A layer's forward with the kinks of the free state pinned: ``record`` reads them off the
     free state (and returns the plain output there), ``__call__`` evaluates a later state;
-    ``kinks`` is how many units ``record`` found on a kink."""
+    ``kinks`` counts the units ``record`` found on a kink (a 0-dim tensor, read by
+    ``KinkPins.fix`` for all layers at once)."""
 
-    kinks: int = 0
+    kinks: Tensor
 
     def record(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -67,7 +68,7 @@ class _PinnedReLU(_Pin):
 
     def record(self, x: Tensor) -> Tensor:
         self.on_kink = x == 0
-        self.kinks = int(self.on_kink.sum())
+        self.kinks = self.on_kink.sum()
         return F.relu(x)
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -99,7 +100,7 @@ class _PinnedMaxPool2d(_Pin):
             first = windows.argmax(1, keepdim=True)  # the first maximum, as max-pooling picks it
             tied = windows == windows.amax(1, keepdim=True)
             self.losers = tied & (torch.arange(windows.shape[1], device=x.device)[:, None] != first)
-        self.kinks = int(self.losers.sum())
+        self.kinks = self.losers.sum()
         return output
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -157,32 +158,29 @@ class KinkPins:
     def __init__(self, network: nn.Module):
         self.on_kink: dict[nn.Module, int] = {}
         self.fixed = False
-        self._calls: dict[nn.Module, int] = {}
-        self._installed: dict[nn.Module, object] = {}  # module -> the forward it had before
+        self._slots: dict[nn.Module, _Slot] = {}
         for module in network.modules():
             pin = _pin_for(module)
             if pin is not None:
-                self._installed[module] = None
-                self._calls[module] = 0
-                module.forward = _Slot(self, module, pin)
+                module.forward = self._slots[module] = _Slot(self, module, pin)
 
     def fix(self) -> None:
-        """The free state is computed: pin the kinks it found."""
+        """The free state is computed: pin the kinks it found (one read back for all layers)."""
         self.fixed = True
-        for module in list(self._installed):
-            pin = module.forward.pin
-            if self._calls[module] == 1 and pin.kinks:
-                self.on_kink[module] = pin.kinks
-            else:
+        recorded = [module for module, slot in self._slots.items() if slot.calls == 1]
+        counts = torch.stack([self._slots[module].pin.kinks for module in recorded]).tolist() if recorded else []
+        self.on_kink = {module: count for module, count in zip(recorded, counts) if count}
+        for module in list(self._slots):
+            if module not in self.on_kink:
                 self._release(module)
 
     def _release(self, module: nn.Module) -> None:
-        del self._installed[module]
+        del self._slots[module]
         del module.forward
 
     def release(self) -> None:
         """Give every layer still pinned its own forward back."""
-        for module in list(self._installed):
+        for module in list(self._slots):
             self._release(module)
 
 
@@ -193,13 +191,14 @@ class _Slot:
 
     def __init__(self, pins: KinkPins, module: nn.Module, pin: _Pin):
         self.pins, self.module, self.pin = pins, module, pin
+        self.calls = 0  # before ``fix``: a layer called more than once is one module used twice
 
     @torch.compiler.disable
     def __call__(self, x: Tensor) -> Tensor:
         if self.pins.fixed:
             return self.pin(x)
-        calls = self.pins._calls[self.module] = self.pins._calls[self.module] + 1
-        return self.pin.record(x) if calls == 1 else type(self.module).forward(self.module, x)
+        self.calls += 1
+        return self.pin.record(x) if self.calls == 1 else type(self.module).forward(self.module, x)
 
 
 @contextmanager

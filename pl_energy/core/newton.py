@@ -57,9 +57,14 @@ def _per_sample_dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
     return sum((u * v).flatten(1).sum(1) for u, v in zip(a, b))
 
 
+def _per_sample(vector: Tensor, like: Tensor) -> Tensor:
+    """A per-sample vector (shape (B,)) shaped to broadcast against ``like`` (B, ...)."""
+    return vector.reshape(-1, *([1] * (like.dim() - 1)))
+
+
 def _scaled(values: list[Tensor], scale: Tensor) -> list[Tensor]:
     """Each sample's part of every tensor times its entry of ``scale`` (shape (B,))."""
-    return [v * scale.reshape(-1, *([1] * (v.dim() - 1))) for v in values]
+    return [v * _per_sample(scale, v) for v in values]
 
 
 @dataclass
@@ -125,7 +130,7 @@ class NewtonErrorCoordinates(ErrorCoordinates):
             curvature = _per_sample_dot(search, curvature_along)
             negative = active & (curvature <= 0)
             if iteration == 0:  # no direction of positive curvature yet: steepest descent
-                step = [torch.where(_mask(negative, s), p, s) for s, p in zip(step, preconditioned)]
+                step = [torch.where(_per_sample(negative, s), p, s) for s, p in zip(step, preconditioned)]
             active = active & ~negative
             if not bool(active.any()):
                 break
@@ -163,10 +168,6 @@ class NewtonErrorCoordinates(ErrorCoordinates):
         for index, error in enumerate(trial, start=1):
             self.energy.set_error(state, index, error)
         return t
-
-
-def _mask(mask: Tensor, like: Tensor) -> Tensor:
-    return mask.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 @dataclass
