@@ -59,6 +59,8 @@ class InferenceReport:
             the residual stayed above ``tol`` (``converged`` is then False). This is what happens
             at equilibria on the kinks of ReLU or max-pool networks, where the residual cannot
             vanish; it can also happen short of equilibrium, so it is reported, not trusted.
+        pieces_changed: where an active-set solve ran after descent settled (``core.active_set``),
+            the units whose side (ReLU) or winner (max-pooling) its rounds changed; else None.
     """
 
     solver: str
@@ -69,6 +71,7 @@ class InferenceReport:
     backoffs: int = 0
     tol: float | None = None
     settled: bool = False
+    pieces_changed: int | None = None
 
 
 @dataclass
