@@ -132,7 +132,8 @@ def test_a_tie_the_nudge_would_break_converges_to_autograds_piece(monkeypatch):
     """pc_nudge at a fixed lam = 0.1 (float64) converges and returns the update at the
     equilibrium of autograd's piece, written here from its stationarity condition; as lam -> 0
     it tends to autograd's backprop, which sends the tie's gradient to the first entry. With the
-    pins removed the same phase has no equilibrium on either piece: it only settles."""
+    pins removed the same phase has no equilibrium on either piece: plain descent only settles,
+    and the active set (``core.active_set``) finds the equilibrium on the kink, a split winner."""
     network, inputs, targets = _two_unit_pool(0.1)
     estimate = build_algorithm("pc_nudge", lam=0.1, tol=1e-12, error_tolerance=None).estimate(network, inputs, targets)
     assert estimate.converged and estimate.inference[0].steps <= 60
@@ -147,9 +148,11 @@ def test_a_tie_the_nudge_would_break_converges_to_autograds_piece(monkeypatch):
     monkeypatch.setattr(kinks.KinkPins, "fix", kinks.KinkPins.release)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        unpinned = build_algorithm("pc_nudge", lam=0.1, tol=1e-12, error_tolerance=None).estimate(
-            network, inputs, targets)
+        unpinned = build_algorithm("pc_nudge", lam=0.1, tol=1e-12, error_tolerance=None, active_set=False
+                                   ).estimate(network, inputs, targets)
     assert not unpinned.converged
+    on_kink = build_algorithm("pc_nudge", lam=0.1, tol=1e-12, error_tolerance=None).estimate(network, inputs, targets)
+    assert on_kink.converged and on_kink.inference[0].units_on_kink >= 1
 
 
 def test_subclasses_and_replaced_forwards_are_not_pinned():

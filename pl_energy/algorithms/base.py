@@ -264,13 +264,14 @@ class RelaxingAlgorithm(Algorithm):
                     "and ran 3.3x slower)", UserWarning, stacklevel=4)
 
     def relax(self, energy, state, record: bool = False, steps: int | None = None,
-              tol: float | None = None, measured_from=None) -> Relaxation:
+              tol: float | None = None, measured_from=None, warn: bool = True) -> Relaxation:
         """One inference phase on ``state`` in place (see ``core.relax``; ``tol`` overrides the
         algorithm's, ``measured_from`` measures the residual against the change since that state);
-        warns once per process when a tolerance was asked for and not reached."""
+        warns once per process when a tolerance was asked for and not reached (unless ``warn`` is
+        False: the caller has another try, and warns itself)."""
         tol = self.tol if tol is None else tol
         relaxation = relax(energy, state, self.steps if steps is None else steps, self.step_size,
                            tol, record, self.solver, measured_from=measured_from, compile=self.compile_inference)
-        if tol is not None and not relaxation.report.converged:
+        if warn and tol is not None and not relaxation.report.converged:
             warnings.warn(NOT_CONVERGED, NotConvergedWarning, stacklevel=2)
         return relaxation

@@ -23,17 +23,22 @@ flag set away: ``solver="gd", steps=50, step_size=0.1, tol=None`` is Millidge et
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from ..core.active_set import Pieces, solve_on_pieces
+from ..core.inference import DivergenceError, InferenceReport
 from ..core.kinks import kinks_pinned
 from ..core.losses import Loss
 from ..core.networks import layers_of
 from ..core.nudge import automatic_strength, finite_difference_step
 from ..core.predictive_coding import PCState, PredictiveCodingEnergy
-from ..core.solvers import ErrorDescent, solver_class
+from ..core.solvers import ErrorDescent, relative_residual, solver_class
 from .contrastive import Contrast, ContrastiveAlgorithm, Phase
+from .warnings import NOT_CONVERGED, NotConvergedWarning
 
 
 #: The papers' inference settings (Song et al. 2020; Millidge et al. 2022, A.1).
@@ -51,6 +56,11 @@ class PredictiveCoding(ContrastiveAlgorithm):
         centered: +lam and -lam phases, error O(lam^2).
         error_estimate: compute ``Estimate.error_bound`` (one parameter VJP per layer).
         error_tolerance: warn when the worst layer's ``error_bound`` exceeds this (None: never).
+        active_set: where a phase with a tolerance does not converge on a ReLU / max-pooling
+            network (the nudge moved units across their kinks), solve it on its linear pieces
+            (``pl_energy.core.active_set``: sides re-read until they stop changing, units whose
+            equilibrium is on their kink solved with a fractional slope); False keeps the
+            settled state.
 
     ``lam="auto"`` takes the lam whose first-order displacement of the hidden activities is a
     step h of their size for the sample and layer it moves most (``pl_energy.core.nudge``): with
@@ -78,6 +88,7 @@ class PredictiveCoding(ContrastiveAlgorithm):
     centered: bool = False
     error_estimate: bool = True
     error_tolerance: float | None = None
+    active_set: bool = True
     solver: str = "error"
     steps: int = 100
     tol: float | None = 1e-4
@@ -111,6 +122,30 @@ class PredictiveCoding(ContrastiveAlgorithm):
         step = finite_difference_step(free.activities[0].dtype, self.centered, self.carried)
         return automatic_strength(step, energy.displacement_per_unit(free, response))
 
+    def solve_on_pieces(self, network: nn.Module, energy: PredictiveCodingEnergy, state: PCState,
+                        report: InferenceReport) -> InferenceReport:
+        """After a phase that did not converge on a ReLU / max-pooling network: the active-set
+        solve (``pl_energy.core.active_set``), whose report replaces ``report`` when it finds the
+        state's own piece, else ``report`` (with the units it moved) and the state as it was."""
+        pieces = Pieces.of(network)
+        if pieces is None:
+            return report
+        frozen = PredictiveCodingEnergy(network, energy.loss, energy.precisions, closed_forms=False)
+        settled = energy.snapshot(state)
+        try:
+            result = solve_on_pieces(energy, frozen, state, pieces, self.tol,
+                                     lambda piece, at: self.relax(piece, at, warn=False).report)
+        except DivergenceError:
+            result = None
+        if result is None or not result.consistent:
+            energy.restore(state, settled)
+            return dataclasses.replace(report, pieces_changed=None if result is None else result.changed)
+        errors = energy.errors(state)
+        residual = relative_residual(energy.error_gradients(state, errors), energy.local_terms(state, errors))
+        return dataclasses.replace(report, steps=report.steps + result.steps, converged=residual <= self.tol,
+                                   residual=residual, settled=False, pieces_changed=result.changed,
+                                   units_on_kink=result.on_kink)
+
     def signs(self) -> tuple[int, ...]:
         """The signs of the nudged phases: +lam, then -lam when centered."""
         return (1, -1) if self.centered else (1,)
@@ -129,9 +164,10 @@ class PredictiveCoding(ContrastiveAlgorithm):
         with kinks_pinned(network) as kinks:
             free = energy.free_state(inputs, targets)
             kinks.fix()
-            return self._nudged_phases(energy, free, record)
+            return self._nudged_phases(network, energy, free, record)
 
-    def _nudged_phases(self, energy: PredictiveCodingEnergy, free: PCState, record: bool) -> Contrast:
+    def _nudged_phases(self, network: nn.Module, energy: PredictiveCodingEnergy, free: PCState,
+                       record: bool) -> Contrast:
         # the response picks "auto"'s lam, starts converged phases and gives the error's limit;
         # the papers' fixed-step runs at a fixed lam without the error need none of it
         needed = self.lam == "auto" or self.tol is not None or self.error_estimate
@@ -141,8 +177,13 @@ class PredictiveCoding(ContrastiveAlgorithm):
         phases, reports, trace = {}, (), None
         for sign in self.signs():
             state = energy.nudged(free, sign * lam, start)
-            relaxation = self.relax(energy, state, record and not reports)
-            phases[sign], reports = Phase(energy, state), reports + (relaxation.report,)
+            relaxation = self.relax(energy, state, record and not reports, warn=False)
+            report = relaxation.report
+            if self.active_set and self.tol is not None and not report.converged:
+                report = self.solve_on_pieces(network, energy, state, report)
+            if self.tol is not None and not report.converged:
+                warnings.warn(NOT_CONVERGED, NotConvergedWarning, stacklevel=4)
+            phases[sign], reports = Phase(energy, state), reports + (report,)
             trace = relaxation.trace if trace is None else trace
         scale = 1 / (len(phases) * lam)
         limit = energy.response_parameter_gradients(free, response) if self.error_estimate else None

@@ -29,9 +29,10 @@ cost, nothing changed). Units that are not on a kink at the free state but that 
 across one (a pre-activation within the displacement of 0, a runner-up within it of the maximum)
 are not pinned: there the nudged equilibrium is a different linear piece, or on the kink. At the
 automatic nudge of the error solvers (one rounding unit of the state: ``core.nudge``) that does
-not happen in practice; at a fixed lam it can, and inference then settles instead of
-converging (``InferenceReport.settled``) and the estimate's own error says by how much its
-update moved (``Estimate.error_bound`` is measured against autograd's slopes). Other
+not happen in practice; at a fixed lam it can, and descent then only settles: the phase is
+then solved on its linear pieces (``core.active_set``, which also finds equilibria that sit on
+a kink the nudge reached), and the estimate's own error says by how much its update moved
+(``Estimate.error_bound`` is measured against autograd's slopes). Other
 piecewise-linear units (leaky_relu, hardtanh, hardsigmoid), pooling layers other than
 ``MaxPool2d`` without ``ceil_mode``, subclasses of ReLU and MaxPool2d and modules whose forward
 was replaced on the instance are left as they are. Compiled whole-graph solver steps

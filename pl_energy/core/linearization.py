@@ -172,11 +172,13 @@ def scaled_parts(layer: nn.Module):
 class LayerLinearizer:
     """Picks the closed form or autograd once per layer; ``__call__`` linearises at a point."""
 
-    def __init__(self, layer: nn.Module, needs_input_vjp: bool = True):
+    def __init__(self, layer: nn.Module, needs_input_vjp: bool = True, closed_forms: bool = True):
+        """``closed_forms=False``: autograd for every layer (a closed form reads its activation's
+        slope off the output, which a layer whose activation was replaced need not match)."""
         self.layer = layer
         self.needs_input_vjp = needs_input_vjp
-        self.parts = dense_parts(layer)
-        self.scaled_parts = None if self.parts is not None else scaled_parts(layer)
+        self.parts = dense_parts(layer) if closed_forms else None
+        self.scaled_parts = None if self.parts is not None or not closed_forms else scaled_parts(layer)
 
     def __call__(self, x: Tensor) -> Linearization:
         if self.parts is not None and x.dim() == 2:

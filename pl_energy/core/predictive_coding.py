@@ -66,7 +66,9 @@ class PCState:
 class PredictiveCodingEnergy:
     """E = sum pi_l/2 ||x_l - layer_l(x_{l-1})||^2 + lam * loss(layer_L(x_{L-1}), y)."""
 
-    def __init__(self, network: nn.Module, loss: Loss, precisions: Sequence[float] | None = None):
+    def __init__(self, network: nn.Module, loss: Loss, precisions: Sequence[float] | None = None,
+                 closed_forms: bool = True):
+        """``closed_forms=False`` linearises every layer through autograd (``LayerLinearizer``)."""
         self.layers = layers_of(network)
         self.loss = loss
         hidden = len(self.layers) - 1
@@ -76,7 +78,8 @@ class PredictiveCodingEnergy:
         if any(not p > 0 for p in self.precisions):
             raise ValueError(f"precisions must be positive, got {self.precisions}")
         self.linearizers = [
-            LayerLinearizer(layer, needs_input_vjp=index > 0) for index, layer in enumerate(self.layers)
+            LayerLinearizer(layer, needs_input_vjp=index > 0, closed_forms=closed_forms)
+            for index, layer in enumerate(self.layers)
         ]
 
     # --- states -------------------------------------------------------------------------------

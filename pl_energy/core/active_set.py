@@ -1,0 +1,363 @@
+"""An active-set solve of a PC phase on a piecewise-linear network (ReLU, max-pooling).
+
+A ReLU or max-pooling network is linear on each *piece*, a choice of active units and pooling
+winners. The equilibrium of the nudged energy E(e) = sum_l pi_l/2 ||e_l||^2 + lam L(x_L(e)) is a
+point e* whose own piece is the one it is an equilibrium of: on that piece E is smooth, its
+gradient vanishes at e*, and every unit at e* lies on the side the piece says. When the nudge
+moves units across their kinks (a fixed lam such as the paper's 0.01), plain descent cycles
+across them and only settles; this iteration solves the pieces instead (an active-set /
+semismooth-Newton scheme, cf. Hintermueller, Ito & Kunisch 2002):
+
+1. read the piece of the current state: each ReLU unit's side (output > 0, the slope autograd
+   gives at 0; kinks pinned at the free state stay pinned: ``core.kinks``), each pooling
+   window's winner;
+2. freeze it: ReLU becomes x -> m x and max-pooling a gather of the frozen winners, so the
+   energy is smooth, and relax the phase to its tolerance there (the layers linearised by
+   autograd: a closed form would read the slope off the output, which a frozen layer need not
+   match);
+3. read the piece of the new state; repeat until no unit changes side, at most ``MAX_ROUNDS``.
+
+**Units whose equilibrium is on their kink.** A unit can lose on both sides: frozen active, the
+equilibrium puts its pre-activation a below 0; frozen inactive, above 0. No piece is then
+consistent and the plain iteration cycles. The equilibrium lies on the kink, a = 0, with a
+fractional slope s in [0, 1]: 0 is in the convex hull of the two one-sided gradients (Clarke's
+generalised gradient), the optimality condition of a piecewise-smooth energy at a kink. A unit
+that flips back to a side it left gets the frozen map x -> s x (equal to ReLU at a = 0), and s
+solves a(s) = 0, a(s) its pre-activation at the equilibrium of the piece with slope s, started
+at the chord's root between a(0) > 0 >= a(1). A pooling window whose winner w and runner-up v
+swap back and forth likewise gets s x_w + (1 - s) x_v, with root x_w - x_v = 0. One sample's
+kink units are coupled through its equilibrium, so their roots are found together, by
+Broyden's method per sample (``_KinkNewton``), to |f| <= tol max_l ||e_l||.
+
+The state returned is stationary for the energy with those slopes and within that tolerance of
+the kinks; its parameter gradients are taken with the same slopes (the state keeps the frozen
+layers' linearisations), the limit of a smoothed kink. When the rounds run out the solve gives
+up and the caller keeps the state descent settled at. ``ActiveSetResult.changed`` counts the
+side changes of all rounds (ReLU units, pooling windows), ``on_kink`` the units solved on their
+kink.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+MAX_ROUNDS = 30
+
+
+class _KinkNewton:
+    """Broyden's method, per sample, on the kink units' f(s) = 0 (one sample's units are coupled
+    through its equilibrium; samples are independent). A unit joins with the chord of its two
+    sides, f(0) > 0 >= f(1), as its own slope df/ds, and its sample's Jacobian is then updated
+    by Broyden's rank-one secant (Broyden 1965) from each round's change of s and f; s stays in
+    [0, 1], and a unit at an end whose f agrees with that side (s = 0, f <= 0 or s = 1,
+    f >= 0) is a plain unit there, held until its f changes sign."""
+
+    def __init__(self):
+        self.units: list[tuple[int, int, int]] = []  # (piece, sample, flat unit index)
+        self.members: dict[int, list[int]] = {}
+        self.jacobians: dict[int, Tensor] = {}
+        self.last: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def join(self, piece: int, sample: int, unit: int, chord: float) -> None:
+        members = self.members.setdefault(sample, [])
+        members.append(len(self.units))
+        self.units.append((piece, sample, unit))
+        jacobian = torch.zeros(len(members), len(members), dtype=torch.float64)
+        if sample in self.jacobians:
+            jacobian[:-1, :-1] = self.jacobians[sample]
+        jacobian[-1, -1] = chord
+        self.jacobians[sample] = jacobian
+        self.last.pop(sample, None)
+
+    def step(self, pieces: list["_Piece"], atol: float) -> tuple[bool, int]:
+        """Take the kink units' f at their s, propose their next s in the pieces; whether all
+        are solved (|f| <= atol, or at an end), and how many are on their kink."""
+        solved, on_kink = True, 0
+        for sample, members in self.members.items():
+            s = torch.tensor([pieces[p].unit_weight(b, u) for p, b, u in (self.units[m] for m in members)],
+                             dtype=torch.float64)
+            f = torch.tensor([pieces[p].unit_value(b, u) for p, b, u in (self.units[m] for m in members)],
+                             dtype=torch.float64)
+            at_end = ((s <= 0) & (f <= 0)) | ((s >= 1) & (f >= 0))
+            solved = solved and bool(((f.abs() <= atol) | at_end).all())
+            on_kink += int((~at_end).sum())
+            jacobian = self.jacobians[sample]
+            if sample in self.last:  # a change of f within the tolerance is the relaxation's noise
+                ds, df = s - self.last[sample][0], f - self.last[sample][1]
+                if float(ds @ ds) > 0 and float(df.abs().max()) > atol:
+                    jacobian += torch.outer(df - jacobian @ ds, ds) / (ds @ ds)
+            self.last[sample] = (s, f)
+            free = ~at_end
+            move = torch.zeros_like(s)
+            if free.any():
+                block = jacobian[free][:, free]
+                try:
+                    move[free] = torch.linalg.solve(block, -f[free])
+                except RuntimeError:  # a singular secant Jacobian: its diagonal
+                    move[free] = -f[free] / block.diagonal()
+            for m, value in zip(members, (s + move).clamp(0.0, 1.0).tolist()):
+                p, b, u = self.units[m]
+                pieces[p].set_unit_proposal(b, u, value)
+        return solved, on_kink
+
+
+class _Piece:
+    """One ReLU or ``MaxPool2d``: its forward as it was (observing the piece and the input of
+    each call), or frozen at a piece. Per unit (a ReLU unit, a pooling window): ``weight``, the
+    frozen piece's weight s on its first side, and ``kink``, the units found on their kink,
+    with f(s) in ``value``; ``update`` compares an observed call with the frozen piece it
+    relaxed on and proposes the next piece, which ``freeze`` applies."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.previous = module.__dict__.get("forward")  # a pin of ``core.kinks``, or None
+        self.frozen = False
+        self.started = False
+        self.side: Tensor | None = None  # the piece at the latest observed call
+        self.input: Tensor | None = None
+
+    def _forward(self, x: Tensor) -> Tensor:
+        return type(self.module).forward(self.module, x) if self.previous is None else self.previous(x)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.frozen:
+            return self._frozen(x)
+        output = self._forward(x)
+        self.input, self.side = x.detach(), self._read(x, output)
+        return output
+
+    def freeze(self) -> None:
+        """Freeze the proposed piece (the observed one in the first round)."""
+        if not self.started:
+            self._start()
+            self.kink = torch.zeros_like(self.weight, dtype=torch.bool)
+            self.started = True
+        else:
+            self._apply()
+        self.frozen = True
+
+    def _unit(self, tensor: Tensor) -> Tensor:
+        return tensor.view(tensor.shape[0], -1)
+
+    def unit_weight(self, sample: int, unit: int) -> float:
+        return float(self._unit(self.weight)[sample, unit])
+
+    def unit_value(self, sample: int, unit: int) -> float:
+        return float(self._unit(self.value)[sample, unit])
+
+    def set_unit_proposal(self, sample: int, unit: int, value: float) -> None:
+        self._unit(self.proposal)[sample, unit] = value
+
+    def opened(self, back: Tensor, f_at_0: Tensor, f_at_1: Tensor) -> list[tuple[int, int, float]]:
+        """Units ``back`` (flipped back to a side they left) join the kink units, at the root of
+        their chord from f(0) > 0 to f(1) <= 0; their (sample, unit, chord slope)."""
+        self.kink = self.kink | back
+        chord = f_at_1 - f_at_0
+        self.proposal = torch.where(back, f_at_0 / (-chord).clamp_min(torch.finfo(chord.dtype).tiny), self.proposal)
+        where = self._unit(back).nonzero().tolist()
+        slopes = self._unit(chord)[back.view(back.shape[0], -1)].tolist()
+        return [(b, u, slope) for (b, u), slope in zip(where, slopes)]
+
+
+class _ReLUPiece(_Piece):
+    """A ReLU layer; frozen, x -> weight * x (the slope: 0 or 1, fractional on kink units,
+    whose f(s) is the pre-activation a)."""
+
+    def _read(self, x: Tensor, output: Tensor) -> Tensor:
+        return output > 0
+
+    def _frozen(self, x: Tensor) -> Tensor:
+        return x * self.weight
+
+    def _start(self) -> None:
+        self.weight = self.proposal = self.side.to(self.input.dtype)
+        self.flipped = torch.full_like(self.weight, torch.nan)  # a at the unit's last flip
+
+    def _apply(self) -> None:
+        self.weight = self.proposal
+
+    def update(self) -> tuple[int, list[tuple[int, int, float]]]:
+        """The units that changed side, and those that became kink units."""
+        a = self.value = self.input
+        changed = ~self.kink & (self.side != (self.weight > 0))
+        # a flip from active leaves a = a(1) <= 0, from inactive a = a(0) > 0: one of each, a kink
+        back = changed & ~torch.isnan(self.flipped) & ((self.flipped > 0) != (a > 0))
+        self.flipped = torch.where(changed & ~back, a, self.flipped)
+        self.proposal = torch.where(self.kink, self.weight, self.side.to(a.dtype))
+        opened = self.opened(back, torch.where(a > 0, a, self.flipped), torch.where(a > 0, self.flipped, a))
+        return int(changed.sum()), opened
+
+
+class _MaxPoolPiece(_Piece):
+    """A ``MaxPool2d`` layer (windows that tile the input); frozen, w x_first + (1 - w) x_second
+    per window (first = second = the winner, w = 1; on kink units the two that swap, with
+    f(w) = x_first - x_second)."""
+
+    def _read(self, x: Tensor, output: Tensor) -> Tensor:
+        m = self.module
+        losers = getattr(getattr(self.previous, "pin", None), "losers", None)
+        candidates = x if losers is None else x.masked_fill(losers, -torch.inf)
+        return F.max_pool2d(candidates, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
+                            return_indices=True)[1]
+
+    def _gather(self, x: Tensor, index: Tensor) -> Tensor:
+        return x.flatten(-2).gather(-1, index.flatten(-2)).view(index.shape)
+
+    def _frozen(self, x: Tensor) -> Tensor:
+        first = self._gather(x, self.first)
+        if not self.kink.any():
+            return first
+        return torch.lerp(self._gather(x, self.second), first, self.weight)
+
+    def _start(self) -> None:
+        self.first = self.second = self.next_first = self.next_second = self.side
+        self.weight = self.proposal = torch.ones(self.side.shape, dtype=self.input.dtype, device=self.side.device)
+        # each window's last flip: from, to (-1: none), and x_from - x_to (<= 0) then
+        self.flip_from, self.flip_to = torch.full_like(self.side, -1), torch.full_like(self.side, -1)
+        self.flip_gap = torch.zeros_like(self.weight)
+
+    def _apply(self) -> None:
+        self.first, self.second, self.weight = self.next_first, self.next_second, self.proposal
+
+    def update(self) -> tuple[int, list[tuple[int, int, float]]]:
+        """The windows whose winner changed, and those that became kink units."""
+        x, winner = self.input, self.side
+        changed = ~self.kink & (winner != self.first)
+        self.value = self._gather(x, self.first) - self._gather(x, self.second)
+        gap = self._gather(x, self.first) - self._gather(x, winner)  # <= 0 where changed
+        back = changed & (self.flip_from == winner) & (self.flip_to == self.first)
+        f_at_0 = -self.flip_gap  # the pair (first, winner): f(0) = -gap at the last flip, f(1) = gap
+        record = changed & ~back
+        self.flip_from = torch.where(record, self.first, self.flip_from)
+        self.flip_to = torch.where(record, winner, self.flip_to)
+        self.flip_gap = torch.where(record, gap, self.flip_gap)
+        self.next_second = torch.where(self.kink, self.second, winner)
+        self.next_first = torch.where(self.kink | back, self.first, winner)
+        self.proposal = torch.where(self.kink, self.weight, torch.ones_like(self.weight))
+        return int(changed.sum()), self.opened(back, f_at_0, gap)
+
+
+class Pieces:
+    """The ReLU and ``MaxPool2d`` layers of a network, observed or frozen (a context manager)."""
+
+    def __init__(self, network: nn.Module):
+        self.pieces = [(_MaxPoolPiece if isinstance(m, nn.MaxPool2d) else _ReLUPiece)(m)
+                       for m in network.modules() if _supported(m)]
+        self.newton = _KinkNewton()
+        self.on_kink = 0
+
+    @classmethod
+    def of(cls, network: nn.Module) -> "Pieces | None":
+        """The pieces of a network made of units this module handles, None otherwise: no ReLU or
+        max-pooling at all, a module used at several places (one piece per call is not one per
+        module), a pooling layer whose windows do not tile its input."""
+        uses = Counter(id(m) for _, m in network.named_modules(remove_duplicate=False))
+        pieces = cls(network)
+        shared = any(uses[id(piece.module)] > 1 for piece in pieces.pieces)
+        untiled = any(isinstance(piece, _MaxPoolPiece) and not _tiles(piece.module) for piece in pieces.pieces)
+        return None if not pieces.pieces or shared or untiled else pieces
+
+    def __enter__(self) -> "Pieces":
+        for piece in self.pieces:
+            piece.module.forward = piece
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for piece in self.pieces:
+            if piece.previous is None:
+                del piece.module.forward
+            else:
+                piece.module.forward = piece.previous
+
+    def freeze(self) -> None:
+        for piece in self.pieces:
+            piece.freeze()
+
+    def refreeze(self) -> None:
+        """Freeze the pieces of the last relaxation again."""
+        for piece in self.pieces:
+            piece.frozen = True
+
+    def observe(self) -> None:
+        for piece in self.pieces:
+            piece.frozen = False
+
+    def update(self, atol: float) -> tuple[int, bool]:
+        """The units that changed side since the frozen pieces, and whether the kink units are
+        solved to ``atol``; the next pieces are proposed."""
+        results = [piece.update() for piece in self.pieces]
+        solved, self.on_kink = self.newton.step(self.pieces, atol)
+        for index, (_, opened) in enumerate(results):
+            for sample, unit, chord in opened:
+                self.newton.join(index, sample, unit, chord)
+        return sum(changed for changed, _ in results), solved
+
+
+def _supported(module: nn.Module) -> bool:
+    return type(module) is nn.ReLU or (type(module) is nn.MaxPool2d and not module.return_indices)
+
+
+def _tiles(module: nn.MaxPool2d) -> bool:
+    """Windows that tile the input: stride = kernel, no padding or dilation, no ceil mode."""
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    stride = module.kernel_size if module.stride is None else module.stride
+    return (pair(stride) == pair(module.kernel_size) and pair(module.padding) == (0, 0)
+            and pair(module.dilation) == (1, 1) and not module.ceil_mode)
+
+
+@dataclass
+class ActiveSetResult:
+    """How the active-set solve ended: ``consistent`` (the last piece was the state's own, its
+    kink units solved, and the phase converged on it), the steps of its relaxations, the rounds,
+    ``changed``, the side changes of all rounds, and ``on_kink``, the units solved on a kink."""
+
+    consistent: bool
+    steps: int
+    rounds: int
+    changed: int
+    on_kink: int
+
+
+def relinearize(energy, state) -> None:
+    """Evaluate every layer again at the state's errors (the errors are the variables: x_l =
+    mu_l + e_l from the bottom up, with ``energy``'s layers as they compute now)."""
+    errors = [e.clone() for e in energy.errors(state)]
+    state.linearizations[0] = energy.linearizers[0](state.activities[0])
+    for index, error in enumerate(errors, start=1):
+        energy.set_error(state, index, error)
+
+
+def solve_on_pieces(energy, frozen_energy, state, pieces: Pieces, tol: float,
+                    relax_piece: Callable[[object, object], object]) -> ActiveSetResult:
+    """The iteration of the module docstring on ``state`` (in place); ``relax_piece(energy,
+    state)`` relaxes one phase and returns its ``InferenceReport``. Kink units are solved to
+    |f| <= tol max_l ||e_l|| (the batch's errors of layer l): a kink unit's f moves one unit of
+    its layer's prediction by at most |f|, against the relaxation's residual, ``tol`` relative
+    to ||e_l||. On success the state is linearised by
+    ``frozen_energy`` at the last pieces (their slopes give its gradients); on failure the
+    caller restores the state."""
+    steps = changed = 0
+    with pieces:
+        pieces.observe()
+        relinearize(energy, state)
+        for rounds in range(1, MAX_ROUNDS + 1):
+            pieces.freeze()
+            relinearize(frozen_energy, state)
+            report = relax_piece(frozen_energy, state)
+            steps += report.steps
+            atol = tol * max(float(error.norm()) for error in frozen_energy.errors(state))
+            pieces.observe()
+            relinearize(energy, state)
+            moved, solved = pieces.update(atol)
+            changed += moved
+            if moved == 0 and solved and report.converged:
+                pieces.refreeze()
+                relinearize(frozen_energy, state)
+                return ActiveSetResult(True, steps, rounds, changed, pieces.on_kink)
+    return ActiveSetResult(False, steps, MAX_ROUNDS, changed, pieces.on_kink)
