@@ -133,8 +133,8 @@ class PredictiveCoding(ContrastiveAlgorithm):
         frozen = PredictiveCodingEnergy(network, energy.loss, energy.precisions, closed_forms=False)
         settled = energy.snapshot(state)
         try:
-            result = solve_on_pieces(energy, frozen, state, pieces, self.tol,
-                                     lambda piece, at: self.relax(piece, at, warn=False).report)
+            result = solve_on_pieces(frozen, state, pieces, self.tol,
+                                     lambda at: self.relax(frozen, at, warn=False).report)
         except DivergenceError:
             result = None
         if result is None or not result.consistent:

@@ -186,6 +186,9 @@ class _ReLUPiece(_Piece):
         """The units that changed side, and those that became kink units."""
         a = self.value = self.input
         changed = ~self.kink & (self.side != (self.weight > 0))
+        if not self.kink.any() and not changed.any():  # the piece it relaxed on: nothing to do
+            self.proposal = self.weight
+            return 0, []
         # a flip from active leaves a = a(1) <= 0, from inactive a = a(0) > 0: one of each, a kink
         back = changed & ~torch.isnan(self.flipped) & ((self.flipped > 0) != (a > 0))
         self.flipped = torch.where(changed & ~back, a, self.flipped)
@@ -229,6 +232,10 @@ class _MaxPoolPiece(_Piece):
         """The windows whose winner changed, and those that became kink units."""
         x, winner = self.input, self.side
         changed = ~self.kink & (winner != self.first)
+        if not self.kink.any() and not changed.any():  # the piece it relaxed on: nothing to do
+            self.value, self.next_first, self.next_second, self.proposal = (
+                torch.zeros_like(self.weight), self.first, self.second, self.weight)
+            return 0, []
         self.value = self._gather(x, self.first) - self._gather(x, self.second)
         gap = self._gather(x, self.first) - self._gather(x, winner)  # <= 0 where changed
         back = changed & (self.flip_from == winner) & (self.flip_to == self.first)
@@ -279,11 +286,6 @@ class Pieces:
         for piece in self.pieces:
             piece.freeze()
 
-    def refreeze(self) -> None:
-        """Freeze the pieces of the last relaxation again."""
-        for piece in self.pieces:
-            piece.frozen = True
-
     def observe(self) -> None:
         for piece in self.pieces:
             piece.frozen = False
@@ -333,31 +335,39 @@ def relinearize(energy, state) -> None:
         energy.set_error(state, index, error)
 
 
-def solve_on_pieces(energy, frozen_energy, state, pieces: Pieces, tol: float,
-                    relax_piece: Callable[[object, object], object]) -> ActiveSetResult:
-    """The iteration of the module docstring on ``state`` (in place); ``relax_piece(energy,
-    state)`` relaxes one phase and returns its ``InferenceReport``. Kink units are solved to
+@torch.no_grad()
+def observe(energy, state) -> None:
+    """Call every layer as it computes now at the state (x_l = mu_l + e_l from the bottom up),
+    without touching the state: the observed pieces record their sides."""
+    x = state.activities[0]
+    for index, (layer, error) in enumerate(zip(energy.layers, energy.errors(state)), start=1):
+        x = layer(x) + error
+    energy.layers[-1](x)
+
+
+def solve_on_pieces(energy, state, pieces: Pieces, tol: float,
+                    relax_piece: Callable[[object], object]) -> ActiveSetResult:
+    """The iteration of the module docstring on ``state`` (in place); ``energy`` linearises its
+    layers by autograd (the frozen layers' slopes are not their outputs'), ``relax_piece(state)``
+    relaxes one phase of it and returns its ``InferenceReport``. Kink units are solved to
     |f| <= tol max_l ||e_l|| (the batch's errors of layer l): a kink unit's f moves one unit of
     its layer's prediction by at most |f|, against the relaxation's residual, ``tol`` relative
-    to ||e_l||. On success the state is linearised by
-    ``frozen_energy`` at the last pieces (their slopes give its gradients); on failure the
-    caller restores the state."""
+    to ||e_l||. On success the state is linearised at the last pieces (their slopes give its
+    gradients); on failure the caller restores the state."""
     steps = changed = 0
     with pieces:
         pieces.observe()
-        relinearize(energy, state)
+        observe(energy, state)
         for rounds in range(1, MAX_ROUNDS + 1):
             pieces.freeze()
-            relinearize(frozen_energy, state)
-            report = relax_piece(frozen_energy, state)
-            steps += report.steps
-            atol = tol * max(float(error.norm()) for error in frozen_energy.errors(state))
-            pieces.observe()
             relinearize(energy, state)
+            report = relax_piece(state)
+            steps += report.steps
+            atol = tol * max(float(error.norm()) for error in energy.errors(state))
+            pieces.observe()
+            observe(energy, state)
             moved, solved = pieces.update(atol)
             changed += moved
             if moved == 0 and solved and report.converged:
-                pieces.refreeze()
-                relinearize(frozen_energy, state)
                 return ActiveSetResult(True, steps, rounds, changed, pieces.on_kink)
     return ActiveSetResult(False, steps, MAX_ROUNDS, changed, pieces.on_kink)
