@@ -275,14 +275,17 @@ class EnergyModule(pl.LightningModule):
     def _log_inference(self, reports, batch_size: int) -> None:
         """``inference/steps`` (all phases), ``inference/converged`` (1 when every phase reached
         its tolerance), ``inference/settled`` (1 when a phase stopped on kinks with its residual
-        above the tolerance), ``inference/residual`` (the largest final residual) and
-        ``inference/backoffs`` (step halvings after a rising energy)."""
+        above the tolerance), ``inference/residual`` (the largest final residual),
+        ``inference/backoffs`` (step halvings after a rising energy) and
+        ``inference/units_on_kink`` (units an active-set solve found on their kink, with a
+        fractional slope: ``pl_energy.core.active_set``)."""
         values = {
             "inference/steps": float(sum(report.steps for report in reports)),
             "inference/converged": float(all(report.converged for report in reports)),
             "inference/settled": float(any(report.settled for report in reports)),
             "inference/residual": max(report.residual for report in reports),
             "inference/backoffs": float(sum(report.backoffs for report in reports)),
+            "inference/units_on_kink": float(sum(report.units_on_kink or 0 for report in reports)),
         }
         for name, value in values.items():
             self.log(name, value, on_step=True, on_epoch=False, sync_dist=True, batch_size=batch_size)

@@ -24,8 +24,7 @@ class NegativeNudging(PredictiveCoding):
     """PC with negative nudging.
 
     Args:
-        lam: strength of the negative nudge, E = I - lam L, or "auto", the finite-difference
-            step of each batch (``nudge_strength``).
+        lam: strength of the negative nudge, E = I - lam L, or "auto" (as pc_nudge's).
         error_tolerance: warn when the worst layer's ``error_bound`` exceeds this (None: never).
         centered: +lam and -lam phases, error O(lam^2) (the same estimate as ``pc_nudge`` with
             ``centered=True``).

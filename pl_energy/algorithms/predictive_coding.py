@@ -56,11 +56,8 @@ class PredictiveCoding(ContrastiveAlgorithm):
         centered: +lam and -lam phases, error O(lam^2).
         error_estimate: compute ``Estimate.error_bound`` (one parameter VJP per layer).
         error_tolerance: warn when the worst layer's ``error_bound`` exceeds this (None: never).
-        active_set: where a phase with a tolerance does not converge on a ReLU / max-pooling
-            network (the nudge moved units across their kinks), solve it on its linear pieces
-            (``pl_energy.core.active_set``: sides re-read until they stop changing, units whose
-            equilibrium is on their kink solved with a fractional slope); False keeps the
-            settled state.
+        active_set: solve phases that settle on ReLU / max-pool kinks piece by piece
+            (``core.active_set``).
 
     ``lam="auto"`` takes the lam whose first-order displacement of the hidden activities is a
     step h of their size for the sample and layer it moves most (``pl_energy.core.nudge``): with

@@ -33,7 +33,8 @@ NOT_CONVERGED = (
     "may be short of equilibrium: the step cap was hit (raise steps, loosen tol, or use a faster "
     "solver: 'error' for pc and pc_nudge, 'newton' for pc's lam = 1 on a trained smooth network, "
     "'nesterov' or 'sweep' for ep and chl), or the damped "
-    "steps settled on the kinks of a ReLU/max-pool energy, where the residual cannot vanish and "
-    "the update depends on the slope taken at each kink (a smooth activation avoids it); "
-    "Estimate.inference has the residual"
+    "steps settled on the kinks of a ReLU/max-pool energy and the active-set solve of its linear "
+    "pieces (pc, pc_nudge) did not find its piece within its rounds, or is off "
+    "(active_set=False), so the update depends on where descent stopped (a smooth activation "
+    "avoids it); Estimate.inference has the residual"
 )

@@ -47,8 +47,7 @@ class ZeroDivergenceIL(Algorithm):
             2020's gamma; C3: r = 1 gives BP's updates exactly; otherwise layer k below the
             output gets r^k times).
         lam: weight of the supervised term, E = I + lam L (1: the target clamps the output).
-        trace: record the energy of every inference step by default (``estimate(record=...)``
-            overrides it); off by default, as it costs a pass over the state per step.
+        trace: record the energy of every inference step (a pass over the state per step).
     """
 
     inference_rate: float = 1.0
