@@ -16,7 +16,10 @@ prediction errors, Goemaere et al. 2025) to a relative residual of ``tol = 1e-4`
 steps; at pc_nudge's automatic nudge (one rounding unit) it converges at its first-order start,
 at lam = 0.01 on tanh MLPs of depth 3-20 in 2 steps. For pc's strong nudge on trained deep
 networks ``solver="newton"`` converges where the fixed-point iterations stall
-(``pl_energy.core.newton``). The papers' dynamics are one
+(``pl_energy.core.newton``). On ReLU / max-pooling networks a phase that descent has not
+solved in ``DESCENT_BEFORE_PIECES`` steps (the nudge moved units across their kinks, where
+descent would only settle) is solved on its linear pieces (``pl_energy.core.active_set``,
+``active_set=True``). The papers' dynamics are one
 flag set away: ``solver="gd", steps=50, step_size=0.1, tol=None`` is Millidge et al. 2022's A.1 setting
 (``PAPER_SETTINGS``).
 """
@@ -40,6 +43,10 @@ from ..core.solvers import ErrorDescent, relative_residual, solver_class
 from .contrastive import Contrast, ContrastiveAlgorithm, Phase
 from .warnings import NOT_CONVERGED, NotConvergedWarning
 
+
+#: Descent steps before a phase on a ReLU / max-pooling network that has not converged is
+#: solved on its linear pieces (``PredictiveCoding.relax_phase``).
+DESCENT_BEFORE_PIECES = 5
 
 #: The papers' inference settings (Song et al. 2020; Millidge et al. 2022, A.1).
 PAPER_SETTINGS = {"solver": "gd", "steps": 50, "step_size": 0.1, "tol": None}
@@ -119,29 +126,37 @@ class PredictiveCoding(ContrastiveAlgorithm):
         step = finite_difference_step(free.activities[0].dtype, self.centered, self.carried)
         return automatic_strength(step, energy.displacement_per_unit(free, response))
 
-    def solve_on_pieces(self, network: nn.Module, energy: PredictiveCodingEnergy, state: PCState,
-                        report: InferenceReport) -> InferenceReport:
-        """After a phase that did not converge on a ReLU / max-pooling network: the active-set
-        solve (``pl_energy.core.active_set``), whose report replaces ``report`` when it finds the
-        state's own piece, else ``report`` (with the units it moved) and the state as it was."""
-        pieces = Pieces.of(network)
-        if pieces is None:
-            return report
+    def relax_phase(self, network: nn.Module, energy: PredictiveCodingEnergy, state: PCState,
+                    record: bool) -> tuple[object, InferenceReport]:
+        """One nudged phase: descent to the tolerance; on a ReLU / max-pooling network
+        (``Pieces.of``) descent stops after ``DESCENT_BEFORE_PIECES`` steps and, if it has not
+        converged, the phase is solved on its linear pieces (``pl_energy.core.active_set``;
+        settling across kinks would take a dozen more halved steps); if that solve runs out of
+        rounds, descent goes on from where it stopped. Returns the trace (of the first
+        descent) and the report."""
+        pieces = Pieces.of(network) if self.active_set and self.tol is not None else None
+        steps = self.steps if pieces is None else min(self.steps, DESCENT_BEFORE_PIECES)
+        relaxation = self.relax(energy, state, record, steps=steps, warn=False)
+        report = relaxation.report
+        if pieces is None or report.converged:
+            return relaxation.trace, report
         frozen = PredictiveCodingEnergy(network, energy.loss, energy.precisions, closed_forms=False)
-        settled = energy.snapshot(state)
+        descended = energy.snapshot(state)
         try:
             result = solve_on_pieces(frozen, state, pieces, self.tol,
                                      lambda at: self.relax(frozen, at, warn=False).report)
         except DivergenceError:
             result = None
-        if result is None or not result.consistent:
-            energy.restore(state, settled)
-            return dataclasses.replace(report, pieces_changed=None if result is None else result.changed)
-        errors = energy.errors(state)
-        residual = relative_residual(energy.error_gradients(state, errors), energy.local_terms(state, errors))
-        return dataclasses.replace(report, steps=report.steps + result.steps, converged=residual <= self.tol,
-                                   residual=residual, settled=False, pieces_changed=result.changed,
-                                   units_on_kink=result.on_kink)
+        if result is not None and result.consistent:
+            errors = energy.errors(state)
+            residual = relative_residual(energy.error_gradients(state, errors), energy.local_terms(state, errors))
+            return relaxation.trace, dataclasses.replace(
+                report, steps=report.steps + result.steps, converged=residual <= self.tol, residual=residual,
+                settled=False, pieces_changed=result.changed, units_on_kink=result.on_kink)
+        energy.restore(state, descended)
+        rest = self.relax(energy, state, steps=self.steps - report.steps, warn=False).report
+        return relaxation.trace, dataclasses.replace(rest, steps=report.steps + rest.steps,
+                                                     pieces_changed=None if result is None else result.changed)
 
     def signs(self) -> tuple[int, ...]:
         """The signs of the nudged phases: +lam, then -lam when centered."""
@@ -174,14 +189,11 @@ class PredictiveCoding(ContrastiveAlgorithm):
         phases, reports, trace = {}, (), None
         for sign in self.signs():
             state = energy.nudged(free, sign * lam, start)
-            relaxation = self.relax(energy, state, record and not reports, warn=False)
-            report = relaxation.report
-            if self.active_set and self.tol is not None and not report.converged:
-                report = self.solve_on_pieces(network, energy, state, report)
+            phase_trace, report = self.relax_phase(network, energy, state, record and not reports)
             if self.tol is not None and not report.converged:
                 warnings.warn(NOT_CONVERGED, NotConvergedWarning, stacklevel=4)
             phases[sign], reports = Phase(energy, state), reports + (report,)
-            trace = relaxation.trace if trace is None else trace
+            trace = phase_trace if trace is None else trace
         scale = 1 / (len(phases) * lam)
         limit = energy.response_parameter_gradients(free, response) if self.error_estimate else None
         return Contrast(phases.get(1), phases.get(-1), scale, free.output, free.targets, trace, reports,
