@@ -38,13 +38,15 @@ def pool_network(seed: int) -> nn.Sequential:
         nn.Linear(8, 3)).double()
 
 
-def clamped_phase(network: nn.Sequential, classes: int, active_set: bool = True):
-    """pc (lam = 1) on a batch of 8: its phase's report and state."""
+def clamped_phase(network: nn.Sequential, classes: int, active_set: bool = True, converges: bool | None = None):
+    """pc (lam = 1) on a batch of 8: its phase's report and state (a phase that does not
+    converge warns: by default, those without the active set)."""
     inputs = torch.randn(8, 6, dtype=torch.float64)
     targets = torch.randint(0, classes, (8,))
     algorithm = pl_energy.build_algorithm("pc", lam=LAM, tol=TOL, steps=500, active_set=active_set,
                                           error_estimate=False)
-    with pytest.warns(pl_energy.NotConvergedWarning) if not active_set else _nothing():
+    converges = active_set if converges is None else converges
+    with _nothing() if converges else pytest.warns(pl_energy.NotConvergedWarning):
         contrast = algorithm.phases(network, inputs, targets, as_loss("cross_entropy"), False)
     return contrast.reports[0], contrast.high, targets
 
@@ -173,3 +175,15 @@ def test_phases_that_converge_never_start_the_active_set():
     contrast = pl_energy.build_algorithm("pc_nudge", tol=1e-10).phases(
         network, inputs, targets, as_loss("cross_entropy"), False)
     assert contrast.reports[0].converged and contrast.reports[0].pieces_changed is None
+
+
+def test_a_solve_out_of_rounds_hands_the_phase_back_to_descent(monkeypatch):
+    """With one round the solve fails (its pieces still change); descent then goes on from where
+    it stopped and settles, as without the active set, and the report counts the side changes."""
+    from pl_energy.core import active_set
+
+    monkeypatch.setattr(active_set, "MAX_ROUNDS", 1)
+    torch.manual_seed(1)
+    failed, _, _ = clamped_phase(relu_network(0), 4, active_set=True, converges=False)
+    assert not failed.converged and failed.settled and failed.residual > 1e-3
+    assert failed.pieces_changed >= 1 and failed.units_on_kink is None
