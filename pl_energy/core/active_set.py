@@ -1,30 +1,32 @@
 """An active-set solve of a PC phase on a piecewise-linear network (ReLU, max-pooling).
 
-A ReLU or max-pooling network is linear on each *piece*, a choice of active units and pooling
-winners. The equilibrium of the nudged energy E(e) = sum_l pi_l/2 ||e_l||^2 + lam L(x_L(e)) is a
+A network of piecewise-linear units (ReLU, leaky ReLU, hardtanh / clip, hardsigmoid: ``Kinks``)
+and max-pooling is linear on each *piece*, a choice of each unit's side of its kinks and each
+pooling window's winner. The equilibrium of the nudged energy E(e) = sum_l pi_l/2 ||e_l||^2 + lam L(x_L(e)) is a
 point e* whose own piece is the one it is an equilibrium of: on that piece E is smooth, its
 gradient vanishes at e*, and every unit at e* lies on the side the piece says. When the nudge
 moves units across their kinks (a fixed lam such as the paper's 0.01), plain descent cycles
 across them and only settles; this iteration solves the pieces instead (an active-set /
 semismooth-Newton scheme, cf. Hintermueller, Ito & Kunisch 2002):
 
-1. read the piece of the current state: each ReLU unit's side (output > 0, the slope autograd
-   gives at 0; kinks pinned at the free state stay pinned: ``core.kinks``), each pooling
-   window's winner;
-2. freeze it: ReLU becomes x -> m x and max-pooling a gather of the frozen winners, so the
-   energy is smooth, and relax the phase to its tolerance there (the layers linearised by
+1. read the piece of the current state: each unit's side (at a kink, the side whose slope
+   autograd gives there; kinks pinned at the free state stay pinned: ``core.kinks``), each
+   pooling window's winner;
+2. freeze it: a unit becomes the affine map of its side and max-pooling a gather of the frozen
+   winners, so the energy is smooth, and relax the phase to its tolerance there (the layers linearised by
    autograd: a closed form would read the slope off the output, which a frozen layer need not
    match);
 3. read the piece of the new state; repeat until no unit changes side, at most ``MAX_ROUNDS``.
 
 **Units whose equilibrium is on their kink.** A unit can lose on both sides: frozen active, the
-equilibrium puts its pre-activation a below 0; frozen inactive, above 0. No piece is then
+equilibrium puts a ReLU's pre-activation a below 0; frozen inactive, above 0. No piece is then
 consistent and the plain iteration cycles. The equilibrium lies on the kink, a = 0, with a
 fractional slope s in [0, 1]: 0 is in the convex hull of the two one-sided gradients (Clarke's
 generalised gradient), the optimality condition of a piecewise-smooth energy at a kink. A unit
-that flips back to a side it left gets the frozen map x -> s x (equal to ReLU at a = 0), and s
-solves a(s) = 0, a(s) its pre-activation at the equilibrium of the piece with slope s, started
-at the chord's root between a(0) > 0 >= a(1). A pooling window whose winner w and runner-up v
+that flips back to a side it left gets the blend s rho_first + (1 - s) rho_second of its two
+sides' affine maps (for ReLU x -> s x, equal to ReLU at a = 0; at a kink t in general, both
+equal rho(t)), and s solves f(s) = 0, f = +-(t - a) at the equilibrium of the piece with weight
+s, started at the chord's root between f(0) > 0 >= f(1). A pooling window whose winner w and runner-up v
 swap back and forth likewise gets s x_w + (1 - s) x_v, with root x_w - x_v = 0. One sample's
 kink units are coupled through its equilibrium, so their roots are found together, by
 Broyden's method per sample (``_KinkNewton``), to |f| <= tol max_l ||e_l||.
@@ -47,6 +49,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .activations import Clip
+from .kinks import pin_of
+
 MAX_ROUNDS = 30
 
 
@@ -63,17 +68,39 @@ class _KinkNewton:
         self.members: dict[int, list[int]] = {}
         self.jacobians: dict[int, Tensor] = {}
         self.last: dict[int, tuple[Tensor, Tensor]] = {}
+        self.chords: list[float] = []
 
     def join(self, piece: int, sample: int, unit: int, chord: float) -> None:
         members = self.members.setdefault(sample, [])
         members.append(len(self.units))
         self.units.append((piece, sample, unit))
+        self.chords.append(chord)
         jacobian = torch.zeros(len(members), len(members), dtype=torch.float64)
         if sample in self.jacobians:
             jacobian[:-1, :-1] = self.jacobians[sample]
         jacobian[-1, -1] = chord
         self.jacobians[sample] = jacobian
         self.last.pop(sample, None)
+
+    def _newton_move(self, sample: int, members: list[int], jacobian: Tensor, f: Tensor, free: Tensor,
+                     worse: bool) -> Tensor:
+        """The Newton step -J^-1 f on the free units. Where the last step made the residual
+        worse (``worse``) or the secant Jacobian is singular, the sample's Jacobian starts again
+        from the units' chords (a diagonal Newton step)."""
+        move = torch.zeros_like(f)
+        if not free.any():
+            return move
+        if not worse:
+            try:
+                move[free] = torch.linalg.solve(jacobian[free][:, free], -f[free])
+                return move
+            except RuntimeError:
+                pass
+        chords = torch.tensor([self.chords[m] for m in members], dtype=torch.float64)
+        self.jacobians[sample] = torch.diag(chords)
+        self.last.pop(sample, None)
+        move[free] = -f[free] / chords[free]
+        return move
 
     def step(self, pieces: list["_Piece"], atol: float) -> tuple[bool, int]:
         """Take the kink units' f at their s, propose their next s in the pieces; whether all
@@ -87,20 +114,15 @@ class _KinkNewton:
             at_end = ((s <= 0) & (f <= 0)) | ((s >= 1) & (f >= 0))
             solved = solved and bool(((f.abs() <= atol) | at_end).all())
             on_kink += int((~at_end).sum())
-            jacobian = self.jacobians[sample]
+            jacobian, free, worse = self.jacobians[sample], ~at_end, False
             if sample in self.last:  # a change of f within the tolerance is the relaxation's noise
-                ds, df = s - self.last[sample][0], f - self.last[sample][1]
+                last_s, last_f = self.last[sample]
+                ds, df = s - last_s, f - last_f
+                worse = float(f[free].norm()) >= float(last_f[free].norm()) > atol
                 if float(ds @ ds) > 0 and float(df.abs().max()) > atol:
                     jacobian += torch.outer(df - jacobian @ ds, ds) / (ds @ ds)
             self.last[sample] = (s, f)
-            free = ~at_end
-            move = torch.zeros_like(s)
-            if free.any():
-                block = jacobian[free][:, free]
-                try:
-                    move[free] = torch.linalg.solve(block, -f[free])
-                except RuntimeError:  # a singular secant Jacobian: its diagonal
-                    move[free] = -f[free] / block.diagonal()
+            move = self._newton_move(sample, members, jacobian, f, free, worse)
             for m, value in zip(members, (s + move).clamp(0.0, 1.0).tolist()):
                 p, b, u = self.units[m]
                 pieces[p].set_unit_proposal(b, u, value)
@@ -108,15 +130,19 @@ class _KinkNewton:
 
 
 class _Piece:
-    """One ReLU or ``MaxPool2d``: its forward as it was (observing the piece and the input of
-    each call), or frozen at a piece. Per unit (a ReLU unit, a pooling window): ``weight``, the
-    frozen piece's weight s on its first side, and ``kink``, the units found on their kink,
-    with f(s) in ``value``; ``update`` compares an observed call with the frozen piece it
-    relaxed on and proposes the next piece, which ``freeze`` applies."""
+    """One piecewise-linear layer: its forward as it was (observing the piece and the input of
+    each call), or frozen at a piece. Per unit (an activation's unit, a pooling window): its
+    ``first`` and ``second`` side (equal, the unit's side, off its kink) and ``weight`` s on the
+    first; ``kink`` marks the units found on their kink, with f(s) in ``value``. ``update``
+    compares an observed call with the frozen piece it relaxed on and proposes the next piece,
+    which ``freeze`` applies. A subclass reads the sides (``_read``), computes frozen
+    (``_frozen``) and measures ``_gap(x, first, second)``, f for the pair: <= 0 where a unit
+    frozen on ``first`` moved into ``second``."""
 
     def __init__(self, module: nn.Module):
         self.module = module
         self.previous = module.__dict__.get("forward")  # a pin of ``core.kinks``, or None
+        self.pin = pin_of(module)
         self.frozen = False
         self.started = False
         self.side: Tensor | None = None  # the piece at the latest observed call
@@ -129,18 +155,54 @@ class _Piece:
         if self.frozen:
             return self._frozen(x)
         output = self._forward(x)
-        self.input, self.side = x.detach(), self._read(x, output)
+        self.input, self.side = x.detach(), self._read(x)
         return output
 
     def freeze(self) -> None:
         """Freeze the proposed piece (the observed one in the first round)."""
         if not self.started:
-            self._start()
-            self.kink = torch.zeros_like(self.weight, dtype=torch.bool)
+            self.first = self.second = self.next_first = self.next_second = self.side
+            self.weight = self.proposal = torch.ones(self.side.shape, dtype=self.input.dtype,
+                                                     device=self.side.device)
+            self.kink = torch.zeros_like(self.side, dtype=torch.bool)
+            # each unit's last flip: from, to (-1: none), and its gap then (<= 0)
+            self.flip_from, self.flip_to = torch.full_like(self.side, -1), torch.full_like(self.side, -1)
+            self.flip_gap = torch.zeros_like(self.weight)
             self.started = True
         else:
-            self._apply()
+            self.first, self.second, self.weight = self.next_first, self.next_second, self.proposal
+        self._frozen_maps()
         self.frozen = True
+
+    def _frozen_maps(self) -> None:
+        """Precompute what ``_frozen`` needs from the frozen piece."""
+
+    def _adjacent(self, first: Tensor, second: Tensor) -> Tensor:
+        """Whether the two sides share a kink."""
+        return torch.ones_like(first, dtype=torch.bool)
+
+    def update(self) -> tuple[int, list[tuple[int, int, float]]]:
+        """The units that changed side, and those that became kink units: a unit that flips
+        back to the side it left the time before (f(1) = its gap now, f(0) = minus its gap
+        then, in the pair's orientation)."""
+        x, side = self.input, self.side
+        changed = ~self.kink & (side != self.first)
+        if not self.kink.any() and not changed.any():  # the piece it relaxed on: nothing to do
+            self.value, self.next_first, self.next_second, self.proposal = (
+                torch.zeros_like(self.weight), self.first, self.second, self.weight)
+            return 0, []
+        self.value = self._gap(x, self.first, self.second)
+        gap = self._gap(x, self.first, side)
+        back = changed & (self.flip_from == side) & (self.flip_to == self.first) & self._adjacent(self.first, side)
+        f_at_0 = -self.flip_gap
+        record = changed & ~back
+        self.flip_from = torch.where(record, self.first, self.flip_from)
+        self.flip_to = torch.where(record, side, self.flip_to)
+        self.flip_gap = torch.where(record, gap, self.flip_gap)
+        self.next_second = torch.where(self.kink, self.second, side)
+        self.next_first = torch.where(self.kink | back, self.first, side)
+        self.proposal = torch.where(self.kink, self.weight, torch.ones_like(self.weight))
+        return int(changed.sum()), self.opened(back, f_at_0, gap)
 
     def _unit(self, tensor: Tensor) -> Tensor:
         return tensor.view(tensor.shape[0], -1)
@@ -155,8 +217,8 @@ class _Piece:
         self._unit(self.proposal)[sample, unit] = value
 
     def opened(self, back: Tensor, f_at_0: Tensor, f_at_1: Tensor) -> list[tuple[int, int, float]]:
-        """Units ``back`` (flipped back to a side they left) join the kink units, at the root of
-        their chord from f(0) > 0 to f(1) <= 0; their (sample, unit, chord slope)."""
+        """Units ``back`` join the kink units, at the root of their chord from f(0) > 0 to
+        f(1) <= 0; their (sample, unit, chord slope)."""
         self.kink = self.kink | back
         chord = f_at_1 - f_at_0
         self.proposal = torch.where(back, f_at_0 / (-chord).clamp_min(torch.finfo(chord.dtype).tiny), self.proposal)
@@ -165,46 +227,86 @@ class _Piece:
         return [(b, u, slope) for (b, u), slope in zip(where, slopes)]
 
 
-class _ReLUPiece(_Piece):
-    """A ReLU layer; frozen, x -> weight * x (the slope: 0 or 1, fractional on kink units,
-    whose f(s) is the pre-activation a)."""
+@dataclass(frozen=True)
+class Kinks:
+    """A piecewise-linear unit rho: kinks t_1 < ... < t_k, the slopes of its k + 1 sides, its
+    values rho(t_i), and whether a unit exactly at t_i takes the side above (autograd's slope
+    there)."""
 
-    def _read(self, x: Tensor, output: Tensor) -> Tensor:
-        return output > 0
+    at: tuple[float, ...]
+    slopes: tuple[float, ...]
+    values: tuple[float, ...]
+    upper: tuple[bool, ...]
+
+    def side(self, a: Tensor) -> Tensor:
+        side = torch.zeros_like(a, dtype=torch.long)
+        for t, upper in zip(self.at, self.upper):
+            side += (a >= t) if upper else (a > t)
+        return side
+
+
+def kinks_of(module: nn.Module) -> Kinks | None:
+    """The kinks of PyTorch's piecewise-linear units (the exact types: a subclass computes its
+    own function), None for other modules."""
+    kind = type(module)
+    if kind is nn.ReLU:
+        return Kinks((0.0,), (0.0, 1.0), (0.0,), (False,))
+    if kind is nn.LeakyReLU:
+        return Kinks((0.0,), (module.negative_slope, 1.0), (0.0,), (False,))
+    if kind in (nn.Hardtanh, nn.ReLU6, Clip):
+        low, high = float(module.min_val), float(module.max_val)
+        return Kinks((low, high), (0.0, 1.0, 0.0), (low, high), (False, True))
+    if kind is nn.Hardsigmoid:
+        return Kinks((-3.0, 3.0), (0.0, 1 / 6, 0.0), (0.0, 1.0), (False, True))
+    return None
+
+
+class _ActivationPiece(_Piece):
+    """A piecewise-linear activation (``Kinks``); frozen, each unit is the blend
+    s rho_first(a) + (1 - s) rho_second(a) of the affine maps of its sides, one affine map a ->
+    m a + c (on a kink unit its two sides meet at the kink t, and f(s) = +-(t - a), positive
+    while the first side holds)."""
+
+    def __init__(self, module: nn.Module, kinks: Kinks):
+        super().__init__(module)
+        self.kinks = kinks
+        at = torch.tensor(kinks.at, dtype=torch.float64)
+        slopes = torch.tensor(kinks.slopes, dtype=torch.float64)
+        # rho_i(a) = rho(t) + m_i (a - t) with t the side's lower kink (the first side: its upper)
+        anchors = torch.cat([at[:1], at])
+        values = torch.tensor(kinks.values, dtype=torch.float64)
+        self.tables = (slopes, torch.cat([values[:1], values]) - slopes * anchors, at)
+
+    def _read(self, x: Tensor) -> Tensor:
+        side = self.kinks.side(x)
+        on_kink = getattr(self.pin, "on_kink", None)  # pinned at the free state: inactive
+        return side if on_kink is None else side.masked_fill(on_kink, 0)
+
+    def _frozen_maps(self) -> None:
+        slopes, offsets, _ = (table.to(self.weight) for table in self.tables)
+        self.slope = torch.lerp(slopes[self.second], slopes[self.first], self.weight)
+        self.offset = torch.lerp(offsets[self.second], offsets[self.first], self.weight)
 
     def _frozen(self, x: Tensor) -> Tensor:
-        return x * self.weight
+        return torch.addcmul(self.offset, x, self.slope)
 
-    def _start(self) -> None:
-        self.weight = self.proposal = self.side.to(self.input.dtype)
-        self.flipped = torch.full_like(self.weight, torch.nan)  # a at the unit's last flip
+    def _adjacent(self, first: Tensor, second: Tensor) -> Tensor:
+        return (first - second).abs() == 1
 
-    def _apply(self) -> None:
-        self.weight = self.proposal
-
-    def update(self) -> tuple[int, list[tuple[int, int, float]]]:
-        """The units that changed side, and those that became kink units."""
-        a = self.value = self.input
-        changed = ~self.kink & (self.side != (self.weight > 0))
-        if not self.kink.any() and not changed.any():  # the piece it relaxed on: nothing to do
-            self.proposal = self.weight
-            return 0, []
-        # a flip from active leaves a = a(1) <= 0, from inactive a = a(0) > 0: one of each, a kink
-        back = changed & ~torch.isnan(self.flipped) & ((self.flipped > 0) != (a > 0))
-        self.flipped = torch.where(changed & ~back, a, self.flipped)
-        self.proposal = torch.where(self.kink, self.weight, self.side.to(a.dtype))
-        opened = self.opened(back, torch.where(a > 0, a, self.flipped), torch.where(a > 0, self.flipped, a))
-        return int(changed.sum()), opened
+    def _gap(self, x: Tensor, first: Tensor, second: Tensor) -> Tensor:
+        at = self.tables[2].to(x)
+        upward = second > first
+        kink = at[torch.where(upward, first, first - 1).clamp(0, len(self.kinks.at) - 1)]
+        return torch.where(upward, kink - x, x - kink)
 
 
 class _MaxPoolPiece(_Piece):
-    """A ``MaxPool2d`` layer (windows that tile the input); frozen, w x_first + (1 - w) x_second
-    per window (first = second = the winner, w = 1; on kink units the two that swap, with
-    f(w) = x_first - x_second)."""
+    """A ``MaxPool2d`` layer (windows that tile the input); a side is a window's winner, and
+    frozen each window is s x_first + (1 - s) x_second, f = x_first - x_second."""
 
-    def _read(self, x: Tensor, output: Tensor) -> Tensor:
+    def _read(self, x: Tensor) -> Tensor:
         m = self.module
-        losers = getattr(getattr(self.previous, "pin", None), "losers", None)
+        losers = getattr(self.pin, "losers", None)
         candidates = x if losers is None else x.masked_fill(losers, -torch.inf)
         return F.max_pool2d(candidates, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
                             return_indices=True)[1]
@@ -212,50 +314,22 @@ class _MaxPoolPiece(_Piece):
     def _gather(self, x: Tensor, index: Tensor) -> Tensor:
         return x.flatten(-2).gather(-1, index.flatten(-2)).view(index.shape)
 
+    def _frozen_maps(self) -> None:
+        self.blended = bool(self.kink.any())
+
     def _frozen(self, x: Tensor) -> Tensor:
         first = self._gather(x, self.first)
-        if not self.kink.any():
-            return first
-        return torch.lerp(self._gather(x, self.second), first, self.weight)
+        return torch.lerp(self._gather(x, self.second), first, self.weight) if self.blended else first
 
-    def _start(self) -> None:
-        self.first = self.second = self.next_first = self.next_second = self.side
-        self.weight = self.proposal = torch.ones(self.side.shape, dtype=self.input.dtype, device=self.side.device)
-        # each window's last flip: from, to (-1: none), and x_from - x_to (<= 0) then
-        self.flip_from, self.flip_to = torch.full_like(self.side, -1), torch.full_like(self.side, -1)
-        self.flip_gap = torch.zeros_like(self.weight)
-
-    def _apply(self) -> None:
-        self.first, self.second, self.weight = self.next_first, self.next_second, self.proposal
-
-    def update(self) -> tuple[int, list[tuple[int, int, float]]]:
-        """The windows whose winner changed, and those that became kink units."""
-        x, winner = self.input, self.side
-        changed = ~self.kink & (winner != self.first)
-        if not self.kink.any() and not changed.any():  # the piece it relaxed on: nothing to do
-            self.value, self.next_first, self.next_second, self.proposal = (
-                torch.zeros_like(self.weight), self.first, self.second, self.weight)
-            return 0, []
-        self.value = self._gather(x, self.first) - self._gather(x, self.second)
-        gap = self._gather(x, self.first) - self._gather(x, winner)  # <= 0 where changed
-        back = changed & (self.flip_from == winner) & (self.flip_to == self.first)
-        f_at_0 = -self.flip_gap  # the pair (first, winner): f(0) = -gap at the last flip, f(1) = gap
-        record = changed & ~back
-        self.flip_from = torch.where(record, self.first, self.flip_from)
-        self.flip_to = torch.where(record, winner, self.flip_to)
-        self.flip_gap = torch.where(record, gap, self.flip_gap)
-        self.next_second = torch.where(self.kink, self.second, winner)
-        self.next_first = torch.where(self.kink | back, self.first, winner)
-        self.proposal = torch.where(self.kink, self.weight, torch.ones_like(self.weight))
-        return int(changed.sum()), self.opened(back, f_at_0, gap)
+    def _gap(self, x: Tensor, first: Tensor, second: Tensor) -> Tensor:
+        return self._gather(x, first) - self._gather(x, second)
 
 
 class Pieces:
     """The ReLU and ``MaxPool2d`` layers of a network, observed or frozen (a context manager)."""
 
     def __init__(self, network: nn.Module):
-        self.pieces = [(_MaxPoolPiece if isinstance(m, nn.MaxPool2d) else _ReLUPiece)(m)
-                       for m in network.modules() if _supported(m)]
+        self.pieces = [_piece_for(m) for m in network.modules() if _supported(m)]
         self.newton = _KinkNewton()
         self.on_kink = 0
 
@@ -302,7 +376,15 @@ class Pieces:
 
 
 def _supported(module: nn.Module) -> bool:
-    return type(module) is nn.ReLU or (type(module) is nn.MaxPool2d and not module.return_indices)
+    """PyTorch's own piecewise-linear units and ``MaxPool2d``, unless their forward was replaced
+    on the instance (a pin of ``core.kinks`` is not a replacement: it computes the same)."""
+    replaced = "forward" in module.__dict__ and pin_of(module) is None
+    pool = type(module) is nn.MaxPool2d and not module.return_indices
+    return not replaced and (pool or kinks_of(module) is not None)
+
+
+def _piece_for(module: nn.Module) -> _Piece:
+    return _MaxPoolPiece(module) if type(module) is nn.MaxPool2d else _ActivationPiece(module, kinks_of(module))
 
 
 def _tiles(module: nn.MaxPool2d) -> bool:

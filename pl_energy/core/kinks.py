@@ -136,6 +136,12 @@ def _pin_for(module: nn.Module) -> _Pin | None:
     return _PinnedReLU() if type(module) is nn.ReLU else None
 
 
+def pin_of(module: nn.Module) -> _Pin | None:
+    """The pin a module computes through now, if any."""
+    slot = module.__dict__.get("forward")
+    return slot.pin if isinstance(slot, _Slot) else None
+
+
 def has_pins(layers) -> bool:
     """Whether any module of ``layers`` computes through a pin now (a pin is not traced by
     ``torch.compile``, so whole-graph compiled steps cannot contain one)."""
