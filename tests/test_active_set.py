@@ -225,3 +225,20 @@ def test_a_solve_out_of_rounds_hands_the_phase_back_to_descent(monkeypatch):
     failed, _, _ = clamped_phase(relu_network(0), 4, active_set=True, converges=False)
     assert not failed.converged and failed.settled and failed.residual > 1e-3
     assert failed.pieces_changed >= 1 and failed.units_on_kink is None
+
+
+def test_in_place_units_are_read_before_they_overwrite_their_input():
+    """An in-place ReLU overwrites its pre-activation; the solve reads it first, so the phase
+    and its update are those of the same network with out-of-place units (float64)."""
+    outputs = []
+    for inplace in (False, True):
+        torch.manual_seed(0)
+        network = relu_network(0)
+        for layer in network[:3]:
+            layer[1].inplace = inplace
+        report, phase, _ = clamped_phase(network, 4)
+        assert report.converged and report.units_on_kink >= 1
+        outputs.append(phase.energy.parameter_gradients(phase.state))
+    for plain, in_place in zip(*outputs):
+        for a, b in zip(plain, in_place):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

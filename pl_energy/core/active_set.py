@@ -154,9 +154,9 @@ class _Piece:
     def __call__(self, x: Tensor) -> Tensor:
         if self.frozen:
             return self._frozen(x)
-        output = self._forward(x)
-        self.input, self.side = x.detach(), self._read(x)
-        return output
+        self.input = x.detach().clone() if getattr(self.module, "inplace", False) else x.detach()
+        self.side = self._read(self.input)
+        return self._forward(x)
 
     def freeze(self) -> None:
         """Freeze the proposed piece (the observed one in the first round)."""
@@ -326,7 +326,8 @@ class _MaxPoolPiece(_Piece):
 
 
 class Pieces:
-    """The ReLU and ``MaxPool2d`` layers of a network, observed or frozen (a context manager)."""
+    """The piecewise-linear units and ``MaxPool2d`` layers of a network, observed or frozen (a
+    context manager)."""
 
     def __init__(self, network: nn.Module):
         self.pieces = [_piece_for(m) for m in network.modules() if _supported(m)]
@@ -335,8 +336,8 @@ class Pieces:
 
     @classmethod
     def of(cls, network: nn.Module) -> "Pieces | None":
-        """The pieces of a network made of units this module handles, None otherwise: no ReLU or
-        max-pooling at all, a module used at several places (one piece per call is not one per
+        """The pieces of a network made of units this module handles, None otherwise: no
+        piecewise-linear unit or max-pooling at all, a module used at several places (one piece per call is not one per
         module), a pooling layer whose windows do not tile its input."""
         uses = Counter(id(m) for _, m in network.named_modules(remove_duplicate=False))
         pieces = cls(network)
