@@ -237,6 +237,13 @@ class HopfieldEnergy:
         values = self._state_values(state)
         return [self._layer_gradient(state, values, index) for index in self.free_layers(state)]
 
+    def sweep_gradients(self, state: HopfieldState) -> list[Tensor | None]:
+        """What a ``sweep`` reads: the odd layers' gradients (as ``activity_gradients``), None
+        for the even ones, which the sweep computes itself after moving the odd ones."""
+        values = self._state_values(state)
+        return [self._layer_gradient(state, values, index) if index % 2 == 1 else None
+                for index in self.free_layers(state)]
+
     def free_layers(self, state: HopfieldState) -> range:
         return range(1, len(self.layers) if state.clamped else len(self.layers) + 1)
 

@@ -264,7 +264,7 @@ class _Phase:
                     residual, converged = 0.0, tol is not None
                     break
             else:
-                gradients, balance = coordinates.gradients(state), None
+                gradients, balance = coordinates.moving_gradients(state), None
             if check:
                 residual = balance.residual
                 if tol is not None and (taken >= solver.min_steps(len(gradients)) or residual == 0):

@@ -77,6 +77,10 @@ class Coordinates(Protocol):
     def gradients(self, state) -> list[Tensor]:
         """dE/dv_l for every free variable v_l (per-sample energy)."""
 
+    def moving_gradients(self, state) -> list[Tensor | None]:
+        """The gradients ``move`` reads (None where it computes its own), for a step that
+        measures nothing."""
+
     def local_terms(self, state) -> list[Tensor]:
         """The local part a_l of each gradient (for the residual)."""
 
@@ -99,6 +103,9 @@ class ActivityCoordinates:
 
     def gradients(self, state) -> list[Tensor]:
         return self.energy.activity_gradients(state)
+
+    def moving_gradients(self, state) -> list[Tensor | None]:
+        return self.gradients(state)
 
     def local_terms(self, state) -> list[Tensor]:
         return self.energy.local_terms(state)
@@ -172,7 +179,12 @@ def largest_ratio(gradient: Tensor, local: Tensor, rest: Tensor) -> Tensor:
 
 @dataclass
 class SweepCoordinates(ActivityCoordinates):
-    """The activities of a layered Hopfield energy, moved odd layers first, then even ones."""
+    """The activities of a layered Hopfield energy, moved odd layers first, then even ones (whose
+    gradients the sweep takes after the odd move: a step that measures nothing reads only the
+    odd layers')."""
+
+    def moving_gradients(self, state) -> list[Tensor | None]:
+        return self.energy.sweep_gradients(state)
 
     def move(self, state, directions: list[Tensor], step_size: float) -> None:
         self.energy.sweep(state, directions, step_size)
@@ -208,7 +220,7 @@ def step(coordinates: Coordinates, iteration: "Iteration", state, step_size: flo
     if iteration.needs_residual:
         gradients, balance = measure(coordinates, state)
     else:
-        gradients, balance = coordinates.gradients(state), None
+        gradients, balance = coordinates.moving_gradients(state), None
     return advance(coordinates, iteration, state, gradients, balance, step_size)
 
 
