@@ -52,8 +52,8 @@ BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS))
 import bench_step  # noqa: E402,F401  (puts the repository and step_benchmark on sys.path)
 from bench_pcx import load_averages, time_round  # noqa: E402
-from pl_energy import build_algorithm, mlp  # noqa: E402
-from step_benchmark.cases import cases, data_root, mnist_batches, random_batches  # noqa: E402
+from step_benchmark.cases import seed_mlp_batch  # noqa: E402
+import pl_energy  # noqa: E402
 from step_benchmark.cost import layer_macs  # noqa: E402
 
 
@@ -88,11 +88,7 @@ def mac_bound(network, x) -> float:
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    case = cases(False)["a"]
-    root = data_root()
-    x, y = (mnist_batches(case, 1, root) if root else random_batches(case, 1))[0]
-    torch.manual_seed(0)
-    net = mlp([784, 128, 64, 10])
+    net, x, y, real = seed_mlp_batch()
     params = list(net.parameters())
 
     def autograd():
@@ -116,7 +112,7 @@ def main(argv=None) -> None:
             optimizer.step()
         return step
 
-    packages = {"": sys.modules["pl_energy"]}
+    packages = {"": pl_energy}
     if args.before:
         packages["before "] = import_revision(args.before)
     variants = {"bp_autograd": autograd, "bp_step": bp_step}
@@ -130,7 +126,7 @@ def main(argv=None) -> None:
             for _ in range(args.warmup):
                 call()
     bound = mac_bound(net, x)
-    print(f"data: {'real MNIST' if root else 'RANDOM (MNIST not found)'}; load before {load_averages()}")
+    print(f"data: {'real MNIST' if real else 'RANDOM (MNIST not found)'}; load before {load_averages()}")
     rounds = [time_round(variants, args.inner, index) for index in range(args.rounds)]
     print(f"load after {load_averages()}; {args.rounds} rounds x {args.inner} calls; "
           f"pc_nudge MAC bound {bound:.3f}x BP")
