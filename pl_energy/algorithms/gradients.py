@@ -8,12 +8,13 @@ from torch import Tensor, nn
 
 from ..core.losses import Loss
 from ..core.networks import feedforward
+from ..core.structure import structure_of
 
 
 def backprop_gradients(network: nn.Module, inputs: Tensor, targets: Tensor,
                        loss: Loss) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """Plain autograd: (gradients, output, loss value)."""
-    named = [(name, p) for name, p in network.named_parameters() if p.requires_grad]
+    named = [(name, p) for name, p in structure_of(network).named_parameters if p.requires_grad]
     with torch.enable_grad():
         try:
             output = network(inputs)
@@ -44,8 +45,10 @@ def layer_relative_errors(network: nn.Module, estimate: list[list[Tensor]],
     trainable parameters is left out. The norms are taken in the parameters' dtype and read back
     once."""
     names, upper, lower, owners = [], [], [], []
-    for (name, layer), estimated, limit in zip(network.named_children(), estimate, reference):
-        kept = [(u, r) for p, u, r in zip(layer.parameters(), estimated, limit) if p.requires_grad]
+    structure = structure_of(network)
+    for (name, _), parameters, estimated, limit in zip(structure.children, structure.child_parameters, estimate,
+                                                       reference):
+        kept = [(u, r) for p, u, r in zip(parameters, estimated, limit) if p.requires_grad]
         if kept:
             owners += [len(names)] * len(kept)
             names.append(name)
@@ -71,10 +74,10 @@ def name_layer_gradients(network: nn.Module, per_layer: list[list[Tensor]]) -> d
     name, and gets the sum of every use's gradient, as backprop gives it. Frozen parameters
     (``requires_grad=False``) are left out, as backprop leaves them out.
     """
-    names = {id(parameter): name for name, parameter in network.named_parameters()}
+    structure = structure_of(network)
+    names = {id(parameter): name for name, parameter in structure.named_parameters}
     gradients: dict[str, Tensor] = {}
-    for (child, layer), grads in zip(network.named_children(), per_layer):
-        parameters = list(layer.parameters())
+    for (child, _), parameters, grads in zip(structure.children, structure.child_parameters, per_layer):
         if len(parameters) != len(grads):
             raise RuntimeError(f"layer {child} has {len(parameters)} parameters but {len(grads)} gradients")
         for parameter, grad in zip(parameters, grads):

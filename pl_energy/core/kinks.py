@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .structure import structure_of
+
 
 class _Pin:
     """A layer's forward with the kinks of the free state pinned: ``record`` reads them off the
@@ -159,7 +161,7 @@ class KinkPins:
         self.on_kink: dict[nn.Module, int] = {}
         self.fixed = False
         self._slots: dict[nn.Module, _Slot] = {}
-        for module in network.modules():
+        for _, module in structure_of(network).named_modules(network):
             pin = _pin_for(module)
             if pin is not None:
                 module.forward = self._slots[module] = _Slot(self, module, pin)

@@ -13,6 +13,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .activations import make_activation
+from .structure import structure_of
 
 
 class MLP(nn.Sequential):
@@ -176,7 +177,7 @@ def layers_of(network: nn.Module) -> list[nn.Module]:
             f"energy networks are nn.Sequential stacks of layers, got {type(network).__name__}; "
             "wrap your layers in nn.Sequential (each top-level child is one layer)"
         )
-    layers = list(network.children())
+    layers = [layer for _, layer in structure_of(network).children]
     if not layers:
         raise ValueError("the network has no layers")
     return layers
