@@ -3,6 +3,8 @@ lists named like ``network.named_parameters()``, and the relative error of one a
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -43,7 +45,7 @@ def layer_relative_errors(network: nn.Module, estimate: list[list[Tensor]],
     trained, so their error is nobody's), keyed by the layer's name among ``network``'s
     children; a layer whose reference is 0 reads |u_l| (0 when both vanish), a layer without
     trainable parameters is left out. The norms are taken in the parameters' dtype and read back
-    once."""
+    once (four tensor operations in all); the per-layer sums of squares are formed in float64."""
     names, upper, lower, owners = [], [], [], []
     structure = structure_of(network)
     for (name, _), parameters, estimated, limit in zip(structure.children, structure.child_parameters, estimate,
@@ -56,14 +58,14 @@ def layer_relative_errors(network: nn.Module, estimate: list[list[Tensor]],
             lower += [r for _, r in kept]
     if not upper:
         return {}
-    differences = torch.stack(torch._foreach_norm(torch._foreach_sub(upper, lower))).double()
-    sizes = torch.stack(torch._foreach_norm(lower)).double()
-    owner = torch.tensor(owners, device=sizes.device)
-    difference = torch.zeros(len(names), dtype=torch.float64, device=sizes.device).index_add_(
-        0, owner, differences.square()).sqrt()
-    size = torch.zeros_like(difference).index_add_(0, owner, sizes.square()).sqrt()
-    ratio = torch.where(size > 0, difference / size.clamp_min(torch.finfo(torch.float64).tiny), difference)
-    return dict(zip(names, ratio.tolist()))
+    norms = torch.stack(torch._foreach_norm([*torch._foreach_sub(upper, lower), *lower])).tolist()
+    squares = [[0.0, 0.0] for _ in names]  # per layer: ||u_l - r_l||^2, ||r_l||^2
+    for owner, difference, size in zip(owners, norms, norms[len(upper):]):
+        squares[owner][0] += difference * difference
+        squares[owner][1] += size * size
+    ratios = [math.sqrt(difference) / math.sqrt(size) if size > 0 else math.sqrt(difference)
+              for difference, size in squares]
+    return dict(zip(names, ratios))
 
 
 def name_layer_gradients(network: nn.Module, per_layer: list[list[Tensor]]) -> dict[str, Tensor]:
