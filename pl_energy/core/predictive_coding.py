@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .linearization import LayerLinearizer, Linearization
 from .losses import Loss
 from .moves import descend, divide
-from .networks import layers_of, naming_layer
+from .networks import layers_of, raise_naming
 
 
 @dataclass
@@ -85,8 +85,10 @@ class PredictiveCodingEnergy:
     # --- states -------------------------------------------------------------------------------
     def linearize(self, index: int, x: Tensor) -> Linearization:
         """Layer ``index`` (1-based) linearised at input x."""
-        with naming_layer(self.layers[index - 1], index, x):
+        try:
             return self.linearizers[index - 1](x)
+        except RuntimeError as error:  # a shape error names the layer and the shapes
+            raise_naming(error, self.layers[index - 1], index, x)
 
     def free_state(self, inputs: Tensor, targets: Tensor) -> PCState:
         """The free equilibrium: x_l = mu_l, the feedforward pass (condition C1 of Song et al. 2020),
@@ -148,12 +150,14 @@ class PredictiveCodingEnergy:
         of the other layers (against its own, the ratio is unbounded and lam underflows)."""
         if not response:
             return 0.0
-        sizes = torch.stack([x.flatten(1).norm(dim=1) for x in free.activities[1:]])  # (layer, sample)
+        norm = torch.linalg.vector_norm  # per sample (torch.norm's Python wrapper costs more than the norm)
+        sizes = torch.stack([norm(x.flatten(1), dim=1) for x in free.activities[1:]])  # (layer, sample)
         means = sizes.mean(1)
-        alive = means[means > 0]
-        fallback = alive.mean() if alive.numel() else means.new_ones(())
-        scales = torch.maximum(sizes, torch.where(means > 0, means, fallback).unsqueeze(1))
-        moves = torch.stack([r.flatten(1).norm(dim=1) for r in response])
+        alive = means > 0
+        count = alive.sum()  # the mean of the living layers' means, 1 without any (no read back)
+        fallback = torch.where(count > 0, torch.where(alive, means, 0.0).sum() / count.clamp_min(1), 1.0)
+        scales = torch.maximum(sizes, torch.where(alive, means, fallback).unsqueeze(1))
+        moves = torch.stack([norm(r.flatten(1), dim=1) for r in response])
         return float((moves / scales).max())
 
     def response_parameter_gradients(self, free: PCState, response: list[Tensor]) -> list[list[Tensor]]:
