@@ -67,7 +67,8 @@ def layer_relative_errors(network: nn.Module, estimate: list[list[Tensor]],
     trained, so their error is nobody's), keyed by the layer's name among ``network``'s
     children; a layer whose reference is 0 reads |u_l| (0 when both vanish), a layer without
     trainable parameters is left out. The norms are taken in the parameters' dtype and read back
-    once (four tensor operations in all); the per-layer sums of squares are formed in float64."""
+    once; the per-layer sums of squares are formed in float64. ``reference`` is overwritten with
+    r_l - u_l (its own memory: no weight-sized temporaries)."""
     names, upper, lower, owners = [], [], [], []
     structure = structure_of(network)
     for (name, _), parameters, estimated, limit in zip(structure.children, structure.child_parameters, estimate,
@@ -80,7 +81,9 @@ def layer_relative_errors(network: nn.Module, estimate: list[list[Tensor]],
             lower += [r for _, r in kept]
     if not upper:
         return {}
-    norms = torch.stack(torch._foreach_norm([*torch._foreach_sub(upper, lower), *lower])).tolist()
+    sizes = torch._foreach_norm(lower)
+    torch._foreach_sub_(lower, upper)
+    norms = torch.stack([*torch._foreach_norm(lower), *sizes]).tolist()
     squares = [[0.0, 0.0] for _ in names]  # per layer: ||u_l - r_l||^2, ||r_l||^2
     for owner, difference, size in zip(owners, norms, norms[len(upper):]):
         squares[owner][0] += difference * difference

@@ -40,6 +40,7 @@ was replaced on the instance are left as they are. Compiled whole-graph solver s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -66,12 +67,18 @@ class _Pin:
 
 
 class _PinnedReLU(_Pin):
-    """ReLU whose units at exactly 0 at the free state stay inactive."""
+    """ReLU whose units at exactly 0 at the free state stay inactive. ``record`` only counts
+    them (``count_nonzero``: a third of the time of ``(x == 0).sum()``); their mask is formed
+    at the first pinned call, which only a layer with units on a kink gets."""
 
     def record(self, x: Tensor) -> Tensor:
-        self.on_kink = x == 0
-        self.kinks = self.on_kink.sum()
+        self.free = x
+        self.kinks = x.numel() - torch.count_nonzero(x)
         return F.relu(x)
+
+    @functools.cached_property
+    def on_kink(self) -> Tensor:
+        return self.free == 0
 
     def __call__(self, x: Tensor) -> Tensor:
         return F.relu(x).masked_fill(self.on_kink, 0.0)

@@ -153,10 +153,10 @@ class PredictiveCodingEnergy:
         norm = torch.linalg.vector_norm  # per sample (torch.norm's Python wrapper costs more than the norm)
         sizes = torch.stack([norm(x.flatten(1), dim=1) for x in free.activities[1:]])  # (layer, sample)
         means = sizes.mean(1)
-        alive = means > 0
-        count = alive.sum()  # the mean of the living layers' means, 1 without any (no read back)
-        fallback = torch.where(count > 0, torch.where(alive, means, 0.0).sum() / count.clamp_min(1), 1.0)
-        scales = torch.maximum(sizes, torch.where(alive, means, fallback).unsqueeze(1))
+        if not float(means.min()) > 0:  # a layer zero for the whole batch (rare: its own branch)
+            alive = means[means > 0]
+            means = torch.where(means > 0, means, alive.mean() if alive.numel() else means.new_ones(()))
+        scales = torch.maximum(sizes, means.unsqueeze(1))
         moves = torch.stack([norm(r.flatten(1), dim=1) for r in response])
         return float((moves / scales).max())
 
