@@ -48,7 +48,7 @@ def class_index_cross_entropy(output: Tensor, targets: Tensor, loss: Loss) -> Te
     extra cost (none ignored: -100 is refused too) and its error is turned into that line; on
     other devices an index out of range is a device-side assert, so the range is read back
     first (one ``aminmax``)."""
-    if output.device.type == "cpu":
+    if output.is_cpu:
         try:
             return F.cross_entropy(output, targets.long(), ignore_index=_NO_IGNORED_INDEX)
         except IndexError as error:
