@@ -171,7 +171,9 @@ class KinkPins:
         for _, module in structure_of(network).named_modules(network):
             pin = _pin_for(module)
             if pin is not None:
-                module.forward = self._slots[module] = _Slot(self, module, pin)
+                # the instance's own attribute, as ``module.forward = slot`` sets it (without
+                # nn.Module.__setattr__'s checks for parameters, buffers and submodules)
+                module.__dict__["forward"] = self._slots[module] = _Slot(self, module, pin)
 
     def fix(self) -> None:
         """The free state is computed: pin the kinks it found (one read back for all layers)."""
@@ -185,7 +187,7 @@ class KinkPins:
 
     def _release(self, module: nn.Module) -> None:
         del self._slots[module]
-        del module.forward
+        del module.__dict__["forward"]
 
     def release(self) -> None:
         """Give every layer still pinned its own forward back."""
