@@ -118,8 +118,11 @@ class PredictiveCodingEnergy:
         return nudged
 
     def output_gradient(self, state: PCState) -> Tensor:
-        """dl/dmu_L per sample at the state's output, computed once per output."""
+        """dl/dmu_L per sample at the state's output, computed once per output (in eager mode:
+        a compiled step neither reads nor keeps it, as CUDA graphs reuse their outputs' memory)."""
         output = state.output
+        if torch.compiler.is_compiling():
+            return self.loss.per_sample_gradient(output, state.targets)
         known = state.output_gradient
         if known is not None and known[0] is output:
             return known[1]
