@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_step  # noqa: E402,F401  (puts the repository and step_benchmark on sys.path)
-from pl_energy import build_algorithm, mlp  # noqa: E402
-from step_benchmark.cases import cases, data_root, mnist_batches, random_batches  # noqa: E402
+from pl_energy import build_algorithm  # noqa: E402
+from step_benchmark.cases import seed_mlp_batch  # noqa: E402
 
 threshold_backward = torch.ops.aten.threshold_backward
 
@@ -65,11 +65,7 @@ def main(argv=None) -> float:
     parser.add_argument("--repeats", type=int, default=31)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    case = cases(False)["a"]
-    root = data_root()
-    x, y = (mnist_batches(case, 1, root) if root else random_batches(case, 1))[0]
-    torch.manual_seed(0)
-    net = mlp([784, 128, 64, 10])
+    net, x, y, _ = seed_mlp_batch()
     fused = make_fused(net, F.one_hot(y, 10).float())
     library = build_algorithm("pc_nudge", lam=0.01, solver="gd", tol=None, steps=50, step_size=0.1)
 

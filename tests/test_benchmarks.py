@@ -1,4 +1,4 @@
-"""Smoke tests of the benchmarks (bench_step.py, bench_convergence.py, pc_fused_reference.py, probe_training.py): tiny settings, no timing assertions."""
+"""Smoke tests of the benchmarks (bench_step.py, bench_convergence.py, pc_fused_reference.py, bench_overhead.py, probe_training.py): tiny settings, no timing assertions."""
 
 from __future__ import annotations
 
@@ -136,6 +136,20 @@ def test_fused_reference_runs_and_agrees_with_the_library(capsys):
     spec.loader.exec_module(module)
     assert module.main(["--repeats", "1"]) < 1e-3
     assert "x BP" in capsys.readouterr().out
+
+
+def test_overhead_benchmark_times_every_variant_beside_a_revision(capsys):
+    """benchmarks/bench_overhead.py: every variant, the package at a git revision beside the
+    working tree, and pc_nudge's MAC bound (3 S + 3 S2) / (2 S + S2) counted by hand."""
+    spec = importlib.util.spec_from_file_location("bench_overhead", REPO / "benchmarks" / "bench_overhead.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--rounds", "2", "--inner", "1", "--warmup", "1", "--before", "HEAD"])
+    out = capsys.readouterr().out
+    for key in ("bp_autograd", "bp_step", "\nbp ", "\npc_nudge ", "pc_nudge_step", "before bp ", "before pc_nudge_step"):
+        assert key in out, key
+    full, above_first = 784 * 128 + 128 * 64 + 64 * 10, 128 * 64 + 64 * 10  # per sample
+    assert f"MAC bound {(3 * full + 3 * above_first) / (2 * full + above_first):.3f}x" in out
 
 
 def test_compiled_run_keeps_its_own_section(bench, tmp_path):

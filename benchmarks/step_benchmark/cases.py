@@ -134,3 +134,14 @@ def random_batches(case: Case, count: int) -> list[tuple[torch.Tensor, torch.Ten
     gen = torch.Generator().manual_seed(1)
     return [(torch.randn(case.batch, *case.input_shape, generator=gen),
              torch.randint(0, case.classes, (case.batch,), generator=gen)) for _ in range(count)]
+
+
+def seed_mlp_batch() -> tuple[nn.Module, torch.Tensor, torch.Tensor, bool]:
+    """Case (a)'s network (Millidge et al. 2022's MLP, torch seed 0), its first batch and whether
+    that batch is real MNIST (random inputs where MNIST is not found), for the benchmarks that
+    time single calls on it."""
+    case = cases(False)["a"]
+    root = data_root()
+    x, y = (mnist_batches(case, 1, root) if root else random_batches(case, 1))[0]
+    torch.manual_seed(0)
+    return mlp([784, 128, 64, 10]), x, y, root is not None

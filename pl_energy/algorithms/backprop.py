@@ -17,6 +17,7 @@ class Backprop(Algorithm):
 
     name = "bp"
     one_forward_per_batch = False  # one forward pass: Dropout and BatchNorm as autograd has them
+    records_graph = True
 
     def compute(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                 record: bool) -> Estimate:

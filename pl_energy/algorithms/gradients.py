@@ -3,17 +3,21 @@ lists named like ``network.named_parameters()``, and the relative error of one a
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.losses import Loss
 from ..core.networks import feedforward
+from ..core.structure import structure_of
 
 
 def backprop_gradients(network: nn.Module, inputs: Tensor, targets: Tensor,
                        loss: Loss) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """Plain autograd: (gradients, output, loss value)."""
-    named = [(name, p) for name, p in network.named_parameters() if p.requires_grad]
+    named = [(name, p) for name, p in structure_of(network).named_parameters if p.requires_grad]
     with torch.enable_grad():
         try:
             output = network(inputs)
@@ -22,11 +26,9 @@ def backprop_gradients(network: nn.Module, inputs: Tensor, targets: Tensor,
                 raise
             # again layer by layer, so that a shape error names the layer (the energy algorithms' way)
             output = feedforward(list(network.children()), inputs)[-1]
-        if loss.name == "cross_entropy" and targets.dim() == 1 and output.dim() == 2:
-            if targets.is_floating_point() or (targets.numel() and not 0 <= (
-                    bounds := torch.aminmax(targets)).min.item() <= bounds.max.item() < output.shape[-1]):
-                loss.prepare_targets(targets, output)  # raises, naming the problem (torch would skip -100)
-            value = loss.value(output, targets.long())  # class indices, in range (checked above)
+        if (loss.name == "cross_entropy" and targets.dim() == 1 and output.dim() == 2
+                and not targets.is_floating_point()):
+            value = class_index_cross_entropy(output, targets, loss)
         else:
             value = loss.value(output, loss.prepare_targets(targets, output))
         grads = torch.autograd.grad(value, [p for _, p in named], allow_unused=True)
@@ -36,16 +38,42 @@ def backprop_gradients(network: nn.Module, inputs: Tensor, targets: Tensor,
     return gradients, output.detach(), value.detach()
 
 
+#: an ``ignore_index`` no class index takes: torch's default, -100, would skip such targets silently
+_NO_IGNORED_INDEX = torch.iinfo(torch.int64).min
+
+
+def class_index_cross_entropy(output: Tensor, targets: Tensor, loss: Loss) -> Tensor:
+    """The batch-mean cross-entropy of class indices; an index outside [0, C) is refused in one
+    line (``Loss.prepare_targets``). On a CPU torch's kernel checks every index itself at no
+    extra cost (none ignored: -100 is refused too) and its error is turned into that line; on
+    other devices an index out of range is a device-side assert, so the range is read back
+    first (one ``aminmax``)."""
+    if output.is_cpu:
+        try:
+            return F.cross_entropy(output, targets.long(), ignore_index=_NO_IGNORED_INDEX)
+        except IndexError as error:
+            problem = error
+        loss.prepare_targets(targets, output)  # raises, naming the problem
+        raise problem
+    if targets.numel() and not 0 <= (bounds := torch.aminmax(targets)).min.item() <= bounds.max.item() < \
+            output.shape[-1]:
+        loss.prepare_targets(targets, output)  # raises, naming the problem
+    return loss.value(output, targets.long())
+
+
 def layer_relative_errors(network: nn.Module, estimate: list[list[Tensor]],
                           reference: list[list[Tensor]]) -> dict[str, float]:
     """||u_l - r_l|| / ||r_l|| per layer over its trainable parameters (frozen ones are not
     trained, so their error is nobody's), keyed by the layer's name among ``network``'s
     children; a layer whose reference is 0 reads |u_l| (0 when both vanish), a layer without
     trainable parameters is left out. The norms are taken in the parameters' dtype and read back
-    once."""
+    once; the per-layer sums of squares are formed in float64. ``reference`` is overwritten with
+    r_l - u_l (its own memory: no weight-sized temporaries)."""
     names, upper, lower, owners = [], [], [], []
-    for (name, layer), estimated, limit in zip(network.named_children(), estimate, reference):
-        kept = [(u, r) for p, u, r in zip(layer.parameters(), estimated, limit) if p.requires_grad]
+    structure = structure_of(network)
+    for (name, _), parameters, estimated, limit in zip(structure.children, structure.child_parameters, estimate,
+                                                       reference):
+        kept = [(u, r) for p, u, r in zip(parameters, estimated, limit) if p.requires_grad]
         if kept:
             owners += [len(names)] * len(kept)
             names.append(name)
@@ -53,14 +81,16 @@ def layer_relative_errors(network: nn.Module, estimate: list[list[Tensor]],
             lower += [r for _, r in kept]
     if not upper:
         return {}
-    differences = torch.stack(torch._foreach_norm(torch._foreach_sub(upper, lower))).double()
-    sizes = torch.stack(torch._foreach_norm(lower)).double()
-    owner = torch.tensor(owners, device=sizes.device)
-    difference = torch.zeros(len(names), dtype=torch.float64, device=sizes.device).index_add_(
-        0, owner, differences.square()).sqrt()
-    size = torch.zeros_like(difference).index_add_(0, owner, sizes.square()).sqrt()
-    ratio = torch.where(size > 0, difference / size.clamp_min(torch.finfo(torch.float64).tiny), difference)
-    return dict(zip(names, ratio.tolist()))
+    sizes = torch._foreach_norm(lower)
+    torch._foreach_sub_(lower, upper)
+    norms = torch.stack([*torch._foreach_norm(lower), *sizes]).tolist()
+    squares = [[0.0, 0.0] for _ in names]  # per layer: ||u_l - r_l||^2, ||r_l||^2
+    for owner, difference, size in zip(owners, norms, norms[len(upper):]):
+        squares[owner][0] += difference * difference
+        squares[owner][1] += size * size
+    ratios = [math.sqrt(difference) / math.sqrt(size) if size > 0 else math.sqrt(difference)
+              for difference, size in squares]
+    return dict(zip(names, ratios))
 
 
 def name_layer_gradients(network: nn.Module, per_layer: list[list[Tensor]]) -> dict[str, Tensor]:
@@ -71,10 +101,10 @@ def name_layer_gradients(network: nn.Module, per_layer: list[list[Tensor]]) -> d
     name, and gets the sum of every use's gradient, as backprop gives it. Frozen parameters
     (``requires_grad=False``) are left out, as backprop leaves them out.
     """
-    names = {id(parameter): name for name, parameter in network.named_parameters()}
+    structure = structure_of(network)
+    names = {id(parameter): name for name, parameter in structure.named_parameters}
     gradients: dict[str, Tensor] = {}
-    for (child, layer), grads in zip(network.named_children(), per_layer):
-        parameters = list(layer.parameters())
+    for (child, _), parameters, grads in zip(structure.children, structure.child_parameters, per_layer):
         if len(parameters) != len(grads):
             raise RuntimeError(f"layer {child} has {len(parameters)} parameters but {len(grads)} gradients")
         for parameter, grad in zip(parameters, grads):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from ..core.structure import structure_of
 from ..errors import RefusedType, RefusedValue
 from .warnings import EstimateErrorWarning, PrecisionWarning
 
@@ -100,7 +101,7 @@ def refuse_batch_statistics(name: str, network: nn.Module) -> None:
     """Refuse a BatchNorm that normalises with the batch's own statistics (training mode, or no
     running statistics): the energy algorithms hold them constant, which is not backprop's
     gradient through them, and the difference is large."""
-    for layer, module in network.named_modules():
+    for layer, module in structure_of(network).named_modules(network):
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.training or module.running_mean is None):
             raise RefusedValue(
                 f"{name} with BatchNorm in training mode ({layer}): its update holds each batch's statistics "

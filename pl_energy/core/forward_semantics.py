@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .structure import structure_of
+
 class _FixedDropout:
     def __init__(self, module: nn.modules.dropout._DropoutNd):
         self.module = module
@@ -106,7 +108,7 @@ class FixedForward:
     def __init__(self, network: nn.Module, update_running: bool = True):
         self.layers = {module: (_FixedDropout(module) if isinstance(module, nn.modules.dropout._DropoutNd)
                                 else _FixedBatchNorm(module, update_running))
-                       for module in network.modules() if _stateful(module)}
+                       for _, module in structure_of(network).named_modules(network) if _stateful(module)}
 
     @contextmanager
     def replay(self) -> Iterator["FixedForward"]:

@@ -41,12 +41,15 @@ was replaced on the instance are left as they are. Compiled whole-graph solver s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .structure import structure_of
 
 
 class _Pin:
@@ -65,12 +68,18 @@ class _Pin:
 
 
 class _PinnedReLU(_Pin):
-    """ReLU whose units at exactly 0 at the free state stay inactive."""
+    """ReLU whose units at exactly 0 at the free state stay inactive. ``record`` only counts
+    them (``count_nonzero``: a third of the time of ``(x == 0).sum()``); their mask is formed
+    at the first pinned call, which only a layer with units on a kink gets."""
 
     def record(self, x: Tensor) -> Tensor:
-        self.on_kink = x == 0
-        self.kinks = self.on_kink.sum()
+        self.free = x
+        self.kinks = x.numel() - torch.count_nonzero(x)
         return F.relu(x)
+
+    @functools.cached_property
+    def on_kink(self) -> Tensor:
+        return self.free == 0
 
     def __call__(self, x: Tensor) -> Tensor:
         return F.relu(x).masked_fill(self.on_kink, 0.0)
@@ -166,10 +175,12 @@ class KinkPins:
         self.on_kink: dict[nn.Module, int] = {}
         self.fixed = False
         self._slots: dict[nn.Module, _Slot] = {}
-        for module in network.modules():
+        for _, module in structure_of(network).named_modules(network):
             pin = _pin_for(module)
             if pin is not None:
-                module.forward = self._slots[module] = _Slot(self, module, pin)
+                # the instance's own attribute, as ``module.forward = slot`` sets it (without
+                # nn.Module.__setattr__'s checks for parameters, buffers and submodules)
+                module.__dict__["forward"] = self._slots[module] = _Slot(self, module, pin)
 
     def fix(self) -> None:
         """The free state is computed: pin the kinks it found (one read back for all layers)."""
@@ -183,7 +194,7 @@ class KinkPins:
 
     def _release(self, module: nn.Module) -> None:
         del self._slots[module]
-        del module.forward
+        del module.__dict__["forward"]
 
     def release(self) -> None:
         """Give every layer still pinned its own forward back."""

@@ -26,18 +26,29 @@ from .networks import computes_as
 from .residual import Residual, ScaledLinear
 
 
+class DenseLayer:
+    """A ``Linear``'s weight W, W^T and bias, detached once for the linearisations of one
+    energy (an energy lives for one estimate: read at each use, they follow in-place updates
+    but not a parameter replaced by another tensor)."""
+
+    def __init__(self, linear: nn.Linear):
+        self.weight = linear.weight.detach()
+        self.transposed = self.weight.t()
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+
 class DenseLinearization:
     """``Linear`` followed by an optional elementwise activation, in closed form."""
 
-    def __init__(self, linear: nn.Linear, derivatives: Derivatives | None,
+    def __init__(self, linear: DenseLayer, derivatives: Derivatives | None,
                  activation: nn.Module | None, x: Tensor | None, pre: Tensor | None = None):
         """Linearise at input x; a caller that already knows a = W x + b passes it as ``pre``
         (and may set ``x`` later: only ``parameter_vjp`` reads it)."""
         self.x = x
-        self.weight = weight = linear.weight.detach()
+        self.weight = linear.weight
         self.has_bias = linear.bias is not None
         if pre is None:
-            pre = torch.addmm(linear.bias.detach(), x, weight.t()) if self.has_bias else x @ weight.t()
+            pre = torch.addmm(linear.bias, x, linear.transposed) if self.has_bias else x @ linear.transposed
         self.pre = pre
         self.output = pre if activation is None else activation(pre)
         self.backward = None if derivatives is None else derivatives.backward
@@ -177,7 +188,8 @@ class LayerLinearizer:
         slope off the output, which a layer whose activation was replaced need not match)."""
         self.layer = layer
         self.needs_input_vjp = needs_input_vjp
-        self.parts = dense_parts(layer) if closed_forms else None
+        parts = dense_parts(layer) if closed_forms else None
+        self.parts = None if parts is None else (DenseLayer(parts[0]), *parts[1:])
         self.scaled_parts = None if self.parts is not None or not closed_forms else scaled_parts(layer)
 
     def __call__(self, x: Tensor) -> Linearization:

@@ -45,10 +45,13 @@ class Loss:
                     f"class-index targets need an output of shape (B, C), got {tuple(output.shape)}"
                 )
             classes = features[0]
-            if targets.numel() and (targets.min() < 0 or targets.max() >= classes):
-                raise ValueError(f"class indices must lie in [0, {classes}), got "
-                                 f"[{int(targets.min())}, {int(targets.max())}]")
-            return F.one_hot(targets, classes).to(output.dtype)
+            if targets.numel():
+                bounds = torch.aminmax(targets)
+                low, high = bounds.min.item(), bounds.max.item()
+                if low < 0 or high >= classes:
+                    raise ValueError(f"class indices must lie in [0, {classes}), got [{low}, {high}]")
+            # one-hot (F.one_hot would check the range again, reading it back twice more)
+            return output.new_zeros(batch, classes).scatter_(1, targets.unsqueeze(1), 1.0)
         if targets.shape != output.shape:
             raise ValueError(
                 f"dense targets must have the output's shape {tuple(output.shape)}, "

@@ -6,13 +6,13 @@ At the free equilibrium of predictive coding x_l = mu_l, i.e. the feedforward pa
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor, nn
 
 from .activations import make_activation
+from .structure import structure_of
 
 
 class MLP(nn.Sequential):
@@ -176,7 +176,7 @@ def layers_of(network: nn.Module) -> list[nn.Module]:
             f"energy networks are nn.Sequential stacks of layers, got {type(network).__name__}; "
             "wrap your layers in nn.Sequential (each top-level child is one layer)"
         )
-    layers = list(network.children())
+    layers = [layer for _, layer in structure_of(network).children]
     if not layers:
         raise ValueError("the network has no layers")
     return layers
@@ -230,20 +230,11 @@ def feedforward(layers: Sequence[nn.Module], inputs: Tensor) -> list[Tensor]:
         try:  # no context manager: this is backprop's forward pass, on the hot path
             activities.append(layer(activities[-1]))
         except RuntimeError as error:
-            _raise_naming(error, layer, index, activities[-1])
+            raise_naming(error, layer, index, activities[-1])
     return activities
 
 
-@contextmanager
-def naming_layer(layer: nn.Module, index: int, x: Tensor) -> Iterator[None]:
-    """Turn a shape error raised inside layer ``index`` into one that names it and the shapes."""
-    try:
-        yield
-    except RuntimeError as error:
-        _raise_naming(error, layer, index, x)
-
-
-def _raise_naming(error: RuntimeError, layer: nn.Module, index: int, x: Tensor) -> None:
+def raise_naming(error: RuntimeError, layer: nn.Module, index: int, x: Tensor) -> None:
     """Raise a shape error of layer ``index`` as one that names it and the shapes; any other
     error as it is."""
     if any(word in str(error) for word in ("shape", "size", "dimension")):

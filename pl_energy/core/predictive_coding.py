@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .linearization import LayerLinearizer, Linearization
 from .losses import Loss
 from .moves import descend, divide
-from .networks import layers_of, naming_layer
+from .networks import layers_of, raise_naming
 
 
 @dataclass
@@ -50,6 +50,9 @@ class PCState:
     targets: Tensor
     lam: float = 1.0
     carried: dict[int, tuple[Tensor, Linearization, Tensor]] = field(default_factory=dict)
+    #: (output, dl/dmu_L per sample there): the latest output's loss gradient, which several
+    #: passes read (``PredictiveCodingEnergy.output_gradient``)
+    output_gradient: tuple[Tensor, Tensor] | None = None
 
     @property
     def output(self) -> Tensor:
@@ -85,8 +88,10 @@ class PredictiveCodingEnergy:
     # --- states -------------------------------------------------------------------------------
     def linearize(self, index: int, x: Tensor) -> Linearization:
         """Layer ``index`` (1-based) linearised at input x."""
-        with naming_layer(self.layers[index - 1], index, x):
+        try:
             return self.linearizers[index - 1](x)
+        except RuntimeError as error:  # a shape error names the layer and the shapes
+            raise_naming(error, self.layers[index - 1], index, x)
 
     def free_state(self, inputs: Tensor, targets: Tensor) -> PCState:
         """The free equilibrium: x_l = mu_l, the feedforward pass (condition C1 of Song et al. 2020),
@@ -115,13 +120,26 @@ class PredictiveCodingEnergy:
             self.set_error(nudged, index, direction * float(lam))
         return nudged
 
+    def output_gradient(self, state: PCState) -> Tensor:
+        """dl/dmu_L per sample at the state's output, computed once per output (in eager mode:
+        a compiled step neither reads nor keeps it, as CUDA graphs reuse their outputs' memory)."""
+        output = state.output
+        if torch.compiler.is_compiling():
+            return self.loss.per_sample_gradient(output, state.targets)
+        known = state.output_gradient
+        if known is not None and known[0] is output:
+            return known[1]
+        gradient = self.loss.per_sample_gradient(output, state.targets)
+        state.output_gradient = (output, gradient)
+        return gradient
+
     # --- the nudge's first order --------------------------------------------------------------
     def first_order_response(self, free: PCState) -> list[Tensor]:
         """r_l = d eps_l / d lam at lam = 0 from the free equilibrium (Millidge et al. 2022
         Eqs. 12-15): the equilibrium of E = I + lam L has pi_l eps_l = -lam (dx_L/dx_l)^T dL/dmu_L
         + O(lam^2), so r_l = -(1/pi_l) J_{l+1}^T ... J_L^T dL/dmu_L, backprop's adjoint of x_l
         scaled by -1/pi_l (one backward sweep)."""
-        adjoint = self.loss.per_sample_gradient(free.output, free.targets)
+        adjoint = self.output_gradient(free)
         response: list[Tensor] = []
         for index in range(len(self.layers) - 1, 0, -1):
             adjoint = free.linearizations[index].input_vjp(adjoint)
@@ -138,15 +156,15 @@ class PredictiveCodingEnergy:
         of the other layers (against its own, the ratio is unbounded and lam underflows)."""
         if not response:
             return 0.0
-        sizes = [x.flatten(1).norm(dim=1) for x in free.activities[1:]]
-        means = torch.stack([size.mean() for size in sizes])
-        alive = means[means > 0]
-        fallback = alive.mean() if alive.numel() else means.new_ones(())
-        ratios = []
-        for r, size, mean in zip(response, sizes, means):
-            scale = torch.maximum(size, torch.where(mean > 0, mean, fallback))
-            ratios.append((r.flatten(1).norm(dim=1) / scale).max())
-        return float(torch.stack(ratios).max())
+        norm = torch.linalg.vector_norm  # per sample (torch.norm's Python wrapper costs more than the norm)
+        sizes = torch.stack([norm(x.flatten(1), dim=1) for x in free.activities[1:]])  # (layer, sample)
+        means = sizes.mean(1)
+        if not float(means.min()) > 0:  # a layer zero for the whole batch (rare: its own branch)
+            alive = means[means > 0]
+            means = torch.where(means > 0, means, alive.mean() if alive.numel() else means.new_ones(()))
+        scales = torch.maximum(sizes, means.unsqueeze(1))
+        moves = torch.stack([norm(r.flatten(1), dim=1) for r in response])
+        return float((moves / scales).max())
 
     def response_parameter_gradients(self, free: PCState, response: list[Tensor]) -> list[list[Tensor]]:
         """The update of the limit lam -> 0 per layer, lim (1/lam) dE/dtheta(x_lam) =
@@ -155,7 +173,7 @@ class PredictiveCodingEnergy:
         Eq. 16), from the response without autograd."""
         batch = free.activities[0].shape[0]
         signals = [-self.precisions[index - 1] * r for index, r in enumerate(response, start=1)]
-        signals.append(self.loss.per_sample_gradient(free.output, free.targets))
+        signals.append(self.output_gradient(free))
         return [linearization.parameter_vjp(signal / batch)
                 for linearization, signal in zip(free.linearizations, signals)]
 
@@ -175,7 +193,7 @@ class PredictiveCodingEnergy:
     def signal(self, state: PCState, index: int) -> Tensor:
         """d_l = dE/dmu_l for the per-sample energy."""
         if index == len(self.layers):
-            return state.lam * self.loss.per_sample_gradient(state.output, state.targets)
+            return state.lam * self.output_gradient(state)
         return -self.precisions[index - 1] * self.error(state, index)
 
     def weighted_error(self, state: PCState, index: int) -> Tensor:
@@ -203,7 +221,7 @@ class PredictiveCodingEnergy:
         through every layer's Jacobian at the current state, as in backprop. ``errors`` are the
         e_l when the caller has them."""
         local = self.local_terms(state, errors)
-        adjoint = self.loss.per_sample_gradient(state.output, state.targets)
+        adjoint = self.output_gradient(state)
         gradients: list[Tensor] = list(local)
         for index in range(len(self.layers) - 1, 0, -1):
             adjoint = state.linearizations[index].input_vjp(adjoint)
@@ -241,7 +259,7 @@ class PredictiveCodingEnergy:
         layer ``lowest`` sends down (alpha = lam at the output, -1 inside: above = pi eps)."""
         top = len(self.layers)
         linearizations = state.linearizations
-        above = self.loss.per_sample_gradient(state.output, state.targets)  # d_L / lam
+        above = self.output_gradient(state)  # d_L / lam
         alpha = state.lam
         gradients: list[Tensor] = [above] * (top - 1)
         for index in range(top - 1, lowest - 1, -1):

@@ -159,7 +159,7 @@ class Balance:
         if start is not None:
             local, rest = torch._foreach_sub(local, start[1]), torch._foreach_sub(
                 rest, torch._foreach_sub(start[0], start[1]))
-        norms = [torch.stack(torch._foreach_norm(t)) for t in (gradients, local, rest)]
+        norms = torch.stack(torch._foreach_norm([*gradients, *local, *rest])).view(3, len(gradients))
         return cls(*norms, largest_ratio(*norms))
 
     @property

@@ -1,0 +1,85 @@
+"""A network's module tree, read once and checked at every use: its modules, named parameters
+and top-level layers without a walk of Python generators per call.
+
+``structure_of(network)`` gives what ``network.named_modules()``, ``network.named_parameters()``
+and ``network.named_children()`` give (the same objects, in the same order, shared modules and
+parameters listed once), kept per network while the network lives. Every call checks the cache
+against the network's own registries, from the network down: each recorded submodule and
+parameter must still be the entry under its name in its owner's ``_modules`` / ``_parameters``,
+and each of those dictionaries must hold as many entries as when it was read. A submodule or
+parameter added, removed or replaced anywhere in the tree (``setattr``, ``register_parameter``,
+``del``, ``Sequential.append``, a copy of the network) fails the check and the tree is read
+again. Not seen: the same objects removed and put back under the same names in another order
+(which changes no gradient, only the order of dictionary keys); ``requires_grad`` is not part of
+the structure (callers read it at every use).
+"""
+
+from __future__ import annotations
+
+import operator
+import weakref
+from itertools import repeat
+
+from torch import nn
+
+__all__ = ["Structure", "structure_of"]
+
+_MISSING = object()
+
+
+class Structure:
+    """The module tree of one network (see the module docstring).
+
+    Attributes:
+        submodules: (name, module) as ``network.named_modules()`` gives them after the network
+            itself (which is not kept: the network stays collectable; ``named_modules`` adds it).
+        named_parameters: (name, parameter) as ``network.named_parameters()`` gives them.
+        children: (name, layer) as ``network.named_children()`` gives them.
+        child_parameters: each child's ``parameters()``, in the order of ``children``.
+    """
+
+    def __init__(self, network: nn.Module):
+        modules = list(network.named_modules())
+        self.submodules = tuple(modules[1:])
+        self.named_parameters = tuple(network.named_parameters())
+        self.children = tuple(network.named_children())
+        self.child_parameters = tuple(tuple(child.parameters()) for _, child in self.children)
+        # every registry of the tree (the network's own first) and its size, and every entry
+        # (registry, name, entry) as it was read
+        self._root = (network._modules, network._parameters)
+        registries = tuple(registry for _, module in modules for registry in (module._modules, module._parameters))
+        self._registries, self._sizes = registries, tuple(map(len, registries))
+        entries = [(registry, name, entry) for registry in registries for name, entry in registry.items()]
+        self._owners, self._names, self._entries = (tuple(column) for column in zip(*entries)) if entries else ((),) * 3
+
+    def named_modules(self, network: nn.Module) -> tuple[tuple[str, nn.Module], ...]:
+        """``tuple(network.named_modules())`` (``network``: the one this structure is of)."""
+        return (("", network), *self.submodules)
+
+    def matches(self, network: nn.Module) -> bool:
+        """Whether ``network`` still has exactly this tree (see the module docstring): its own
+        registries are those read, and every registry still holds its entries, and no others.
+        (Each submodule is reached from the network through a checked entry, so its registries
+        are the ones read unless a module's ``_modules`` or ``_parameters`` dictionary itself
+        was replaced, which no public operation does.)"""
+        return (network._modules is self._root[0] and network._parameters is self._root[1]
+                and tuple(map(len, self._registries)) == self._sizes
+                and all(map(operator.is_, map(dict.get, self._owners, self._names, repeat(_MISSING)), self._entries)))
+
+    @property
+    def first_parameter(self) -> nn.Parameter | None:
+        """``next(network.parameters(), None)``."""
+        return self.named_parameters[0][1] if self.named_parameters else None
+
+
+#: the structure of each live network (the values do not hold the network: it stays collectable)
+_STRUCTURES: "weakref.WeakKeyDictionary[nn.Module, Structure]" = weakref.WeakKeyDictionary()
+
+
+def structure_of(network: nn.Module) -> Structure:
+    """The network's ``Structure``, read again only when its tree changed."""
+    known = _STRUCTURES.get(network)
+    if known is not None and known.matches(network):
+        return known
+    _STRUCTURES[network] = structure = Structure(network)
+    return structure

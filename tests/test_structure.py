@@ -1,0 +1,62 @@
+"""pl_energy.core.structure: the cached module tree against torch's own walks, after every kind of
+change to the tree."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from pl_energy import mlp
+from pl_energy.core.structure import structure_of
+
+
+def _agrees_with_torch(network: nn.Module) -> None:
+    structure = structure_of(network)
+    assert structure.named_modules(network) == tuple(network.named_modules())
+    assert structure.named_parameters == tuple(network.named_parameters())
+    assert structure.children == tuple(network.named_children())
+    assert structure.child_parameters == tuple(tuple(child.parameters()) for child in network.children())
+    assert structure.first_parameter is next(network.parameters(), None)
+
+
+def test_read_once_while_the_tree_is_unchanged():
+    network = mlp([6, 5, 4, 3])
+    first = structure_of(network)
+    _agrees_with_torch(network)
+    with torch.no_grad():
+        network[0][0].weight.mul_(2)  # values and requires_grad are not structure
+    network[1][0].bias.requires_grad_(False)
+    assert structure_of(network) is first
+
+
+def test_every_change_of_the_tree_is_read_again():
+    network = mlp([6, 5, 4, 3])
+    changes = [
+        lambda: network.append(nn.Linear(3, 2)),                                    # a layer added
+        lambda: setattr(network[0][0], "weight", nn.Parameter(torch.zeros(5, 6))),  # replaced
+        lambda: delattr(network[1][0], "bias"),                                     # removed
+        lambda: network[1][0].register_parameter("bias", nn.Parameter(torch.zeros(4))),  # put back
+        lambda: network[0].register_parameter("scale", nn.Parameter(torch.ones(()))),    # added deep down
+        lambda: setattr(network[0], "0", nn.Linear(6, 5)),                          # a submodule replaced
+        lambda: network.__delitem__(-1),                                            # a layer removed
+        lambda: network[0].register_parameter("scale", None),                       # an entry set to None
+    ]
+    for change in changes:
+        before = structure_of(network)
+        change()
+        assert structure_of(network) is not before
+        _agrees_with_torch(network)
+
+
+def test_copies_and_shared_modules():
+    network = mlp([6, 5, 4, 3])
+    structure_of(network)
+    clone = copy.deepcopy(network)
+    _agrees_with_torch(clone)
+    assert structure_of(clone).first_parameter is not structure_of(network).first_parameter
+    shared = nn.Linear(4, 4)
+    tied = nn.Sequential(shared, nn.ReLU(), shared)  # listed once, as torch lists it
+    _agrees_with_torch(tied)
+    assert len(structure_of(tied).named_parameters) == 2
