@@ -17,6 +17,12 @@ Variants, each a call that returns once its work is done:
 - ``pc_nudge_step``: ``pc_nudge`` and its update applied by the same SGD (``p.grad = g``), the
   numerator of ``bench_step.py``'s ratio, to be read against ``bp_step``.
 
+``--algorithms`` names the library variants (default ``bp pc_nudge``: each as an estimate and as
+a training step); ``--units clip`` gives the MLP clip units in place of ReLU (the same seed), the
+network ``probe_training.py`` gives ep and chl, whose Hopfield energies need bounded units:
+``--units clip --algorithms chl ep`` times them at initialisation (issue 25: chl <= 10x, ep <= 20x
+plain autograd BP).
+
 The SGD learning rate is 0, so every call sees the same network.
 
 ``--before REV`` also times both library variants of the package as it was at git revision REV
@@ -63,6 +69,8 @@ def parse_args(argv=None):
     parser.add_argument("--inner", type=int, default=10, help="calls per variant per round")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--before", default=None, help="a git revision to time beside the working tree")
+    parser.add_argument("--algorithms", nargs="+", default=["bp", "pc_nudge"], help="library variants")
+    parser.add_argument("--units", choices=("relu", "clip"), default="relu", help="the MLP's hidden units")
     return parser.parse_args(argv)
 
 
@@ -89,6 +97,14 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
     net, x, y, real = seed_mlp_batch()
+
+    def network_of(package):
+        """The MLP with clip units built by ``package`` (each package knows its own Clip)."""
+        torch.manual_seed(0)
+        return package.mlp([784, 128, 64, 10], activation="clip")
+
+    if args.units == "clip":
+        net = network_of(pl_energy)
     params = list(net.parameters())
 
     def autograd():
@@ -101,15 +117,17 @@ def main(argv=None) -> None:
         F.cross_entropy(net(x), y).backward()
         optimizer.step()
 
-    def estimate(algorithm):
-        return lambda: algorithm.estimate(net, x, y)
+    def estimate(algorithm, network):
+        return lambda: algorithm.estimate(network, x, y)
 
-    def training_step(algorithm):
+    def training_step(algorithm, network):
+        own = torch.optim.SGD(network.parameters(), lr=0.0)
+
         def step():
-            gradients = algorithm.estimate(net, x, y).gradients
-            for name, parameter in net.named_parameters():
+            gradients = algorithm.estimate(network, x, y).gradients
+            for name, parameter in network.named_parameters():
                 parameter.grad = gradients[name]
-            optimizer.step()
+            own.step()
         return step
 
     packages = {"": pl_energy}
@@ -117,16 +135,19 @@ def main(argv=None) -> None:
         packages["before "] = import_revision(args.before)
     variants = {"bp_autograd": autograd, "bp_step": bp_step}
     for prefix, package in packages.items():
-        variants[f"{prefix}bp"] = estimate(package.build_algorithm("bp"))
-        variants[f"{prefix}pc_nudge"] = estimate(package.build_algorithm("pc_nudge"))
-        variants[f"{prefix}pc_nudge_step"] = training_step(package.build_algorithm("pc_nudge"))
+        network = net if args.units == "relu" else network_of(package)
+        for name in args.algorithms:
+            variants[f"{prefix}{name}"] = estimate(package.build_algorithm(name), network)
+            if name != "bp":
+                variants[f"{prefix}{name}_step"] = training_step(package.build_algorithm(name), network)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a warning on this batch would make the timing meaningless
         for call in variants.values():
             for _ in range(args.warmup):
                 call()
     bound = mac_bound(net, x)
-    print(f"data: {'real MNIST' if real else 'RANDOM (MNIST not found)'}; load before {load_averages()}")
+    print(f"data: {'real MNIST' if real else 'RANDOM (MNIST not found)'}; {args.units} units; "
+          f"load before {load_averages()}")
     rounds = [time_round(variants, args.inner, index) for index in range(args.rounds)]
     print(f"load after {load_averages()}; {args.rounds} rounds x {args.inner} calls; "
           f"pc_nudge MAC bound {bound:.3f}x BP")
@@ -136,7 +157,7 @@ def main(argv=None) -> None:
         low, median, high = statistics.quantiles(ratios, n=4)
         milliseconds = statistics.median(r[key] for r in rounds) * 1e3
         line = f"{key:20s} {milliseconds:7.3f} ms  {median:5.3f}x {reference} [{low:.3f}-{high:.3f}]"
-        if "pc_nudge" in key:
+        if "pc_nudge" in key and args.units == "relu":
             line += f"  = {median / bound:.3f}x its MAC bound"
         print(line)
 

@@ -152,6 +152,18 @@ def test_overhead_benchmark_times_every_variant_beside_a_revision(capsys):
     assert f"MAC bound {(3 * full + 3 * above_first) / (2 * full + above_first):.3f}x" in out
 
 
+def test_overhead_benchmark_times_hopfield_algorithms_on_clip_units(capsys):
+    """``--units clip --algorithms chl ep``: the Hopfield algorithms' estimates and steps."""
+    spec = importlib.util.spec_from_file_location("bench_overhead", REPO / "benchmarks" / "bench_overhead.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--rounds", "2", "--inner", "1", "--warmup", "1", "--units", "clip", "--algorithms", "chl", "ep"])
+    out = capsys.readouterr().out
+    for key in ("clip units", "\nchl ", "chl_step", "\nep ", "ep_step"):
+        assert key in out, key
+    assert "its MAC bound" not in out
+
+
 def test_compiled_run_keeps_its_own_section(bench, tmp_path):
     """``--compile`` times compiled layers (the eager backend here: no C++ toolchain needed) and
     writes a section beside the eager one instead of over it."""
