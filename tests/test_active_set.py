@@ -13,6 +13,8 @@ slopes. The same phases without the active set settle far from stationarity (the
 needs it).
 """
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -168,6 +170,27 @@ def test_max_pool_phase_satisfies_the_kkt_conditions_with_split_winners(seed):
     network = pool_network(seed)
     report, phase, targets = clamped_phase(network, 3)
     assert report.converged and report.units_on_kink >= 1
+    assert_pool_kkt(network, report, phase, targets)
+
+
+@pytest.mark.parametrize("seed", [10, 26])
+def test_a_window_whose_third_entry_beats_its_pair_is_never_reported_converged_off_equilibrium(seed):
+    """Here a window solved on the kink of two entries has a third one that overtakes both
+    (a three-way tie): a state reported converged must satisfy the KKT conditions with the real
+    maxima, else the phase falls back to descent, settles and says so."""
+    network = pool_network(seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report, phase, targets = clamped_phase(network, 3, converges=True)
+    if report.converged:
+        assert_pool_kkt(network, report, phase, targets)
+    else:
+        assert report.settled and any(w.category is pl_energy.NotConvergedWarning for w in caught)
+
+
+def assert_pool_kkt(network, report, phase, targets) -> None:
+    """The KKT conditions of the pooling net's energy at the phase's state, written here: the
+    real maxima, a tie's gradient split between its two entries by some s in [0, 1]."""
     x = [a.detach() for a in phase.state.activities]
     first, second, third = network[0], network[1][3], network[2]
     windows = x[1].view(-1, 2, 2, 2, 2).permute(0, 1, 3, 2, 4).reshape(-1, 4, 4)  # (B, window, entry)
@@ -242,3 +265,29 @@ def test_in_place_units_are_read_before_they_overwrite_their_input():
     for plain, in_place in zip(*outputs):
         for a, b in zip(plain, in_place):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+class _TwiceBlock(nn.Module):
+    """x -> relu(W_2 relu(W_1 x)) through one ReLU module called twice."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.l1, self.l2, self.act = nn.Linear(width, width), nn.Linear(width, width), nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.l2(self.act(self.l1(x))))
+
+
+def test_a_module_called_twice_in_one_pass_refuses_the_solve():
+    """One piece per module cannot hold two calls' sides: the solve refuses, and the phase is
+    descent's, as without the active set (float64)."""
+    reports = []
+    for active_set in (True, False):
+        torch.manual_seed(0)
+        network = nn.Sequential(nn.Sequential(nn.Linear(6, 10), nn.ReLU()), _TwiceBlock(10), nn.Linear(10, 4)).double()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reports.append(clamped_phase(network, 4, active_set=active_set, converges=True)[0])
+    assert reports[0].pieces_changed in (None, 0) and reports[0].units_on_kink is None
+    assert (reports[0].converged, reports[0].steps, reports[0].residual) == (
+        reports[1].converged, reports[1].steps, reports[1].residual)

@@ -132,7 +132,8 @@ class PredictiveCoding(ContrastiveAlgorithm):
         (``Pieces.of``) descent stops after ``DESCENT_BEFORE_PIECES`` steps and, if it has not
         converged, the phase is solved on its linear pieces (``pl_energy.core.active_set``;
         settling across kinks would take a dozen more halved steps); if that solve runs out of
-        rounds, descent goes on from where it stopped. Returns the trace (of the first
+        rounds or its state fails the check (the residual with the real layers' values and the
+        solved slopes above ``tol``), descent goes on from where it stopped. Returns the trace (of the first
         descent) and the report."""
         pieces = Pieces.of(network) if self.active_set and self.tol is not None else None
         steps = self.steps if pieces is None else min(self.steps, DESCENT_BEFORE_PIECES)
@@ -147,12 +148,13 @@ class PredictiveCoding(ContrastiveAlgorithm):
                                      lambda at: self.relax(frozen, at, warn=False).report)
         except DivergenceError:
             result = None
-        if result is not None and result.consistent:
+        if result is not None and result.consistent:  # checked: real values, the solved slopes
             errors = energy.errors(state)
             residual = relative_residual(energy.error_gradients(state, errors), energy.local_terms(state, errors))
-            return relaxation.trace, dataclasses.replace(
-                report, steps=report.steps + result.steps, converged=residual <= self.tol, residual=residual,
-                settled=False, pieces_changed=result.changed, units_on_kink=result.on_kink)
+            if residual <= self.tol:
+                return relaxation.trace, dataclasses.replace(
+                    report, steps=report.steps + result.steps, converged=True, residual=residual,
+                    settled=False, pieces_changed=result.changed, units_on_kink=result.on_kink)
         energy.restore(state, descended)
         rest = self.relax(energy, state, steps=self.steps - report.steps, warn=False).report
         return relaxation.trace, dataclasses.replace(rest, steps=report.steps + rest.steps,

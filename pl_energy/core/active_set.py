@@ -31,11 +31,20 @@ swap back and forth likewise gets s x_w + (1 - s) x_v, with root x_w - x_v = 0. 
 kink units are coupled through its equilibrium, so their roots are found together, by
 Broyden's method per sample (``_KinkNewton``), to |f| <= tol max_l ||e_l||.
 
-The state returned is stationary for the energy with those slopes and within that tolerance of
-the kinks; its parameter gradients are taken with the same slopes (the state keeps the frozen
-layers' linearisations), the limit of a smoothed kink. When the rounds run out the solve gives
-up and the caller keeps the state descent settled at. ``ActiveSetResult.changed`` counts the
-side changes of all rounds (ReLU units, pooling windows), ``on_kink`` the units solved on their
+A kink unit whose observed side is neither of its pair (a third entry of its window beats both,
+a clip unit crosses its other kink) leaves the kink units and takes that side; one that does so
+three times sits where three sides meet (three entries of a window tie), which a pair cannot
+represent: the solve gives up there.
+
+**The check.** The frozen layers are the solve's own; the state is accepted only by the real
+network: it is linearised once more with every unit's value the real layer's and its slope the
+solved one (Clarke's), and the phase's residual is measured there (``relax_phase``). A real
+value far from the frozen one (a unit solved against the wrong pair) shows as a residual above
+``tol``, and the phase falls back to descent. Its parameter gradients are taken from that
+linearisation: the solved slopes, the limit of a smoothed kink. A module called more than once
+in one pass has one piece per module, not per call, and refuses the solve. When the rounds run
+out the solve gives up and the caller goes on with descent. ``ActiveSetResult.changed`` counts
+the side changes of all rounds (units, pooling windows), ``on_kink`` the units solved on their
 kink.
 """
 
@@ -50,7 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .activations import Clip
-from .kinks import pin_of
+from .kinks import pin_of, tiles
 
 MAX_ROUNDS = 30
 
@@ -64,17 +73,15 @@ class _KinkNewton:
     f >= 0) is a plain unit there, held until its f changes sign."""
 
     def __init__(self):
-        self.units: list[tuple[int, int, int]] = []  # (piece, sample, flat unit index)
-        self.members: dict[int, list[int]] = {}
+        self.members: dict[int, list[tuple[int, int]]] = {}  # per sample: (piece, unit index)
+        self.chords: dict[int, list[float]] = {}
         self.jacobians: dict[int, Tensor] = {}
         self.last: dict[int, tuple[Tensor, Tensor]] = {}
-        self.chords: list[float] = []
 
     def join(self, piece: int, sample: int, unit: int, chord: float) -> None:
         members = self.members.setdefault(sample, [])
-        members.append(len(self.units))
-        self.units.append((piece, sample, unit))
-        self.chords.append(chord)
+        members.append((piece, unit))
+        self.chords.setdefault(sample, []).append(chord)
         jacobian = torch.zeros(len(members), len(members), dtype=torch.float64)
         if sample in self.jacobians:
             jacobian[:-1, :-1] = self.jacobians[sample]
@@ -82,8 +89,16 @@ class _KinkNewton:
         self.jacobians[sample] = jacobian
         self.last.pop(sample, None)
 
-    def _newton_move(self, sample: int, members: list[int], jacobian: Tensor, f: Tensor, free: Tensor,
-                     worse: bool) -> Tensor:
+    def leave(self, piece: int, sample: int, unit: int) -> None:
+        """A unit that left its kink (``_Piece.update``)."""
+        members = self.members[sample]
+        keep = [index for index, member in enumerate(members) if member != (piece, unit)]
+        self.members[sample] = [members[index] for index in keep]
+        self.chords[sample] = [self.chords[sample][index] for index in keep]
+        self.jacobians[sample] = self.jacobians[sample][keep][:, keep]
+        self.last.pop(sample, None)
+
+    def _newton_move(self, sample: int, jacobian: Tensor, f: Tensor, free: Tensor, worse: bool) -> Tensor:
         """The Newton step -J^-1 f on the free units. Where the last step made the residual
         worse (``worse``) or the secant Jacobian is singular, the sample's Jacobian starts again
         from the units' chords (a diagonal Newton step)."""
@@ -96,7 +111,7 @@ class _KinkNewton:
                 return move
             except RuntimeError:
                 pass
-        chords = torch.tensor([self.chords[m] for m in members], dtype=torch.float64)
+        chords = torch.tensor(self.chords[sample], dtype=torch.float64)
         self.jacobians[sample] = torch.diag(chords)
         self.last.pop(sample, None)
         move[free] = -f[free] / chords[free]
@@ -105,12 +120,12 @@ class _KinkNewton:
     def step(self, pieces: list["_Piece"], atol: float) -> tuple[bool, int]:
         """Take the kink units' f at their s, propose their next s in the pieces; whether all
         are solved (|f| <= atol, or at an end), and how many are on their kink."""
+        read = [piece.kink_units() for piece in pieces]  # one host read per piece
         solved, on_kink = True, 0
         for sample, members in self.members.items():
-            s = torch.tensor([pieces[p].unit_weight(b, u) for p, b, u in (self.units[m] for m in members)],
-                             dtype=torch.float64)
-            f = torch.tensor([pieces[p].unit_value(b, u) for p, b, u in (self.units[m] for m in members)],
-                             dtype=torch.float64)
+            if not members:
+                continue
+            s, f = torch.tensor([read[p][sample, unit] for p, unit in members], dtype=torch.float64).T
             at_end = ((s <= 0) & (f <= 0)) | ((s >= 1) & (f >= 0))
             solved = solved and bool(((f.abs() <= atol) | at_end).all())
             on_kink += int((~at_end).sum())
@@ -122,10 +137,9 @@ class _KinkNewton:
                 if float(ds @ ds) > 0 and float(df.abs().max()) > atol:
                     jacobian += torch.outer(df - jacobian @ ds, ds) / (ds @ ds)
             self.last[sample] = (s, f)
-            move = self._newton_move(sample, members, jacobian, f, free, worse)
-            for m, value in zip(members, (s + move).clamp(0.0, 1.0).tolist()):
-                p, b, u = self.units[m]
-                pieces[p].set_unit_proposal(b, u, value)
+            move = self._newton_move(sample, jacobian, f, free, worse)
+            for (p, unit), value in zip(members, (s + move).clamp(0.0, 1.0).tolist()):
+                pieces[p].set_unit_proposal(sample, unit, value)
         return solved, on_kink
 
 
@@ -143,7 +157,8 @@ class _Piece:
         self.module = module
         self.previous = module.__dict__.get("forward")  # a pin of ``core.kinks``, or None
         self.pin = pin_of(module)
-        self.frozen = False
+        self.mode = "observed"  # or "frozen", or "checked": real values, frozen slopes
+        self.calls = 0  # observed calls since ``Pieces.observe``
         self.started = False
         self.side: Tensor | None = None  # the piece at the latest observed call
         self.input: Tensor | None = None
@@ -152,8 +167,13 @@ class _Piece:
         return type(self.module).forward(self.module, x) if self.previous is None else self.previous(x)
 
     def __call__(self, x: Tensor) -> Tensor:
-        if self.frozen:
+        if self.mode == "frozen":
             return self._frozen(x)
+        if self.mode == "checked":
+            frozen = self._frozen(x)
+            real = self._forward(x.detach().clone() if getattr(self.module, "inplace", False) else x.detach())
+            return real + (frozen - frozen.detach())
+        self.calls += 1
         self.input = x.detach().clone() if getattr(self.module, "inplace", False) else x.detach()
         self.side = self._read(self.input)
         return self._forward(x)
@@ -168,11 +188,12 @@ class _Piece:
             # each unit's last flip: from, to (-1: none), and its gap then (<= 0)
             self.flip_from, self.flip_to = torch.full_like(self.side, -1), torch.full_like(self.side, -1)
             self.flip_gap = torch.zeros_like(self.weight)
+            self.escapes = torch.zeros_like(self.side, dtype=torch.uint8)
             self.started = True
         else:
             self.first, self.second, self.weight = self.next_first, self.next_second, self.proposal
         self._frozen_maps()
-        self.frozen = True
+        self.mode = "frozen"
 
     def _frozen_maps(self) -> None:
         """Precompute what ``_frozen`` needs from the frozen piece."""
@@ -181,16 +202,20 @@ class _Piece:
         """Whether the two sides share a kink."""
         return torch.ones_like(first, dtype=torch.bool)
 
-    def update(self) -> tuple[int, list[tuple[int, int, float]]]:
-        """The units that changed side, and those that became kink units: a unit that flips
-        back to the side it left the time before (f(1) = its gap now, f(0) = minus its gap
-        then, in the pair's orientation)."""
+    def update(self) -> tuple[int, list[tuple[int, int, float]], list[list[int]]]:
+        """The units that changed side, those that became kink units (a unit that flips back to
+        the side it left the time before: f(1) = its gap now, f(0) = minus its gap then, in the
+        pair's orientation) and the kink units that left (observed on neither side of their
+        pair: ``_KinkNewton.leave``)."""
         x, side = self.input, self.side
-        changed = ~self.kink & (side != self.first)
-        if not self.kink.any() and not changed.any():  # the piece it relaxed on: nothing to do
+        escaped = self.kink & (side != self.first) & (side != self.second)
+        changed = (~self.kink & (side != self.first)) | escaped
+        if not changed.any() and not self.kink.any():  # the piece it relaxed on: nothing to do
             self.value, self.next_first, self.next_second, self.proposal = (
                 torch.zeros_like(self.weight), self.first, self.second, self.weight)
-            return 0, []
+            return 0, [], []
+        self.kink = self.kink & ~escaped
+        self.escapes = self.escapes + escaped
         self.value = self._gap(x, self.first, self.second)
         gap = self._gap(x, self.first, side)
         back = changed & (self.flip_from == side) & (self.flip_to == self.first) & self._adjacent(self.first, side)
@@ -202,16 +227,18 @@ class _Piece:
         self.next_second = torch.where(self.kink, self.second, side)
         self.next_first = torch.where(self.kink | back, self.first, side)
         self.proposal = torch.where(self.kink, self.weight, torch.ones_like(self.weight))
-        return int(changed.sum()), self.opened(back, f_at_0, gap)
+        return int(changed.sum()), self.opened(back, f_at_0, gap), self._unit(escaped).nonzero().tolist()
 
     def _unit(self, tensor: Tensor) -> Tensor:
         return tensor.view(tensor.shape[0], -1)
 
-    def unit_weight(self, sample: int, unit: int) -> float:
-        return float(self._unit(self.weight)[sample, unit])
-
-    def unit_value(self, sample: int, unit: int) -> float:
-        return float(self._unit(self.value)[sample, unit])
+    def kink_units(self) -> dict[tuple[int, int], tuple[float, float]]:
+        """(s, f) of each kink unit, keyed by (sample, unit index): one read back."""
+        if not self.started or not self.kink.any():
+            return {}
+        where = self._unit(self.kink)
+        values = torch.stack([self._unit(self.weight)[where], self._unit(self.value)[where]], 1).tolist()
+        return {tuple(key): value for key, value in zip(where.nonzero().tolist(), values)}
 
     def set_unit_proposal(self, sample: int, unit: int, value: float) -> None:
         self._unit(self.proposal)[sample, unit] = value
@@ -342,7 +369,7 @@ class Pieces:
         uses = Counter(id(m) for _, m in network.named_modules(remove_duplicate=False))
         pieces = cls(network)
         shared = any(uses[id(piece.module)] > 1 for piece in pieces.pieces)
-        untiled = any(isinstance(piece, _MaxPoolPiece) and not _tiles(piece.module) for piece in pieces.pieces)
+        untiled = any(isinstance(piece, _MaxPoolPiece) and not tiles(piece.module) for piece in pieces.pieces)
         return None if not pieces.pieces or shared or untiled else pieces
 
     def __enter__(self) -> "Pieces":
@@ -363,17 +390,35 @@ class Pieces:
 
     def observe(self) -> None:
         for piece in self.pieces:
-            piece.frozen = False
+            piece.mode, piece.calls = "observed", 0
+
+    def check(self) -> None:
+        """Real values with the last frozen slopes (the module docstring's check)."""
+        for piece in self.pieces:
+            piece.mode = "checked"
+
+    def called_once(self) -> bool:
+        """Whether every piece was called exactly once since ``observe`` (one module at one
+        place: its piece is that call's)."""
+        return all(piece.calls == 1 for piece in self.pieces)
 
     def update(self, atol: float) -> tuple[int, bool]:
         """The units that changed side since the frozen pieces, and whether the kink units are
         solved to ``atol``; the next pieces are proposed."""
         results = [piece.update() for piece in self.pieces]
+        for index, (_, _, left) in enumerate(results):
+            for sample, unit in left:
+                self.newton.leave(index, sample, unit)
         solved, self.on_kink = self.newton.step(self.pieces, atol)
-        for index, (_, opened) in enumerate(results):
+        for index, (_, opened, _) in enumerate(results):
             for sample, unit, chord in opened:
                 self.newton.join(index, sample, unit, chord)
-        return sum(changed for changed, _ in results), solved
+        return sum(changed for changed, _, _ in results), solved
+
+    def cycling(self) -> bool:
+        """Whether a unit left its kink three times: its equilibrium is where three or more of its
+        sides meet (three entries of a window tie), which a pair cannot represent."""
+        return any(piece.started and bool((piece.escapes >= 3).any()) for piece in self.pieces)
 
 
 def _supported(module: nn.Module) -> bool:
@@ -388,23 +433,15 @@ def _piece_for(module: nn.Module) -> _Piece:
     return _MaxPoolPiece(module) if type(module) is nn.MaxPool2d else _ActivationPiece(module, kinks_of(module))
 
 
-def _tiles(module: nn.MaxPool2d) -> bool:
-    """Windows that tile the input: stride = kernel, no padding or dilation, no ceil mode."""
-    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
-    stride = module.kernel_size if module.stride is None else module.stride
-    return (pair(stride) == pair(module.kernel_size) and pair(module.padding) == (0, 0)
-            and pair(module.dilation) == (1, 1) and not module.ceil_mode)
-
-
 @dataclass
 class ActiveSetResult:
     """How the active-set solve ended: ``consistent`` (the last piece was the state's own, its
-    kink units solved, and the phase converged on it), the steps of its relaxations, the rounds,
-    ``changed``, the side changes of all rounds, and ``on_kink``, the units solved on a kink."""
+    kink units solved, and the phase converged on it; the state is then linearised for the
+    check), the steps of its relaxations, ``changed``, the side changes of all rounds, and
+    ``on_kink``, the units solved on a kink."""
 
     consistent: bool
     steps: int
-    rounds: int
     changed: int
     on_kink: int
 
@@ -419,11 +456,11 @@ def relinearize(energy, state) -> None:
 
 
 @torch.no_grad()
-def observe(energy, state) -> None:
+def evaluate_layers(energy, state) -> None:
     """Call every layer as it computes now at the state (x_l = mu_l + e_l from the bottom up),
-    without touching the state: the observed pieces record their sides."""
+    without touching the state: observed pieces record their sides."""
     x = state.activities[0]
-    for index, (layer, error) in enumerate(zip(energy.layers, energy.errors(state)), start=1):
+    for layer, error in zip(energy.layers, energy.errors(state)):
         x = layer(x) + error
     energy.layers[-1](x)
 
@@ -435,22 +472,28 @@ def solve_on_pieces(energy, state, pieces: Pieces, tol: float,
     relaxes one phase of it and returns its ``InferenceReport``. Kink units are solved to
     |f| <= tol max_l ||e_l|| (the batch's errors of layer l): a kink unit's f moves one unit of
     its layer's prediction by at most |f|, against the relaxation's residual, ``tol`` relative
-    to ||e_l||. On success the state is linearised at the last pieces (their slopes give its
-    gradients); on failure the caller restores the state."""
+    to ||e_l||. On success the state is linearised for the check (real values, solved slopes);
+    on failure the caller restores the state."""
     steps = changed = 0
     with pieces:
         pieces.observe()
-        observe(energy, state)
-        for rounds in range(1, MAX_ROUNDS + 1):
+        evaluate_layers(energy, state)
+        if not pieces.called_once():
+            return ActiveSetResult(False, 0, 0, 0)
+        for _ in range(MAX_ROUNDS):
             pieces.freeze()
             relinearize(energy, state)
             report = relax_piece(state)
             steps += report.steps
             atol = tol * max(float(error.norm()) for error in energy.errors(state))
             pieces.observe()
-            observe(energy, state)
+            evaluate_layers(energy, state)
             moved, solved = pieces.update(atol)
             changed += moved
+            if pieces.cycling():
+                break
             if moved == 0 and solved and report.converged:
-                return ActiveSetResult(True, steps, rounds, changed, pieces.on_kink)
-    return ActiveSetResult(False, steps, MAX_ROUNDS, changed, pieces.on_kink)
+                pieces.check()
+                relinearize(energy, state)
+                return ActiveSetResult(True, steps, changed, pieces.on_kink)
+    return ActiveSetResult(False, steps, changed, pieces.on_kink)

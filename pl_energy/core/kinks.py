@@ -90,12 +90,10 @@ class _PinnedMaxPool2d(_Pin):
 
     def __init__(self, module: nn.MaxPool2d):
         self.module = module
-        kernel, stride, padding, dilation = self.geometry = tuple(_pair(v) for v in (
-            module.kernel_size, module.kernel_size if module.stride is None else module.stride,
-            module.padding, module.dilation))
+        kernel, stride, padding, dilation = self.geometry = pool_geometry(module)
         #: windows that tile the input without overlap or padding: the losers can be masked in
         #: the input's own layout and pooled natively
-        self.tiles = stride == kernel and padding == (0, 0) and dilation == (1, 1)
+        self.tiles = tiles(module)
 
     def record(self, x: Tensor) -> Tensor:
         output, winners = F.max_pool2d(x, *self.geometry, return_indices=True)
@@ -129,6 +127,18 @@ class _PinnedMaxPool2d(_Pin):
         size = [(n + 2 * p - d * (k - 1) - 1) // s + 1
                 for n, k, s, p, d in zip(x.shape[-2:], kernel, stride, padding, dilation)]
         return F.unfold(padded, kernel, dilation=dilation, stride=stride), (*x.shape[:-2], *size)
+
+
+def pool_geometry(module: nn.MaxPool2d) -> tuple[tuple[int, int], ...]:
+    """(kernel, stride, padding, dilation) of a 2-d pooling layer, each a pair."""
+    return tuple(_pair(v) for v in (module.kernel_size, module.kernel_size if module.stride is None else module.stride,
+                                    module.padding, module.dilation))
+
+
+def tiles(module: nn.MaxPool2d) -> bool:
+    """Whether the pooling windows tile the input: stride = kernel, no padding or dilation."""
+    kernel, stride, padding, dilation = pool_geometry(module)
+    return stride == kernel and padding == (0, 0) and dilation == (1, 1)
 
 
 def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
