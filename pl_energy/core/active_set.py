@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .activations import Clip
-from .kinks import pin_of, tiles
+from .kinks import pin_of, pool_geometry, tiles
 
 MAX_ROUNDS = 30
 
@@ -230,7 +230,7 @@ class _Piece:
         return int(changed.sum()), self.opened(back, f_at_0, gap), self._unit(escaped).nonzero().tolist()
 
     def _unit(self, tensor: Tensor) -> Tensor:
-        return tensor.view(tensor.shape[0], -1)
+        return tensor.reshape(tensor.shape[0], -1)
 
     def kink_units(self) -> dict[tuple[int, int], tuple[float, float]]:
         """(s, f) of each kink unit, keyed by (sample, unit index): one read back."""
@@ -240,8 +240,12 @@ class _Piece:
         values = torch.stack([self._unit(self.weight)[where], self._unit(self.value)[where]], 1).tolist()
         return {tuple(key): value for key, value in zip(where.nonzero().tolist(), values)}
 
+    def stuck(self) -> bool:
+        """Whether a unit left its kink three times (``Pieces.cycling``)."""
+        return self.started and bool((self.escapes >= 3).any())
+
     def set_unit_proposal(self, sample: int, unit: int, value: float) -> None:
-        self._unit(self.proposal)[sample, unit] = value
+        self.proposal.view(self.proposal.shape[0], -1)[sample, unit] = value  # in place: a view
 
     def opened(self, back: Tensor, f_at_0: Tensor, f_at_1: Tensor) -> list[tuple[int, int, float]]:
         """Units ``back`` join the kink units, at the root of their chord from f(0) > 0 to
@@ -328,28 +332,99 @@ class _ActivationPiece(_Piece):
 
 
 class _MaxPoolPiece(_Piece):
-    """A ``MaxPool2d`` layer (windows that tile the input); a side is a window's winner, and
-    frozen each window is s x_first + (1 - s) x_second, f = x_first - x_second."""
+    """A ``MaxPool2d`` layer whose windows tile the input; a side is a window's winner (its
+    index k among the window's K entries). Frozen, each window is sum_k w_k x_k: one-hot on its
+    winner, or, on a kink window, spread over the tied group of entries that swap: the first
+    (the primary) takes 1 - sum of the others' weights t_k, each of which is a kink unit with
+    f_k = x_k - x_first (it falls as t_k grows). A group starts as a pair that swaps back and
+    forth and grows by any entry observed to beat it (a three-way tie is three entries)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__(module)
+        self.kernel = pool_geometry(module)[0]
+
+    def _windows(self, x: Tensor) -> Tensor:
+        """(..., Ho, Wo, K): each window's entries in row-major order."""
+        (kh, kw), (h, w) = self.kernel, x.shape[-2:]
+        rows, columns = h // kh, w // kw
+        tiled = x[..., :rows * kh, :columns * kw].unflatten(-1, (columns, kw)).unflatten(-3, (rows, kh))
+        return tiled.transpose(-3, -2).flatten(-2)
 
     def _read(self, x: Tensor) -> Tensor:
-        m = self.module
         losers = getattr(self.pin, "losers", None)
-        candidates = x if losers is None else x.masked_fill(losers, -torch.inf)
-        return F.max_pool2d(candidates, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
-                            return_indices=True)[1]
+        return self._windows(x if losers is None else x.masked_fill(losers, -torch.inf)).argmax(-1)
 
-    def _gather(self, x: Tensor, index: Tensor) -> Tensor:
-        return x.flatten(-2).gather(-1, index.flatten(-2)).view(index.shape)
-
-    def _frozen_maps(self) -> None:
+    def freeze(self) -> None:
+        if not self.started:
+            entries = self.kernel[0] * self.kernel[1]
+            self.first = self.side
+            self.weights = F.one_hot(self.side, entries).to(self.input.dtype)
+            self.members = self.weights > 0
+            self.chord = torch.zeros(self.side.shape, dtype=self.input.dtype, device=self.side.device)
+            self.flip_from, self.flip_to = torch.full_like(self.side, -1), torch.full_like(self.side, -1)
+            self.flip_gap = torch.zeros_like(self.chord)
+            self.started = True
+        else:
+            self.first, self.members = self.next_first, self.next_members
+            others = self.proposal * (self.members & ~self._primary()).to(self.proposal.dtype)
+            total = others.sum(-1, keepdim=True)
+            others = others / total.clamp_min(1.0)  # at most all the weight to the others
+            self.weights = others + self._primary().to(others.dtype) * (1 - others.sum(-1, keepdim=True))
+        self.kink = self.members.sum(-1) > 1
         self.blended = bool(self.kink.any())
+        self.mode = "frozen"
+
+    def _primary(self) -> Tensor:
+        return F.one_hot(self.first, self.members.shape[-1]).bool()
 
     def _frozen(self, x: Tensor) -> Tensor:
-        first = self._gather(x, self.first)
-        return torch.lerp(self._gather(x, self.second), first, self.weight) if self.blended else first
+        windows = self._windows(x)
+        if self.blended:
+            return (windows * self.weights).sum(-1)
+        return windows.gather(-1, self.first.unsqueeze(-1)).squeeze(-1)
 
-    def _gap(self, x: Tensor, first: Tensor, second: Tensor) -> Tensor:
-        return self._gather(x, first) - self._gather(x, second)
+    def update(self) -> tuple[int, list[tuple[int, int, float]], list[list[int]]]:
+        """The windows whose winner changed (or that grew their group), and the new kink units:
+        the partner of a pair that swaps back and forth (its weight at the chord's root between
+        f(0) = x_partner - x_first now and f(1) then), an entry that beats a group (weight 0, the
+        group's chord as its slope)."""
+        windows, side, entries = self._windows(self.input), self.side, self.members.shape[-1]
+        here = lambda index: windows.gather(-1, index.unsqueeze(-1)).squeeze(-1)  # noqa: E731
+        changed = ~self.kink & (side != self.first)
+        grow = self.kink & ~self.members.gather(-1, side.unsqueeze(-1)).squeeze(-1)
+        self.value = windows - here(self.first).unsqueeze(-1)
+        self.next_first, self.next_members, self.proposal = self.first, self.members, self.weights.clone()
+        if not changed.any() and not grow.any():
+            return 0, [], []
+        gap = here(self.first) - here(side)  # <= 0 where the winner changed
+        back = changed & (self.flip_from == side) & (self.flip_to == self.first)
+        record = changed & ~back
+        chord = (self.flip_gap + gap).clamp_max(-torch.finfo(gap.dtype).tiny)  # f(1) - f(0) of the pair
+        root = gap / chord  # f(0) / (f(0) - f(1)), f(0) = -gap
+        self.chord = torch.where(back, chord, self.chord)
+        self.flip_from = torch.where(record, self.first, self.flip_from)
+        self.flip_to = torch.where(record, side, self.flip_to)
+        self.flip_gap = torch.where(record, gap, self.flip_gap)
+        joining = F.one_hot(side, entries).bool() & (back | grow).unsqueeze(-1)
+        moved = F.one_hot(side, entries).bool() & record.unsqueeze(-1)
+        self.next_first = torch.where(record, side, self.first)
+        self.next_members = torch.where(record.unsqueeze(-1), moved, self.members | joining)
+        self.proposal = torch.where(record.unsqueeze(-1), moved.to(self.weights.dtype), self.proposal)
+        self.proposal = torch.where(joining, (root * back).unsqueeze(-1).expand_as(self.proposal), self.proposal)
+        units = self._unit(joining).nonzero().tolist()
+        chords = self._unit(self.chord.unsqueeze(-1).expand_as(joining))[self._unit(joining)].tolist()
+        return int(changed.sum() + grow.sum()), [(b, u, c) for (b, u), c in zip(units, chords)], []
+
+    def stuck(self) -> bool:
+        return False  # a group grows instead of leaving
+
+    def kink_units(self) -> dict[tuple[int, int], tuple[float, float]]:
+        """(t, f) of each non-primary member of a kink window, keyed by (sample, window * K + k)."""
+        if not self.started or not self.kink.any():
+            return {}
+        where = self._unit(self.members & ~self._primary() & self.kink.unsqueeze(-1))
+        values = torch.stack([self._unit(self.weights)[where], self._unit(self.value)[where]], 1).tolist()
+        return {tuple(key): value for key, value in zip(where.nonzero().tolist(), values)}
 
 
 class Pieces:
@@ -417,8 +492,8 @@ class Pieces:
 
     def cycling(self) -> bool:
         """Whether a unit left its kink three times: its equilibrium is where three or more of its
-        sides meet (three entries of a window tie), which a pair cannot represent."""
-        return any(piece.started and bool((piece.escapes >= 3).any()) for piece in self.pieces)
+        sides meet (a clip unit between both of its kinks), which a pair cannot represent."""
+        return any(piece.stuck() for piece in self.pieces)
 
 
 def _supported(module: nn.Module) -> bool:
