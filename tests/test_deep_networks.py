@@ -7,6 +7,8 @@ any depth), and ResNet-18's published parameter count (11.17M for CIFAR).
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -116,7 +118,8 @@ def test_pc_nudge_and_pc_approach_backprop_on_vgg_and_residual_stacks(kind):
 def test_a_smooth_vgg_converges_where_max_pooling_settles():
     """pc_nudge's default solver on VGG-5: with tanh and average pooling the energy is smooth and
     inference converges in a few steps to a state where autograd's dE/dx vanishes; with ReLU and
-    max-pooling some switches sit on a tie at the nudged equilibrium and it can only settle."""
+    max-pooling some switches sit on a tie at the nudged equilibrium: descent alone can only
+    settle, and the active set (``core.active_set``) solves the tie."""
     x, y = batch((3, 16, 16), 10, size=32)
     torch.manual_seed(2)
     smooth = VGG(5, in_shape=(3, 16, 16), width=1 / 16, activation="tanh", pool="avg").double()
@@ -136,9 +139,14 @@ def test_a_smooth_vgg_converges_where_max_pooling_settles():
         assert float(gradient.norm() / activity.detach().norm()) < 1e-6
     torch.manual_seed(2)
     kinked = VGG(5, in_shape=(3, 16, 16), width=1 / 16).double()
+    descent = pl_energy.build_algorithm("pc_nudge", lam=0.01, tol=1e-8, active_set=False)
     with pytest.warns(NotConvergedWarning):
-        (kinked_report,) = algorithm.estimate(kinked, x, y).inference
+        (kinked_report,) = descent.estimate(kinked, x, y).inference
     assert kinked_report.settled and not kinked_report.converged
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotConvergedWarning)
+        (solved,) = algorithm.estimate(kinked, x, y).inference
+    assert solved.converged and solved.units_on_kink >= 1
 
 
 @pytest.mark.parametrize("name", ["ep", "chl"])

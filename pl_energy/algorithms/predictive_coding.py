@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..core.active_set import Pieces, solve_on_pieces
+from ..core.active_set import PIECE_TOLERANCE, Pieces, solve_on_pieces
 from ..core.inference import DivergenceError, InferenceReport
 from ..core.kinks import kinks_pinned
 from ..core.losses import Loss
@@ -144,8 +144,8 @@ class PredictiveCoding(ContrastiveAlgorithm):
         frozen = PredictiveCodingEnergy(network, energy.loss, energy.precisions, closed_forms=False)
         descended = energy.snapshot(state)
         try:
-            result = solve_on_pieces(frozen, state, pieces, self.tol,
-                                     lambda at: self.relax(frozen, at, warn=False).report)
+            result = solve_on_pieces(frozen, state, pieces, self.tol, lambda at: self.relax(
+                frozen, at, tol=self.tol * PIECE_TOLERANCE, warn=False).report)
         except DivergenceError:
             result = None
         if result is not None and result.consistent:  # checked: real values, the solved slopes

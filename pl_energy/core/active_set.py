@@ -62,6 +62,10 @@ from .activations import Clip
 from .kinks import pin_of, pool_geometry, tiles
 
 MAX_ROUNDS = 30
+#: Each piece is relaxed to this fraction of the phase's tolerance: a kink unit's f is read off
+#: the relaxed state and is solved to the phase's tolerance, so the relaxation's own error must
+#: stay below it (at ``tol`` itself, f wanders by about its tolerance from round to round).
+PIECE_TOLERANCE = 0.1
 
 
 class _KinkNewton:
@@ -363,25 +367,37 @@ class _MaxPoolPiece(_Piece):
             self.chord = torch.zeros(self.side.shape, dtype=self.input.dtype, device=self.side.device)
             self.flip_from, self.flip_to = torch.full_like(self.side, -1), torch.full_like(self.side, -1)
             self.flip_gap = torch.zeros_like(self.chord)
-            self.started = True
+            self.started, self.next_weights = True, False
         else:
             self.first, self.members = self.next_first, self.next_members
-            others = self.proposal * (self.members & ~self._primary()).to(self.proposal.dtype)
-            total = others.sum(-1, keepdim=True)
-            others = others / total.clamp_min(1.0)  # at most all the weight to the others
-            self.weights = others + self._primary().to(others.dtype) * (1 - others.sum(-1, keepdim=True))
+        self.primary = F.one_hot(self.first, self.members.shape[-1]).bool()
+        if self.next_weights:  # proposed by the last update
+            others = self.proposal * (self.members & ~self.primary).to(self.proposal.dtype)
+            others = others / others.sum(-1, keepdim=True).clamp_min(1.0)  # at most all the weight to the others
+            self.weights = others + self.primary.to(others.dtype) * (1 - others.sum(-1, keepdim=True))
         self.kink = self.members.sum(-1) > 1
-        self.blended = bool(self.kink.any())
+        # gathered from the input's own layout: the winners, and the few members of tied groups
+        (kh, kw), width = self.kernel, self.input.shape[-1]
+        rows = torch.arange(self.first.shape[-2], device=self.first.device).unsqueeze(-1) * kh
+        columns = torch.arange(self.first.shape[-1], device=self.first.device) * kw
+        self.first_flat = (rows + self.first // kw) * width + columns + self.first % kw
+        others = (self.members & ~self.primary & self.kink.unsqueeze(-1)).nonzero()
+        *window, k = others.unbind(-1)
+        self.others = (tuple(window), (window[-2] * kh + k // kw) * width + window[-1] * kw + k % kw,
+                       self.first_flat[tuple(window)], self.weights[tuple(others.unbind(-1))])
         self.mode = "frozen"
 
-    def _primary(self) -> Tensor:
-        return F.one_hot(self.first, self.members.shape[-1]).bool()
-
     def _frozen(self, x: Tensor) -> Tensor:
-        windows = self._windows(x)
-        if self.blended:
-            return (windows * self.weights).sum(-1)
-        return windows.gather(-1, self.first.unsqueeze(-1)).squeeze(-1)
+        """sum_k w_k x_k per window: the first entry, plus t_k (x_k - x_first) for the others of
+        a tied group."""
+        flat = x.flatten(-2)
+        output = flat.gather(-1, self.first_flat.flatten(-2)).view(self.first_flat.shape)
+        window, member, primary, weight = self.others
+        if not weight.numel():
+            return output
+        samples = window[:-2]
+        delta = weight * (flat[(*samples, member)] - flat[(*samples, primary)])
+        return output.index_put(window, delta, accumulate=True)
 
     def update(self) -> tuple[int, list[tuple[int, int, float]], list[list[int]]]:
         """The windows whose winner changed (or that grew their group), and the new kink units:
@@ -394,8 +410,10 @@ class _MaxPoolPiece(_Piece):
         grow = self.kink & ~self.members.gather(-1, side.unsqueeze(-1)).squeeze(-1)
         self.value = windows - here(self.first).unsqueeze(-1)
         self.next_first, self.next_members, self.proposal = self.first, self.members, self.weights.clone()
+        self.next_weights = bool(self.kink.any())
         if not changed.any() and not grow.any():
             return 0, [], []
+        self.next_weights = True
         gap = here(self.first) - here(side)  # <= 0 where the winner changed
         back = changed & (self.flip_from == side) & (self.flip_to == self.first)
         record = changed & ~back
@@ -405,8 +423,8 @@ class _MaxPoolPiece(_Piece):
         self.flip_from = torch.where(record, self.first, self.flip_from)
         self.flip_to = torch.where(record, side, self.flip_to)
         self.flip_gap = torch.where(record, gap, self.flip_gap)
-        joining = F.one_hot(side, entries).bool() & (back | grow).unsqueeze(-1)
-        moved = F.one_hot(side, entries).bool() & record.unsqueeze(-1)
+        winner = F.one_hot(side, entries).bool()
+        joining, moved = winner & (back | grow).unsqueeze(-1), winner & record.unsqueeze(-1)
         self.next_first = torch.where(record, side, self.first)
         self.next_members = torch.where(record.unsqueeze(-1), moved, self.members | joining)
         self.proposal = torch.where(record.unsqueeze(-1), moved.to(self.weights.dtype), self.proposal)
@@ -422,7 +440,7 @@ class _MaxPoolPiece(_Piece):
         """(t, f) of each non-primary member of a kink window, keyed by (sample, window * K + k)."""
         if not self.started or not self.kink.any():
             return {}
-        where = self._unit(self.members & ~self._primary() & self.kink.unsqueeze(-1))
+        where = self._unit(self.members & ~self.primary & self.kink.unsqueeze(-1))
         values = torch.stack([self._unit(self.weights)[where], self._unit(self.value)[where]], 1).tolist()
         return {tuple(key): value for key, value in zip(where.nonzero().tolist(), values)}
 
@@ -544,7 +562,8 @@ def solve_on_pieces(energy, state, pieces: Pieces, tol: float,
                     relax_piece: Callable[[object], object]) -> ActiveSetResult:
     """The iteration of the module docstring on ``state`` (in place); ``energy`` linearises its
     layers by autograd (the frozen layers' slopes are not their outputs'), ``relax_piece(state)``
-    relaxes one phase of it and returns its ``InferenceReport``. Kink units are solved to
+    relaxes one phase of it and returns its ``InferenceReport`` (to a tolerance below ``tol``,
+    ``PIECE_TOLERANCE``: the kink units' f are read off its state). Kink units are solved to
     |f| <= tol max_l ||e_l|| (the batch's errors of layer l): a kink unit's f moves one unit of
     its layer's prediction by at most |f|, against the relaxation's residual, ``tol`` relative
     to ||e_l||. On success the state is linearised for the check (real values, solved slopes);
@@ -567,7 +586,7 @@ def solve_on_pieces(energy, state, pieces: Pieces, tol: float,
             changed += moved
             if pieces.cycling():
                 break
-            if moved == 0 and solved and report.converged:
+            if moved == 0 and solved and report.residual <= tol:
                 pieces.check()
                 relinearize(energy, state)
                 return ActiveSetResult(True, steps, changed, pieces.on_kink)
