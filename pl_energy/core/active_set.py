@@ -149,13 +149,11 @@ class _KinkNewton:
 
 class _Piece:
     """One piecewise-linear layer: its forward as it was (observing the piece and the input of
-    each call), or frozen at a piece. Per unit (an activation's unit, a pooling window): its
-    ``first`` and ``second`` side (equal, the unit's side, off its kink) and ``weight`` s on the
-    first; ``kink`` marks the units found on their kink, with f(s) in ``value``. ``update``
-    compares an observed call with the frozen piece it relaxed on and proposes the next piece,
-    which ``freeze`` applies. A subclass reads the sides (``_read``), computes frozen
-    (``_frozen``) and measures ``_gap(x, first, second)``, f for the pair: <= 0 where a unit
-    frozen on ``first`` moved into ``second``."""
+    each call: ``_read`` gives its sides), frozen at a piece (``_frozen``), or checked (real
+    values, frozen slopes). A subclass keeps its units' pieces: ``freeze`` applies the proposed
+    one, ``update`` compares an observed call with the frozen piece it relaxed on and proposes
+    the next, ``kink_units`` gives the kink units' (s, f) to ``_KinkNewton``, whose next s it
+    takes in ``proposal`` (``set_unit_proposal``)."""
 
     def __init__(self, module: nn.Module):
         self.module = module
@@ -182,84 +180,11 @@ class _Piece:
         self.side = self._read(self.input)
         return self._forward(x)
 
-    def freeze(self) -> None:
-        """Freeze the proposed piece (the observed one in the first round)."""
-        if not self.started:
-            self.first = self.second = self.next_first = self.next_second = self.side
-            self.weight = self.proposal = torch.ones(self.side.shape, dtype=self.input.dtype,
-                                                     device=self.side.device)
-            self.kink = torch.zeros_like(self.side, dtype=torch.bool)
-            # each unit's last flip: from, to (-1: none), and its gap then (<= 0)
-            self.flip_from, self.flip_to = torch.full_like(self.side, -1), torch.full_like(self.side, -1)
-            self.flip_gap = torch.zeros_like(self.weight)
-            self.escapes = torch.zeros_like(self.side, dtype=torch.uint8)
-            self.started = True
-        else:
-            self.first, self.second, self.weight = self.next_first, self.next_second, self.proposal
-        self._frozen_maps()
-        self.mode = "frozen"
-
-    def _frozen_maps(self) -> None:
-        """Precompute what ``_frozen`` needs from the frozen piece."""
-
-    def _adjacent(self, first: Tensor, second: Tensor) -> Tensor:
-        """Whether the two sides share a kink."""
-        return torch.ones_like(first, dtype=torch.bool)
-
-    def update(self) -> tuple[int, list[tuple[int, int, float]], list[list[int]]]:
-        """The units that changed side, those that became kink units (a unit that flips back to
-        the side it left the time before: f(1) = its gap now, f(0) = minus its gap then, in the
-        pair's orientation) and the kink units that left (observed on neither side of their
-        pair: ``_KinkNewton.leave``)."""
-        x, side = self.input, self.side
-        escaped = self.kink & (side != self.first) & (side != self.second)
-        changed = (~self.kink & (side != self.first)) | escaped
-        if not changed.any() and not self.kink.any():  # the piece it relaxed on: nothing to do
-            self.value, self.next_first, self.next_second, self.proposal = (
-                torch.zeros_like(self.weight), self.first, self.second, self.weight)
-            return 0, [], []
-        self.kink = self.kink & ~escaped
-        self.escapes = self.escapes + escaped
-        self.value = self._gap(x, self.first, self.second)
-        gap = self._gap(x, self.first, side)
-        back = changed & (self.flip_from == side) & (self.flip_to == self.first) & self._adjacent(self.first, side)
-        f_at_0 = -self.flip_gap
-        record = changed & ~back
-        self.flip_from = torch.where(record, self.first, self.flip_from)
-        self.flip_to = torch.where(record, side, self.flip_to)
-        self.flip_gap = torch.where(record, gap, self.flip_gap)
-        self.next_second = torch.where(self.kink, self.second, side)
-        self.next_first = torch.where(self.kink | back, self.first, side)
-        self.proposal = torch.where(self.kink, self.weight, torch.ones_like(self.weight))
-        return int(changed.sum()), self.opened(back, f_at_0, gap), self._unit(escaped).nonzero().tolist()
-
     def _unit(self, tensor: Tensor) -> Tensor:
         return tensor.reshape(tensor.shape[0], -1)
 
-    def kink_units(self) -> dict[tuple[int, int], tuple[float, float]]:
-        """(s, f) of each kink unit, keyed by (sample, unit index): one read back."""
-        if not self.started or not self.kink.any():
-            return {}
-        where = self._unit(self.kink)
-        values = torch.stack([self._unit(self.weight)[where], self._unit(self.value)[where]], 1).tolist()
-        return {tuple(key): value for key, value in zip(where.nonzero().tolist(), values)}
-
-    def stuck(self) -> bool:
-        """Whether a unit left its kink three times (``Pieces.cycling``)."""
-        return self.started and bool((self.escapes >= 3).any())
-
     def set_unit_proposal(self, sample: int, unit: int, value: float) -> None:
         self.proposal.view(self.proposal.shape[0], -1)[sample, unit] = value  # in place: a view
-
-    def opened(self, back: Tensor, f_at_0: Tensor, f_at_1: Tensor) -> list[tuple[int, int, float]]:
-        """Units ``back`` join the kink units, at the root of their chord from f(0) > 0 to
-        f(1) <= 0; their (sample, unit, chord slope)."""
-        self.kink = self.kink | back
-        chord = f_at_1 - f_at_0
-        self.proposal = torch.where(back, f_at_0 / (-chord).clamp_min(torch.finfo(chord.dtype).tiny), self.proposal)
-        where = self._unit(back).nonzero().tolist()
-        slopes = self._unit(chord)[back.view(back.shape[0], -1)].tolist()
-        return [(b, u, slope) for (b, u), slope in zip(where, slopes)]
 
 
 @dataclass(frozen=True)
@@ -297,10 +222,11 @@ def kinks_of(module: nn.Module) -> Kinks | None:
 
 
 class _ActivationPiece(_Piece):
-    """A piecewise-linear activation (``Kinks``); frozen, each unit is the blend
-    s rho_first(a) + (1 - s) rho_second(a) of the affine maps of its sides, one affine map a ->
-    m a + c (on a kink unit its two sides meet at the kink t, and f(s) = +-(t - a), positive
-    while the first side holds)."""
+    """A piecewise-linear activation (``Kinks``). Per unit: its ``first`` and ``second`` side
+    (equal, the unit's side, off its kink) and ``weight`` s on the first; frozen, the unit is
+    the blend s rho_first(a) + (1 - s) rho_second(a) of its sides' affine maps, one affine map
+    a -> m a + c. ``kink`` marks the units on their kink: there the two sides meet at the kink
+    t, and f(s) = +-(t - a) (``_gap``, in ``value``) is positive while the first side holds."""
 
     def __init__(self, module: nn.Module, kinks: Kinks):
         super().__init__(module)
@@ -311,6 +237,72 @@ class _ActivationPiece(_Piece):
         anchors = torch.cat([at[:1], at])
         values = torch.tensor(kinks.values, dtype=torch.float64)
         self.tables = (slopes, torch.cat([values[:1], values]) - slopes * anchors, at)
+
+    def freeze(self) -> None:
+        """Freeze the proposed piece (the observed one in the first round)."""
+        if not self.started:
+            self.first = self.second = self.next_first = self.next_second = self.side
+            self.weight = self.proposal = torch.ones(self.side.shape, dtype=self.input.dtype,
+                                                     device=self.side.device)
+            self.kink = torch.zeros_like(self.side, dtype=torch.bool)
+            # each unit's last flip: from, to (-1: none), and its gap then (<= 0)
+            self.flip_from, self.flip_to = torch.full_like(self.side, -1), torch.full_like(self.side, -1)
+            self.flip_gap = torch.zeros_like(self.weight)
+            self.escapes = torch.zeros_like(self.side, dtype=torch.uint8)
+            self.started = True
+        else:
+            self.first, self.second, self.weight = self.next_first, self.next_second, self.proposal
+        self._frozen_maps()
+        self.mode = "frozen"
+
+    def update(self) -> tuple[int, list[tuple[int, int, float]], list[list[int]]]:
+        """The units that changed side, those that became kink units (a unit that flips back to
+        the side it left the time before: f(1) = its gap now, f(0) = minus its gap then, in the
+        pair's orientation) and the kink units that left (observed on neither side of their
+        pair: ``_KinkNewton.leave``)."""
+        x, side = self.input, self.side
+        escaped = self.kink & (side != self.first) & (side != self.second)
+        changed = (~self.kink & (side != self.first)) | escaped
+        if not changed.any() and not self.kink.any():  # the piece it relaxed on: nothing to do
+            self.value, self.next_first, self.next_second, self.proposal = (
+                torch.zeros_like(self.weight), self.first, self.second, self.weight)
+            return 0, [], []
+        self.kink = self.kink & ~escaped
+        self.escapes = self.escapes + escaped
+        self.value = self._gap(x, self.first, self.second)
+        gap = self._gap(x, self.first, side)
+        back = changed & (self.flip_from == side) & (self.flip_to == self.first) & self._adjacent(self.first, side)
+        f_at_0 = -self.flip_gap
+        record = changed & ~back
+        self.flip_from = torch.where(record, self.first, self.flip_from)
+        self.flip_to = torch.where(record, side, self.flip_to)
+        self.flip_gap = torch.where(record, gap, self.flip_gap)
+        self.next_second = torch.where(self.kink, self.second, side)
+        self.next_first = torch.where(self.kink | back, self.first, side)
+        self.proposal = torch.where(self.kink, self.weight, torch.ones_like(self.weight))
+        return int(changed.sum()), self.opened(back, f_at_0, gap), self._unit(escaped).nonzero().tolist()
+
+    def kink_units(self) -> dict[tuple[int, int], tuple[float, float]]:
+        """(s, f) of each kink unit, keyed by (sample, unit index): one read back."""
+        if not self.started or not self.kink.any():
+            return {}
+        where = self._unit(self.kink)
+        values = torch.stack([self._unit(self.weight)[where], self._unit(self.value)[where]], 1).tolist()
+        return {tuple(key): value for key, value in zip(where.nonzero().tolist(), values)}
+
+    def stuck(self) -> bool:
+        """Whether a unit left its kink three times (``Pieces.cycling``)."""
+        return self.started and bool((self.escapes >= 3).any())
+
+    def opened(self, back: Tensor, f_at_0: Tensor, f_at_1: Tensor) -> list[tuple[int, int, float]]:
+        """Units ``back`` join the kink units, at the root of their chord from f(0) > 0 to
+        f(1) <= 0; their (sample, unit, chord slope)."""
+        self.kink = self.kink | back
+        chord = f_at_1 - f_at_0
+        self.proposal = torch.where(back, f_at_0 / (-chord).clamp_min(torch.finfo(chord.dtype).tiny), self.proposal)
+        where = self._unit(back).nonzero().tolist()
+        slopes = self._unit(chord)[back.view(back.shape[0], -1)].tolist()
+        return [(b, u, slope) for (b, u), slope in zip(where, slopes)]
 
     def _read(self, x: Tensor) -> Tensor:
         side = self.kinks.side(x)
