@@ -249,7 +249,10 @@ class _ActivationPiece(_Piece):
             self.flip_from, self.flip_to = torch.full_like(self.side, -1), torch.full_like(self.side, -1)
             self.flip_gap = torch.zeros_like(self.weight)
             self.escapes = torch.zeros_like(self.side, dtype=torch.uint8)
-            self.started = True
+            self.started, self.unchanged = True, False
+        elif self.unchanged:  # the last update proposed the same piece
+            self.mode = "frozen"
+            return
         else:
             self.first, self.second, self.weight = self.next_first, self.next_second, self.proposal
         self._frozen_maps()
@@ -263,9 +266,8 @@ class _ActivationPiece(_Piece):
         x, side = self.input, self.side
         escaped = self.kink & (side != self.first) & (side != self.second)
         changed = (~self.kink & (side != self.first)) | escaped
-        if not changed.any() and not self.kink.any():  # the piece it relaxed on: nothing to do
-            self.value, self.next_first, self.next_second, self.proposal = (
-                torch.zeros_like(self.weight), self.first, self.second, self.weight)
+        self.unchanged = not changed.any() and not self.kink.any()
+        if self.unchanged:  # the piece it relaxed on: nothing to do
             return 0, [], []
         self.kink = self.kink & ~escaped
         self.escapes = self.escapes + escaped
@@ -339,45 +341,43 @@ class _MaxPoolPiece(_Piece):
         super().__init__(module)
         self.kernel = pool_geometry(module)[0]
 
-    def _windows(self, x: Tensor) -> Tensor:
-        """(..., Ho, Wo, K): each window's entries in row-major order."""
-        (kh, kw), (h, w) = self.kernel, x.shape[-2:]
-        rows, columns = h // kh, w // kw
-        tiled = x[..., :rows * kh, :columns * kw].unflatten(-1, (columns, kw)).unflatten(-3, (rows, kh))
-        return tiled.transpose(-3, -2).flatten(-2)
-
     def _read(self, x: Tensor) -> Tensor:
+        """The winners (the first maximum, as max-pooling takes it; pinned losers excluded), as
+        indices into the window (and, in ``side_flat``, into the input's own layout)."""
         losers = getattr(self.pin, "losers", None)
-        return self._windows(x if losers is None else x.masked_fill(losers, -torch.inf)).argmax(-1)
+        (kh, kw), width = self.kernel, x.shape[-1]
+        self.side_flat = F.max_pool2d(x if losers is None else x.masked_fill(losers, -torch.inf), self.kernel,
+                                      return_indices=True)[1]
+        return (self.side_flat // width % kh) * kw + self.side_flat % width % kw
 
     def freeze(self) -> None:
+        self.mode = "frozen"
         if not self.started:
             entries = self.kernel[0] * self.kernel[1]
-            self.first = self.side
+            self.first, self.first_flat = self.side, self.side_flat
             self.weights = F.one_hot(self.side, entries).to(self.input.dtype)
             self.members = self.weights > 0
             self.chord = torch.zeros(self.side.shape, dtype=self.input.dtype, device=self.side.device)
             self.flip_from, self.flip_to = torch.full_like(self.side, -1), torch.full_like(self.side, -1)
             self.flip_gap = torch.zeros_like(self.chord)
             self.started, self.next_weights = True, False
+        elif not self.next_weights:  # the last update proposed no change
+            return
         else:
-            self.first, self.members = self.next_first, self.next_members
+            self.first, self.first_flat, self.members = self.next_first, self.next_first_flat, self.next_members
         self.primary = F.one_hot(self.first, self.members.shape[-1]).bool()
         if self.next_weights:  # proposed by the last update
             others = self.proposal * (self.members & ~self.primary).to(self.proposal.dtype)
             others = others / others.sum(-1, keepdim=True).clamp_min(1.0)  # at most all the weight to the others
             self.weights = others + self.primary.to(others.dtype) * (1 - others.sum(-1, keepdim=True))
         self.kink = self.members.sum(-1) > 1
-        # gathered from the input's own layout: the winners, and the few members of tied groups
+        # the few members of tied groups, gathered from the input's own layout by ``_frozen``
         (kh, kw), width = self.kernel, self.input.shape[-1]
-        rows = torch.arange(self.first.shape[-2], device=self.first.device).unsqueeze(-1) * kh
-        columns = torch.arange(self.first.shape[-1], device=self.first.device) * kw
-        self.first_flat = (rows + self.first // kw) * width + columns + self.first % kw
-        others = (self.members & ~self.primary & self.kink.unsqueeze(-1)).nonzero()
+        self.other_mask = self.members & ~self.primary & self.kink.unsqueeze(-1)
+        others = self.other_mask.nonzero()
         *window, k = others.unbind(-1)
         self.others = (tuple(window), (window[-2] * kh + k // kw) * width + window[-1] * kw + k % kw,
                        self.first_flat[tuple(window)], self.weights[tuple(others.unbind(-1))])
-        self.mode = "frozen"
 
     def _frozen(self, x: Tensor) -> Tensor:
         """sum_k w_k x_k per window: the first entry, plus t_k (x_k - x_first) for the others of
@@ -396,17 +396,17 @@ class _MaxPoolPiece(_Piece):
         the partner of a pair that swaps back and forth (its weight at the chord's root between
         f(0) = x_partner - x_first now and f(1) then), an entry that beats a group (weight 0, the
         group's chord as its slope)."""
-        windows, side, entries = self._windows(self.input), self.side, self.members.shape[-1]
-        here = lambda index: windows.gather(-1, index.unsqueeze(-1)).squeeze(-1)  # noqa: E731
+        side, entries, flat = self.side, self.members.shape[-1], self.input.flatten(-2)
+        here = lambda index: flat.gather(-1, index.flatten(-2)).view(index.shape)  # noqa: E731
         changed = ~self.kink & (side != self.first)
         grow = self.kink & ~self.members.gather(-1, side.unsqueeze(-1)).squeeze(-1)
-        self.value = windows - here(self.first).unsqueeze(-1)
-        self.next_first, self.next_members, self.proposal = self.first, self.members, self.weights.clone()
+        self.next_first, self.next_first_flat, self.next_members = self.first, self.first_flat, self.members
         self.next_weights = bool(self.kink.any())
+        self.proposal = self.weights.clone() if self.next_weights else self.weights  # Newton writes in it
         if not changed.any() and not grow.any():
             return 0, [], []
         self.next_weights = True
-        gap = here(self.first) - here(side)  # <= 0 where the winner changed
+        gap = here(self.first_flat) - here(self.side_flat)  # <= 0 where the winner changed
         back = changed & (self.flip_from == side) & (self.flip_to == self.first)
         record = changed & ~back
         chord = (self.flip_gap + gap).clamp_max(-torch.finfo(gap.dtype).tiny)  # f(1) - f(0) of the pair
@@ -418,6 +418,7 @@ class _MaxPoolPiece(_Piece):
         winner = F.one_hot(side, entries).bool()
         joining, moved = winner & (back | grow).unsqueeze(-1), winner & record.unsqueeze(-1)
         self.next_first = torch.where(record, side, self.first)
+        self.next_first_flat = torch.where(record, self.side_flat, self.first_flat)
         self.next_members = torch.where(record.unsqueeze(-1), moved, self.members | joining)
         self.proposal = torch.where(record.unsqueeze(-1), moved.to(self.weights.dtype), self.proposal)
         self.proposal = torch.where(joining, (root * back).unsqueeze(-1).expand_as(self.proposal), self.proposal)
@@ -429,12 +430,15 @@ class _MaxPoolPiece(_Piece):
         return False  # a group grows instead of leaving
 
     def kink_units(self) -> dict[tuple[int, int], tuple[float, float]]:
-        """(t, f) of each non-primary member of a kink window, keyed by (sample, window * K + k)."""
-        if not self.started or not self.kink.any():
+        """(t, f) of each non-primary member of a kink window at the observed state, keyed by
+        (sample, window * K + k): f_k = x_k - x_first."""
+        window, member, primary, weight = self.others
+        if not weight.numel():
             return {}
-        where = self._unit(self.members & ~self.primary & self.kink.unsqueeze(-1))
-        values = torch.stack([self._unit(self.weights)[where], self._unit(self.value)[where]], 1).tolist()
-        return {tuple(key): value for key, value in zip(where.nonzero().tolist(), values)}
+        flat, samples = self.input.flatten(-2), window[:-2]
+        values = torch.stack([weight, flat[(*samples, member)] - flat[(*samples, primary)]], 1).tolist()
+        keys = self._unit(self.other_mask).nonzero().tolist()  # the same row-major order
+        return {tuple(key): value for key, value in zip(keys, values)}
 
 
 class Pieces:
