@@ -291,3 +291,21 @@ def test_a_module_called_twice_in_one_pass_refuses_the_solve():
     assert reports[0].pieces_changed in (None, 0) and reports[0].units_on_kink is None
     assert (reports[0].converged, reports[0].steps, reports[0].residual) == (
         reports[1].converged, reports[1].steps, reports[1].residual)
+
+
+def test_pooling_windows_that_overlap_leave_the_phase_to_descent():
+    """Windows that do not tile the input (stride 1) are not solved piece by piece: the phase is
+    descent's, as without the active set (float64)."""
+    reports = []
+    for active_set in (True, False):
+        torch.manual_seed(0)
+        network = nn.Sequential(
+            nn.Linear(6, 16),
+            nn.Sequential(nn.Unflatten(1, (1, 4, 4)), nn.MaxPool2d(2, stride=1), nn.Flatten(), nn.Linear(9, 8)),
+            nn.Linear(8, 3)).double()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reports.append(clamped_phase(network, 3, active_set=active_set, converges=True)[0])
+    assert reports[0].pieces_changed is None and reports[0].units_on_kink is None
+    assert (reports[0].converged, reports[0].steps, reports[0].residual) == (
+        reports[1].converged, reports[1].steps, reports[1].residual)

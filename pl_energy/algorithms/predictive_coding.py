@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..core.active_set import PIECE_TOLERANCE, Pieces, solve_on_pieces
+from ..core.active_set import PIECE_TOLERANCE, Pieces, has_pieces, solve_on_pieces
 from ..core.inference import DivergenceError, InferenceReport
 from ..core.kinks import kinks_pinned
 from ..core.losses import Loss
@@ -128,18 +128,22 @@ class PredictiveCoding(ContrastiveAlgorithm):
 
     def relax_phase(self, network: nn.Module, energy: PredictiveCodingEnergy, state: PCState,
                     record: bool) -> tuple[object, InferenceReport]:
-        """One nudged phase: descent to the tolerance; on a ReLU / max-pooling network
-        (``Pieces.of``) descent stops after ``DESCENT_BEFORE_PIECES`` steps and, if it has not
+        """One nudged phase: descent to the tolerance; on a piecewise-linear network
+        (``has_pieces``) descent stops after ``DESCENT_BEFORE_PIECES`` steps and, if it has not
         converged, the phase is solved on its linear pieces (``pl_energy.core.active_set``;
         settling across kinks would take a dozen more halved steps); if that solve runs out of
         rounds or its state fails the check (the residual with the real layers' values and the
         solved slopes above ``tol``), descent goes on from where it stopped. Returns the trace (of the first
         descent) and the report."""
-        pieces = Pieces.of(network) if self.active_set and self.tol is not None else None
-        steps = self.steps if pieces is None else min(self.steps, DESCENT_BEFORE_PIECES)
+        solvable = self.active_set and self.tol is not None and has_pieces(network)
+        steps = min(self.steps, DESCENT_BEFORE_PIECES) if solvable else self.steps
         relaxation = self.relax(energy, state, record, steps=steps, warn=False)
         report = relaxation.report
-        if pieces is None or report.converged:
+        pieces = None if report.converged or not solvable else Pieces.of(network)
+        if pieces is None:
+            if solvable and not report.converged:  # pieces the solve cannot take: descent goes on
+                rest = self.relax(energy, state, steps=self.steps - report.steps, warn=False).report
+                report = dataclasses.replace(rest, steps=report.steps + rest.steps)
             return relaxation.trace, report
         frozen = PredictiveCodingEnergy(network, energy.loss, energy.precisions, closed_forms=False)
         descended = energy.snapshot(state)

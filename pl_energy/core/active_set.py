@@ -50,6 +50,7 @@ kink.
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ from torch import Tensor, nn
 
 from .activations import Clip
 from .kinks import pin_of, pool_geometry, tiles
+from .structure import Structure, structure_of
 
 MAX_ROUNDS = 30
 #: Each piece is relaxed to this fraction of the phase's tolerance: a kink unit's f is read off
@@ -508,6 +510,20 @@ class Pieces:
         """Whether a unit left its kink three times: its equilibrium is where three or more of its
         sides meet (a clip unit between both of its kinks), which a pair cannot represent."""
         return any(piece.stuck() for piece in self.pieces)
+
+
+#: whether each network structure (``core.structure``) has pieces: read once per structure
+_HAS_PIECES: "weakref.WeakKeyDictionary[Structure, bool]" = weakref.WeakKeyDictionary()
+
+
+def has_pieces(network: nn.Module) -> bool:
+    """Whether ``Pieces.of(network)`` gives pieces (read once per network structure, without a
+    walk per call)."""
+    structure = structure_of(network)
+    known = _HAS_PIECES.get(structure)
+    if known is None:
+        known = _HAS_PIECES[structure] = Pieces.of(network) is not None
+    return known
 
 
 def _supported(module: nn.Module) -> bool:
