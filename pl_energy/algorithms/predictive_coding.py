@@ -32,14 +32,14 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..core.active_set import PIECE_TOLERANCE, Pieces, has_pieces, solve_on_pieces
+from ..core.active_set import PIECE_TOLERANCE, ActiveSetResult, Pieces, has_pieces, solve_on_pieces
 from ..core.inference import DivergenceError, InferenceReport
 from ..core.kinks import kinks_pinned
 from ..core.losses import Loss
 from ..core.networks import layers_of
 from ..core.nudge import automatic_strength, finite_difference_step
 from ..core.predictive_coding import PCState, PredictiveCodingEnergy
-from ..core.solvers import ErrorDescent, relative_residual, solver_class
+from ..core.solvers import ErrorDescent, solver_class
 from .contrastive import Contrast, ContrastiveAlgorithm, Phase
 from .warnings import NOT_CONVERGED, NotConvergedWarning
 
@@ -139,30 +139,33 @@ class PredictiveCoding(ContrastiveAlgorithm):
         steps = min(self.steps, DESCENT_BEFORE_PIECES) if solvable else self.steps
         relaxation = self.relax(energy, state, record, steps=steps, warn=False)
         report = relaxation.report
-        pieces = None if report.converged or not solvable else Pieces.of(network)
-        if pieces is None:
-            if solvable and not report.converged:  # pieces the solve cannot take: descent goes on
-                rest = self.relax(energy, state, steps=self.steps - report.steps, warn=False).report
-                report = dataclasses.replace(rest, steps=report.steps + rest.steps)
+        if not solvable or report.converged:
             return relaxation.trace, report
-        frozen = PredictiveCodingEnergy(network, energy.loss, energy.precisions, closed_forms=False)
         descended = energy.snapshot(state)
-        try:
-            result = solve_on_pieces(frozen, state, pieces, self.tol, lambda at: self.relax(
-                frozen, at, tol=self.tol * PIECE_TOLERANCE, warn=False).report)
-        except DivergenceError:
-            result = None
-        if result is not None and result.consistent:  # checked: real values, the solved slopes
-            errors = energy.errors(state)
-            residual = relative_residual(energy.error_gradients(state, errors), energy.local_terms(state, errors))
-            if residual <= self.tol:
-                return relaxation.trace, dataclasses.replace(
-                    report, steps=report.steps + result.steps, converged=True, residual=residual,
-                    settled=False, pieces_changed=result.changed, units_on_kink=result.on_kink)
+        result = self._solve_on_pieces(network, energy, state)
+        if result is not None and result.consistent:
+            return relaxation.trace, dataclasses.replace(
+                report, steps=report.steps + result.steps, converged=True, residual=result.residual,
+                settled=False, pieces_changed=result.changed, units_on_kink=result.on_kink)
         energy.restore(state, descended)
         rest = self.relax(energy, state, steps=self.steps - report.steps, warn=False).report
         return relaxation.trace, dataclasses.replace(rest, steps=report.steps + rest.steps,
                                                      pieces_changed=None if result is None else result.changed)
+
+    def _solve_on_pieces(self, network: nn.Module, energy: PredictiveCodingEnergy,
+                         state: PCState) -> ActiveSetResult | None:
+        """The active-set solve of ``state`` (``core.active_set``), its pieces relaxed to
+        ``PIECE_TOLERANCE`` of the phase's tolerance; None where the network's pieces are not
+        the solve's (``Pieces.of``) or a relaxation diverged."""
+        pieces = Pieces.of(network)
+        if pieces is None:
+            return None
+        frozen = PredictiveCodingEnergy(network, energy.loss, energy.precisions, closed_forms=False)
+        try:
+            return solve_on_pieces(frozen, state, pieces, self.tol, lambda at: self.relax(
+                frozen, at, tol=self.tol * PIECE_TOLERANCE, warn=False).report)
+        except DivergenceError:
+            return None
 
     def signs(self) -> tuple[int, ...]:
         """The signs of the nudged phases: +lam, then -lam when centered."""

@@ -26,19 +26,20 @@ generalised gradient), the optimality condition of a piecewise-smooth energy at 
 that flips back to a side it left gets the blend s rho_first + (1 - s) rho_second of its two
 sides' affine maps (for ReLU x -> s x, equal to ReLU at a = 0; at a kink t in general, both
 equal rho(t)), and s solves f(s) = 0, f = +-(t - a) at the equilibrium of the piece with weight
-s, started at the chord's root between f(0) > 0 >= f(1). A pooling window whose winner w and runner-up v
-swap back and forth likewise gets s x_w + (1 - s) x_v, with root x_w - x_v = 0. One sample's
-kink units are coupled through its equilibrium, so their roots are found together, by
-Broyden's method per sample (``_KinkNewton``), to |f| <= tol max_l ||e_l||.
+s, started at the chord's root between f(0) > 0 >= f(1). A pooling window whose winner w and
+runner-up v swap back and forth likewise gets s x_w + (1 - s) x_v, with root x_w - x_v = 0, and
+an entry observed to beat such a group joins it (a three- or four-way tie: weights t_k on the
+others, 1 - sum t_k on the first, roots x_k - x_first = 0). One sample's kink units are coupled
+through its equilibrium, so their roots are found together, by Broyden's method per sample
+(``_KinkNewton``), to |f| <= tol max_l ||e_l||.
 
-A kink unit whose observed side is neither of its pair (a third entry of its window beats both,
-a clip unit crosses its other kink) leaves the kink units and takes that side; one that does so
-three times sits where three sides meet (three entries of a window tie), which a pair cannot
-represent: the solve gives up there.
+An activation's kink unit observed on neither side of its pair (a clip unit that crosses its
+other kink) leaves the kink units and takes that side; one that does so three times sits where
+its two kinks meet, which a pair cannot represent: the solve gives up there.
 
 **The check.** The frozen layers are the solve's own; the state is accepted only by the real
 network: it is linearised once more with every unit's value the real layer's and its slope the
-solved one (Clarke's), and the phase's residual is measured there (``relax_phase``). A real
+solved one (Clarke's), and the phase's residual is measured there (``solve_on_pieces``). A real
 value far from the frozen one (a unit solved against the wrong pair) shows as a residual above
 ``tol``, and the phase falls back to descent. Its parameter gradients are taken from that
 linearisation: the solved slopes, the limit of a smoothed kink. A module called more than once
@@ -61,6 +62,7 @@ from torch import Tensor, nn
 
 from .activations import Clip
 from .kinks import pin_of, pool_geometry, tiles
+from .solvers import relative_residual
 from .structure import Structure, structure_of
 
 MAX_ROUNDS = 30
@@ -541,14 +543,16 @@ def _piece_for(module: nn.Module) -> _Piece:
 @dataclass
 class ActiveSetResult:
     """How the active-set solve ended: ``consistent`` (the last piece was the state's own, its
-    kink units solved, and the phase converged on it; the state is then linearised for the
-    check), the steps of its relaxations, ``changed``, the side changes of all rounds, and
-    ``on_kink``, the units solved on a kink."""
+    kink units solved, and the state passed the check: its ``residual`` with the real layers'
+    values and the solved slopes <= tol; None where the rounds gave up first), the steps of its
+    relaxations, ``changed``, the side changes of all rounds, and ``on_kink``, the units solved
+    on a kink."""
 
     consistent: bool
     steps: int
     changed: int
     on_kink: int
+    residual: float | None = None
 
 
 def relinearize(energy, state) -> None:
@@ -578,8 +582,8 @@ def solve_on_pieces(energy, state, pieces: Pieces, tol: float,
     ``PIECE_TOLERANCE``: the kink units' f are read off its state). Kink units are solved to
     |f| <= tol max_l ||e_l|| (the batch's errors of layer l): a kink unit's f moves one unit of
     its layer's prediction by at most |f|, against the relaxation's residual, ``tol`` relative
-    to ||e_l||. On success the state is linearised for the check (real values, solved slopes);
-    on failure the caller restores the state."""
+    to ||e_l||. The state that ends the rounds is linearised for the check (real values, solved
+    slopes) and its residual measured there; if it is not consistent the caller restores it."""
     steps = changed = 0
     with pieces:
         pieces.observe()
@@ -591,7 +595,7 @@ def solve_on_pieces(energy, state, pieces: Pieces, tol: float,
             relinearize(energy, state)
             report = relax_piece(state)
             steps += report.steps
-            atol = tol * max(float(error.norm()) for error in energy.errors(state))
+            atol = tol * float(torch.stack(torch._foreach_norm(energy.errors(state))).max())
             pieces.observe()
             evaluate_layers(energy, state)
             moved, solved = pieces.update(atol)
@@ -601,5 +605,7 @@ def solve_on_pieces(energy, state, pieces: Pieces, tol: float,
             if moved == 0 and solved and report.residual <= tol:
                 pieces.check()
                 relinearize(energy, state)
-                return ActiveSetResult(True, steps, changed, pieces.on_kink)
+                errors = energy.errors(state)
+                residual = relative_residual(energy.error_gradients(state, errors), energy.local_terms(state, errors))
+                return ActiveSetResult(residual <= tol, steps, changed, pieces.on_kink, residual)
     return ActiveSetResult(False, steps, changed, pieces.on_kink)
