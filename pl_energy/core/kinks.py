@@ -164,8 +164,7 @@ def pin_of(module: nn.Module) -> _Pin | None:
 def has_pins(layers) -> bool:
     """Whether any module of ``layers`` computes through a pin now (a pin is not traced by
     ``torch.compile``, so whole-graph compiled steps cannot contain one)."""
-    return any(isinstance(module.__dict__.get("forward"), _Slot)
-               for layer in layers for module in layer.modules())
+    return any(pin_of(module) is not None for layer in layers for module in layer.modules())
 
 
 class KinkPins:
