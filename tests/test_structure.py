@@ -42,6 +42,8 @@ def test_every_change_of_the_tree_is_read_again():
         lambda: setattr(network[0], "0", nn.Linear(6, 5)),                          # a submodule replaced
         lambda: network.__delitem__(-1),                                            # a layer removed
         lambda: network[0].register_parameter("scale", None),                       # an entry set to None
+        lambda: network[0].__delitem__(slice(5, None)),  # nothing removed, but a new registry
+        lambda: network[0].append(nn.Linear(5, 5)),                                 # added to it
     ]
     for change in changes:
         before = structure_of(network)

@@ -47,6 +47,7 @@ class Structure:
         # every registry of the tree (the network's own first) and its size, and every entry
         # (registry, name, entry) as it was read
         self._root = (network._modules, network._parameters)
+        self._own = tuple((module, module._modules, module._parameters) for _, module in modules[1:])
         registries = tuple(registry for _, module in modules for registry in (module._modules, module._parameters))
         self._registries, self._sizes = registries, tuple(map(len, registries))
         entries = [(registry, name, entry) for registry in registries for name, entry in registry.items()]
@@ -57,12 +58,12 @@ class Structure:
         return (("", network), *self.submodules)
 
     def matches(self, network: nn.Module) -> bool:
-        """Whether ``network`` still has exactly this tree (see the module docstring): its own
-        registries are those read, and every registry still holds its entries, and no others.
-        (Each submodule is reached from the network through a checked entry, so its registries
-        are the ones read unless a module's ``_modules`` or ``_parameters`` dictionary itself
-        was replaced, which no public operation does.)"""
+        """Whether ``network`` still has exactly this tree (see the module docstring): every
+        module still holds the registries read (``Sequential.__delitem__`` replaces its
+        ``_modules``: ``del net[5:]`` leaves the old one untouched), and every registry still
+        holds its entries, and no others."""
         return (network._modules is self._root[0] and network._parameters is self._root[1]
+                and all(module._modules is held and module._parameters is owned for module, held, owned in self._own)
                 and tuple(map(len, self._registries)) == self._sizes
                 and all(map(operator.is_, map(dict.get, self._owners, self._names, repeat(_MISSING)), self._entries)))
 
