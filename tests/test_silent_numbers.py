@@ -352,3 +352,23 @@ def test_batchnorm_in_training_mode_is_refused_and_named_for_what_the_update_lea
         build_algorithm("bp").estimate(network, x, y)  # autograd's own forward: through the statistics
         network.eval()
         build_algorithm("z_il").estimate(network, x, y)  # eval mode: running statistics, a fixed map
+
+
+class _SkipAround(nn.Sequential):
+    """A Sequential whose forward adds a skip around its children: another function than them."""
+
+    def forward(self, x):
+        return x + super().forward(x)
+
+
+def test_a_sequential_whose_forward_is_its_own_is_never_computed_as_its_children():
+    """bp computes the network's forward (its error stays its error, not a child chain's
+    gradients); the energy algorithms, which compute the children one after another, refuse it."""
+    torch.manual_seed(0)
+    broken = _SkipAround(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))  # 6 + 3: forward raises
+    x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(RuntimeError):
+        build_algorithm("bp").estimate(broken, x, y)
+    square = _SkipAround(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6))
+    with pytest.raises(TypeError, match="overrides nn.Sequential.forward"):
+        build_algorithm("pc_nudge").estimate(square, x, y)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.losses import Loss
-from ..core.networks import feedforward
+from ..core.networks import computes_as, feedforward
 from ..core.structure import structure_of
 
 
@@ -22,10 +22,10 @@ def backprop_gradients(network: nn.Module, inputs: Tensor, targets: Tensor,
         try:
             output = network(inputs)
         except RuntimeError:
-            if not isinstance(network, nn.Sequential):
-                raise
-            # again layer by layer, so that a shape error names the layer (the energy algorithms' way)
-            output = feedforward(list(network.children()), inputs)[-1]
+            if computes_as(network, nn.Sequential):
+                # again layer by layer, so that a shape error names the layer (the energy algorithms' way)
+                feedforward(list(network.children()), inputs)
+            raise
         if (loss.name == "cross_entropy" and targets.dim() == 1 and output.dim() == 2
                 and not targets.is_floating_point()):
             value = class_index_cross_entropy(output, targets, loss)

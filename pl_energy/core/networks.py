@@ -176,6 +176,12 @@ def layers_of(network: nn.Module) -> list[nn.Module]:
             f"energy networks are nn.Sequential stacks of layers, got {type(network).__name__}; "
             "wrap your layers in nn.Sequential (each top-level child is one layer)"
         )
+    if not computes_as(network, nn.Sequential):
+        raise TypeError(
+            f"{type(network).__name__} overrides nn.Sequential.forward, but the energy algorithms "
+            "compute its children one after another, another function than its forward: put what "
+            "forward adds inside a layer (each top-level child is one layer)"
+        )
     layers = [layer for _, layer in structure_of(network).children]
     if not layers:
         raise ValueError("the network has no layers")
