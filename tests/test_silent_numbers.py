@@ -372,3 +372,18 @@ def test_a_sequential_whose_forward_is_its_own_is_never_computed_as_its_children
     square = _SkipAround(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6))
     with pytest.raises(TypeError, match="overrides nn.Sequential.forward"):
         build_algorithm("pc_nudge").estimate(square, x, y)
+
+
+@pytest.mark.parametrize("name", ["bp", "pc_nudge"])
+def test_class_index_targets_are_checked_alike_by_every_algorithm(name):
+    """One check of class indices for all (``losses.class_indices``): booleans and indices out
+    of range are refused in one line, by backprop too."""
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Sequential(nn.Linear(6, 5), nn.ReLU()), nn.Linear(5, 3))
+    x = torch.randn(4, 6)
+    with pytest.raises(ValueError, match="must be integers"):
+        build_algorithm(name).estimate(network, x, torch.tensor([True, False, True, False]))
+    for bad in (torch.tensor([0, 1, 3, 0]), torch.tensor([0, 1, -100, 0]),
+                torch.tensor([0, 1, torch.iinfo(torch.int64).min, 0])):
+        with pytest.raises(ValueError, match=r"class indices must lie in \[0, 3\)"):
+            build_algorithm(name).estimate(network, x, bad)

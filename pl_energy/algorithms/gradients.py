@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.losses import Loss
+from ..core.losses import Loss, class_indices
 from ..core.networks import computes_as, feedforward
 from ..core.structure import structure_of
 
@@ -26,9 +26,8 @@ def backprop_gradients(network: nn.Module, inputs: Tensor, targets: Tensor,
                 # again layer by layer, so that a shape error names the layer (the energy algorithms' way)
                 feedforward(list(network.children()), inputs)
             raise
-        if (loss.name == "cross_entropy" and targets.dim() == 1 and output.dim() == 2
-                and not targets.is_floating_point()):
-            value = class_index_cross_entropy(output, targets, loss)
+        if loss.name == "cross_entropy" and targets.dim() == 1:
+            value = F.cross_entropy(output, class_indices(targets, output))  # no one-hot: checked indices
         else:
             value = loss.value(output, loss.prepare_targets(targets, output))
         grads = torch.autograd.grad(value, [p for _, p in named], allow_unused=True)
@@ -36,29 +35,6 @@ def backprop_gradients(network: nn.Module, inputs: Tensor, targets: Tensor,
         name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(named, grads)
     }
     return gradients, output.detach(), value.detach()
-
-
-#: an ``ignore_index`` no class index takes: torch's default, -100, would skip such targets silently
-_NO_IGNORED_INDEX = torch.iinfo(torch.int64).min
-
-
-def class_index_cross_entropy(output: Tensor, targets: Tensor, loss: Loss) -> Tensor:
-    """The batch-mean cross-entropy of class indices; an index outside [0, C) is refused in one
-    line (``Loss.prepare_targets``). On a CPU torch's kernel checks every index itself at no
-    extra cost (none ignored: -100 is refused too) and its error is turned into that line; on
-    other devices an index out of range is a device-side assert, so the range is read back
-    first (one ``aminmax``)."""
-    if output.is_cpu:
-        try:
-            return F.cross_entropy(output, targets.long(), ignore_index=_NO_IGNORED_INDEX)
-        except IndexError as error:
-            problem = error
-        loss.prepare_targets(targets, output)  # raises, naming the problem
-        raise problem
-    if targets.numel() and not 0 <= (bounds := torch.aminmax(targets)).min.item() <= bounds.max.item() < \
-            output.shape[-1]:
-        loss.prepare_targets(targets, output)  # raises, naming the problem
-    return loss.value(output, targets.long())
 
 
 def layer_relative_errors(network: nn.Module, estimate: list[list[Tensor]],

@@ -37,21 +37,9 @@ class Loss:
                 f"but the output has {batch}"
             )
         if targets.dim() == 1:
-            if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-                raise ValueError(f"class-index targets must be integers (shape (B,)), got {targets.dtype}")
-            targets = targets.long()  # any integer dtype (uint8, int32 from numpy or a file)
-            if len(features) != 1:
-                raise ValueError(
-                    f"class-index targets need an output of shape (B, C), got {tuple(output.shape)}"
-                )
-            classes = features[0]
-            if targets.numel():
-                bounds = torch.aminmax(targets)
-                low, high = bounds.min.item(), bounds.max.item()
-                if low < 0 or high >= classes:
-                    raise ValueError(f"class indices must lie in [0, {classes}), got [{low}, {high}]")
+            targets = class_indices(targets, output)
             # one-hot (F.one_hot would check the range again, reading it back twice more)
-            return output.new_zeros(batch, classes).scatter_(1, targets.unsqueeze(1), 1.0)
+            return output.new_zeros(batch, output.shape[-1]).scatter_(1, targets.unsqueeze(1), 1.0)
         if targets.shape != output.shape:
             raise ValueError(
                 f"dense targets must have the output's shape {tuple(output.shape)}, "
@@ -81,6 +69,24 @@ class Loss:
         if self.name == "mse":
             return output - targets
         return softmax_last(output) - targets
+
+
+def class_indices(targets: Tensor, output: Tensor) -> Tensor:
+    """Class-index targets (B,) checked against an output (B, C) (integers in [0, C): one read
+    back) as int64; one line naming the problem otherwise."""
+    if targets.shape[:1] != output.shape[:1]:
+        raise ValueError(f"targets have batch size {targets.shape[0] if targets.dim() else 'none'} "
+                         f"but the output has {output.shape[0]}")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise ValueError(f"class-index targets must be integers (shape (B,)), got {targets.dtype}")
+    if output.dim() != 2:
+        raise ValueError(f"class-index targets need an output of shape (B, C), got {tuple(output.shape)}")
+    targets = targets.long()  # any integer dtype (uint8, int32 from numpy or a file)
+    if targets.numel():
+        low, high = torch.stack(torch.aminmax(targets)).tolist()
+        if low < 0 or high >= output.shape[-1]:
+            raise ValueError(f"class indices must lie in [0, {output.shape[-1]}), got [{low}, {high}]")
+    return targets
 
 
 def softmax_last(output: Tensor) -> Tensor:
