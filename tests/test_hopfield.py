@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from pl_energy import build_algorithm, mlp
 from pl_energy.core import HopfieldEnergy, Loss, relax
@@ -192,3 +193,31 @@ def test_the_projected_gradient_is_its_definition(box, dtype):
     if box.high is not None:
         expected = torch.where(x >= box.high, expected.clamp(min=0), expected)
     assert torch.equal(box.project_gradient(x, gradient), expected)
+
+
+def test_the_clamped_phase_sees_the_output_through_its_unit():
+    """CHL clamps the output to x_L - dL/dx_L, which need not lie in the unit's box: the layer
+    below must see rho(x_L), as the energy written here (autograd, float64) says, inside the
+    boxes of the free layers."""
+    from pl_energy.core.activations import Clip
+
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Sequential(nn.Linear(6, 5), Clip()), nn.Sequential(nn.Linear(5, 4), Clip()),
+                            nn.Sequential(nn.Linear(4, 3), Clip())).double()
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.mul_(2)
+    x, y = torch.randn(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
+    energy = HopfieldEnergy(network, Loss("cross_entropy"))
+    clamped = energy.clamped(energy.free_state(x, y))
+    output = clamped.activities[-1]
+    assert bool(((output < 0) | (output > 1)).any())  # the case: a target outside the box
+    hidden = [a.detach().clone().requires_grad_(True) for a in clamped.activities[1:-1]]
+    states, rho = [x, *hidden, output], lambda v: v.clamp(0, 1)
+    total = sum(0.5 * states[l].pow(2).sum()
+                - (rho(states[l]) * network[l - 1][0](rho(states[l - 1]) if l > 1 else x)).sum()
+                for l in range(1, 4))
+    for gradient, written, state in zip(energy.activity_gradients(clamped), torch.autograd.grad(total, hidden),
+                                        hidden):
+        inside = (state > 0) & (state < 1)
+        torch.testing.assert_close(gradient[inside], written[inside], rtol=1e-12, atol=1e-12)

@@ -164,10 +164,13 @@ class HopfieldEnergy:
         return _hardsigmoid(x) if isinstance(rho, nn.Hardsigmoid) else rho(x)
 
     def _state_values(self, state: HopfieldState) -> list[Tensor]:
-        """rho_l(x_l) for every layer of a state that inference keeps in its boxes: x_l itself
-        where rho_l is the identity on the box (clip, ReLU), the same numbers without a call per
-        layer and step. Not for autograd: at a bound rho's derivative is not the identity's."""
-        return [x if index > 0 and self.identity_in_box[index - 1] else self._value(index, x)
+        """rho_l(x_l) for every layer of a state: x_l itself for the free layers inference keeps
+        in their boxes where rho_l is the identity on the box (clip, ReLU), the same numbers
+        without a call per layer and step; rho_l(x_l) for the input and a clamped output (the
+        target need not lie in the box). Not for autograd: at a bound rho's derivative is not
+        the identity's."""
+        free = self.free_layers(state)
+        return [x if index in free and self.identity_in_box[index - 1] else self._value(index, x)
                 for index, x in enumerate(state.activities)]
 
     def _slope(self, index: int, x: Tensor, value: Tensor) -> Tensor | float | None:
