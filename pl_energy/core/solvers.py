@@ -374,8 +374,10 @@ class DampedIteration(Iteration):
 
     def settled(self, step_size: float | Tensor, balance: Balance, tol: float) -> bool:
         # local_l = pi_l e_l and the move is step * g_l / pi_l: the ratio needs no precisions
-        damped = self.damped or (self.first is not None and bool(step_size < self.first))
-        return damped and bool((balance.gradient * step_size <= tol * balance.local).all())
+        still = (balance.gradient * step_size <= tol * balance.local).all()
+        if self.damped:
+            return bool(still)
+        return self.first is not None and bool(still & (step_size < self.first))  # one host read
 
 
 @dataclass
