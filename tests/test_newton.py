@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pl_energy import build_algorithm, mlp
 from pl_energy.core import Loss, PredictiveCodingEnergy, relax
@@ -95,4 +96,12 @@ def test_per_sample_losses_average_to_the_batch_loss(name, shape):
     targets = loss.prepare_targets(torch.softmax(torch.randn(*shape, dtype=torch.float64), -1), output)
     per_sample = loss.per_sample(output, targets)
     assert per_sample.shape == (shape[0],)
+    # written here from the definitions: 1/2 ||o - t||^2, and torch's cross-entropy of the
+    # classes on the last axis, each summed over a sample's other axes
+    if name == "mse":
+        expected = 0.5 * ((output - targets) ** 2).flatten(1).sum(1)
+    else:
+        expected = F.cross_entropy(output.movedim(-1, 1), targets.movedim(-1, 1), reduction="none")
+        expected = expected.flatten(1).sum(1) if expected.dim() > 1 else expected
+    torch.testing.assert_close(per_sample, expected)
     torch.testing.assert_close(per_sample.mean(), loss.value(output, targets))

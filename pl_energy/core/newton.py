@@ -48,9 +48,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from .inference import ROUNDING_ALLOWANCE  # machine epsilons a trial may rise by (of E_b + lam max|x_L| here)
 from .solvers import SOLVERS, ErrorCoordinates, ErrorDescent, Iteration
 
-ROUNDING_ALLOWANCE = 64  # machine epsilons of E_b + lam max|x_L| a line-search trial may rise by
 
 
 def _per_sample_dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
@@ -89,6 +89,10 @@ class NewtonErrorCoordinates(ErrorCoordinates):
         output = energy.layers[-1](x)
         value = internal + state.lam * energy.loss.per_sample(output, state.targets)
         return value, value.detach().abs() + abs(state.lam) * output.detach().flatten(1).abs().amax(1)
+
+    def moving_gradients(self, state) -> list[Tensor | None]:
+        """None: ``move`` takes the gradients again, with their graph."""
+        return [None] * (len(self.energy.layers) - 1)
 
     def move(self, state, directions: list[Tensor], step_size: float) -> None:
         """One Newton step (the module docstring); ``directions`` (the gradients) are recomputed
