@@ -149,8 +149,8 @@ def main(argv=None) -> None:
     print(f"data: {'real MNIST' if real else 'RANDOM (MNIST not found)'}; {args.units} units; "
           f"load before {load_averages()}")
     rounds = [time_round(variants, args.inner, index) for index in range(args.rounds)]
-    print(f"load after {load_averages()}; {args.rounds} rounds x {args.inner} calls; "
-          f"pc_nudge MAC bound {bound:.3f}x BP")
+    bound_line = f"; pc_nudge MAC bound {bound:.3f}x BP" if "pc_nudge" in args.algorithms else ""
+    print(f"load after {load_averages()}; {args.rounds} rounds x {args.inner} calls{bound_line}")
     for key in variants:
         reference = "bp_step" if key.endswith("_step") else "bp_autograd"
         ratios = [r[key] / r[reference] for r in rounds]

@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import platform
 import statistics
@@ -148,17 +149,13 @@ class TorchSide:
 
         sys.path.insert(0, str(BENCHMARKS))
         import bench_step  # noqa: F401  (puts the repository and step_benchmark on sys.path)
-        from pl_energy import build_algorithm, mlp
-        from step_benchmark.cases import cases, data_root, mnist_batches, random_batches
+        from pl_energy import build_algorithm
+        from step_benchmark.cases import seed_mlp_batch
 
         torch.set_num_threads(1)
-        case = cases(False)["a"]
-        root = data_root()
-        self.data = "real MNIST (seeded train split, first batch)" if root else \
+        self.net, self.x, self.y, real = seed_mlp_batch()
+        self.data = "real MNIST (seeded train split, first batch)" if real else \
             "RANDOM inputs: MNIST not found (set PL_ENERGY_DATA)"
-        self.x, self.y = (mnist_batches(case, 1, root) if root else random_batches(case, 1))[0]
-        torch.manual_seed(0)
-        self.net = mlp([784, 128, 64, 10])
         self.params = list(self.net.parameters())
         self.args = args
 
@@ -256,8 +253,10 @@ class PCXWorker:
 
 
 def relative_difference(a: dict, b: dict) -> float:
-    """The largest over parameters of ||a - b|| / ||b|| (Frobenius, in float64)."""
-    return max(float(np.linalg.norm(a[k].astype(np.float64) - b[k]) / np.linalg.norm(b[k])) for k in b)
+    """The largest over parameters of ||a - b|| / ||b|| (Frobenius, in float64); inf where any
+    is not finite (a NaN would otherwise pass ``max`` and every comparison with a tolerance)."""
+    ratios = [float(np.linalg.norm(a[k].astype(np.float64) - b[k]) / np.linalg.norm(b[k])) for k in b]
+    return max(ratios) if all(math.isfinite(ratio) for ratio in ratios) else math.inf
 
 
 def check_equivalence(side: TorchSide, worker: PCXWorker | None, folder: Path, factor: float) -> list[str]:

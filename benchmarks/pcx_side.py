@@ -203,10 +203,6 @@ class Side:
         for name, (w, b) in zip(LAYER_NAMES, grads):
             out[f"{name}.weight"] = np.asarray(w) * scale
             out[f"{name}.bias"] = np.asarray(b) * scale
-        for name, (w, b) in zip(LAYER_NAMES, jax.block_until_ready(plain_bp(self.params, self.x, self.y))):
-            out[f"bp_jax/{name}.weight"], out[f"bp_jax/{name}.bias"] = np.asarray(w), np.asarray(b)
-        for name, (w, b) in zip(LAYER_NAMES, jax.block_until_ready(bp_gradients(self.x, self.y, model=self.bp))):
-            out[f"bp_pcx/{name}.weight"], out[f"bp_pcx/{name}.bias"] = np.asarray(w), np.asarray(b)
         return out
 
     def round(self, inner: int, rotate: int) -> dict[str, float]:
