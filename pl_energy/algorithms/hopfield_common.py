@@ -32,9 +32,9 @@ class HopfieldAlgorithm(ContrastiveAlgorithm):
     ``RelaxingAlgorithm``'s. By default every phase converges: over-relaxed even/odd sweeps
     (successive over-relaxation of Scellier & Bengio's asynchronous updates, halved if the
     energy ever rises, ``step_size="auto"``) to a relative residual of 1e-6, at most 500 sweeps;
-    ``solver="adaptive_sweep"`` starts at the factor 1.3 and raises it towards the optimum the
-    sweeps' own contraction implies (``core.adaptive_sweep``). On Millidge et al. 2022's MLP at
-    initialisation that is 15 sweeps per phase, 0.23x the time of descent at step 0.5 (110
+    the default ``solver="adaptive_sweep"`` starts at the factor 1.3 and raises it towards the
+    optimum the sweeps' own contraction implies (``core.adaptive_sweep``), ``solver="sweep"``
+    keeps 1.3. On Millidge et al. 2022's MLP at initialisation ``sweep`` takes 15 sweeps per phase, 0.23x the time of descent at step 0.5 (110
     steps) and 0.42x of nesterov (``benchmarks/RESULTS.md``); along the first 200 batches of
     EP's training a median of 105 sweeps per batch (three phases) where the fixed 1.3 of
     ``solver="sweep"`` takes 157.5. With 30 sweeps and no tolerance, EP on MNIST reached 28% after

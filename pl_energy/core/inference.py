@@ -131,7 +131,9 @@ def relax(
         step_size: the solver's step; None for its default, "auto" to back off on rises.
         tol: stop once the relative residual is at most this.
         record: keep the energy components of every step in the returned trace.
-        solver: "gd", "error" (predictive-coding energies) or "nesterov", or a ``Solver``.
+        solver: a name of ``SOLVERS`` ("gd", "nesterov"; "error", "anderson", "newton" for
+            predictive-coding energies; "sweep", "adaptive_sweep" for Hopfield energies), or a
+            ``Solver``.
         on_step: called as ``on_step(step, state)`` at the start (step 0) and after every step,
             to watch the dynamics (it must not change the state). Fixed-step descent then
             runs in the plain coordinates, never in faster ones of the same dynamics
