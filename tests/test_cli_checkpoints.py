@@ -64,7 +64,9 @@ def test_test_and_predict_of_an_ep_checkpoint_evaluate_ep_as_load_from_checkpoin
     datamodule.setup("predict")
     batches = iter(datamodule.predict_dataloader())
     inputs = torch.cat([next(batches)[0] for _ in range(2)])
-    assert outputs.shape == (32, 10) and torch.allclose(outputs, module(inputs), atol=1e-6)
+    # each batch's free phase stops where the residual of that batch reaches ep's tol of 1e-6,
+    # so the same samples relaxed in another batch agree to a few times the tolerance
+    assert outputs.shape == (32, 10) and torch.allclose(outputs, module(inputs), rtol=0, atol=1e-5)
 
     # a value given on the command line is used, and said
     capsys.readouterr()

@@ -221,3 +221,30 @@ def test_the_clamped_phase_sees_the_output_through_its_unit():
                                         hidden):
         inside = (state > 0) & (state < 1)
         torch.testing.assert_close(gradient[inside], written[inside], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.5])
+def test_the_contrast_of_two_phases_is_the_difference_of_the_energys_weight_gradients(gamma):
+    """``parameter_gradient_difference`` (one VJP of the stacked phases, or of their difference
+    where both share the clamped input) against autograd of E(state) - E(minus) over the
+    parameters, the batch-mean energy written here from its definition (float64)."""
+    network, inputs, _ = problem("hardsigmoid")
+    energy = HopfieldEnergy(network, Loss("mse"), gamma=gamma)
+    state = energy.free_state(inputs, None)
+    torch.manual_seed(3)
+    minus = energy.snapshot(state)
+    minus.activities[1:] = [x + 0.1 * torch.rand_like(x) for x in state.activities[1:]]
+    rho = RHO["hardsigmoid"]
+    linears = [layer[0] if isinstance(layer, nn.Sequential) else layer for layer in network]
+
+    def batch_mean_energy(activities):
+        values = [inputs] + [rho(x) for x in activities[1:-1]] + [activities[-1]]
+        return sum(gamma ** (l - 1) * (0.5 * activities[l].pow(2).sum() - (values[l] * linears[l - 1](values[l - 1])).sum())
+                   for l in range(1, len(activities))) / inputs.shape[0]
+
+    parameters = list(network.parameters())
+    written = torch.autograd.grad(2.0 * (batch_mean_energy(state.activities) - batch_mean_energy(minus.activities)),
+                                  parameters)
+    found = [g for layer in energy.parameter_gradient_difference(state, minus, scale=2.0) for g in layer]
+    for got, expected in zip(found, written):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)

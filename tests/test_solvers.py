@@ -22,7 +22,7 @@ from pl_energy import DivergenceError, build_algorithm, mlp
 from pl_energy.algorithms import NotConvergedWarning
 from pl_energy.algorithms.predictive_coding import PAPER_SETTINGS
 from pl_energy.core import SOLVERS, Loss, PredictiveCodingEnergy, relax
-from pl_energy.core.solvers import relative_residual
+from pl_energy.core.solvers import Balance, relative_residual
 from helpers import cosine, max_relative
 
 
@@ -138,6 +138,20 @@ def test_relative_residual_is_scale_free_and_zero_only_at_balance():
     half = relative_residual([0.5 * a, b * 0], [a, b])
     assert half == pytest.approx(relative_residual([50 * a, b * 0], [100 * a, 100 * b]))
     assert relative_residual([a * 0], [a * 0]) == 0.0  # a layer without signal is at rest
+
+
+@pytest.mark.parametrize("norms, expected", [
+    ([[3.0, 0.0], [4.0, 1.0], [1.0, 0.0]], 0.6),  # 3 / (4 + 1) beside 0 / 1
+    ([[0.0, 2.0], [0.0, 0.0], [0.0, 0.0]], math.inf),  # 0/0 is 0, g/0 is infinite (not moved yet)
+    ([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]], 0.0),  # no signal anywhere: at rest
+    ([[math.nan, 1.0], [1.0, 1.0], [1.0, 1.0]], math.nan),  # a NaN gradient is not hidden by max
+])
+def test_the_residual_read_back_is_the_one_kept_on_the_device(norms, expected):
+    """``Balance.residual`` (computed on the host from the norms, one read) and ``Balance.ratio``
+    (on the device, for the damping) are one definition: max_l g / (a + r), 0/0 = 0, g/0 = inf."""
+    balance = Balance(torch.tensor(norms, dtype=torch.float64))
+    for value in (balance.residual, float(balance.ratio)):
+        assert (math.isnan(value) and math.isnan(expected)) or value == pytest.approx(expected)
 
 
 # --- the papers' dynamics -------------------------------------------------------------------------

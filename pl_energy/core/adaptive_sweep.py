@@ -19,9 +19,11 @@ omega = 1 takes 30 sweeps at initialisation and 65-155 after 25-200 Adam steps o
 ``sweep``'s fixed 1.3, near omega_opt at initialisation, turns slow (15-135 sweeps per phase).
 
 Here the factor follows the observed rate (the adaptive SOR of Hageman & Young 1981, Ch. 9):
-before each sweep the ratio r_k = ||g_k|| / ||g_{k-1}|| of the norms of successive gradients of
-the odd layers (which the sweep moves with, so they cost nothing more; in the linear regime every
-linear function of the error shrinks at the dominant rate) is read (``READ_EVERY`` at a time); once ``SETTLED`` successive ratios agree to ``AGREEMENT`` (the power iteration has settled
+the ratio r_k = ||m_k|| / ||m_{k-1}|| of the norms of successive moves of the odd layers is read
+(``READ_EVERY`` at a time). Each move m_k is the factor times the odd layers' projected gradient
+before the sweep (clipped where a unit reaches its bound), so at one factor the ratio is that of
+successive projected gradients, and in the linear regime every linear function of the error
+shrinks at the dominant rate. Once ``SETTLED`` successive ratios agree to ``AGREEMENT`` (the power iteration has settled
 on the dominant lambda) and r > omega - 1 (so omega is below the optimum and r estimates the real
 lambda), mu^2 = (r + omega - 1)^2 / (r omega^2) and omega rises to omega_opt(mu), at most
 ``LARGEST_FACTOR``. The factor never falls within a phase (an overestimate costs little:
@@ -97,7 +99,7 @@ class AdaptiveSweepCoordinates(SweepCoordinates):
     given: float | None = None  # the step relax passed last; a change is a back-off
     norms: list[float] = field(default_factory=list)  # ||g_k|| of the odd layers since the factor changed
     ratios: list[float] = field(default_factory=list)
-    pending: list[Tensor] = field(default_factory=list)  # norms not yet read back
+    pending: list[Tensor] = field(default_factory=list)  # per-layer norms of moves not yet read back
     frozen: bool = False
 
     def __post_init__(self):
@@ -110,16 +112,19 @@ class AdaptiveSweepCoordinates(SweepCoordinates):
         self.given = step_size
         if self.factor is None:
             self.factor = max(step_size, self.energy.over_relaxation or 0.0)
-        if not self.frozen:  # directions[::2]: the odd layers'
-            self.pending.append(torch.stack(torch._foreach_norm(directions[::2])).norm())
-            if len(self.pending) == READ_EVERY:  # one host synchronisation for several sweeps
-                factor, read = self.factor, torch.stack(self.pending).tolist()
-                self.pending = []
-                for norm in read:
-                    self._observe(norm)
-                    if self.factor != factor:  # the rest was swept at the old factor
-                        break
+        odd = state.activities[1::2]  # the sweep replaces the states, it does not change them
         self.energy.sweep(state, directions, self.factor, output_step_size=step_size if state.beta else None)
+        if self.frozen:
+            return
+        self.pending += torch._foreach_norm(torch._foreach_sub(state.activities[1::2], odd))  # per layer
+        if len(self.pending) == READ_EVERY * len(odd):  # one host synchronisation for several sweeps
+            factor, read = self.factor, torch.stack(self.pending).view(READ_EVERY, len(odd)).tolist()
+            self.pending = []
+            for layers in read:
+                norm = math.sqrt(sum(layer * layer for layer in layers))
+                self._observe(norm)
+                if self.factor != factor:  # the rest was swept at the old factor
+                    break
 
     def _observe(self, norm: float) -> None:
         """Raise the factor once ``SETTLED`` successive contraction ratios agree (module docstring)."""

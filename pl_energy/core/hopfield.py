@@ -240,18 +240,27 @@ class HopfieldEnergy:
         values = self._state_values(state)
         return [self._layer_gradient(state, values, index) for index in self.free_layers(state)]
 
-    def sweep_gradients(self, state: HopfieldState) -> list[Tensor | None]:
-        """What a ``sweep`` reads: the odd layers' gradients (as ``activity_gradients``), None
-        for the even ones, which the sweep computes itself after moving the odd ones."""
+    def scaled_gradients(self, state: HopfieldState) -> list[Tensor]:
+        """dE/dx_l / c_l, the gradients in the units the sweeps move by (Xie & Seung 2003's
+        preconditioning; no multiplication by c_l to undo at the move), projected."""
         values = self._state_values(state)
-        return [self._layer_gradient(state, values, index) if index % 2 == 1 else None
-                for index in self.free_layers(state)]
+        return [self._layer_gradient(state, values, index, weighted=False) for index in self.free_layers(state)]
+
+    def sweep_gradients(self, state: HopfieldState) -> list[Tensor | None]:
+        """What a ``sweep`` reads: the odd layers' ``scaled_gradients``, not projected (the move
+        is projected onto the box, which stops an outward step at its bound as the projected
+        gradient would: the same state), None for the even ones, which the sweep computes itself
+        after moving the odd ones."""
+        values = self._state_values(state)
+        return [self._layer_gradient(state, values, index, projected=False, weighted=False)
+                if index % 2 == 1 else None for index in self.free_layers(state)]
 
     def free_layers(self, state: HopfieldState) -> range:
         return range(1, len(self.layers) if state.clamped else len(self.layers) + 1)
 
     def _layer_gradient(self, state: HopfieldState, values: list[Tensor], index: int,
-                        projected: bool = True) -> Tensor:
+                        projected: bool = True, weighted: bool = True) -> Tensor:
+        """dE/dx_l (``weighted``) or dE/dx_l / c_l, projected at the box's bounds or not."""
         x = state.activities
         depth = len(self.layers)
         drive = self.input_drive(state) if index == 1 else self.couplings[index - 1].forward(values[index - 1])
@@ -259,18 +268,19 @@ class HopfieldEnergy:
             drive = self.couplings[index].add_transpose(drive, values[index], values[index + 1], self.gamma)
         slope = self._slope(index, x[index], values[index])
         gradient = x[index] - (drive if slope is None else slope * drive)
-        if self.weights[index - 1] != 1.0:
-            gradient = self.weights[index - 1] * gradient
+        weight = self.weights[index - 1]
+        if weighted and weight != 1.0:
+            gradient = weight * gradient
         if index == depth and state.beta:
             gradient = torch.add(gradient, self.loss.per_sample_gradient(x[index], state.targets),
-                                 alpha=state.beta)
+                                 alpha=state.beta if weighted else state.beta / weight)
         box = self.boxes[index - 1]
         return gradient if box is None or not projected else box.project_gradient(x[index], gradient)
 
     def sweep(self, state: HopfieldState, gradients: list[Tensor], step_size: float,
               output_step_size: float | None = None) -> None:
-        """One even/odd sweep: the odd layers step with ``gradients`` (taken at the current
-        state), then the even layers with their gradients at the moved odd layers; the output
+        """One even/odd sweep: the odd layers step with ``gradients`` (``scaled_gradients`` or
+        ``sweep_gradients`` at the current state), then the even layers with their gradients at the moved odd layers; the output
         layer steps by ``output_step_size`` when given (else ``step_size``).
 
         Layers of one parity do not interact, so at step 1 with ReLU, hardsigmoid or linear
@@ -279,21 +289,27 @@ class HopfieldEnergy:
         the asynchronous relaxation of Scellier & Bengio 2017's code. With max-pooling the
         top-down input depends on the layer's own state (the pool's switches), and a sweep is
         the fixed-point update of Laborieux et al. 2021. A step above 1 over-relaxes (SOR).
+
+        ``gradients`` may be projected or not: each move is projected onto the layer's box,
+        which stops an outward step at its bound where the projected gradient is 0 (the same
+        state), so the sweep computes the even layers' unprojected.
         """
         free = self.free_layers(state)
         odd = [(index, gradients[index - 1]) for index in free if index % 2 == 1]
-        self._move(state, odd, step_size, output_step_size)
+        self._move(state, odd, step_size, output_step_size, scaled=True)
         values = self._state_values(state)
-        # the move is projected onto the box, which zeroes an outward step at a bound as the
-        # projected gradient would: the same state for one projection less
-        even = [(index, self._layer_gradient(state, values, index, projected=False))
+        even = [(index, self._layer_gradient(state, values, index, projected=False, weighted=False))
                 for index in free if index % 2 == 0]
-        self._move(state, even, step_size, output_step_size)
+        self._move(state, even, step_size, output_step_size, scaled=True)
 
     def local_terms(self, state: HopfieldState) -> list[Tensor]:
         """c_l x_l, the part of dE/dx_l from layer l's own 1/2 ||x_l||^2 (free layers only)."""
         return [state.activities[index] if self.weights[index - 1] == 1.0
                 else self.weights[index - 1] * state.activities[index] for index in self.free_layers(state)]
+
+    def scaled_local_terms(self, state: HopfieldState) -> list[Tensor]:
+        """x_l: the local terms in the units of ``scaled_gradients``."""
+        return [state.activities[index] for index in self.free_layers(state)]
 
     def input_drive(self, state: HopfieldState) -> Tensor:
         """h_1 = g_1(x_0): the input is clamped, so it is computed once per batch."""
@@ -306,33 +322,55 @@ class HopfieldEnergy:
         self._move(state, list(enumerate(gradients, start=1)), step_size)
 
     def _move(self, state: HopfieldState, moves: list[tuple[int, Tensor]], step_size: float,
-              output_step_size: float | None = None) -> None:
+              output_step_size: float | None = None, scaled: bool = False) -> None:
+        """x_l <- x_l - step / c_l * gradient_l (``scaled``: the gradients are already divided
+        by c_l), projected onto the layer's box."""
         for index, gradient in moves:
             step = output_step_size if index == len(self.layers) and output_step_size is not None else step_size
-            moved = torch.add(state.activities[index], gradient, alpha=-step / self.weights[index - 1])
+            moved = torch.add(state.activities[index], gradient,
+                              alpha=-step if scaled else -step / self.weights[index - 1])
             box = self.boxes[index - 1]
             state.activities[index] = moved if box is None else box.project(moved)
 
     def components(self, state: HopfieldState) -> tuple[Tensor, Tensor, Tensor]:
-        """(I, L, I + beta L) as batch means."""
+        """(I, L, I + beta L) as batch means, with the couplings as constants and the values as
+        ``_state_values`` reads them."""
         with torch.no_grad():
-            internal = self.internal_energy(state.activities, self.input_drive(state)) / state.activities[0].shape[0]
+            internal = self._internal_mean(state)
             supervised = (self.loss.value(state.output, state.targets) if state.targets is not None
                           else internal.new_zeros(()))
         return internal, supervised, internal + state.beta * supervised
 
+    def total(self, state: HopfieldState) -> Tensor:
+        """I + beta L as a batch mean, what inference watches: I alone where beta = 0 (the free
+        and clamped phases), whose L is not part of their energy."""
+        if not state.beta:
+            with torch.no_grad():
+                return self._internal_mean(state)
+        return self.components(state)[2]
+
+    def _internal_mean(self, state: HopfieldState) -> Tensor:
+        values = self._state_values(state)
+        drives = [self.input_drive(state)] + [coupling.forward(values[index])
+                                              for index, coupling in enumerate(self.couplings[1:], start=1)]
+        return self._layered_sum(state.activities, values, drives) / state.activities[0].shape[0]
+
     def internal_energy(self, activities: list[Tensor], input_drive: Tensor | None = None) -> Tensor:
         """Sum over the batch of I(x); differentiable in x and in the parameters (pass the
         clamped input's drive h_1 when it is known and no gradient through W_1 is needed)."""
-        total = activities[0].new_zeros(())
-        for index, coupling in enumerate(self.couplings, start=1):
-            value = self._value(index, activities[index])
-            if index == 1 and input_drive is not None:
-                drive = input_drive
-            else:
-                drive = coupling.module(self._value(index - 1, activities[index - 1]))
-            layer = 0.5 * activities[index].pow(2).sum() - (value * drive).sum()
-            total = total + self.weights[index - 1] * layer
+        values = [self._value(index, x) for index, x in enumerate(activities)]
+        drives = [input_drive if index == 1 and input_drive is not None else coupling.module(values[index - 1])
+                  for index, coupling in enumerate(self.couplings, start=1)]
+        return self._layered_sum(activities, values, drives)
+
+    def _layered_sum(self, activities: list[Tensor], values: list[Tensor], drives: list[Tensor]) -> Tensor:
+        """sum_l c_l [1/2 ||x_l||^2 - rho_l(x_l) . h_l] over the batch, from the values rho_l(x_l)
+        and the drives h_l (three operations and one sum per layer)."""
+        total = None
+        for index, drive in enumerate(drives, start=1):
+            x, weight = activities[index], self.weights[index - 1]
+            negated = torch.addcmul(values[index] * drive, x, x, value=-0.5).sum()  # minus layer l's term
+            total = negated * -weight if total is None else torch.add(total, negated, alpha=-weight)
         return total
 
     def parameter_gradients(self, state: HopfieldState, scale: float = 1.0) -> list[list[Tensor]]:
@@ -344,8 +382,10 @@ class HopfieldEnergy:
                                       scale: float = 1.0) -> list[list[Tensor]]:
         """scale * (dE/dtheta at ``state`` - dE/dtheta at ``minus``): the contrast of two phases
         of this energy, as one vector-Jacobian product of the phases stacked along the batch
-        (for a dense layer one matrix product, so no weight-sized intermediate is formed). A
-        speed path: the same numbers as the difference of two ``parameter_gradients``."""
+        (for a dense layer one matrix product, so no weight-sized intermediate is formed), or of
+        their difference where both phases share the rows below (the first layer's clamped
+        input: half the products). A speed path: the same numbers as the difference of two
+        ``parameter_gradients``, to rounding."""
         return self._parameter_vjps([(state, 1.0), (minus, -1.0)], scale)
 
     def _parameter_vjps(self, phases: list[tuple[HopfieldState, float]], scale: float) -> list[list[Tensor]]:
@@ -353,9 +393,16 @@ class HopfieldEnergy:
         grads = []
         for index, coupling in enumerate(self.couplings, start=1):
             factor = -self.weights[index - 1] * scale / batch
-            above = torch.cat([self._value(index, phase.activities[index]) * (sign * factor)
-                               for phase, sign in phases])
-            below = torch.cat([self._value(index - 1, phase.activities[index - 1])
-                               for phase, _ in phases])
-            grads.append(coupling.parameter_vjp(below, above))
+            belows = [self._value(index - 1, phase.activities[index - 1]) for phase, _ in phases]
+            aboves = [self._value(index, phase.activities[index]) for phase, _ in phases]
+            if all(below is belows[0] for below in belows[1:]):
+                # the same rows below in every phase (the clamped input): the VJP is linear in
+                # the rows above, so they are summed first, one product of one batch
+                above = aboves[0] * (phases[0][1] * factor)
+                for value, (_, sign) in zip(aboves[1:], phases[1:]):
+                    above = torch.add(above, value, alpha=sign * factor)
+                grads.append(coupling.parameter_vjp(belows[0], above))
+            else:
+                grads.append(coupling.parameter_vjp(
+                    torch.cat(belows), torch.cat([value * (sign * factor) for value, (_, sign) in zip(aboves, phases)])))
         return grads

@@ -185,15 +185,18 @@ class _Phase:
     def start_watch(self) -> None:
         """Read the starting energy, before the first move (a phase that stops where it starts,
         as a converged nudged phase of pc_nudge does, skips it), the first row of a trace."""
-        first = self.energy.components(self.state)
-        self.watch = _EnergyWatch(float(first[2]), self.solver.rise_tolerance, first[2].dtype)
+        if self.record:
+            first = self.energy.components(self.state)
+            self.rows.append(first)
+            total = first[2]
+        else:
+            total = self.plain.total(self.state)
+        self.watch = _EnergyWatch(float(total), self.solver.rise_tolerance, total.dtype)
         if not math.isfinite(self.watch.start):
             raise DivergenceError(
                 f"the energy is {self.watch.start} before inference starts: the inputs, targets or "
                 "network parameters contain NaN or Inf")
-        if self.record:
-            self.rows.append(first)
-        self.like = first[2]
+        self.like = total
 
     def step_size(self, iteration: Iteration) -> float | Tensor:
         """The first step size (after ``start_watch``): a 0-dim tensor of the energy's dtype
@@ -253,13 +256,14 @@ class _Phase:
         taken, kept, backoffs = 0, 0, 0  # kept: the steps behind the current state
         converged = settled = False
         residual = None
+        next_check, last_check = 0, None  # (step, residual) of the last check
         good, good_step, good_kept = self.start, 0, 0
         if on_step is not None:
             on_step(0, state)
         while True:
             # the residual: at the end and every `every` steps when a tolerance asks for it (every
             # step for rules that read it before each move: the damping, on the device, then the check)
-            check = taken >= steps or (tol is not None and (iteration.needs_residual or taken % self.every == 0))
+            check = taken >= steps or (tol is not None and (iteration.needs_residual or taken >= next_check))
             if check or iteration.needs_residual:
                 gradients, balance = functions.measure(coordinates, state, origin)
                 if balance is None:  # no free layer: the state is its own equilibrium
@@ -269,11 +273,15 @@ class _Phase:
                 gradients, balance = coordinates.moving_gradients(state), None
             if check:
                 residual = balance.residual
-                if tol is not None and (taken >= solver.min_steps(len(gradients)) or residual == 0):
-                    converged = residual <= tol
-                    settled = not converged and iteration.settled(eta, balance, tol)
-                    if converged or settled:
-                        break
+                if tol is not None:
+                    least = solver.min_steps(len(gradients))
+                    if taken >= least or residual == 0:
+                        converged = residual <= tol
+                        settled = not converged and iteration.settled(eta, balance, tol)
+                        if converged or settled:
+                            break
+                    next_check = self.next_check(taken, residual, last_check, tol, least)
+                    last_check = (taken, residual)
             if taken >= steps:
                 break
             if self.watch is None:
@@ -285,8 +293,8 @@ class _Phase:
                 on_step(kept, state)
             if not (self.record or taken % self.every == 0 or taken == steps):
                 continue
-            row = coordinates.components(state)
-            problem = self.watch.problem(float(row[2]))
+            row = coordinates.components(state) if self.record else None
+            problem = self.watch.problem(float(coordinates.total(state) if row is None else row[2]))
             if problem is None:
                 if self.record:
                     self.rows.append(row)
@@ -300,6 +308,7 @@ class _Phase:
                 on_step(kept, state)
             eta, backoffs = eta / 2, backoffs + 1
             iteration.reset()
+            next_check, last_check = taken, None  # the restored state is checked before it moves
             if eta < self.first_step * SMALLEST_STEP_FRACTION:
                 raise DivergenceError(
                     f"inference found no step that lowers the energy (step_size fell to {float(eta):g} "
@@ -310,13 +319,28 @@ class _Phase:
                 self.start_watch()
             return self.report(kept, converged, residual, eta, backoffs, tol, settled, origin)
         if taken != good_step:  # stopped between two watches: the returned state is watched too
-            problem = self.watch.problem(float(coordinates.components(state)[2]))
+            problem = self.watch.problem(float(coordinates.total(state)))
             if problem is not None and not self.adaptive:
                 raise self.divergence(problem, taken, float(eta), good_step)
             if problem is not None:  # back to the last good state, which is then not converged
                 energy.restore(state, good)
                 kept, converged, settled, residual = good_kept, False, False, None
         return self.report(kept, converged, residual, eta, backoffs, tol, settled, origin)
+
+    def next_check(self, taken: int, residual: float, last: tuple[int, float] | None, tol: float,
+                   least: int) -> int:
+        """The step of the next residual check. Where the residual fell since the last check, at
+        the rate r = (residual / last)^(1 / steps between them) per step, one step after the
+        step where that rate reaches ``tol`` (r^n residual <= tol: a check costs several steps,
+        a step too many costs one), at least one step on and not before the solver's ``least``;
+        never more than the check stride on. A linearly converging iteration (sweeps, descent
+        near an equilibrium) then stops within two steps of where it converges, not up to a
+        stride later, for no more checks."""
+        if last is None or not 0 < residual < last[1] < math.inf:
+            return taken + self.every
+        rate = (residual / last[1]) ** (1 / (taken - last[0]))
+        ahead = math.ceil(math.log(tol / residual) / math.log(rate)) + 1 if rate > 0 else 1
+        return taken + min(max(ahead, least - taken, 1), self.every)
 
     def divergence(self, problem: str, step: int, step_size: float, good_step: int) -> DivergenceError:
         """The error to raise; where energies were watched sparsely, every step from the start

@@ -90,6 +90,9 @@ class Coordinates(Protocol):
     def components(self, state) -> tuple[Tensor, Tensor, Tensor]:
         """The energy's (I, L, E) at the state."""
 
+    def total(self, state) -> Tensor:
+        """E at the state, what inference watches when it keeps no trace."""
+
     def leave(self, state) -> None:
         """Put the state in plain form (coordinates that keep some variables outside it write
         them back); called once inference ends, also when it raised."""
@@ -115,6 +118,9 @@ class ActivityCoordinates:
 
     def components(self, state) -> tuple[Tensor, Tensor, Tensor]:
         return self.energy.components(state)
+
+    def total(self, state) -> Tensor:
+        return self.components(state)[2]
 
     def leave(self, state) -> None:
         """The activities are the state: nothing to write back."""
@@ -142,13 +148,11 @@ class ErrorCoordinates(ActivityCoordinates):
 
 @dataclass
 class Balance:
-    """Per-layer norms of a gradient g_l, its local term a_l and the rest g_l - a_l, and the
-    residual they give as a 0-dim tensor (``ratio``, on the device; ``residual`` reads it)."""
+    """Per-layer norms of a gradient g_l, its local term a_l and the rest g_l - a_l, as the rows
+    of one (3, L) tensor on the device; the residual they give, read back (``residual``) or
+    kept on the device (``ratio``, for rules that read it before every move)."""
 
-    gradient: Tensor
-    local: Tensor
-    rest: Tensor
-    ratio: Tensor
+    norms: Tensor
 
     @classmethod
     def of(cls, gradients: list[Tensor], local: list[Tensor],
@@ -159,19 +163,39 @@ class Balance:
         if start is not None:
             local, rest = torch._foreach_sub(local, start[1]), torch._foreach_sub(
                 rest, torch._foreach_sub(start[0], start[1]))
-        norms = torch.stack(torch._foreach_norm([*gradients, *local, *rest])).view(3, len(gradients))
-        return cls(*norms, largest_ratio(*norms))
+        return cls(torch.stack(torch._foreach_norm([*gradients, *local, *rest])).view(3, len(gradients)))
+
+    @property
+    def gradient(self) -> Tensor:
+        return self.norms[0]
+
+    @property
+    def local(self) -> Tensor:
+        return self.norms[1]
 
     @property
     def residual(self) -> float:
-        """The residual, read back to the host."""
-        return float(self.ratio)
+        """The residual, from the norms read back to the host in one read."""
+        return largest_ratio_of(*self.norms.tolist())
+
+    @property
+    def ratio(self) -> Tensor:
+        """The residual as a 0-dim tensor on the device (no host read)."""
+        return largest_ratio(*self.norms)
 
 
-def largest_ratio(gradient: Tensor, local: Tensor, rest: Tensor) -> Tensor:
+def largest_ratio_of(gradient: list[float], local: list[float], rest: list[float]) -> float:
     """max_l ||g_l|| / (||a_l|| + ||g_l - a_l||) from the per-layer norms, 0/0 taken as 0 (and
     g/0 as infinite: a phase measured from its start that has not moved yet), NaN where a norm
     is NaN."""
+    ratios = [g / (a + r) if a + r > 0 else (math.inf if g > 0 else g * 0)
+              for g, a, r in zip(gradient, local, rest)]
+    return math.nan if any(math.isnan(ratio) for ratio in ratios) else max(ratios)
+
+
+def largest_ratio(gradient: Tensor, local: Tensor, rest: Tensor) -> Tensor:
+    """``largest_ratio_of`` on the device, for rules that compare residuals without reading
+    them back (``DampedIteration``; ``tests/test_solvers.py`` checks that the two agree)."""
     scale = local + rest
     unmoved = torch.where(gradient > 0, torch.full_like(scale, torch.inf), gradient * 0)
     return torch.where(scale > 0, gradient / scale.clamp_min(torch.finfo(scale.dtype).tiny), unmoved).max()
@@ -181,10 +205,20 @@ def largest_ratio(gradient: Tensor, local: Tensor, rest: Tensor) -> Tensor:
 class SweepCoordinates(ActivityCoordinates):
     """The activities of a layered Hopfield energy, moved odd layers first, then even ones (whose
     gradients the sweep takes after the odd move: a step that measures nothing reads only the
-    odd layers')."""
+    odd layers'). Gradients and local terms are divided by each layer's weight c_l, the units
+    the sweep moves in: the same relative residual (each layer's ratio is free of its scale)."""
+
+    def gradients(self, state) -> list[Tensor]:
+        return self.energy.scaled_gradients(state)
 
     def moving_gradients(self, state) -> list[Tensor | None]:
         return self.energy.sweep_gradients(state)
+
+    def local_terms(self, state) -> list[Tensor]:
+        return self.energy.scaled_local_terms(state)
+
+    def total(self, state) -> Tensor:
+        return self.energy.total(state)
 
     def move(self, state, directions: list[Tensor], step_size: float) -> None:
         self.energy.sweep(state, directions, step_size)
@@ -364,8 +398,9 @@ class DampedIteration(Iteration):
         """step_size / 2 where the residual did not fall since the last move, on the device
         (``relax`` passes a tensor step size to this rule)."""
         self.first = step_size if self.first is None else self.first
-        rose = balance.ratio >= (math.inf if self.previous is None else self.previous)
-        self.previous = balance.ratio
+        ratio = balance.ratio
+        rose = ratio >= (math.inf if self.previous is None else self.previous)
+        self.previous = ratio
         return torch.where(rose, step_size * 0.5, step_size)
 
     def reset(self) -> None:
