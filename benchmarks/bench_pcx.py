@@ -18,6 +18,9 @@ pl_energy (this process, torch):
                     (``bench_step``'s ``pc_nudge`` row at T = 50), with its default error estimate
                     (one parameter VJP per layer for ``Estimate.error_bound``)
   ``pc_nudge_T_bare`` the same with ``error_estimate=False``: the work PCX does, nothing more
+  ``pc_nudge_T_compiled`` (``--compiled``) ``pc_nudge_T`` with ``compile_inference={}``: each
+                    phase's T steps one inductor graph (``core.compiled_steps``), PCX's jit's
+                    counterpart; the rest of the estimate eager
 PCX (the worker, JAX jit; see ``pcx_side.py`` for the code):
   ``bp_jax``        ``jax.jit(jax.grad(loss))`` of the same function on a tuple of arrays
   ``bp_pcx``        PCX's own BP: ``pxf.value_and_grad`` over ``pxnn.LayerParam`` in ``pxf.jit``
@@ -45,6 +48,7 @@ range beside it). Load averages before and after, and the processor, are printed
 
     python benchmarks/bench_pcx.py --pcx-python /path/to/venv-pcx/bin/python   # 15 rounds
     python benchmarks/bench_pcx.py --torch-only --rounds 1 --steps 2            # no PCX needed
+    python benchmarks/bench_pcx.py --pcx-python ... --compiled                 # and compiled steps
 
 Without PCX (``--pcx-python`` or ``$PL_ENERGY_PCX_PYTHON`` naming a Python that imports
 ``jax`` and ``pcx``, else this Python) it prints one "skipped" line and exits 0.
@@ -79,6 +83,8 @@ def parse_args(argv=None):
     parser.add_argument("--pcx-python", default=os.environ.get("PL_ENERGY_PCX_PYTHON"),
                         help="a Python with jax and pcx (default $PL_ENERGY_PCX_PYTHON, else this Python)")
     parser.add_argument("--torch-only", action="store_true", help="time pl_energy's side alone")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also time pc_nudge with its inference steps compiled (compile_inference={})")
     parser.add_argument("--steps", type=int, nargs="+", default=[5, 20, 50], help="inference steps T")
     parser.add_argument("--step-size", type=float, default=0.1)
     parser.add_argument("--lam", type=float, default=0.01, help="weight of the supervised term")
@@ -169,6 +175,10 @@ class TorchSide:
         for steps in args.steps:
             for suffix, extra in (("", {}), ("_bare", {"error_estimate": False})):
                 self.variants[f"pc_nudge_{steps}{suffix}"] = estimate(self.pc_nudge(steps, **extra))
+            if self.args.compiled:
+                compiled = self.pc_nudge(steps)
+                compiled.compile_inference = {}
+                self.variants[f"pc_nudge_{steps}_compiled"] = estimate(compiled)
         for call in self.variants.values():
             for _ in range(args.warmup):
                 call()
@@ -328,6 +338,15 @@ def report(args, torch_rounds: list[dict], pcx_rounds: list[dict]) -> list[str]:
                  f"{ms(torch_rounds, key)}, {ms(torch_rounds, key + '_bare')}, "
                  + (ms(pcx_rounds, key) if pcx else "-")]
         lines.append(f"| {steps} | " + " | ".join(cells) + " |")
+    if args.compiled:
+        lines += ["", "| T | ours compiled / plain autograd | ours compiled / ours eager | ours compiled / PCX (time) "
+                      "| ms: ours compiled, PCX |", "|---|---|---|---|---|"]
+        for steps in args.steps:
+            key = f"pc_nudge_{steps}"
+            lines.append(f"| {steps} | {ratio_summary(torch_rounds, key + '_compiled', 'bp_autograd')} | "
+                         f"{ratio_summary(torch_rounds, key + '_compiled', key)} | "
+                         + (paired_summary(torch_rounds, pcx_rounds, key + "_compiled", key) if pcx else "-")
+                         + f" | {ms(torch_rounds, key + '_compiled')}, " + (ms(pcx_rounds, key) if pcx else "-") + " |")
     lines += ["", f"BP, ms: plain autograd {ms(torch_rounds, 'bp_autograd')}, library bp "
                   f"{ms(torch_rounds, 'bp_library')} ({ratio_summary(torch_rounds, 'bp_library', 'bp_autograd')} "
                   "autograd)" + (f"; jax.grad {ms(pcx_rounds, 'bp_jax')}, PCX bp {ms(pcx_rounds, 'bp_pcx')} "

@@ -61,3 +61,11 @@ def test_side_by_side_with_pcx(bench, capsys, threads):
     assert "pcx 0." in out
     table = next(line for line in out.splitlines() if line.startswith("| 2 |") and "x (" in line)
     assert "-" not in [cell.strip() for cell in table.split("|")]
+
+
+def test_compiled_steps_get_their_own_table(bench, capsys, threads):
+    assert bench.main(["--torch-only", "--compiled", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "| T | ours compiled / plain autograd |" in out
+    row = [line for line in out.splitlines() if line.startswith("| 2 |")][1]  # the compiled table's row
+    assert row.split("|")[4].strip() == "-" and "x (" in row.split("|")[2]  # no PCX time without PCX
