@@ -397,3 +397,31 @@ def test_fixed_steps_read_nothing_back_while_they_run(settings, clamped_pc, monk
         counts.append(len(reads))
         monkeypatch.undo()
     assert counts[0] == counts[1] <= 4
+
+
+def test_the_residual_is_checked_where_its_rate_says_the_phase_converges(monkeypatch):
+    """A linear Hopfield energy (identity units: each sweep contracts the error at one rate) at
+    a fixed factor: recorded (a check every sweep) the phase converges at step n; watched (checks
+    at most ``check_every`` apart, sooner where the rate between the last two says tol is
+    reached) it stops at n, n + 1 or n + 2, where checks at the stride alone stopped at the next
+    multiple of 5, and with no more checks than the stride would have made."""
+    from pl_energy.core import HopfieldEnergy, solvers
+
+    torch.manual_seed(4)
+    network = mlp([12, 16, 12, 8, 4], activation="identity").double()
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.mul_(0.6)
+    energy = HopfieldEnergy(network, Loss("mse"))
+    inputs = torch.randn(6, 12, dtype=torch.float64)
+    for tol in (1e-8, 5e-9, 1e-12):  # n = 26, 27, 42: the stride alone stops 3-4 sweeps later
+        exact = relax(energy, energy.free_state(inputs, None), 500, 1.0, tol=tol, solver="sweep",
+                      record=True).report
+        checks = []
+        measure = solvers.Balance.of.__func__
+        monkeypatch.setattr(solvers.Balance, "of", classmethod(lambda cls, *a: checks.append(1) or measure(cls, *a)))
+        watched = relax(energy, energy.free_state(inputs, None), 500, 1.0, tol=tol, solver="sweep").report
+        monkeypatch.undo()
+        assert exact.converged and watched.converged and exact.steps > 10
+        assert exact.steps <= watched.steps <= exact.steps + 2
+        assert len(checks) <= exact.steps // 5 + 2  # the stride's checks: 0, 5, ..., and the one past n

@@ -3,6 +3,7 @@ lists named like ``network.named_parameters()``, and the relative error of one a
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -18,7 +19,8 @@ def backprop_gradients(network: nn.Module, inputs: Tensor, targets: Tensor,
                        loss: Loss) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """Plain autograd: (gradients, output, loss value)."""
     named = [(name, p) for name, p in structure_of(network).named_parameters if p.requires_grad]
-    with torch.enable_grad():
+    # bp's own estimate runs with grad mode on; a reference may be asked for under no_grad
+    with contextlib.nullcontext() if torch.is_grad_enabled() else torch.enable_grad():
         try:
             output = network(inputs)
         except RuntimeError:

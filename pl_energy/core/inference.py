@@ -22,8 +22,9 @@ state, and watches it:
   diverging phase is ever returned quietly.
 - Host reads. Fixed steps that nobody watches (no tolerance, ``on_step`` or back-off) keep the
   watched energies on the device and read them once, at the end (a divergence found there is
-  named as above, by a replay with a trace); otherwise the energy and the residual are read at
-  the check stride only. Each step's own work (``core.solvers``: ``measure``, ``advance``,
+  named as above, by a replay with a trace); otherwise the energy is read at the check stride
+  and the residual at most that far apart, sooner where the rate at which it fell between the
+  last two checks says the tolerance is reached (``_Phase.next_check``). Each step's own work (``core.solvers``: ``measure``, ``advance``,
   ``step``) reads nothing back, so that ``compile=`` runs it as compiled graphs
   (``core.compiled_steps``).
 """
@@ -161,10 +162,10 @@ class _Phase:
       (every ``check_every`` steps of the solver, every step with a trace, and the last) stay on
       the device and are read once at the end, where divergence is named as the watched loop
       would have named it; the residual is measured once, at the returned state.
-    - ``watched_loop``: a tolerance, ``on_step`` or back-offs. The residual is read at the
-      check stride (every step for a rule that reads it before every move, ``needs_residual``,
-      whose damping itself stays on the device), the energy at the same stride, and a rise
-      goes back to the last good check with half the step, without replaying.
+    - ``watched_loop``: a tolerance, ``on_step`` or back-offs. The residual is read at most
+      the check stride apart (``next_check``; every step for a rule that reads it before every
+      move, ``needs_residual``, whose damping itself stays on the device), the energy at the
+      stride, and a rise goes back to the last good check with half the step, without replaying.
     - ``report``: the ``InferenceReport`` (and trace) of the returned state.
     """
 

@@ -83,7 +83,8 @@ def class_indices(targets: Tensor, output: Tensor) -> Tensor:
         raise ValueError(f"class-index targets need an output of shape (B, C), got {tuple(output.shape)}")
     targets = targets.long()  # any integer dtype (uint8, int32 from numpy or a file)
     if targets.numel():
-        low, high = torch.stack(torch.aminmax(targets)).tolist()
+        low, high = torch.aminmax(targets)  # two reads of 0-dim results: cheaper than stacking them
+        low, high = low.item(), high.item()
         if low < 0 or high >= output.shape[-1]:
             raise ValueError(f"class indices must lie in [0, {output.shape[-1]}), got [{low}, {high}]")
     return targets

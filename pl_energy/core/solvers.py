@@ -278,8 +278,9 @@ class Solver:
     Attributes:
         name: the value of ``solver=`` that selects it.
         default_step: the step used when an algorithm does not set one.
-        check_every: how many steps apart the energy and the residual are watched (unless a
-            trace asks for every step, or the rule needs the residual at every step).
+        check_every: how many steps apart the energy is watched, and the residual at most
+            (sooner where its rate says the tolerance is near: ``inference._Phase.next_check``;
+            every step where a trace asks for it, or the rule needs the residual at every step).
         rise_tolerance: a watched energy above its running minimum by more than this fraction
             of the descent so far (plus rounding) counts as divergence. Monotone rules use a
             small value; accelerated rules, whose energy may wobble, 1 (never above the start).
