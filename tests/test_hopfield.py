@@ -248,3 +248,21 @@ def test_the_contrast_of_two_phases_is_the_difference_of_the_energys_weight_grad
     found = [g for layer in energy.parameter_gradient_difference(state, minus, scale=2.0) for g in layer]
     for got, expected in zip(found, written):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_a_dense_couplings_kept_net_input_follows_its_input_and_weights():
+    """``DenseCoupling`` keeps g(u) for the latest u: a change of u in place or an optimiser's
+    in-place step on the weights is seen (version counters), against F.linear written here."""
+    from pl_energy.core.couplings import DenseCoupling
+
+    torch.manual_seed(0)
+    linear = nn.Linear(5, 3).double()
+    coupling = DenseCoupling(linear)
+    u = torch.rand(4, 5, dtype=torch.float64)
+    first = coupling.forward(u)
+    assert coupling.forward(u) is first  # the same point: kept
+    u.mul_(2)
+    torch.testing.assert_close(coupling.forward(u), F.linear(u, linear.weight, linear.bias).detach())
+    with torch.no_grad():
+        linear.weight.add_(1.0)
+    torch.testing.assert_close(coupling.forward(u), F.linear(u, linear.weight, linear.bias).detach())

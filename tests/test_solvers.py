@@ -425,3 +425,17 @@ def test_the_residual_is_checked_where_its_rate_says_the_phase_converges(monkeyp
         assert exact.converged and watched.converged and exact.steps > 10
         assert exact.steps <= watched.steps <= exact.steps + 2
         assert len(checks) <= exact.steps // 5 + 2  # the stride's checks: 0, 5, ..., and the one past n
+
+
+def test_an_energy_without_a_minimum_is_named_not_a_division_by_zero():
+    """A Hopfield energy without a minimum (strong ReLU couplings) runs away at a constant
+    residual: the rate between two checks is 1 to rounding, and the check schedule falls back to
+    the stride (once a ZeroDivisionError from log(1)); the runaway is named as divergence."""
+    torch.manual_seed(1)
+    network = mlp([12, 10, 8, 6, 4], activation="relu").double()
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.mul_(1.5)
+    inputs, targets = torch.rand(5, 12, dtype=torch.float64), torch.randint(0, 4, (5,))
+    with pytest.raises(DivergenceError, match="without bound"):
+        build_algorithm("ep", gamma=1.0).estimate(network, inputs, targets)

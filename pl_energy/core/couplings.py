@@ -42,8 +42,9 @@ class DenseCoupling:
     The weights are read as constants of inference once, when the coupling is built (an energy
     lives for one batch): detached views, which an optimiser's in-place step still shows through.
     The net input g(u) is kept for the latest u, recognised as ``ModuleCoupling`` recognises its
-    point (identity and the parameters' version counters): the energy watch and the residual
-    check read it at the same state.
+    point (identity and the version counters of u and the parameters): the energy watch and
+    the residual check read it at the same state. Not for an energy kept across a replacement of
+    the parameters' storage (``p.data = ...``, ``network.double()``): build a new one.
     """
 
     def __init__(self, linear: nn.Linear):
@@ -51,20 +52,20 @@ class DenseCoupling:
         self.weight = linear.weight.detach()
         self.transposed = self.weight.t()
         self.bias = None if linear.bias is None else linear.bias.detach()
-        self._point: tuple | None = None  # (u, parameter versions, g(u))
+        self._point: tuple | None = None  # (u, versions of u and the parameters, g(u))
 
-    def _versions(self) -> tuple[int, int]:
-        return self.weight._version, -1 if self.bias is None else self.bias._version
+    def _versions(self, u: Tensor) -> tuple[int, int, int]:
+        return u._version, self.weight._version, -1 if self.bias is None else self.bias._version
 
     def forward(self, u: Tensor) -> Tensor:
         point = self._point
-        if point is not None and point[0] is u and point[1] == self._versions():
+        if point is not None and point[0] is u and point[1] == self._versions(u):
             return point[2]
         if self.bias is not None and u.dim() == 2:
             output = torch.addmm(self.bias, u, self.transposed)  # what linear runs, without its transpose
         else:
             output = torch.nn.functional.linear(u, self.weight, self.bias)
-        self._point = (u, self._versions(), output)
+        self._point = (u, self._versions(u), output)
         return output
 
     def add_transpose(self, base: Tensor, u: Tensor, v: Tensor, alpha: float) -> Tensor:

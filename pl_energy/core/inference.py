@@ -340,7 +340,9 @@ class _Phase:
         if last is None or not 0 < residual < last[1] < math.inf:
             return taken + self.every
         rate = (residual / last[1]) ** (1 / (taken - last[0]))
-        ahead = math.ceil(math.log(tol / residual) / math.log(rate)) + 1 if rate > 0 else 1
+        if not 0 < rate < 1 or not tol / residual > 0:  # no measurable fall (a rate of 1 to rounding)
+            return taken + self.every
+        ahead = math.ceil(math.log(tol / residual) / math.log(rate)) + 1
         return taken + min(max(ahead, least - taken, 1), self.every)
 
     def divergence(self, problem: str, step: int, step_size: float, good_step: int) -> DivergenceError:
