@@ -23,8 +23,8 @@ the ratio r_k = ||m_k|| / ||m_{k-1}|| of the norms of successive moves of the od
 (``READ_EVERY`` at a time). Each move m_k is the factor times the odd layers' projected gradient
 before the sweep (clipped where a unit reaches its bound), so at one factor the ratio is that of
 successive projected gradients, and in the linear regime every linear function of the error
-shrinks at the dominant rate. Once ``SETTLED`` successive ratios agree to ``AGREEMENT`` (the power iteration has settled
-on the dominant lambda) and r > omega - 1 (so omega is below the optimum and r estimates the real
+shrinks at the dominant rate. Once ``SETTLED`` successive ratios agree to ``AGREEMENT`` (the
+power iteration has settled on the dominant lambda) and r > omega - 1 (so omega is below the optimum and r estimates the real
 lambda), mu^2 = (r + omega - 1)^2 / (r omega^2) and omega rises to omega_opt(mu), at most
 ``LARGEST_FACTOR``. The factor never falls within a phase (an overestimate costs little:
 the rate is then omega - 1); the next phase of the same batch (EP's nudged phases, CHL's clamped
@@ -97,7 +97,7 @@ class AdaptiveSweepCoordinates(SweepCoordinates):
 
     factor: float | None = None
     given: float | None = None  # the step relax passed last; a change is a back-off
-    norms: list[float] = field(default_factory=list)  # ||g_k|| of the odd layers since the factor changed
+    norms: list[float] = field(default_factory=list)  # ||m_k|| of the odd layers' moves since the factor changed
     ratios: list[float] = field(default_factory=list)
     pending: list[Tensor] = field(default_factory=list)  # per-layer norms of moves not yet read back
     frozen: bool = False

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vjp
 
+from .linearization import DenseLayer
 from .networks import computes_as
 
 #: Modules a coupling may be built of: affine maps, reshapes and pools.
@@ -40,8 +41,8 @@ class DenseCoupling:
     """g(u) = W u + b in closed form: only the matrix products the energy needs.
 
     The weights are read as constants of inference once, when the coupling is built (an energy
-    lives for one batch): detached views, which an optimiser's in-place step still shows through.
-    The net input g(u) is kept for the latest u, recognised as ``ModuleCoupling`` recognises its
+    lives for one batch: ``linearization.DenseLayer``'s detached views, which an optimiser's
+    in-place step still shows through). The net input g(u) is kept for the latest u, recognised as ``ModuleCoupling`` recognises its
     point (identity and the version counters of u and the parameters): the energy watch and
     the residual check read it at the same state. Not for an energy kept across a replacement of
     the parameters' storage (``p.data = ...``, ``network.double()``): build a new one.
@@ -49,9 +50,8 @@ class DenseCoupling:
 
     def __init__(self, linear: nn.Linear):
         self.module = linear
-        self.weight = linear.weight.detach()
-        self.transposed = self.weight.t()
-        self.bias = None if linear.bias is None else linear.bias.detach()
+        dense = DenseLayer(linear)
+        self.weight, self.transposed, self.bias = dense.weight, dense.transposed, dense.bias
         self._point: tuple | None = None  # (u, versions of u and the parameters, g(u))
 
     def _versions(self, u: Tensor) -> tuple[int, int, int]:

@@ -280,8 +280,9 @@ class HopfieldEnergy:
     def sweep(self, state: HopfieldState, gradients: list[Tensor], step_size: float,
               output_step_size: float | None = None) -> None:
         """One even/odd sweep: the odd layers step with ``gradients`` (``scaled_gradients`` or
-        ``sweep_gradients`` at the current state), then the even layers with their gradients at the moved odd layers; the output
-        layer steps by ``output_step_size`` when given (else ``step_size``).
+        ``sweep_gradients`` at the current state), then the even layers with their gradients at
+        the moved odd layers; the output layer steps by ``output_step_size`` when given (else
+        ``step_size``).
 
         Layers of one parity do not interact, so at step 1 with ReLU, hardsigmoid or linear
         units and affine couplings each half is the exact minimisation over its layers given the

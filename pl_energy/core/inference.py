@@ -24,9 +24,9 @@ state, and watches it:
   watched energies on the device and read them once, at the end (a divergence found there is
   named as above, by a replay with a trace); otherwise the energy is read at the check stride
   and the residual at most that far apart, sooner where the rate at which it fell between the
-  last two checks says the tolerance is reached (``_Phase.next_check``). Each step's own work (``core.solvers``: ``measure``, ``advance``,
-  ``step``) reads nothing back, so that ``compile=`` runs it as compiled graphs
-  (``core.compiled_steps``).
+  last two checks says the tolerance is reached (``_Phase.next_check``). Each step's own work
+  (``core.solvers``: ``measure``, ``advance``, ``step``) reads nothing back, so that
+  ``compile=`` runs it as compiled graphs (``core.compiled_steps``).
 """
 
 from __future__ import annotations
