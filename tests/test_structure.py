@@ -31,6 +31,15 @@ def test_read_once_while_the_tree_is_unchanged():
     assert structure_of(network) is first
 
 
+def _reorder(module: nn.Module) -> None:
+    """Remove a module's parameters and put them back under the same names, last first."""
+    parameters = list(module._parameters.items())
+    for name, _ in parameters:
+        delattr(module, name)
+    for name, parameter in reversed(parameters):
+        module.register_parameter(name, parameter)
+
+
 def test_every_change_of_the_tree_is_read_again():
     network = mlp([6, 5, 4, 3])
     changes = [
@@ -44,6 +53,7 @@ def test_every_change_of_the_tree_is_read_again():
         lambda: network[0].register_parameter("scale", None),                       # an entry set to None
         lambda: network[0].__delitem__(slice(5, None)),  # nothing removed, but a new registry
         lambda: network[0].append(nn.Linear(5, 5)),                                 # added to it
+        lambda: _reorder(network[1][0]),                       # the same parameters in another order
     ]
     for change in changes:
         before = structure_of(network)

@@ -4,28 +4,24 @@ and top-level layers without a walk of Python generators per call.
 ``structure_of(network)`` gives what ``network.named_modules()``, ``network.named_parameters()``
 and ``network.named_children()`` give (the same objects, in the same order, shared modules and
 parameters listed once), kept per network while the network lives. Every call checks the cache
-against the network's own registries, from the network down: each recorded submodule and
-parameter must still be the entry under its name in its owner's ``_modules`` / ``_parameters``,
-and each of those dictionaries must hold as many entries as when it was read. A submodule or
-parameter added, removed or replaced anywhere in the tree (``setattr``, ``register_parameter``,
-``del``, ``Sequential.append``, a copy of the network) fails the check and the tree is read
-again. Not seen: the same objects removed and put back under the same names in another order
-(which changes no gradient, only the order of dictionary keys); ``requires_grad`` is not part of
-the structure (callers read it at every use).
+against the network's own registries, from the network down: each of its modules'
+``_modules`` and ``_parameters`` must hold the same names, in the same order, bound to the same
+objects as when it was read. A submodule or parameter added, removed, replaced or put back in
+another order anywhere in the tree (``setattr``, ``register_parameter``, ``del``,
+``Sequential.append``, a copy of the network) fails the check and the tree is read again (the
+order matters: per-layer gradients are paired with the parameters in it).
+``requires_grad`` is not part of the structure (callers read it at every use).
 """
 
 from __future__ import annotations
 
 import operator
 import weakref
-from itertools import repeat
+from itertools import chain
 
 from torch import nn
 
 __all__ = ["Structure", "structure_of"]
-
-_MISSING = object()
-
 
 class Structure:
     """The module tree of one network (see the module docstring).
@@ -50,8 +46,8 @@ class Structure:
         self._own = tuple((module, module._modules, module._parameters) for _, module in modules[1:])
         registries = tuple(registry for _, module in modules for registry in (module._modules, module._parameters))
         self._registries, self._sizes = registries, tuple(map(len, registries))
-        entries = [(registry, name, entry) for registry in registries for name, entry in registry.items()]
-        self._owners, self._names, self._entries = (tuple(column) for column in zip(*entries)) if entries else ((),) * 3
+        self._names = tuple(chain.from_iterable(registries))  # every registry's keys, in order
+        self._entries = tuple(chain.from_iterable(map(dict.values, registries)))
 
     def named_modules(self, network: nn.Module) -> tuple[tuple[str, nn.Module], ...]:
         """``tuple(network.named_modules())`` (``network``: the one this structure is of)."""
@@ -61,11 +57,12 @@ class Structure:
         """Whether ``network`` still has exactly this tree (see the module docstring): every
         module still holds the registries read (``Sequential.__delitem__`` replaces its
         ``_modules``: ``del net[5:]`` leaves the old one untouched), and every registry still
-        holds its entries, and no others."""
+        holds its names in order, bound to the same entries, and no others."""
         return (network._modules is self._root[0] and network._parameters is self._root[1]
                 and all(module._modules is held and module._parameters is owned for module, held, owned in self._own)
                 and tuple(map(len, self._registries)) == self._sizes
-                and all(map(operator.is_, map(dict.get, self._owners, self._names, repeat(_MISSING)), self._entries)))
+                and tuple(chain.from_iterable(self._registries)) == self._names
+                and all(map(operator.is_, chain.from_iterable(map(dict.values, self._registries)), self._entries)))
 
     @property
     def first_parameter(self) -> nn.Parameter | None:
