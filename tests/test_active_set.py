@@ -309,3 +309,30 @@ def test_pooling_windows_that_overlap_leave_the_phase_to_descent():
     assert reports[0].pieces_changed is None and reports[0].units_on_kink is None
     assert (reports[0].converged, reports[0].steps, reports[0].residual) == (
         reports[1].converged, reports[1].steps, reports[1].residual)
+
+
+@pytest.mark.parametrize("rounds", [None, 1])
+def test_a_recorded_trace_ends_at_the_state_the_phase_returns(rounds, monkeypatch):
+    """With a trace, the phase's last row is the energy of the returned state (written here from
+    the PC energy's definition: sum_l 1/2 ||x_l - f_l(x_{l-1})||^2 + lam CE, batch means), and the
+    trace says what the report says: after a solve (its solution follows the descent's rows) and
+    after a solve that fails (the descent that goes on is recorded)."""
+    from pl_energy.core import active_set
+
+    if rounds is not None:
+        monkeypatch.setattr(active_set, "MAX_ROUNDS", rounds)
+    network = relu_network(0)
+    torch.manual_seed(1)
+    inputs, targets = torch.randn(8, 6, dtype=torch.float64), torch.randint(0, 4, (8,))
+    algorithm = pl_energy.build_algorithm("pc", lam=LAM, tol=TOL, steps=500, error_estimate=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pl_energy.NotConvergedWarning)
+        contrast = algorithm.phases(network, inputs, targets, as_loss("cross_entropy"), True)
+    report, trace, x = contrast.reports[0], contrast.trace, contrast.high.state.activities
+    assert report.pieces_changed is not None  # the active set ran
+    assert (trace.steps, trace.converged) == (report.steps, report.converged)
+    assert report.converged == (rounds is None)
+    layers = list(network)
+    internal = sum(0.5 * (x[l] - layers[l - 1](x[l - 1])).pow(2).sum() for l in range(1, len(layers))) / 8
+    energy = internal + LAM * F.cross_entropy(layers[-1](x[-1]), targets)
+    torch.testing.assert_close(trace.total[-1], energy.detach(), rtol=1e-9, atol=1e-12)

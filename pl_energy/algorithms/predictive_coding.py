@@ -134,7 +134,7 @@ class PredictiveCoding(ContrastiveAlgorithm):
         settling across kinks would take a dozen more halved steps); if that solve runs out of
         rounds or its state fails the check (the residual with the real layers' values and the
         solved slopes above ``tol``), descent goes on from where it stopped. Returns the trace (of the first
-        descent) and the report."""
+        descent, followed by the solve's solution or the descent that went on) and the report."""
         solvable = self.active_set and self.tol is not None and has_pieces(network)
         steps = min(self.steps, DESCENT_BEFORE_PIECES) if solvable else self.steps
         relaxation = self.relax(energy, state, record, steps=steps, warn=False)
@@ -144,13 +144,17 @@ class PredictiveCoding(ContrastiveAlgorithm):
         descended = energy.snapshot(state)
         result = self._solve_on_pieces(network, energy, state)
         if result is not None and result.consistent:
-            return relaxation.trace, dataclasses.replace(
+            report = dataclasses.replace(
                 report, steps=report.steps + result.steps, converged=True, residual=result.residual,
                 settled=False, pieces_changed=result.changed, units_on_kink=result.on_kink)
+            trace = relaxation.trace and relaxation.trace.then(energy.components(state), report.steps, True)
+            return trace, report
         energy.restore(state, descended)
-        rest = self.relax(energy, state, steps=self.steps - report.steps, warn=False).report
-        return relaxation.trace, dataclasses.replace(rest, steps=report.steps + rest.steps,
-                                                     pieces_changed=None if result is None else result.changed)
+        rest = self.relax(energy, state, record, steps=self.steps - report.steps, warn=False)
+        report = dataclasses.replace(rest.report, steps=report.steps + rest.report.steps,
+                                     pieces_changed=None if result is None else result.changed)
+        trace = relaxation.trace and relaxation.trace.then(rest.trace, report.steps, report.converged)
+        return trace, report
 
     def _solve_on_pieces(self, network: nn.Module, energy: PredictiveCodingEnergy,
                          state: PCState) -> ActiveSetResult | None:

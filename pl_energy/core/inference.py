@@ -68,8 +68,9 @@ class InferenceReport:
             the residual stayed above ``tol`` (``converged`` is then False). This is what happens
             at equilibria on the kinks of ReLU or max-pool networks, where the residual cannot
             vanish; it can also happen short of equilibrium, so it is reported, not trusted.
-        pieces_changed: where an active-set solve ran after descent settled (``core.active_set``),
-            the side changes of ReLU units and pooling winners over its rounds; else None.
+        pieces_changed: where an active-set solve ran after descent had not converged in its
+            first steps (``core.active_set``), the side changes of ReLU units and pooling winners
+            over its rounds; else None.
         units_on_kink: where an active-set solve converged, the units it solved on their kink
             (a fractional slope: ``core.active_set``); else None.
     """
