@@ -41,7 +41,9 @@ with the load averages before and after.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -79,6 +81,7 @@ def import_revision(revision: str):
     archive = subprocess.run(["git", "-C", str(BENCHMARKS.parent), "archive", revision, "pl_energy"],
                              capture_output=True, check=True).stdout
     folder = Path(tempfile.mkdtemp(prefix="pl_energy_before_"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # imported modules are in memory by then
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(folder, filter="data")
     (folder / "pl_energy").rename(folder / "pl_energy_before")

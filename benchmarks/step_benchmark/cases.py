@@ -144,4 +144,4 @@ def seed_mlp_batch() -> tuple[nn.Module, torch.Tensor, torch.Tensor, bool]:
     root = data_root()
     x, y = (mnist_batches(case, 1, root) if root else random_batches(case, 1))[0]
     torch.manual_seed(0)
-    return mlp([784, 128, 64, 10]), x, y, root is not None
+    return case.build(), x, y, root is not None

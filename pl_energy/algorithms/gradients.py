@@ -7,7 +7,6 @@ import contextlib
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.losses import Loss, class_indices
@@ -29,9 +28,10 @@ def backprop_gradients(network: nn.Module, inputs: Tensor, targets: Tensor,
                 feedforward(list(network.children()), inputs)
             raise
         if loss.name == "cross_entropy" and targets.dim() == 1:
-            value = F.cross_entropy(output, class_indices(targets, output))  # no one-hot: checked indices
+            targets = class_indices(targets, output)  # no one-hot: checked indices
         else:
-            value = loss.value(output, loss.prepare_targets(targets, output))
+            targets = loss.prepare_targets(targets, output)
+        value = loss.value(output, targets)
         grads = torch.autograd.grad(value, [p for _, p in named], allow_unused=True)
     gradients = {
         name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(named, grads)

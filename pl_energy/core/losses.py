@@ -30,16 +30,15 @@ class Loss:
 
     def prepare_targets(self, targets: Tensor, output: Tensor) -> Tensor:
         """Check targets against the output and bring them to the form the loss uses."""
-        batch, *features = output.shape
-        if targets.shape[:1] != (batch,):
+        if targets.dim() == 1:
+            targets = class_indices(targets, output)  # checks the batch size too
+            # one-hot (F.one_hot would check the range again, reading it back twice more)
+            return output.new_zeros(output.shape).scatter_(1, targets.unsqueeze(1), 1.0)
+        if targets.shape[:1] != output.shape[:1]:
             raise ValueError(
                 f"targets have batch size {targets.shape[0] if targets.dim() else 'none'} "
-                f"but the output has {batch}"
+                f"but the output has {output.shape[0]}"
             )
-        if targets.dim() == 1:
-            targets = class_indices(targets, output)
-            # one-hot (F.one_hot would check the range again, reading it back twice more)
-            return output.new_zeros(batch, output.shape[-1]).scatter_(1, targets.unsqueeze(1), 1.0)
         if targets.shape != output.shape:
             raise ValueError(
                 f"dense targets must have the output's shape {tuple(output.shape)}, "
