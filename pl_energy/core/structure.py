@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import operator
 import weakref
-from itertools import chain
+from itertools import chain, repeat
 
 from torch import nn
 
 __all__ = ["Structure", "structure_of"]
+
+_MISSING = object()
+
 
 class Structure:
     """The module tree of one network (see the module docstring).
@@ -46,8 +49,8 @@ class Structure:
         self._own = tuple((module, module._modules, module._parameters) for _, module in modules[1:])
         registries = tuple(registry for _, module in modules for registry in (module._modules, module._parameters))
         self._registries, self._sizes = registries, tuple(map(len, registries))
-        self._names = tuple(chain.from_iterable(registries))  # every registry's keys, in order
-        self._entries = tuple(chain.from_iterable(map(dict.values, registries)))
+        entries = [(registry, name, entry) for registry in registries for name, entry in registry.items()]
+        self._owners, self._names, self._entries = (tuple(column) for column in zip(*entries)) if entries else ((),) * 3
 
     def named_modules(self, network: nn.Module) -> tuple[tuple[str, nn.Module], ...]:
         """``tuple(network.named_modules())`` (``network``: the one this structure is of)."""
@@ -61,8 +64,8 @@ class Structure:
         return (network._modules is self._root[0] and network._parameters is self._root[1]
                 and all(module._modules is held and module._parameters is owned for module, held, owned in self._own)
                 and tuple(map(len, self._registries)) == self._sizes
-                and tuple(chain.from_iterable(self._registries)) == self._names
-                and all(map(operator.is_, chain.from_iterable(map(dict.values, self._registries)), self._entries)))
+                and tuple(chain.from_iterable(self._registries)) == self._names  # every name, in order
+                and all(map(operator.is_, map(dict.get, self._owners, self._names, repeat(_MISSING)), self._entries)))
 
     @property
     def first_parameter(self) -> nn.Parameter | None:
