@@ -4,12 +4,15 @@ change to the tree."""
 from __future__ import annotations
 
 import copy
+from unittest import mock
 
+import pytest
 import torch
 from torch import nn
 
+import pl_energy
 from pl_energy import mlp
-from pl_energy.core.structure import structure_of
+from pl_energy.core.structure import checked_structure, structure_of
 
 
 def _agrees_with_torch(network: nn.Module) -> None:
@@ -72,3 +75,32 @@ def test_copies_and_shared_modules():
     tied = nn.Sequential(shared, nn.ReLU(), shared)  # listed once, as torch lists it
     _agrees_with_torch(tied)
     assert len(structure_of(tied).named_parameters) == 2
+
+
+def test_checked_once_inside_a_block_and_again_after_it():
+    network, other = mlp([6, 5, 4, 3]), mlp([6, 5, 3])
+    structure_of(other)
+    with checked_structure(network) as structure:
+        with mock.patch("pl_energy.core.structure.Structure.matches", side_effect=AssertionError("checked")):
+            assert structure_of(network) is structure  # inside: not checked again
+            with pytest.raises(AssertionError, match="checked"):
+                structure_of(other)  # another network is checked as ever
+        with checked_structure(other) as inner:  # nested blocks restore the outer one
+            assert structure_of(other) is inner
+        assert structure_of(network) is structure
+    network.append(nn.Linear(3, 2))  # after the block: the change is read
+    assert structure_of(network) is not structure
+    _agrees_with_torch(network)
+
+
+def test_an_estimate_checks_its_network_once():
+    network = mlp([6, 5, 4, 3])
+    inputs, targets = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    calls = []
+    original = type(structure_of(network)).matches
+    with mock.patch("pl_energy.core.structure.Structure.matches",
+                    autospec=True, side_effect=lambda self, net: calls.append(net) or original(self, net)):
+        for name in ("bp", "pc_nudge", "z_il"):
+            calls.clear()
+            pl_energy.build_algorithm(name).estimate(network, inputs, targets)
+            assert calls == [network], name

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..core.forward_semantics import FixedForward, fixed_forward
 from ..core.inference import InferenceReport, Relaxation, check_settings, relax
 from ..core.losses import Loss, as_loss
-from ..core.structure import structure_of
+from ..core.structure import checked_structure, structure_of
 from ..core.trace import InferenceTrace
 from .gradients import backprop_gradients, name_layer_gradients
 from .validation import (check_batch, check_dtype, check_estimate_error, check_hyperparameter_types,
@@ -139,19 +139,20 @@ class Algorithm:
         setting."""
         loss = as_loss(loss)
         check_batch(inputs, targets)
-        parameter = structure_of(network).first_parameter
-        check_dtype(parameter, inputs)
-        check_precision(self, network, parameter)
-        self._check_layers(network)
-        if self.one_forward_per_batch and not self.allow_constant_batch_statistics:
-            refuse_batch_statistics(self.name, network)
-        record = getattr(self, "trace", False) if record is None else record
-        # phases never build graphs (autograd paths enable it locally); a difference of relaxed
-        # states is computed in the parameters' dtype, never under autocast
-        semantics = fixed_forward(network) if self.one_forward_per_batch else contextlib.nullcontext()
-        graphs = contextlib.nullcontext() if self.records_graph else torch.no_grad()
-        with graphs, self._precision(inputs), semantics as frozen:
-            estimate = self.compute(network, inputs, targets, loss, record)
+        with checked_structure(network) as structure:  # the tree does not change while it runs
+            parameter = structure.first_parameter
+            check_dtype(parameter, inputs)
+            check_precision(self, network, parameter)
+            self._check_layers(network)
+            if self.one_forward_per_batch and not self.allow_constant_batch_statistics:
+                refuse_batch_statistics(self.name, network)
+            record = getattr(self, "trace", False) if record is None else record
+            # phases never build graphs (autograd paths enable it locally); a difference of relaxed
+            # states is computed in the parameters' dtype, never under autocast
+            semantics = fixed_forward(network) if self.one_forward_per_batch else contextlib.nullcontext()
+            graphs = contextlib.nullcontext() if self.records_graph else torch.no_grad()
+            with graphs, self._precision(inputs), semantics as frozen:
+                estimate = self.compute(network, inputs, targets, loss, record)
         if frozen is not None and frozen.layers:  # only networks with Dropout or BatchNorm
             if any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in frozen.layers):
                 warnings.warn(BATCH_STATISTICS, BatchStatisticsWarning, stacklevel=2)
