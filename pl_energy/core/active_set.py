@@ -106,49 +106,75 @@ class _KinkNewton:
         self.jacobians[sample] = self.jacobians[sample][keep][:, keep]
         self.last.pop(sample, None)
 
-    def _newton_move(self, sample: int, jacobian: Tensor, f: Tensor, free: Tensor, worse: bool) -> Tensor:
-        """The Newton step -J^-1 f on the free units. Where the last step made the residual
-        worse (``worse``) or the secant Jacobian is singular, the sample's Jacobian starts again
-        from the units' chords (a diagonal Newton step)."""
-        move = torch.zeros_like(f)
-        if not free.any():
-            return move
-        if not worse:
-            try:
-                move[free] = torch.linalg.solve(jacobian[free][:, free], -f[free])
-                return move
-            except RuntimeError:
-                pass
-        chords = torch.tensor(self.chords[sample], dtype=torch.float64)
-        self.jacobians[sample] = torch.diag(chords)
-        self.last.pop(sample, None)
-        move[free] = -f[free] / chords[free]
-        return move
-
     def step(self, pieces: list["_Piece"], atol: float) -> tuple[bool, int]:
         """Take the kink units' f at their s, propose their next s in the pieces; whether all
-        are solved (|f| <= atol, or at an end), and how many are on their kink."""
+        are solved (|f| <= atol, or at an end), and how many are on their kink. The samples'
+        systems are solved together, each padded to the largest (padding: units at an end)."""
         read = [piece.kink_units() for piece in pieces]  # one host read per piece
-        solved, on_kink = True, 0
-        for sample, members in self.members.items():
-            if not members:
-                continue
-            s, f = torch.tensor([read[p][sample, unit] for p, unit in members], dtype=torch.float64).T
-            at_end = ((s <= 0) & (f <= 0)) | ((s >= 1) & (f >= 0))
-            solved = solved and bool(((f.abs() <= atol) | at_end).all())
-            on_kink += int((~at_end).sum())
-            jacobian, free, worse = self.jacobians[sample], ~at_end, False
+        samples = [sample for sample, members in self.members.items() if members]
+        if not samples:
+            return True, 0
+        sizes = [len(self.members[sample]) for sample in samples]
+        keys = [(piece, sample, unit) for sample in samples for piece, unit in self.members[sample]]
+        values = torch.tensor([read[piece][sample, unit] for piece, sample, unit in keys], dtype=torch.float64)
+        counts = torch.tensor(sizes)
+        row = torch.repeat_interleave(torch.arange(len(samples)), counts)
+        column = torch.arange(len(keys)) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+
+        def padded(flat: Tensor, fill: float = 0.0) -> Tensor:  # (sample, member), filled past its members
+            return torch.full((len(samples), max(sizes)), fill, dtype=torch.float64).index_put_((row, column), flat)
+
+        s, f = padded(values[:, 0]), padded(values[:, 1])
+        present = padded(torch.ones(len(keys), dtype=torch.float64)) > 0
+        at_end = ((s <= 0) & (f <= 0)) | ((s >= 1) & (f >= 0)) | ~present
+        free = ~at_end
+        solved = bool(((f.abs() <= atol) | at_end).all())
+        jacobian = torch.zeros(len(samples), max(sizes), max(sizes), dtype=torch.float64)
+        last_s, last_f = torch.zeros_like(s), torch.zeros_like(f)
+        known = torch.zeros(len(samples), dtype=torch.bool)
+        for index, (sample, size) in enumerate(zip(samples, sizes)):
+            jacobian[index, :size, :size] = self.jacobians[sample]
             if sample in self.last:  # a change of f within the tolerance is the relaxation's noise
-                last_s, last_f = self.last[sample]
-                ds, df = s - last_s, f - last_f
-                worse = float(f[free].norm()) >= float(last_f[free].norm()) > atol
-                if float(ds @ ds) > 0 and float(df.abs().max()) > atol:
-                    jacobian += torch.outer(df - jacobian @ ds, ds) / (ds @ ds)
-            self.last[sample] = (s, f)
-            move = self._newton_move(sample, jacobian, f, free, worse)
-            for (p, unit), value in zip(members, (s + move).clamp(0.0, 1.0).tolist()):
-                pieces[p].set_unit_proposal(sample, unit, value)
-        return solved, on_kink
+                known[index] = True
+                last_s[index, :size], last_f[index, :size] = self.last[sample]
+        ds, df = s - last_s, f - last_f
+        norm, last_norm = (f * free).norm(dim=1), (last_f * free).norm(dim=1)
+        worse = known & (norm >= last_norm) & (last_norm > atol)
+        squared = (ds * ds).sum(1)
+        secant = known & (squared > 0) & (df.abs().amax(1) > atol)
+        correction = (df - (jacobian @ ds.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1) * ds.unsqueeze(1)
+        jacobian = torch.where(secant[:, None, None], jacobian + correction / squared.clamp_min(1e-300)[:, None, None],
+                               jacobian)
+        move, restart = self._newton_moves(jacobian, s, f, free, padded(torch.tensor(
+            [chord for sample in samples for chord in self.chords[sample]], dtype=torch.float64), 1.0), worse)
+        for index, (sample, size, again) in enumerate(zip(samples, sizes, restart.tolist())):
+            if again:  # starts again from the chords
+                self.jacobians[sample] = torch.diag(torch.tensor(self.chords[sample], dtype=torch.float64))
+                self.last.pop(sample, None)
+            else:
+                self.jacobians[sample] = jacobian[index, :size, :size]
+                self.last[sample] = (s[index, :size], f[index, :size])
+        proposals = (s + move).clamp(0.0, 1.0)[row, column]
+        owner = torch.tensor([key[0] for key in keys])
+        where = torch.tensor([key[1:] for key in keys])
+        for piece in owner.unique().tolist():
+            mine = owner == piece
+            pieces[piece].set_unit_proposals(where[mine], proposals[mine])
+        return solved, int(free.sum())
+
+    @staticmethod
+    def _newton_moves(jacobian: Tensor, s: Tensor, f: Tensor, free: Tensor, chords: Tensor,
+                      worse: Tensor) -> tuple[Tensor, Tensor]:
+        """Each sample's Newton step -J^-1 f on its free units (the system restricted to them:
+        the others keep their s), and which samples start again from the chords (a diagonal
+        Newton step): those whose last step made the residual worse (``worse``) or whose secant
+        Jacobian is singular."""
+        both = free.unsqueeze(-1) & free.unsqueeze(1)
+        system = torch.where(both, jacobian, 0.0) + torch.diag_embed((~free).to(jacobian.dtype))
+        newton, info = torch.linalg.solve_ex(system, torch.where(free, -f, 0.0))
+        restart = worse | (info != 0)
+        diagonal = torch.where(free, -f / chords, 0.0)
+        return torch.where(restart.unsqueeze(-1), diagonal, newton), restart
 
 
 class _Piece:
@@ -157,7 +183,7 @@ class _Piece:
     values, frozen slopes). A subclass keeps its units' pieces: ``freeze`` applies the proposed
     one, ``update`` compares an observed call with the frozen piece it relaxed on and proposes
     the next, ``kink_units`` gives the kink units' (s, f) to ``_KinkNewton``, whose next s it
-    takes in ``proposal`` (``set_unit_proposal``)."""
+    takes in ``proposal`` (``set_unit_proposals``)."""
 
     def __init__(self, module: nn.Module):
         self.module = module
@@ -187,8 +213,10 @@ class _Piece:
     def _unit(self, tensor: Tensor) -> Tensor:
         return tensor.reshape(tensor.shape[0], -1)
 
-    def set_unit_proposal(self, sample: int, unit: int, value: float) -> None:
-        self.proposal.view(self.proposal.shape[0], -1)[sample, unit] = value  # in place: a view
+    def set_unit_proposals(self, where: Tensor, values: Tensor) -> None:
+        """The next s of kink units at ``where`` (rows: sample, unit index)."""
+        flat = self.proposal.view(self.proposal.shape[0], -1)  # in place: a view
+        flat[where[:, 0], where[:, 1]] = values.to(flat)
 
 
 @dataclass(frozen=True)
