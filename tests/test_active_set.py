@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pl_energy
+from pl_energy.core.active_set import CYCLE, _KinkNewton
 from pl_energy.core.activations import Clip
 from pl_energy.core.losses import as_loss
 
@@ -336,3 +337,43 @@ def test_a_recorded_trace_ends_at_the_state_the_phase_returns(rounds, monkeypatc
     internal = sum(0.5 * (x[l] - layers[l - 1](x[l - 1])).pow(2).sum() for l in range(1, len(layers))) / 8
     energy = internal + LAM * F.cross_entropy(layers[-1](x[-1]), targets)
     torch.testing.assert_close(trace.total[-1], energy.detach(), rtol=1e-9, atol=1e-12)
+
+
+class _OneKinkUnit:
+    """A piece with one kink unit (sample 0, unit 0) whose f is a given function of its s."""
+
+    def __init__(self, f):
+        self.f, self.s = f, 0.0
+
+    def kink_units(self):
+        return {(0, 0): (self.s, self.f(self.s))}
+
+    def set_unit_proposals(self, where, values):
+        self.s = float(values[0])
+
+
+def _iterate(f, chord: float, rounds: int = 12) -> tuple[_OneKinkUnit, list[float], bool]:
+    """``_KinkNewton`` on one unit from s = 0: the unit, the largest |f| of each round, and
+    whether the iteration reported a cycle."""
+    unit, newton, largest = _OneKinkUnit(f), _KinkNewton(), []
+    newton.join(0, 0, 0, chord)
+    for _ in range(rounds):
+        largest.append(newton.step([unit], 1e-12)[0])
+        if largest[-1] <= 1e-12 or newton.repeating:
+            break
+    return unit, largest, newton.repeating
+
+
+def test_the_kink_iteration_keeps_the_secant_of_a_step_that_made_things_worse():
+    """f(s) = 1 - 2 s from a chord of half its slope: the chord's step overshoots to s = 1, where
+    |f| is as large as at 0; a restart from the chord alone would step back to 0 and cycle, the
+    chord updated by that step's secant has the true slope and lands on the root 1/2."""
+    unit, largest, cycled = _iterate(lambda s: 1 - 2 * s, chord=-1.0)
+    assert unit.s == 0.5 and largest == [1.0, 1.0, 0.0] and not cycled
+
+
+def test_a_kink_iteration_that_comes_back_unsolved_is_a_cycle():
+    """f = +1 below s = 1/2 and -1 above has no root: the iteration comes back to s = 0 with |f|
+    no smaller, reports the cycle (``Pieces.cycling`` stops the solve), and never reads solved."""
+    _, largest, cycled = _iterate(lambda s: 1.0 if s < 0.5 else -1.0, chord=-1.0)
+    assert cycled and len(largest) <= CYCLE + 2 and min(largest) == 1.0

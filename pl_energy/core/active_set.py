@@ -44,7 +44,9 @@ value far from the frozen one (a unit solved against the wrong pair) shows as a 
 ``tol``, and the phase falls back to descent. Its parameter gradients are taken from that
 linearisation: the solved slopes, the limit of a smoothed kink. A module called more than once
 in one pass has one piece per module, not per call, and refuses the solve. When the rounds run
-out the solve gives up and the caller goes on with descent. ``ActiveSetResult.changed`` counts
+out, or a sample's kink units come back unsolved to where they were (``CYCLE``: Broyden's steps
+on coupled slopes held in [0, 1] can cycle), the solve gives up and the caller goes on with
+descent. ``ActiveSetResult.changed`` counts
 the side changes of all rounds (units, pooling windows), ``on_kink`` the units solved on their
 kink.
 """
@@ -66,6 +68,12 @@ from .solvers import relative_residual
 from .structure import Structure, structure_of
 
 MAX_ROUNDS = 30
+#: The kink units' iteration cycles when a sample, unsolved, comes back to within ``REPEATED``
+#: (in each of its s) of where it was up to ``CYCLE`` rounds before, with the same units on
+#: their kinks, and its largest |f| has not fallen by a fraction ``REPEATED`` since: the solve
+#: stops there (``Pieces.cycling``) instead of running out of rounds.
+CYCLE = 3
+REPEATED = 1e-3
 #: Each piece is relaxed to this fraction of the phase's tolerance: a kink unit's f is read off
 #: the relaxed state and is solved to the phase's tolerance, so the relaxation's own error must
 #: stay below it (at ``tol`` itself, f wanders by about its tolerance from round to round).
@@ -76,15 +84,19 @@ class _KinkNewton:
     """Broyden's method, per sample, on the kink units' f(s) = 0 (one sample's units are coupled
     through its equilibrium; samples are independent). A unit joins with the chord of its two
     sides, f(0) > 0 >= f(1), as its own slope df/ds, and its sample's Jacobian is then updated
-    by Broyden's rank-one secant (Broyden 1965) from each round's change of s and f; s stays in
-    [0, 1], and a unit at an end whose f agrees with that side (s = 0, f <= 0 or s = 1,
-    f >= 0) is a plain unit there, held until its f changes sign."""
+    by Broyden's rank-one secant (Broyden 1965) from each round's change of s and f; after a
+    step that made its |f| worse, the Jacobian starts again from the chords, updated by that
+    step's secant (a chord off by a factor would otherwise overshoot the same way again); s
+    stays in [0, 1], and a unit at an end whose f agrees with that side (s = 0, f <= 0 or
+    s = 1, f >= 0) is a plain unit there, held until its f changes sign."""
 
     def __init__(self):
         self.members: dict[int, list[tuple[int, int]]] = {}  # per sample: (piece, unit index)
         self.chords: dict[int, list[float]] = {}
         self.jacobians: dict[int, Tensor] = {}
         self.last: dict[int, tuple[Tensor, Tensor]] = {}
+        self.visited: list[tuple[Tensor, Tensor]] = []  # latest rounds' s and largest |f| per sample
+        self.repeating = False
 
     def join(self, piece: int, sample: int, unit: int, chord: float) -> None:
         members = self.members.setdefault(sample, [])
@@ -96,6 +108,7 @@ class _KinkNewton:
         jacobian[-1, -1] = chord
         self.jacobians[sample] = jacobian
         self.last.pop(sample, None)
+        self.visited = []
 
     def leave(self, piece: int, sample: int, unit: int) -> None:
         """A unit that left its kink (``_Piece.update``)."""
@@ -105,15 +118,18 @@ class _KinkNewton:
         self.chords[sample] = [self.chords[sample][index] for index in keep]
         self.jacobians[sample] = self.jacobians[sample][keep][:, keep]
         self.last.pop(sample, None)
+        self.visited = []
 
-    def step(self, pieces: list["_Piece"], atol: float) -> tuple[bool, int]:
-        """Take the kink units' f at their s, propose their next s in the pieces; whether all
-        are solved (|f| <= atol, or at an end), and how many are on their kink. The samples'
-        systems are solved together, each padded to the largest (padding: units at an end)."""
+    def step(self, pieces: list["_Piece"], atol: float) -> tuple[float, int]:
+        """Take the kink units' f at their s, propose their next s in the pieces; the largest
+        |f| of a unit not at an end (0: all solved at an end), and how many are on their kink.
+        The samples' systems are solved together, each padded to the largest (padding: units at
+        an end); ``atol`` is the size of f below which a change of f is the relaxations' noise."""
         read = [piece.kink_units() for piece in pieces]  # one host read per piece
         samples = [sample for sample, members in self.members.items() if members]
         if not samples:
-            return True, 0
+            self.repeating = False
+            return 0.0, 0
         sizes = [len(self.members[sample]) for sample in samples]
         keys = [(piece, sample, unit) for sample in samples for piece, unit in self.members[sample]]
         values = torch.tensor([read[piece][sample, unit] for piece, sample, unit in keys], dtype=torch.float64)
@@ -128,7 +144,6 @@ class _KinkNewton:
         present = padded(torch.ones(len(keys), dtype=torch.float64)) > 0
         at_end = ((s <= 0) & (f <= 0)) | ((s >= 1) & (f >= 0)) | ~present
         free = ~at_end
-        solved = bool(((f.abs() <= atol) | at_end).all())
         jacobian = torch.zeros(len(samples), max(sizes), max(sizes), dtype=torch.float64)
         last_s, last_f = torch.zeros_like(s), torch.zeros_like(f)
         known = torch.zeros(len(samples), dtype=torch.bool)
@@ -137,19 +152,23 @@ class _KinkNewton:
             if sample in self.last:  # a change of f within the tolerance is the relaxation's noise
                 known[index] = True
                 last_s[index, :size], last_f[index, :size] = self.last[sample]
+        chords = padded(torch.tensor([chord for sample in samples for chord in self.chords[sample]],
+                                     dtype=torch.float64), 1.0)
         ds, df = s - last_s, f - last_f
         norm, last_norm = (f * free).norm(dim=1), (last_f * free).norm(dim=1)
+        # a step that made the residual worse drops the accumulated secants: the Jacobian starts
+        # again from the chords, updated by the latest secant (the step that told)
         worse = known & (norm >= last_norm) & (last_norm > atol)
+        jacobian = torch.where(worse[:, None, None], torch.diag_embed(chords), jacobian)
         squared = (ds * ds).sum(1)
         secant = known & (squared > 0) & (df.abs().amax(1) > atol)
         correction = (df - (jacobian @ ds.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1) * ds.unsqueeze(1)
         jacobian = torch.where(secant[:, None, None], jacobian + correction / squared.clamp_min(1e-300)[:, None, None],
                                jacobian)
-        move, restart = self._newton_moves(jacobian, s, f, free, padded(torch.tensor(
-            [chord for sample in samples for chord in self.chords[sample]], dtype=torch.float64), 1.0), worse)
-        for index, (sample, size, again) in enumerate(zip(samples, sizes, restart.tolist())):
+        move, singular = self._newton_moves(jacobian, f, free, chords)
+        for index, (sample, size, again) in enumerate(zip(samples, sizes, singular.tolist())):
             if again:  # starts again from the chords
-                self.jacobians[sample] = torch.diag(torch.tensor(self.chords[sample], dtype=torch.float64))
+                self.jacobians[sample] = torch.diag(chords[index, :size])
                 self.last.pop(sample, None)
             else:
                 self.jacobians[sample] = jacobian[index, :size, :size]
@@ -160,21 +179,25 @@ class _KinkNewton:
         for piece in owner.unique().tolist():
             mine = owner == piece
             pieces[piece].set_unit_proposals(where[mine], proposals[mine])
-        return solved, int(free.sum())
+        unsolved = torch.where(free, f.abs(), 0.0).amax(1)  # per sample
+        back = torch.zeros_like(unsolved, dtype=torch.bool)
+        for before, then in self.visited:  # back where it was, no closer to solved: it cycles
+            back |= ((s - before).abs().amax(1) <= REPEATED) & (unsolved >= (1 - REPEATED) * then)
+        self.repeating = bool((back & (unsolved > atol)).any())
+        self.visited = [*self.visited[1 - CYCLE:], (s, unsolved)]
+        return float(unsolved.max()), int(free.sum())
 
     @staticmethod
-    def _newton_moves(jacobian: Tensor, s: Tensor, f: Tensor, free: Tensor, chords: Tensor,
-                      worse: Tensor) -> tuple[Tensor, Tensor]:
+    def _newton_moves(jacobian: Tensor, f: Tensor, free: Tensor, chords: Tensor) -> tuple[Tensor, Tensor]:
         """Each sample's Newton step -J^-1 f on its free units (the system restricted to them:
-        the others keep their s), and which samples start again from the chords (a diagonal
-        Newton step): those whose last step made the residual worse (``worse``) or whose secant
-        Jacobian is singular."""
+        the others keep their s), and the samples whose Jacobian is singular, which take the
+        diagonal step of their chords instead."""
         both = free.unsqueeze(-1) & free.unsqueeze(1)
         system = torch.where(both, jacobian, 0.0) + torch.diag_embed((~free).to(jacobian.dtype))
         newton, info = torch.linalg.solve_ex(system, torch.where(free, -f, 0.0))
-        restart = worse | (info != 0)
+        singular = info != 0
         diagonal = torch.where(free, -f / chords, 0.0)
-        return torch.where(restart.unsqueeze(-1), diagonal, newton), restart
+        return torch.where(singular.unsqueeze(-1), diagonal, newton), singular
 
 
 class _Piece:
@@ -523,23 +546,24 @@ class Pieces:
         place: its piece is that call's)."""
         return all(piece.calls == 1 for piece in self.pieces)
 
-    def update(self, atol: float) -> tuple[int, bool]:
-        """The units that changed side since the frozen pieces, and whether the kink units are
-        solved to ``atol``; the next pieces are proposed."""
+    def update(self, atol: float) -> tuple[int, float]:
+        """The units that changed side since the frozen pieces, and the kink units' largest
+        |f| (``_KinkNewton.step``); the next pieces are proposed."""
         results = [piece.update() for piece in self.pieces]
         for index, (_, _, left) in enumerate(results):
             for sample, unit in left:
                 self.newton.leave(index, sample, unit)
-        solved, self.on_kink = self.newton.step(self.pieces, atol)
+        largest, self.on_kink = self.newton.step(self.pieces, atol)
         for index, (_, opened, _) in enumerate(results):
             for sample, unit, chord in opened:
                 self.newton.join(index, sample, unit, chord)
-        return sum(changed for changed, _, _ in results), solved
+        return sum(changed for changed, _, _ in results), largest
 
     def cycling(self) -> bool:
-        """Whether a unit left its kink three times: its equilibrium is where three or more of its
-        sides meet (a clip unit between both of its kinks), which a pair cannot represent."""
-        return any(piece.stuck() for piece in self.pieces)
+        """Whether a unit left its kink three times (its equilibrium is where three or more of its
+        sides meet, a clip unit between both of its kinks, which a pair cannot represent), or the
+        kink units' iteration came back to where it was (``CYCLE``)."""
+        return self.newton.repeating or any(piece.stuck() for piece in self.pieces)
 
 
 #: whether each network structure (``core.structure``) has pieces: read once per structure
@@ -626,10 +650,11 @@ def solve_on_pieces(energy, state, pieces: Pieces, tol: float,
             atol = tol * float(torch.stack(torch._foreach_norm(energy.errors(state))).max())
             pieces.observe()
             evaluate_layers(energy, state)
-            moved, solved = pieces.update(atol)
+            moved, largest = pieces.update(atol)
             changed += moved
             if pieces.cycling():
                 break
+            solved = largest <= atol
             if moved == 0 and solved and report.residual <= tol:
                 pieces.check()
                 relinearize(energy, state)
