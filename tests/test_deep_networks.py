@@ -20,6 +20,7 @@ from pl_energy.algorithms import NotConvergedWarning
 from pl_energy.core.networks import VGG
 from pl_energy.core.residual import ResidualMLP, ResNet, ScaledLinear
 from helpers import eager_calls
+from test_active_set import least_squares_slopes
 
 
 def tiny_vgg(activation: str = "relu") -> nn.Sequential:
@@ -115,11 +116,82 @@ def test_pc_nudge_and_pc_approach_backprop_on_vgg_and_residual_stacks(kind):
     assert cosine(weak_feedback.gradients(network, x, y), weak_feedback.reference(network, x, y)) > 0.9
 
 
+#: A piece within this fraction of max_l ||e_l|| of its unit's maximum is at the maximum (a kink;
+#: the active set solves its kinks to tol = 1e-8 of it).
+ON_KINK = 1e-7
+
+
+def relu_max_pool_pieces(block: nn.Sequential, inputs: torch.Tensor) -> torch.Tensor:
+    """A VGG block's units relu(maxpool_2x2(z))_u = max(0, z_u1, .., z_u4), z = conv(x), z_u1..4 the
+    entries of u's window: their pieces (0, z_u1, .., z_u4) along the last dim, (B, C, H/2, W/2, 5)."""
+    z = block[0](inputs)
+    b, c, h, w = z.shape
+    windows = z.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(b, c, h // 2, w // 2, 4)
+    return torch.cat([torch.zeros_like(windows[..., :1]), windows], -1)
+
+
+def vgg_pc_energy(layers, inputs, hidden, targets, lam, routes=None) -> torch.Tensor:
+    """E = sum_l 1/2 ||x_l - layer_l(x_{l-1})||^2 + lam CE(layer_L(x_{L-1}), y, sum), x_0 = inputs.
+    With ``routes`` (per block, weights w over each unit's pieces v) a unit keeps its value max_k v_k
+    and has the gradient sum_k w_k grad v_k: one-hot on its largest piece, autograd's derivative;
+    a convex combination of the pieces at its maximum, a point of its Clarke gradient."""
+    x = [inputs, *hidden]
+    energy = lam * torch.nn.functional.cross_entropy(layers[-1](x[-1]), targets, reduction="sum")
+    for l, block in enumerate(layers[:-1], 1):
+        if routes is None:
+            unit = block(x[l - 1])
+        else:
+            v = relu_max_pool_pieces(block, x[l - 1])
+            unit = v.detach().amax(-1) + (routes[l - 1] * (v - v.detach())).sum(-1)
+        energy = energy + 0.5 * (x[l] - unit).pow(2).sum()
+    return energy
+
+
+def clarke_fit(network, inputs, targets, lam, activities) -> dict:
+    """Clarke stationarity of ``vgg_pc_energy`` at the hidden activities: g(w) = dE/dx is affine in
+    the routes w = w0 + sum_k t_k d_k, w0 one-hot on each unit's largest piece, d_k moving weight from
+    it to a piece k within ON_KINK of the maximum. t minimises ||g(w0) + sum_k t_k (g(w0 + d_k) - g(w0))||
+    (least squares); w is in the Clarke set iff t >= 0 and each unit's sum t <= 1. Returns ||g(w0)||,
+    ||g(w)|| (autograd at the fitted w), t, the kinks (block, sample, channel, row, column, piece),
+    w, and the scale max_l ||e_l||."""
+    layers = list(network.children())
+    assert all([type(m) for m in block] == [nn.Conv2d, nn.MaxPool2d, nn.ReLU] and block[1].kernel_size == 2
+               and block[1].stride == 2 for block in layers[:-1])
+    hidden = [a.detach() for a in activities[1:]]
+    x = [inputs, *hidden]
+    with torch.no_grad():
+        pieces = [relu_max_pool_pieces(block, x[l]) for l, block in enumerate(layers[:-1])]
+        scale = max(float((x[l + 1] - layers[l](x[l])).norm()) for l in range(len(layers) - 1))
+    top = [v.argmax(-1, keepdim=True) for v in pieces]
+    base_routes = [torch.zeros_like(v).scatter_(-1, t, 1.0) for v, t in zip(pieces, top)]
+
+    def gradient(routes):
+        free = [a.clone().requires_grad_(True) for a in hidden]
+        energy = vgg_pc_energy(layers, inputs, free, targets, lam, routes)
+        return torch.cat([g.flatten() for g in torch.autograd.grad(energy, free)])
+
+    base = gradient(base_routes)
+    torch.testing.assert_close(base, gradient(None), rtol=0, atol=1e-12 * scale)  # w0: the network's own
+    kinks = [(l, *unit) for l, (v, t) in enumerate(zip(pieces, top))
+             for unit in ((v.gather(-1, t) - v <= ON_KINK * scale) & (torch.arange(5) != t)).nonzero().tolist()]
+    moves = []
+    for l, b, c, i, j, k in kinks:
+        move = [torch.zeros_like(r) for r in base_routes]
+        move[l][b, c, i, j, k], move[l][b, c, i, j, top[l][b, c, i, j, 0]] = 1.0, -1.0
+        moves.append(move)
+    slopes, _ = least_squares_slopes(base, [gradient([r + d for r, d in zip(base_routes, move)]) - base
+                                            for move in moves])
+    routes = [r + sum(float(t) * move[l] for t, move in zip(slopes, moves)) for l, r in enumerate(base_routes)]
+    return dict(base=float(base.norm()), residual=float(gradient(routes).norm()), slopes=slopes, kinks=kinks,
+                routes=routes, scale=scale)
+
+
 def test_a_smooth_vgg_converges_where_max_pooling_settles():
     """pc_nudge's default solver on VGG-5: with tanh and average pooling the energy is smooth and
     inference converges in a few steps to a state where autograd's dE/dx vanishes; with ReLU and
     max-pooling some switches sit on a tie at the nudged equilibrium: descent alone can only
-    settle, and the active set (``core.active_set``) solves the tie."""
+    settle, and the active set (``core.active_set``) solves the tie; its state meets the KKT
+    conditions written here (``clarke_fit``), descent's does not."""
     x, y = batch((3, 16, 16), 10, size=32)
     torch.manual_seed(2)
     smooth = VGG(5, in_shape=(3, 16, 16), width=1 / 16, activation="tanh", pool="avg").double()
@@ -145,8 +217,30 @@ def test_a_smooth_vgg_converges_where_max_pooling_settles():
     assert kinked_report.settled and not kinked_report.converged
     with warnings.catch_warnings():
         warnings.simplefilter("error", NotConvergedWarning)
-        (solved,) = algorithm.estimate(kinked, x, y).inference
+        estimate = algorithm.estimate(kinked, x, y)
+    (solved,) = estimate.inference
     assert solved.converged and solved.units_on_kink >= 1
+    # the oracle: the solved state is an equilibrium of E with kinks (``clarke_fit``); its slopes
+    # are needed (autograd's alone leave a residual), and the first block, whose slopes dE/dx
+    # does not fix (x_0 is clamped), has no unit on a kink
+    phase = algorithm.phases(kinked, x, y, pl_energy.core.Loss("cross_entropy"), False)
+    assert phase.reports == (solved,)  # the estimate's phase
+    fit = clarke_fit(kinked, x, y, algorithm.lam, phase.high.state.activities)
+    assert fit["residual"] <= 1e-7 * fit["scale"] and fit["base"] >= 1e-3 * fit["scale"]
+    assert len(fit["kinks"]) == solved.units_on_kink and all(block > 0 for block, *_ in fit["kinks"])
+    assert bool((fit["slopes"] >= -1e-6).all()), fit["slopes"]
+    for unit in {kink[:5] for kink in fit["kinks"]}:  # the largest piece keeps 1 - sum t >= 0
+        assert sum(float(t) for t, kink in zip(fit["slopes"], fit["kinks"]) if kink[:5] == unit) <= 1 + 1e-6
+    # the update is (1/lam) dE/dtheta with these slopes (the library's energy: batch means)
+    layers, named = list(kinked.children()), dict(kinked.named_parameters())
+    energy = vgg_pc_energy(layers, x, phase.high.state.activities[1:], y, algorithm.lam, fit["routes"])
+    for name, gradient in zip(named, torch.autograd.grad(energy, list(named.values()))):
+        expected = gradient / (algorithm.lam * len(x))
+        assert float((estimate.gradients[name] - expected).norm()) <= 1e-8 * float(expected.norm()), name
+    # not vacuous: descent's settled state fails it
+    with pytest.warns(NotConvergedWarning):
+        settled = descent.phases(kinked, x, y, pl_energy.core.Loss("cross_entropy"), False)
+    assert clarke_fit(kinked, x, y, descent.lam, settled.high.state.activities)["residual"] >= 1e-4 * fit["scale"]
 
 
 @pytest.mark.parametrize("name", ["ep", "chl"])

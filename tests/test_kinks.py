@@ -108,23 +108,26 @@ def _two_unit_pool(lam: float):
     return network, inputs, torch.ones(5, dtype=torch.long)
 
 
-def _equilibrium_on_autograds_piece(inputs: torch.Tensor, lam: float):
-    """The stationarity condition of E = 1/2 ||eps||^2 + lam CE((v, -v), 1) on the piece where the
-    first entry wins: eps_1 = -lam dCE/dv at v = x_0 + 1/2 + eps_1, eps_2 = 0, solved per sample
-    by fixed-point iteration (a contraction for lam < 1); and the update (1/lam) dE/dtheta."""
+def _equilibrium(inputs: torch.Tensor, lam: float, share: float):
+    """The stationarity condition of E = 1/2 ||eps||^2 + lam CE((v, -v), 1) where the first entry
+    of x_1 takes ``share`` of dCE/dv = 2 p_0 and the second the rest: eps_1 = -share lam 2 p_0,
+    eps_2 = -(1 - share) lam 2 p_0, v = x_0 + 1/2 + eps_1. share = 1 is autograd's piece (the first
+    entry wins, eps_2 = 0); share = 1/2 the tie kept at equilibrium (eps_1 = eps_2, a split winner:
+    the only share with both entries equal). Solved per sample by fixed-point iteration (a
+    contraction for lam < 1); returns the update (1/lam) dE/dtheta."""
     c = inputs[:, 0] + 0.5
     eps = torch.zeros_like(c)
     for _ in range(200):
         v = c + eps
         p0 = torch.softmax(torch.stack([v, -v], 1), 1)[:, 0]
-        eps = -lam * 2 * p0
+        eps = -share * lam * 2 * p0
     v = c + eps
     p = torch.softmax(torch.stack([v, -v], 1), 1)
     signal = p - torch.tensor([0.0, 1.0], dtype=p.dtype)  # dCE/dlogits
+    errors = torch.stack([eps, -(1 - share) * lam * 2 * p[:, 0]])  # (entry, sample)
     batch = len(c)
-    weight_1 = torch.stack([(-eps / lam * inputs[:, 0]).sum(), torch.zeros(())]) / batch
-    bias_1 = torch.stack([(-eps / lam).sum(), torch.zeros(())]) / batch
-    return {"0.0.weight": weight_1[:, None], "0.0.bias": bias_1,
+    return {"0.0.weight": (-errors / lam * inputs[:, 0]).sum(1)[:, None] / batch,
+            "0.0.bias": (-errors / lam).sum(1) / batch,
             "1.2.weight": (signal * v[:, None]).sum(0)[:, None] / batch, "1.2.bias": signal.sum(0) / batch}
 
 
@@ -133,11 +136,12 @@ def test_a_tie_the_nudge_would_break_converges_to_autograds_piece(monkeypatch):
     equilibrium of autograd's piece, written here from its stationarity condition; as lam -> 0
     it tends to autograd's backprop, which sends the tie's gradient to the first entry. With the
     pins removed the same phase has no equilibrium on either piece: plain descent only settles,
-    and the active set (``core.active_set``) finds the equilibrium on the kink, a split winner."""
+    and the active set (``core.active_set``) finds the equilibrium on the kink, a split winner
+    (each entry takes half of dCE/dv: the update of ``_equilibrium`` at share 1/2)."""
     network, inputs, targets = _two_unit_pool(0.1)
     estimate = build_algorithm("pc_nudge", lam=0.1, tol=1e-12, error_tolerance=None).estimate(network, inputs, targets)
     assert estimate.converged and estimate.inference[0].steps <= 60
-    for name, expected in _equilibrium_on_autograds_piece(inputs, 0.1).items():
+    for name, expected in _equilibrium(inputs, 0.1, share=1.0).items():
         torch.testing.assert_close(estimate.gradients[name], expected, rtol=1e-9, atol=1e-12)
     backprop = build_algorithm("bp").gradients(network, inputs, targets)
     assert backprop["0.0.weight"][1] == 0  # autograd's tie-break: all to the first entry
@@ -152,7 +156,9 @@ def test_a_tie_the_nudge_would_break_converges_to_autograds_piece(monkeypatch):
                                    ).estimate(network, inputs, targets)
     assert not unpinned.converged
     on_kink = build_algorithm("pc_nudge", lam=0.1, tol=1e-12, error_tolerance=None).estimate(network, inputs, targets)
-    assert on_kink.converged and on_kink.inference[0].units_on_kink >= 1
+    assert on_kink.converged and on_kink.inference[0].units_on_kink == len(inputs)  # one tie per sample
+    for name, expected in _equilibrium(inputs, 0.1, share=0.5).items():
+        torch.testing.assert_close(on_kink.gradients[name], expected, rtol=1e-9, atol=1e-12)
 
 
 def test_subclasses_and_replaced_forwards_are_not_pinned():
