@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import pl_energy
-from pl_energy.core.active_set import CYCLE, _KinkNewton
+from pl_energy.core.active_set import CYCLE, Pieces, _KinkNewton
 from pl_energy.core.activations import Clip
+from pl_energy.core.linearization import AutogradLinearization, DenseLinearization, LayerLinearizer
 from pl_energy.core.losses import as_loss
 
 LAM, TOL, ON_KINK = 1.0, 1e-9, 1e-7
@@ -377,3 +378,28 @@ def test_a_kink_iteration_that_comes_back_unsolved_is_a_cycle():
     no smaller, reports the cycle (``Pieces.cycling`` stops the solve), and never reads solved."""
     _, largest, cycled = _iterate(lambda s: 1.0 if s < 0.5 else -1.0, chord=-1.0)
     assert cycled and len(largest) <= CYCLE + 2 and min(largest) == 1.0
+
+
+def test_a_frozen_piece_linearises_in_closed_form_as_autograd_does():
+    """Inside the solve a Linear and its frozen unit (fractional slopes s m_first + (1 - s)
+    m_second) are linearised in closed form (``Pieces.derivatives``): output, input and
+    parameter VJPs equal autograd's through the frozen forward."""
+    torch.manual_seed(0)
+    network = pl_energy.mlp([5, 7, 3]).double()
+    x, cotangent = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 7, dtype=torch.float64)
+    pieces = Pieces.of(network)
+    with pieces:
+        pieces.observe()
+        network(x)
+        pieces.freeze()
+        (piece,) = pieces.pieces
+        piece.second, piece.weight = 1 - piece.first, torch.rand_like(piece.weight)  # every unit blended
+        piece._frozen_maps()
+        closed = LayerLinearizer(network[0], derivatives=pieces.derivatives)(x)
+        graph = LayerLinearizer(network[0], derivatives=lambda module: None)(x)
+    assert isinstance(closed, DenseLinearization) and isinstance(graph, AutogradLinearization)
+    assert not torch.equal(piece.slope, piece.slope.round())  # fractional slopes
+    torch.testing.assert_close(closed.output, graph.output, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(closed.input_vjp(cotangent), graph.input_vjp(cotangent), rtol=1e-14, atol=1e-14)
+    for mine, theirs in zip(closed.parameter_vjp(cotangent), graph.parameter_vjp(cotangent)):
+        torch.testing.assert_close(mine, theirs, rtol=1e-14, atol=1e-14)

@@ -164,7 +164,7 @@ class PredictiveCoding(ContrastiveAlgorithm):
         pieces = Pieces.of(network)
         if pieces is None:
             return None
-        frozen = PredictiveCodingEnergy(network, energy.loss, energy.precisions, closed_forms=False)
+        frozen = PredictiveCodingEnergy(network, energy.loss, energy.precisions, derivatives=pieces.derivatives)
         try:
             return solve_on_pieces(frozen, state, pieces, self.tol, lambda at: self.relax(
                 frozen, at, tol=self.tol * PIECE_TOLERANCE, warn=False).report)

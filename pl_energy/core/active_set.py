@@ -13,9 +13,9 @@ semismooth-Newton scheme, cf. Hintermueller, Ito & Kunisch 2002):
    autograd gives there; kinks pinned at the free state stay pinned: ``core.kinks``), each
    pooling window's winner;
 2. freeze it: a unit becomes the affine map of its side and max-pooling a gather of the frozen
-   winners, so the energy is smooth, and relax the phase to its tolerance there (the layers linearised by
-   autograd: a closed form would read the slope off the output, which a frozen layer need not
-   match);
+   winners, so the energy is smooth, and relax the phase to its tolerance there (a ``Linear``
+   and its unit in closed form with the frozen slopes, ``Pieces.derivatives``; other layers by
+   autograd);
 3. read the piece of the new state; repeat until no unit changes side, at most ``MAX_ROUNDS``.
 
 **Units whose equilibrium is on their kink.** A unit can lose on both sides: frozen active, the
@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .activations import Clip
+from .activations import Clip, Derivatives, derivatives_of
 from .kinks import pin_of, pool_geometry, tiles
 from .solvers import relative_residual
 from .structure import Structure, structure_of
@@ -286,6 +286,9 @@ class _ActivationPiece(_Piece):
     def __init__(self, module: nn.Module, kinks: Kinks):
         super().__init__(module)
         self.kinks = kinks
+        # the frozen slopes m (checked: the same), for the layers' closed forms (``Pieces.derivatives``)
+        self.derivatives = Derivatives(lambda pre, output: self.slope,
+                                       lambda cotangent, pre, output: cotangent * self.slope)
         at = torch.tensor(kinks.at, dtype=torch.float64)
         slopes = torch.tensor(kinks.slopes, dtype=torch.float64)
         # rho_i(a) = rho(t) + m_i (a - t) with t the side's lower kink (the first side: its upper)
@@ -504,6 +507,14 @@ class Pieces:
         self.pieces = [_piece_for(m) for m in network.modules() if _supported(m)]
         self.newton = _KinkNewton()
         self.on_kink = 0
+        self._activations = {id(piece.module): piece for piece in self.pieces if isinstance(piece, _ActivationPiece)}
+
+    def derivatives(self, module: nn.Module) -> Derivatives | None:
+        """The closed-form derivatives of ``module`` inside the solve: a piecewise-linear unit's
+        are its frozen slopes (also when checked: real values, frozen slopes), any other
+        activation's its own (``activations.derivatives_of``; max-pooling has none)."""
+        piece = self._activations.get(id(module))
+        return derivatives_of(module) if piece is None else piece.derivatives
 
     @classmethod
     def of(cls, network: nn.Module) -> "Pieces | None":
@@ -629,7 +640,7 @@ def evaluate_layers(energy, state) -> None:
 def solve_on_pieces(energy, state, pieces: Pieces, tol: float,
                     relax_piece: Callable[[object], object]) -> ActiveSetResult:
     """The iteration of the module docstring on ``state`` (in place); ``energy`` linearises its
-    layers by autograd (the frozen layers' slopes are not their outputs'), ``relax_piece(state)``
+    layers with the pieces' slopes (``Pieces.derivatives``, not read off outputs), ``relax_piece(state)``
     relaxes one phase of it and returns its ``InferenceReport`` (to a tolerance below ``tol``,
     ``PIECE_TOLERANCE``: the kink units' f are read off its state). Kink units are solved to
     |f| <= tol max_l ||e_l|| (the batch's errors of layer l): a kink unit's f moves one unit of

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from collections.abc import Callable
+
 from .activations import Derivatives, derivatives_of
 from .networks import computes_as
 from .residual import Residual, ScaledLinear
@@ -155,7 +157,12 @@ class AutogradLinearization:
 Linearization = DenseLinearization | ScaledLinearization | AutogradLinearization
 
 
-def _linear_and_activation(layer: nn.Module, linear_type: type[nn.Module], activation_last: bool):
+#: The closed-form derivatives of an activation module, None where it has none.
+DerivativesOf = Callable[[nn.Module], Derivatives | None]
+
+
+def _linear_and_activation(layer: nn.Module, linear_type: type[nn.Module], activation_last: bool,
+                           derivatives_of: DerivativesOf):
     """(linear, derivatives, activation) for ``linear_type`` alone or a ``Sequential`` of it and
     one activation with known derivatives (after it when ``activation_last``), else None."""
     if computes_as(layer, linear_type):
@@ -168,29 +175,30 @@ def _linear_and_activation(layer: nn.Module, linear_type: type[nn.Module], activ
     return None
 
 
-def dense_parts(layer: nn.Module):
+def dense_parts(layer: nn.Module, derivatives: DerivativesOf = derivatives_of):
     """(linear, derivatives, activation) when the layer has a closed form, else None."""
-    return _linear_and_activation(layer, nn.Linear, activation_last=True)
+    return _linear_and_activation(layer, nn.Linear, True, derivatives)
 
 
-def scaled_parts(layer: nn.Module):
+def scaled_parts(layer: nn.Module, derivatives: DerivativesOf = derivatives_of):
     """(scaled linear, derivatives, activation, skip) for a layer of ``ResidualMLP``, else None."""
     skip = computes_as(layer, Residual) and layer.shortcut is None
-    parts = _linear_and_activation(layer.branch if skip else layer, ScaledLinear, activation_last=False)
+    parts = _linear_and_activation(layer.branch if skip else layer, ScaledLinear, False, derivatives)
     return None if parts is None else (*parts, skip)
 
 
 class LayerLinearizer:
     """Picks the closed form or autograd once per layer; ``__call__`` linearises at a point."""
 
-    def __init__(self, layer: nn.Module, needs_input_vjp: bool = True, closed_forms: bool = True):
-        """``closed_forms=False``: autograd for every layer (a closed form reads its activation's
-        slope off the output, which a layer whose activation was replaced need not match)."""
+    def __init__(self, layer: nn.Module, needs_input_vjp: bool = True, derivatives: DerivativesOf = derivatives_of):
+        """``derivatives``: the closed-form derivatives of the activation modules (by default the
+        units' own; a caller that replaced an activation's forward gives the replacement's, or
+        None for autograd: a closed form reads no slope the derivatives do not give)."""
         self.layer = layer
         self.needs_input_vjp = needs_input_vjp
-        parts = dense_parts(layer) if closed_forms else None
+        parts = dense_parts(layer, derivatives)
         self.parts = None if parts is None else (DenseLayer(parts[0]), *parts[1:])
-        self.scaled_parts = None if self.parts is not None or not closed_forms else scaled_parts(layer)
+        self.scaled_parts = None if self.parts is not None else scaled_parts(layer, derivatives)
 
     def __call__(self, x: Tensor) -> Linearization:
         if self.parts is not None and x.dim() == 2:

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .linearization import LayerLinearizer, Linearization
+from .activations import derivatives_of
+from .linearization import DerivativesOf, LayerLinearizer, Linearization
 from .losses import Loss
 from .moves import descend, divide
 from .networks import layers_of, raise_naming
@@ -70,8 +71,8 @@ class PredictiveCodingEnergy:
     """E = sum pi_l/2 ||x_l - layer_l(x_{l-1})||^2 + lam * loss(layer_L(x_{L-1}), y)."""
 
     def __init__(self, network: nn.Module, loss: Loss, precisions: Sequence[float] | None = None,
-                 closed_forms: bool = True):
-        """``closed_forms=False`` linearises every layer through autograd (``LayerLinearizer``)."""
+                 derivatives: DerivativesOf = derivatives_of):
+        """``derivatives``: the activations' closed-form derivatives (``LayerLinearizer``)."""
         self.layers = layers_of(network)
         self.loss = loss
         hidden = len(self.layers) - 1
@@ -81,7 +82,7 @@ class PredictiveCodingEnergy:
         if any(not p > 0 for p in self.precisions):
             raise ValueError(f"precisions must be positive, got {self.precisions}")
         self.linearizers = [
-            LayerLinearizer(layer, needs_input_vjp=index > 0, closed_forms=closed_forms)
+            LayerLinearizer(layer, needs_input_vjp=index > 0, derivatives=derivatives)
             for index, layer in enumerate(self.layers)
         ]
 
