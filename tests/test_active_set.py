@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pl_energy
-from pl_energy.core.active_set import CYCLE, Pieces, _KinkNewton
+from pl_energy.core.active_set import CYCLE, Pieces, _KinkNewton, has_pieces
 from pl_energy.core.activations import Clip
 from pl_energy.core.linearization import AutogradLinearization, DenseLinearization, LayerLinearizer
 from pl_energy.core.losses import as_loss
@@ -311,6 +311,22 @@ def test_pooling_windows_that_overlap_leave_the_phase_to_descent():
     assert reports[0].pieces_changed is None and reports[0].units_on_kink is None
     assert (reports[0].converged, reports[0].steps, reports[0].residual) == (
         reports[1].converged, reports[1].steps, reports[1].residual)
+
+
+def test_whether_a_network_has_pieces_follows_its_modules_settings():
+    """``has_pieces`` reads the tree once but the settings at every call: a pool made to overlap
+    after the first use takes the solve away, a unit whose forward is replaced leaves the
+    pieces (the pool's stay), and the way back gives them back; ``Pieces.of`` agrees."""
+    pool, unit = nn.MaxPool2d(2), nn.ReLU()
+    network = nn.Sequential(nn.Linear(6, 16), nn.Sequential(nn.Unflatten(1, (1, 4, 4)), pool, nn.Flatten()),
+                            nn.Sequential(nn.Linear(4, 3), unit), nn.Linear(3, 2))
+    steps = [(lambda: None, 2), (lambda: setattr(pool, "stride", 1), 0), (lambda: setattr(pool, "stride", 2), 2),
+             (lambda: setattr(unit, "forward", torch.tanh), 1), (lambda: setattr(pool, "forward", torch.relu), 0),
+             (lambda: (delattr(unit, "forward"), delattr(pool, "forward")), 2)]
+    for change, count in steps:
+        change()
+        pieces = Pieces.of(network)
+        assert has_pieces(network) is (count > 0) and (0 if pieces is None else len(pieces.pieces)) == count
 
 
 @pytest.mark.parametrize("rounds", [None, 1])

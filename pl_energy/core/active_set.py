@@ -503,8 +503,8 @@ class Pieces:
     """The piecewise-linear units and ``MaxPool2d`` layers of a network, observed or frozen (a
     context manager)."""
 
-    def __init__(self, network: nn.Module):
-        self.pieces = [_piece_for(m) for m in network.modules() if _supported(m)]
+    def __init__(self, modules: list[nn.Module]):
+        self.pieces = [_piece_for(m) for m in modules]
         self.newton = _KinkNewton()
         self.on_kink = 0
         self._activations = {id(piece.module): piece for piece in self.pieces if isinstance(piece, _ActivationPiece)}
@@ -518,14 +518,10 @@ class Pieces:
 
     @classmethod
     def of(cls, network: nn.Module) -> "Pieces | None":
-        """The pieces of a network made of units this module handles, None otherwise: no
-        piecewise-linear unit or max-pooling at all, a module used at several places (one piece per call is not one per
-        module), a pooling layer whose windows do not tile its input."""
-        uses = Counter(id(m) for _, m in network.named_modules(remove_duplicate=False))
-        pieces = cls(network)
-        shared = any(uses[id(piece.module)] > 1 for piece in pieces.pieces)
-        untiled = any(isinstance(piece, _MaxPoolPiece) and not tiles(piece.module) for piece in pieces.pieces)
-        return None if not pieces.pieces or shared or untiled else pieces
+        """The pieces of a network made of units this module handles (``_solvable``), None
+        where it has none."""
+        modules = _solvable(_candidates(network))
+        return None if modules is None else cls(modules)
 
     def __enter__(self) -> "Pieces":
         for piece in self.pieces:
@@ -577,18 +573,35 @@ class Pieces:
         return self.newton.repeating or any(piece.stuck() for piece in self.pieces)
 
 
-#: whether each network structure (``core.structure``) has pieces: read once per structure
-_HAS_PIECES: "weakref.WeakKeyDictionary[Structure, bool]" = weakref.WeakKeyDictionary()
+def _candidates(network: nn.Module) -> tuple[tuple[nn.Module, bool], ...]:
+    """The modules pieces could be made of (by type: piecewise-linear units, ``MaxPool2d``),
+    each with whether it is used at several places of the network."""
+    uses = Counter(id(m) for _, m in network.named_modules(remove_duplicate=False))
+    return tuple((m, uses[id(m)] > 1) for m in network.modules() if type(m) is nn.MaxPool2d or kinks_of(m) is not None)
+
+
+def _solvable(candidates: tuple[tuple[nn.Module, bool], ...]) -> list[nn.Module] | None:
+    """The candidates supported now (``_supported``), None where there are none, one is used at
+    several places (one piece per call is not one per module) or a pool's windows do not tile
+    its input."""
+    modules = [(m, shared) for m, shared in candidates if _supported(m)]
+    if not modules or any(shared or (type(m) is nn.MaxPool2d and not tiles(m)) for m, shared in modules):
+        return None
+    return [m for m, _ in modules]
+
+
+#: each network structure's candidates (``core.structure``: the tree, not the modules' settings)
+_CANDIDATES: "weakref.WeakKeyDictionary[Structure, tuple[tuple[nn.Module, bool], ...]]" = weakref.WeakKeyDictionary()
 
 
 def has_pieces(network: nn.Module) -> bool:
-    """Whether ``Pieces.of(network)`` gives pieces (read once per network structure, without a
-    walk per call)."""
+    """Whether ``Pieces.of(network)`` gives pieces: the candidates read once per network
+    structure, their settings (a pool's stride, a replaced forward) at every call."""
     structure = structure_of(network)
-    known = _HAS_PIECES.get(structure)
-    if known is None:
-        known = _HAS_PIECES[structure] = Pieces.of(network) is not None
-    return known
+    candidates = _CANDIDATES.get(structure)
+    if candidates is None:
+        candidates = _CANDIDATES[structure] = _candidates(network)
+    return _solvable(candidates) is not None
 
 
 def _supported(module: nn.Module) -> bool:
