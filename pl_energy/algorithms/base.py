@@ -26,7 +26,7 @@ from ..core.trace import InferenceTrace
 from .gradients import backprop_gradients, name_layer_gradients
 from .validation import (check_batch, check_dtype, check_estimate_error, check_hyperparameter_types,
                          check_precision, non_finite_error, refuse_batch_statistics)
-from .warnings import BATCH_STATISTICS, NOT_CONVERGED, BatchStatisticsWarning, NotConvergedWarning
+from .warnings import BATCH_STATISTICS, BatchStatisticsWarning, warn_if_not_converged
 
 __all__ = ["Algorithm", "Estimate", "RelaxingAlgorithm"]
 
@@ -280,6 +280,6 @@ class RelaxingAlgorithm(Algorithm):
         tol = self.tol if tol is None else tol
         relaxation = relax(energy, state, self.steps if steps is None else steps, self.step_size,
                            tol, record, self.solver, measured_from=measured_from, compile=self.compile_inference)
-        if warn and tol is not None and not relaxation.report.converged:
-            warnings.warn(NOT_CONVERGED, NotConvergedWarning, stacklevel=2)
+        if warn:
+            warn_if_not_converged(relaxation.report, stacklevel=2)
         return relaxation

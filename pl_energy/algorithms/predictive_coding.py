@@ -27,7 +27,6 @@ flag set away: ``solver="gd", steps=50, step_size=0.1, tol=None`` is Millidge et
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -41,7 +40,7 @@ from ..core.nudge import automatic_strength, finite_difference_step
 from ..core.predictive_coding import PCState, PredictiveCodingEnergy
 from ..core.solvers import ErrorDescent, solver_class
 from .contrastive import Contrast, ContrastiveAlgorithm, Phase
-from .warnings import NOT_CONVERGED, NotConvergedWarning
+from .warnings import warn_if_not_converged
 
 
 #: Descent steps before a phase on a ReLU / max-pooling network that has not converged is
@@ -203,8 +202,7 @@ class PredictiveCoding(ContrastiveAlgorithm):
         for sign in self.signs():
             state = energy.nudged(free, sign * lam, start)
             phase_trace, report = self.relax_phase(network, energy, state, record and not reports)
-            if self.tol is not None and not report.converged:
-                warnings.warn(NOT_CONVERGED, NotConvergedWarning, stacklevel=4)
+            warn_if_not_converged(report, stacklevel=4)
             phases[sign], reports = Phase(energy, state), reports + (report,)
             trace = phase_trace if trace is None else trace
         scale = 1 / (len(phases) * lam)

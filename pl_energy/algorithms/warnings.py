@@ -1,6 +1,8 @@
 """The warnings of the algorithms (also exported by ``pl_energy`` and ``pl_energy.algorithms``), and
 the messages they carry. ``EnergyModule`` logs each kind once per run."""
 
+import warnings
+
 
 class NotConvergedWarning(UserWarning):
     """Inference stopped (step cap, or settled on kinks) before its residual reached the tolerance."""
@@ -34,7 +36,14 @@ NOT_CONVERGED = (
     "solver: 'error' for pc and pc_nudge, 'newton' for pc's lam = 1 on a trained smooth network, "
     "'nesterov' or 'sweep' for ep and chl), or the damped "
     "steps settled on the kinks of a ReLU/max-pool energy and the active-set solve of its linear "
-    "pieces (pc, pc_nudge) did not find its piece within its rounds, or is off "
+    "pieces (pc, pc_nudge) did not find its piece within its rounds or cycled, or is off "
     "(active_set=False), so the update depends on where descent stopped (a smooth activation "
     "avoids it); Estimate.inference has the residual"
 )
+
+
+def warn_if_not_converged(report, stacklevel: int) -> None:
+    """A :class:`NotConvergedWarning` for an inference phase (its ``InferenceReport``) that was
+    given a tolerance and did not reach it; ``stacklevel`` as the caller's own."""
+    if report.tol is not None and not report.converged:
+        warnings.warn(NOT_CONVERGED, NotConvergedWarning, stacklevel=stacklevel + 1)
