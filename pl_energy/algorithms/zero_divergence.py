@@ -78,7 +78,7 @@ class ZeroDivergenceIL(Algorithm):
         rows = [energy.components(state)] if record else []
         for index in range(depth, 0, -1):  # step t = depth - index: layer `index` learns
             layer = state.linearizations[index - 1]
-            cotangent = energy.signal(state, index) * scale
+            cotangent = energy.signal(state, index, scale)
             if index == 1:
                 per_layer[0] = layer.parameter_vjp(cotangent)
                 break

@@ -173,10 +173,9 @@ class PredictiveCodingEnergy:
         the free equilibrium: backprop's gradient of the batch-mean loss (Millidge et al. 2022
         Eq. 16), from the response without autograd."""
         batch = free.activities[0].shape[0]
-        signals = [-self.precisions[index - 1] * r for index, r in enumerate(response, start=1)]
-        signals.append(self.output_gradient(free))
-        return [linearization.parameter_vjp(signal / batch)
-                for linearization, signal in zip(free.linearizations, signals)]
+        signals = [r * (-self.precisions[index - 1] / batch) for index, r in enumerate(response, start=1)]
+        signals.append(self.output_gradient(free) / batch)
+        return [linearization.parameter_vjp(signal) for linearization, signal in zip(free.linearizations, signals)]
 
     def restore(self, state: PCState, snapshot: PCState) -> None:
         state.activities[:] = snapshot.activities
@@ -191,11 +190,12 @@ class PredictiveCodingEnergy:
             return carried
         return state.activities[index] - state.linearizations[index - 1].output
 
-    def signal(self, state: PCState, index: int) -> Tensor:
-        """d_l = dE/dmu_l for the per-sample energy."""
+    def signal(self, state: PCState, index: int, scale: float = 1.0) -> Tensor:
+        """scale * d_l, d_l = dE/dmu_l for the per-sample energy (the scale folded into the one
+        multiplication that forms d_l)."""
         if index == len(self.layers):
-            return state.lam * self.output_gradient(state)
-        return -self.precisions[index - 1] * self.error(state, index)
+            return self.output_gradient(state) * (scale * state.lam)
+        return self.error(state, index) * (-scale * self.precisions[index - 1])
 
     def weighted_error(self, state: PCState, index: int) -> Tensor:
         """pi_l eps_l = -d_l for a hidden layer l."""
@@ -299,7 +299,7 @@ class PredictiveCodingEnergy:
         The scale (and the 1/B of the batch mean) is applied to the error signal before the
         outer product, never to the weight-sized result.
         """
-        signal = self.signal(state, index) * (scale / state.activities[0].shape[0])
+        signal = self.signal(state, index, scale / state.activities[0].shape[0])
         return state.linearizations[index - 1].parameter_vjp(signal)
 
     def parameter_gradients(self, state: PCState, scale: float = 1.0) -> list[list[Tensor]]:
