@@ -357,26 +357,27 @@ def test_a_recorded_trace_ends_at_the_state_the_phase_returns(rounds, monkeypatc
 
 
 class _OneKinkUnit:
-    """A piece with one kink unit (sample 0, unit 0) whose f is a given function of its s."""
+    """A piece with one kink unit (sample 0, unit 0) whose f is a given function of its s and
+    of the round (the rest of its sample moving)."""
 
     def __init__(self, f):
-        self.f, self.s = f, 0.0
+        self.f, self.s, self.round = f, 0.0, 0
 
     def kink_units(self):
-        return {(0, 0): (self.s, self.f(self.s))}
+        return {(0, 0): (self.s, self.f(self.s, self.round))}
 
     def set_unit_proposals(self, where, values):
-        self.s = float(values[0])
+        self.s, self.round = float(values[0]), self.round + 1
 
 
-def _iterate(f, chord: float, rounds: int = 12) -> tuple[_OneKinkUnit, list[float], bool]:
-    """``_KinkNewton`` on one unit from s = 0: the unit, the largest |f| of each round, and
-    whether the iteration reported a cycle."""
+def _iterate(f, chord: float, rounds: int = 12, least: int = 1) -> tuple[_OneKinkUnit, list[float], bool]:
+    """``_KinkNewton`` on one unit from s = 0 until it reports a cycle, or is solved after at
+    least ``least`` rounds: the unit, the largest |f| of each round, and whether it cycled."""
     unit, newton, largest = _OneKinkUnit(f), _KinkNewton(), []
     newton.join(0, 0, 0, chord)
     for _ in range(rounds):
         largest.append(newton.step([unit], 1e-12)[0])
-        if largest[-1] <= 1e-12 or newton.repeating:
+        if (largest[-1] <= 1e-12 and len(largest) >= least) or newton.repeating:
             break
     return unit, largest, newton.repeating
 
@@ -385,15 +386,27 @@ def test_the_kink_iteration_keeps_the_secant_of_a_step_that_made_things_worse():
     """f(s) = 1 - 2 s from a chord of half its slope: the chord's step overshoots to s = 1, where
     |f| is as large as at 0; a restart from the chord alone would step back to 0 and cycle, the
     chord updated by that step's secant has the true slope and lands on the root 1/2."""
-    unit, largest, cycled = _iterate(lambda s: 1 - 2 * s, chord=-1.0)
+    unit, largest, cycled = _iterate(lambda s, _: 1 - 2 * s, chord=-1.0)
     assert unit.s == 0.5 and largest == [1.0, 1.0, 0.0] and not cycled
 
 
 def test_a_kink_iteration_that_comes_back_unsolved_is_a_cycle():
     """f = +1 below s = 1/2 and -1 above has no root: the iteration comes back to s = 0 with |f|
     no smaller, reports the cycle (``Pieces.cycling`` stops the solve), and never reads solved."""
-    _, largest, cycled = _iterate(lambda s: 1.0 if s < 0.5 else -1.0, chord=-1.0)
+    _, largest, cycled = _iterate(lambda s, _: 1.0 if s < 0.5 else -1.0, chord=-1.0)
     assert cycled and len(largest) <= CYCLE + 2 and min(largest) == 1.0
+
+
+@pytest.mark.parametrize("f, chord, least, root", [
+    (lambda s, _: 1 - 2 * s, -1e6, 1, 0.5),  # a chord far too steep: a first step of 1e-6, |f| as good as unchanged
+    (lambda s, round: (-0.5 if round < 2 else 0.2) - 2 * s, -2.0, 4, 0.1),  # held at s = 0 (f <= 0), then f turns
+])
+def test_a_stall_or_a_unit_waking_at_its_end_is_not_a_cycle(f, chord, least, root):
+    """Rounds in which a unit hardly moves (a step that stalls, or a unit held at s = 0 until
+    its f changes sign) are not a return to where it was: the iteration goes on to the root (a
+    first version of the stop gave up on such stalls)."""
+    unit, largest, cycled = _iterate(f, chord, least=least)
+    assert not cycled and largest[-1] <= 1e-12 and abs(unit.s - root) <= 1e-12
 
 
 def test_a_frozen_piece_linearises_in_closed_form_as_autograd_does():

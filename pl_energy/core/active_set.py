@@ -69,11 +69,14 @@ from .structure import Structure, structure_of
 
 MAX_ROUNDS = 30
 #: The kink units' iteration cycles when a sample, unsolved, comes back to within ``REPEATED``
-#: (in each of its s) of where it was up to ``CYCLE`` rounds before, with the same units on
-#: their kinks, and its largest |f| has not fallen by a fraction ``REPEATED`` since: the solve
-#: stops there (``Pieces.cycling``) instead of running out of rounds.
+#: (in each of its s) of where it was 2 to ``CYCLE`` rounds before, having left it by more than
+#: ``LEFT`` in between (a unit joining or leaving starts the record again) and its largest |f|
+#: not smaller by a fraction ``REPEATED``: the solve stops there (``Pieces.cycling``) instead of
+#: running out of rounds. A stall (rounds that hardly move) is not a cycle: Broyden's steps
+#: stall for a few rounds and go on.
 CYCLE = 3
 REPEATED = 1e-3
+LEFT = 1e-2
 #: Each piece is relaxed to this fraction of the phase's tolerance: a kink unit's f is read off
 #: the relaxed state and is solved to the phase's tolerance, so the relaxation's own error must
 #: stay below it (at ``tol`` itself, f wanders by about its tolerance from round to round).
@@ -180,12 +183,21 @@ class _KinkNewton:
             mine = owner == piece
             pieces[piece].set_unit_proposals(where[mine], proposals[mine])
         unsolved = torch.where(free, f.abs(), 0.0).amax(1)  # per sample
-        back = torch.zeros_like(unsolved, dtype=torch.bool)
-        for before, then in self.visited:  # back where it was, no closer to solved: it cycles
-            back |= ((s - before).abs().amax(1) <= REPEATED) & (unsolved >= (1 - REPEATED) * then)
-        self.repeating = bool((back & (unsolved > atol)).any())
+        self.repeating = bool(self._returned(s, unsolved, atol).any())
         self.visited = [*self.visited[1 - CYCLE:], (s, unsolved)]
         return float(unsolved.max()), int(free.sum())
+
+    def _returned(self, s: Tensor, unsolved: Tensor, atol: float) -> Tensor:
+        """Per sample: back, unsolved, within ``REPEATED`` of the s of 2 to ``CYCLE`` rounds
+        before, after a round in between that left it by more than ``LEFT``, and its largest
+        |f| no smaller than then (``CYCLE``)."""
+        returned = torch.zeros_like(unsolved, dtype=torch.bool)
+        for back in range(2, len(self.visited) + 1):
+            before, then = self.visited[-back]
+            left = torch.stack([(between - before).abs().amax(1) for between, _ in self.visited[1 - back:]]).amax(0)
+            returned |= (((s - before).abs().amax(1) <= REPEATED) & (left > LEFT) & (then > atol)
+                         & (unsolved >= (1 - REPEATED) * then))
+        return returned & (unsolved > atol)
 
     @staticmethod
     def _newton_moves(jacobian: Tensor, f: Tensor, free: Tensor, chords: Tensor) -> tuple[Tensor, Tensor]:
