@@ -144,7 +144,7 @@ class _KinkNewton:
             return torch.full((len(samples), max(sizes)), fill, dtype=torch.float64).index_put_((row, column), flat)
 
         s, f = padded(values[:, 0]), padded(values[:, 1])
-        present = padded(torch.ones(len(keys), dtype=torch.float64)) > 0
+        present = torch.arange(max(sizes)) < counts.unsqueeze(1)
         at_end = ((s <= 0) & (f <= 0)) | ((s >= 1) & (f >= 0)) | ~present
         free = ~at_end
         jacobian = torch.zeros(len(samples), max(sizes), max(sizes), dtype=torch.float64)
