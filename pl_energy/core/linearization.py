@@ -191,9 +191,10 @@ class LayerLinearizer:
     """Picks the closed form or autograd once per layer; ``__call__`` linearises at a point."""
 
     def __init__(self, layer: nn.Module, needs_input_vjp: bool = True, derivatives: DerivativesOf = derivatives_of):
-        """``derivatives``: the closed-form derivatives of the activation modules (by default the
-        units' own; a caller that replaced an activation's forward gives the replacement's, or
-        None for autograd: a closed form reads no slope the derivatives do not give)."""
+        """``derivatives``: the closed-form derivatives of an activation module, None for one
+        without (its layer goes through autograd); by default the units' own, and a caller that
+        replaced an activation's forward gives the replacement's (a closed form reads no slope
+        the derivatives do not give)."""
         self.layer = layer
         self.needs_input_vjp = needs_input_vjp
         parts = dense_parts(layer, derivatives)
