@@ -237,17 +237,21 @@ def test_conv_chl_approaches_its_reference_and_corrected_chl_is_closer():
 
 
 def test_a_coupling_reuses_its_forward_pass_only_at_the_same_point_and_weights():
-    """The VJP's forward pass serves g(u) at the same u; a new u or an optimiser step (in place)
-    recomputes it (oracle: the module called directly)."""
+    """The VJP's forward pass serves g(u) at the same u; a new u, u changed in place or an
+    optimiser step (in place) recomputes it (oracle: the module called directly)."""
     from pl_energy.core.couplings import ModuleCoupling
 
     network = cnn()
     coupling = ModuleCoupling(nn.Sequential(network[1][0], network[1][1]))
     u = torch.rand(2, 3, 4, 4, dtype=torch.float64)
     coupling.add_transpose(torch.zeros_like(u), u, torch.rand(2, 4, 2, 2, dtype=torch.float64), 1.0)
-    assert coupling._linearized(u) is not None and coupling._linearized(u.clone()) is None
+    assert coupling._latest.get(u) is not None and coupling._latest.get(u.clone()) is None
     torch.testing.assert_close(coupling.forward(u), coupling.module(u).detach(), rtol=0, atol=0)
     with torch.no_grad():
         network[1][0].weight.mul_(2.0)
-    assert coupling._linearized(u) is None
+    assert coupling._latest.get(u) is None
+    torch.testing.assert_close(coupling.forward(u), coupling.module(u).detach(), rtol=0, atol=0)
+    coupling.add_transpose(torch.zeros_like(u), u, torch.rand(2, 4, 2, 2, dtype=torch.float64), 1.0)
+    u.mul_(0.5)  # the same tensor changed in place is another point
+    assert coupling._latest.get(u) is None
     torch.testing.assert_close(coupling.forward(u), coupling.module(u).detach(), rtol=0, atol=0)

@@ -30,6 +30,29 @@ from torch.func import functional_call, vjp
 from .linearization import DenseLayer
 from .networks import computes_as
 
+class LatestPoint:
+    """What a coupling computed at its latest point u, recognised by identity and by the version
+    counters of u and of the parameters (an in-place change of either, such as an optimiser's
+    step, makes it another point): the energy watch, the residual check and a VJP at the same
+    state share one forward pass."""
+
+    def __init__(self, parameters: tuple[Tensor, ...]):
+        self.parameters = parameters
+        self._point: tuple | None = None  # (u, versions, value)
+
+    def _versions(self, u: Tensor) -> tuple[int, ...]:
+        return (u._version, *(p._version for p in self.parameters))
+
+    def get(self, u: Tensor):
+        """The value kept at u, None where u is not the latest point."""
+        point = self._point
+        return point[2] if point is not None and point[0] is u and point[1] == self._versions(u) else None
+
+    def keep(self, u: Tensor, value):
+        self._point = (u, self._versions(u), value)
+        return value
+
+
 #: Modules a coupling may be built of: affine maps, reshapes and pools.
 COUPLING_PARTS: tuple[type[nn.Module], ...] = (
     nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Flatten, nn.Unflatten, nn.Identity,
@@ -42,31 +65,26 @@ class DenseCoupling:
 
     The weights are read as constants of inference once, when the coupling is built (an energy
     lives for one batch: ``linearization.DenseLayer``'s detached views, which an optimiser's
-    in-place step still shows through). The net input g(u) is kept for the latest u, recognised as ``ModuleCoupling`` recognises its
-    point (identity and the version counters of u and the parameters): the energy watch and
-    the residual check read it at the same state. Not for an energy kept across a replacement of
-    the parameters' storage (``p.data = ...``, ``network.double()``): build a new one.
+    in-place step still shows through). The net input g(u) is kept for the latest u
+    (``LatestPoint``). Not for an energy kept across a replacement of the parameters' storage
+    (``p.data = ...``, ``network.double()``): build a new one.
     """
 
     def __init__(self, linear: nn.Linear):
         self.module = linear
         dense = DenseLayer(linear)
         self.weight, self.transposed, self.bias = dense.weight, dense.transposed, dense.bias
-        self._point: tuple | None = None  # (u, versions of u and the parameters, g(u))
-
-    def _versions(self, u: Tensor) -> tuple[int, int, int]:
-        return u._version, self.weight._version, -1 if self.bias is None else self.bias._version
+        self._latest = LatestPoint(tuple(p for p in (self.weight, self.bias) if p is not None))
 
     def forward(self, u: Tensor) -> Tensor:
-        point = self._point
-        if point is not None and point[0] is u and point[1] == self._versions(u):
-            return point[2]
+        output = self._latest.get(u)
+        if output is not None:
+            return output
         if self.bias is not None and u.dim() == 2:
             output = torch.addmm(self.bias, u, self.transposed)  # what linear runs, without its transpose
         else:
             output = torch.nn.functional.linear(u, self.weight, self.bias)
-        self._point = (u, self._versions(u), output)
-        return output
+        return self._latest.keep(u, output)
 
     def add_transpose(self, base: Tensor, u: Tensor, v: Tensor, alpha: float) -> Tensor:
         """base + alpha v W (J_g does not depend on u)."""
@@ -88,42 +106,31 @@ class ModuleCoupling:
 
     Inference asks, at the same point u = rho(x_{l-1}), for the top-down input of layer l - 1
     (a VJP, which runs g forward) and then for layer l's net input g(u): the VJP's forward pass
-    is kept for the latest u, so a full gradient costs one forward and one backward pass per
-    coupling. The point is recognised by identity (states are replaced, never changed in place)
-    and by the parameters' version counters (an optimiser step changes them in place).
+    is kept for the latest u (``LatestPoint``), so a full gradient costs one forward and one
+    backward pass per coupling.
     """
 
     def __init__(self, module: nn.Module):
         self.module = module
-        self._point: tuple | None = None  # (u, parameter versions, g(u), pullback)
+        self._latest = LatestPoint(tuple(module.parameters()))  # (g(u), pullback)
 
     def _parameters(self) -> dict[str, Tensor]:
         """The parameters as constants of inference (no graph reaches the weights)."""
         return {name: p.detach() for name, p in self.module.named_parameters()}
 
-    def _versions(self) -> tuple[int, ...]:
-        return tuple(p._version for p in self.module.parameters())
-
-    def _linearized(self, u: Tensor) -> tuple | None:
-        point = self._point
-        if point is not None and point[0] is u and point[1] == self._versions():
-            return point
-        return None
-
     def forward(self, u: Tensor) -> Tensor:
-        point = self._linearized(u)
+        point = self._latest.get(u)
         if point is not None:
-            return point[2]
+            return point[0]
         with torch.no_grad():
             return self.module(u)
 
     def add_transpose(self, base: Tensor, u: Tensor, v: Tensor, alpha: float) -> Tensor:
-        point = self._linearized(u)
+        point = self._latest.get(u)
         if point is None:
             params = self._parameters()
-            output, pullback = vjp(lambda below: functional_call(self.module, params, (below,)), u.detach())
-            point = self._point = (u, self._versions(), output, pullback)
-        (transposed,) = point[3](v)
+            point = self._latest.keep(u, vjp(lambda below: functional_call(self.module, params, (below,)), u.detach()))
+        (transposed,) = point[1](v)
         return torch.add(base, transposed, alpha=alpha)
 
     def parameter_vjp(self, u: Tensor, v: Tensor) -> list[Tensor]:
