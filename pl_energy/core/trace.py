@@ -17,7 +17,9 @@ class InferenceTrace:
     than asked when the tolerance stopped inference early). One row per step, the first being the
     state inference started from and the last the final state; where an active-set solve ended a
     phase (``core.active_set``), the last row is its solution, after the rows of the descent
-    before it (its rounds are not steps of the dynamics).
+    before it (its rounds are not steps of the dynamics), and ``steps`` is the report's: the
+    descent's steps and those of the relaxations on the pieces, so the rows are then fewer than
+    ``steps`` + 1.
     """
 
     internal: Tensor
