@@ -25,6 +25,9 @@ plain autograd BP).
 
 The SGD learning rate is 0, so every call sees the same network.
 
+``--compiled`` adds each non-bp variant with ``compile_inference={}`` (``torch.compile``, inductor:
+the default pc_nudge estimate as one graph, ``algorithms.first_order``), compiled in the warm-up.
+
 ``--before REV`` also times both library variants of the package as it was at git revision REV
 (extracted to a temporary folder and imported as ``pl_energy_before``), interleaved with the
 current ones, so that a change is measured under the same load.
@@ -73,6 +76,8 @@ def parse_args(argv=None):
     parser.add_argument("--before", default=None, help="a git revision to time beside the working tree")
     parser.add_argument("--algorithms", nargs="+", default=["bp", "pc_nudge"], help="library variants")
     parser.add_argument("--units", choices=("relu", "clip"), default="relu", help="the MLP's hidden units")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also time each non-bp variant with compile_inference={} (inductor)")
     return parser.parse_args(argv)
 
 
@@ -143,6 +148,11 @@ def main(argv=None) -> None:
             variants[f"{prefix}{name}"] = estimate(package.build_algorithm(name), network)
             if name != "bp":
                 variants[f"{prefix}{name}_step"] = training_step(package.build_algorithm(name), network)
+            if name != "bp" and args.compiled and package is pl_energy:
+                compiled = package.build_algorithm(name)
+                compiled.compile_inference = {}
+                variants[f"{name}_compiled"] = estimate(compiled, network)
+                variants[f"{name}_compiled_step"] = training_step(compiled, network)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a warning on this batch would make the timing meaningless
         for call in variants.values():

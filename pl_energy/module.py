@@ -64,7 +64,8 @@ class EnergyModule(pl.LightningModule):
     layer many times per batch on fixed shapes, which is what compilation pays off on; plain
     ``Linear`` layers keep their closed forms and are not called; where every layer has one
     (dense MLPs, ``ResidualMLP``), the predictive-coding inference steps are compiled instead,
-    each as one graph (``core.compiled_steps``).
+    each as one graph (``core.compiled_steps``), and pc_nudge's default estimate, whose phases
+    stop at their start, as one graph for the whole estimate (``algorithms.first_order``).
 
     Args:
         network: an ``nn.Sequential`` of layers, or its description; None: the default MLP.

@@ -244,7 +244,8 @@ class RelaxingAlgorithm(Algorithm):
     tol: float | None = None
     trace: bool = False
     allow_imprecise: bool = False
-    #: ``torch.compile``'s options for the inference steps (``core.compiled_steps``), None:
+    #: ``torch.compile``'s options for the inference steps (``core.compiled_steps``) and, for
+    #: pc_nudge's default estimate, the whole estimate (``algorithms.first_order``); None:
     #: eager (``EnergyModule(compile=...)`` sets it). Not a hyper-parameter: numbers change by
     #: rounding only.
     compile_inference: ClassVar[dict[str, Any] | None] = None

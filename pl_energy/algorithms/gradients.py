@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from ..core.losses import Loss, class_indices
 from ..core.networks import computes_as, feedforward
+from ..core.solvers import norms
 from ..core.structure import structure_of
 
 
@@ -47,28 +49,58 @@ def layer_relative_errors(network: nn.Module, estimate: list[list[Tensor]],
     trainable parameters is left out. The norms are taken in the parameters' dtype and read back
     once; the per-layer sums of squares are formed in float64. ``reference`` is overwritten with
     r_l - u_l (its own memory: no weight-sized temporaries)."""
-    names, upper, lower, owners = [], [], [], []
-    structure = structure_of(network)
-    for (name, _), parameters, estimated, limit in zip(structure.children, structure.child_parameters, estimate,
-                                                       reference):
-        kept = [(u, r) for p, u, r in zip(parameters, estimated, limit) if p.requires_grad]
-        if kept:
-            owners += [len(names)] * len(kept)
-            names.append(name)
-            upper += [u for u, _ in kept]
-            lower += [r for _, r in kept]
-    if not upper:
+    layout = ErrorLayout.of(network)
+    if not layout.names:
         return {}
-    sizes = torch._foreach_norm(lower)
-    torch._foreach_sub_(lower, upper)
-    norms = torch.stack([*torch._foreach_norm(lower), *sizes]).tolist()
-    squares = [[0.0, 0.0] for _ in names]  # per layer: ||u_l - r_l||^2, ||r_l||^2
-    for owner, difference, size in zip(owners, norms, norms[len(upper):]):
-        squares[owner][0] += difference * difference
-        squares[owner][1] += size * size
-    ratios = [math.sqrt(difference) / math.sqrt(size) if size > 0 else math.sqrt(difference)
-              for difference, size in squares]
-    return dict(zip(names, ratios))
+    return layout.errors(layout.norms(estimate, reference).tolist())
+
+
+@dataclass(frozen=True)
+class ErrorLayout:
+    """Which parameters ``layer_relative_errors`` compares and whose layer each is, read off the
+    network once, so that the norms (``norms``, on the device: a compiled graph takes them with
+    no host read) and the ratios (``errors``, from the norms read back) can be taken apart.
+
+    Attributes:
+        names: the layers with trainable parameters, by their names among the children.
+        kept: per child, the positions of its trainable parameters in ``layer.parameters()``.
+        owners: per compared parameter, its layer's index in ``names``.
+    """
+
+    names: tuple[str, ...]
+    kept: tuple[tuple[int, ...], ...]
+    owners: tuple[int, ...]
+
+    @classmethod
+    def of(cls, network: nn.Module) -> "ErrorLayout":
+        structure = structure_of(network)
+        names, kept, owners = [], [], []
+        for (name, _), parameters in zip(structure.children, structure.child_parameters):
+            positions = tuple(index for index, p in enumerate(parameters) if p.requires_grad)
+            kept.append(positions)
+            if positions:
+                owners += [len(names)] * len(positions)
+                names.append(name)
+        return cls(tuple(names), tuple(kept), tuple(owners))
+
+    def norms(self, estimate: list[list[Tensor]], reference: list[list[Tensor]]) -> Tensor:
+        """||r - u|| then ||r|| of every compared parameter, stacked (``reference`` becomes
+        r - u)."""
+        upper = [layer[index] for layer, positions in zip(estimate, self.kept) for index in positions]
+        lower = [layer[index] for layer, positions in zip(reference, self.kept) for index in positions]
+        sizes = norms(lower)
+        torch._foreach_sub_(lower, upper)
+        return torch.stack([*norms(lower), *sizes])
+
+    def errors(self, norms: list[float]) -> dict[str, float]:
+        """The per-layer relative errors from ``norms`` read back."""
+        squares = [[0.0, 0.0] for _ in self.names]  # per layer: ||u_l - r_l||^2, ||r_l||^2
+        for owner, difference, size in zip(self.owners, norms, norms[len(self.owners):]):
+            squares[owner][0] += difference * difference
+            squares[owner][1] += size * size
+        ratios = [math.sqrt(difference) / math.sqrt(size) if size > 0 else math.sqrt(difference)
+                  for difference, size in squares]
+        return dict(zip(self.names, ratios))
 
 
 def name_layer_gradients(network: nn.Module, per_layer: list[list[Tensor]]) -> dict[str, Tensor]:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..core.active_set import PIECE_TOLERANCE, ActiveSetResult, Pieces, has_pieces, solve_on_pieces
+from ..core.compiled_steps import compilable
 from ..core.inference import DivergenceError, InferenceReport
 from ..core.kinks import kinks_pinned
 from ..core.losses import Loss
@@ -39,7 +40,9 @@ from ..core.networks import layers_of
 from ..core.nudge import automatic_strength, finite_difference_step
 from ..core.predictive_coding import PCState, PredictiveCodingEnergy
 from ..core.solvers import ErrorDescent, solver_class
+from .base import Estimate
 from .contrastive import Contrast, ContrastiveAlgorithm, Phase
+from .first_order import first_order_estimate
 from .warnings import warn_if_not_converged
 
 
@@ -179,6 +182,25 @@ class PredictiveCoding(ContrastiveAlgorithm):
         depth = len(layers_of(network))
         precisions = [self.gamma ** -(depth - index) for index in range(1, depth)]
         return PredictiveCodingEnergy(network, loss, precisions=precisions)
+
+    def compute(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
+                record: bool) -> Estimate:
+        """The contrast of the phases (``ContrastiveAlgorithm.compute``); compiled
+        (``compile_inference``), an estimate whose phases stop at their first-order start runs
+        as one graph (``algorithms.first_order``) where it can: flat inputs (the closed forms'),
+        a hidden layer at least."""
+        if self.compile_inference is not None and not record and inputs.dim() == 2 and self._starts_converged():
+            energy = self.energy(network, loss)
+            if len(energy.layers) > 1 and compilable(energy, solver_class(self.solver)()):
+                estimate = first_order_estimate(self, network, energy, inputs, targets, loss)
+                if estimate is not None:
+                    return estimate
+        return super().compute(network, inputs, targets, loss, record)
+
+    def _starts_converged(self) -> bool:
+        """Whether the nudged phases are expected to stop at their first-order start: the
+        automatic nudge (one rounding unit) with the error solver and a tolerance."""
+        return self.lam == "auto" and self.tol is not None and solver_class(self.solver) is ErrorDescent
 
     def phases(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                record: bool) -> Contrast:

@@ -89,6 +89,18 @@ def step_functions(options: dict[str, Any] | None, energy: object = None,
     return _COMPILED[key]
 
 
+def replays_cuda_graphs(options: dict[str, Any]) -> bool:
+    """Whether ``compile_graph``'s ``options`` record CUDA graphs, whose replays write their
+    outputs where the last replay's were (a caller keeps what it returns by cloning it)."""
+    import torch._inductor  # noqa: F401  (list_mode_options)
+
+    if options.get("backend") == "cudagraphs":
+        return True
+    mode = options.get("mode")
+    inductor = {**(torch._inductor.list_mode_options(mode) if mode else {}), **options.get("options", {})}
+    return bool(inductor.get("triton.cudagraphs"))
+
+
 def compile_graph(function: Callable, options: dict[str, Any], device: str = "cpu") -> Callable:
     """``torch.compile(function, fullgraph=True, dynamic=False, **options)``, with inductor's
     pattern matcher off (the module docstring's workaround; a ``mode`` becomes its options)

@@ -155,6 +155,11 @@ def relax(
     return phase.watched_loop(steps, tol, on_step, measured_from)
 
 
+def first_step(solver: Solver | type[Solver], step_size: float | str | None) -> float:
+    """The step size a phase starts with: the solver's default for None and "auto"."""
+    return solver.default_step if step_size in (None, "auto") else float(step_size)
+
+
 class _Phase:
     """One inference phase: what both loops share, the loops, and the report.
 
@@ -176,7 +181,7 @@ class _Phase:
         self.functions = functions
         self.plain = solver.coordinates(energy)
         self.adaptive = solver.adaptive or step_size == "auto"
-        self.first_step = solver.default_step if step_size in (None, "auto") else float(step_size)
+        self.first_step = first_step(solver, step_size)
         self.every = 1 if record else solver.check_every
         self.start = energy.snapshot(state)
         self.watch: _EnergyWatch | None = None  # from the first move on (``start_watch``)

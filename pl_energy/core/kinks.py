@@ -74,7 +74,7 @@ class _PinnedReLU(_Pin):
 
     def record(self, x: Tensor) -> Tensor:
         self.free = x
-        self.kinks = x.numel() - torch.count_nonzero(x)
+        self.kinks = _zeros(x)
         return F.relu(x)
 
     @functools.cached_property
@@ -153,6 +153,24 @@ def _pin_for(module: nn.Module) -> _Pin | None:
     if type(module) is nn.MaxPool2d and not module.ceil_mode and not module.return_indices:
         return _PinnedMaxPool2d(module)
     return _PinnedReLU() if type(module) is nn.ReLU else None
+
+
+def _zeros(x: Tensor) -> Tensor:
+    """The entries of x exactly 0 (a 0-dim count)."""
+    return x.numel() - torch.count_nonzero(x)
+
+
+def units_on_kink(module: nn.Module, x: Tensor) -> Tensor | None:
+    """The units a pin of ``module`` would find on a kink at its input x (``KinkPins``), counted
+    without pinning and without a host read (a compiled graph counts, its caller reads): for a
+    pinned ``ReLU`` the entries of x exactly 0; None for a module no pin watches. Max-pooling
+    is refused: its pins are not traced."""
+    pin = _pin_for(module)
+    if pin is None:
+        return None
+    if not isinstance(pin, _PinnedReLU):
+        raise TypeError(f"units_on_kink counts ReLU kinks only, not {type(module).__name__}'s")
+    return _zeros(x)
 
 
 def pin_of(module: nn.Module) -> _Pin | None:

@@ -201,6 +201,16 @@ class LayerLinearizer:
         self.parts = None if parts is None else (DenseLayer(parts[0]), *parts[1:])
         self.scaled_parts = None if self.parts is not None else scaled_parts(layer, derivatives)
 
+    def activation_input(self, linearization: Linearization) -> tuple[nn.Module, Tensor] | None:
+        """(the activation module, the tensor it was applied to) in a closed-form
+        linearisation of this layer; None where the closed form has no activation, or the
+        layer goes through autograd."""
+        if isinstance(linearization, DenseLinearization) and self.parts[2] is not None:
+            return self.parts[2], linearization.pre
+        if isinstance(linearization, ScaledLinearization) and self.scaled_parts[2] is not None:
+            return self.scaled_parts[2], linearization.x
+        return None
+
     def __call__(self, x: Tensor) -> Linearization:
         if self.parts is not None and x.dim() == 2:
             return DenseLinearization(*self.parts, x)

@@ -49,7 +49,7 @@ class PCState:
     activities: list[Tensor]
     linearizations: list[Linearization]
     targets: Tensor
-    lam: float = 1.0
+    lam: float | Tensor = 1.0
     carried: dict[int, tuple[Tensor, Linearization, Tensor]] = field(default_factory=dict)
     #: (output, dl/dmu_L per sample there): the latest output's loss gradient, which several
     #: passes read (``PredictiveCodingEnergy.output_gradient``)
@@ -94,31 +94,34 @@ class PredictiveCodingEnergy:
         except RuntimeError as error:  # a shape error names the layer and the shapes
             raise_naming(error, self.layers[index - 1], index, x)
 
-    def free_state(self, inputs: Tensor, targets: Tensor) -> PCState:
+    def free_state(self, inputs: Tensor, targets: Tensor, prepared: bool = False) -> PCState:
         """The free equilibrium: x_l = mu_l, the feedforward pass (condition C1 of Song et al. 2020),
-        the minimum of E at lam = 0; ``nudged`` gives the state that relaxes under a nudge."""
+        the minimum of E at lam = 0; ``nudged`` gives the state that relaxes under a nudge.
+        ``prepared``: the targets are already in the loss's form (``Loss.prepare_targets``)."""
         activities = [inputs]
         linearizations = []
         for index in range(1, len(self.layers) + 1):
             linearizations.append(self.linearize(index, activities[-1]))
             if index < len(self.layers):
                 activities.append(linearizations[-1].output)
-        targets = self.loss.prepare_targets(targets, linearizations[-1].output)
+        if not prepared:
+            targets = self.loss.prepare_targets(targets, linearizations[-1].output)
         return PCState(activities, linearizations, targets, lam=0.0)
 
     def snapshot(self, state: PCState) -> PCState:
         return PCState(list(state.activities), list(state.linearizations), state.targets, state.lam,
                        dict(state.carried))
 
-    def nudged(self, state: PCState, lam: float, response: list[Tensor] | None = None) -> PCState:
+    def nudged(self, state: PCState, lam: float | Tensor, response: list[Tensor] | None = None) -> PCState:
         """A copy of ``state`` that relaxes under E = I + lam L (e.g. the free state, nudged);
         with the free state's ``first_order_response`` r, started at its first-order
         equilibrium eps_l = lam r_l (carried in difference form), which is where one step of
-        error descent at step 1 from the free state lands."""
+        error descent at step 1 from the free state lands. lam may be a 0-dim tensor (a graph
+        that reads nothing back: ``algorithms.first_order``)."""
         nudged = self.snapshot(state)
-        nudged.lam = float(lam)
+        nudged.lam = lam if isinstance(lam, Tensor) else float(lam)
         for index, direction in enumerate(response or (), start=1):
-            self.set_error(nudged, index, direction * float(lam))
+            self.set_error(nudged, index, direction * nudged.lam)
         return nudged
 
     def output_gradient(self, state: PCState) -> Tensor:
@@ -155,17 +158,22 @@ class PredictiveCodingEnergy:
         activity is (near) zero, a layer of dead ReLUs, is measured against the batch's mean size
         instead of its own, and a layer that is zero for the whole batch against the mean size
         of the other layers (against its own, the ratio is unbounded and lam underflows)."""
-        if not response:
-            return 0.0
+        return float(self.displacement_ratio(free, response)) if response else 0.0
+
+    def displacement_ratio(self, free: PCState, response: list[Tensor]) -> Tensor:
+        """``displacement_per_unit`` as a 0-dim tensor (at least one hidden layer); while
+        compiling, without a host read (the dead-layer case then always takes the
+        ``torch.where``, which leaves live layers as they are)."""
         norm = torch.linalg.vector_norm  # per sample (torch.norm's Python wrapper costs more than the norm)
         sizes = torch.stack([norm(x.flatten(1), dim=1) for x in free.activities[1:]])  # (layer, sample)
         means = sizes.mean(1)
-        if not float(means.min()) > 0:  # a layer zero for the whole batch (rare: its own branch)
-            alive = means[means > 0]
-            means = torch.where(means > 0, means, alive.mean() if alive.numel() else means.new_ones(()))
+        if torch.compiler.is_compiling() or not float(means.min()) > 0:  # a layer zero for the whole batch
+            alive = means > 0
+            living = (means * alive).sum() / alive.sum().clamp_min(1)  # the mean of the live layers' means
+            means = torch.where(alive, means, torch.where(alive.any(), living, torch.ones_like(living)))
         scales = torch.maximum(sizes, means.unsqueeze(1))
         moves = torch.stack([norm(r.flatten(1), dim=1) for r in response])
-        return float((moves / scales).max())
+        return (moves / scales).max()
 
     def response_parameter_gradients(self, free: PCState, response: list[Tensor]) -> list[list[Tensor]]:
         """The update of the limit lam -> 0 per layer, lim (1/lam) dE/dtheta(x_lam) =
@@ -222,11 +230,11 @@ class PredictiveCodingEnergy:
         through every layer's Jacobian at the current state, as in backprop. ``errors`` are the
         e_l when the caller has them."""
         local = self.local_terms(state, errors)
-        adjoint = self.output_gradient(state)
+        adjoint = self.output_gradient(state) * state.lam  # lam a number or a 0-dim tensor
         gradients: list[Tensor] = list(local)
         for index in range(len(self.layers) - 1, 0, -1):
             adjoint = state.linearizations[index].input_vjp(adjoint)
-            gradients[index - 1] = torch.add(local[index - 1], adjoint, alpha=state.lam)
+            gradients[index - 1] = local[index - 1] + adjoint
         return gradients
 
     def move_errors(self, state: PCState, directions: list[Tensor], step_size: float | Tensor,

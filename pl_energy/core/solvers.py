@@ -163,7 +163,7 @@ class Balance:
         if start is not None:
             local, rest = torch._foreach_sub(local, start[1]), torch._foreach_sub(
                 rest, torch._foreach_sub(start[0], start[1]))
-        return cls(torch.stack(torch._foreach_norm([*gradients, *local, *rest])).view(3, len(gradients)))
+        return cls(torch.stack(norms([*gradients, *local, *rest])).view(3, len(gradients)))
 
     @property
     def gradient(self) -> Tensor:
@@ -182,6 +182,15 @@ class Balance:
     def ratio(self) -> Tensor:
         """The residual as a 0-dim tensor on the device (no host read)."""
         return largest_ratio(*self.norms)
+
+
+def norms(tensors: list[Tensor]) -> list[Tensor]:
+    """The Frobenius norm of each tensor: one ``_foreach_norm`` eagerly; while compiling one
+    norm per tensor, which inductor fuses (its C++ wrapper has no kernel for ``_foreach_norm``
+    and calls back into Python for it)."""
+    if torch.compiler.is_compiling():
+        return [torch.linalg.vector_norm(tensor) for tensor in tensors]
+    return torch._foreach_norm(tensors)
 
 
 def largest_ratio_of(gradient: list[float], local: list[float], rest: list[float]) -> float:
