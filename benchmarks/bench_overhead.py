@@ -26,7 +26,7 @@ plain autograd BP).
 The SGD learning rate is 0, so every call sees the same network.
 
 ``--compiled`` adds each non-bp variant with ``compile_inference={}`` (``torch.compile``, inductor:
-the default pc_nudge estimate as one graph, ``algorithms.first_order``), compiled in the warm-up.
+the default pc_nudge estimate as one graph, ``algorithms.graph_estimate``), compiled in the warm-up.
 
 ``--before REV`` also times both library variants of the package as it was at git revision REV
 (extracted to a temporary folder and imported as ``pl_energy_before``), interleaved with the

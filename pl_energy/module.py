@@ -65,7 +65,7 @@ class EnergyModule(pl.LightningModule):
     ``Linear`` layers keep their closed forms and are not called; where every layer has one
     (dense MLPs, ``ResidualMLP``), the predictive-coding inference steps are compiled instead,
     each as one graph (``core.compiled_steps``), and pc_nudge's default estimate, whose phases
-    stop at their start, as one graph for the whole estimate (``algorithms.first_order``).
+    stop at their start, as one graph for the whole estimate (``algorithms.graph_estimate``).
 
     Args:
         network: an ``nn.Sequential`` of layers, or its description; None: the default MLP.

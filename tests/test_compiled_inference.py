@@ -155,16 +155,16 @@ def test_relax_compiled_names_the_same_first_bad_step_as_eager(problem):
 
 @pytest.fixture
 def graph_results(monkeypatch):
-    """What each call of the compiled default estimate (``algorithms.first_order``) returned:
+    """What each call of the compiled default estimate (``algorithms.graph_estimate``) returned:
     an ``Estimate``, or None where the eager path took over."""
     results = []
-    original = predictive_coding.first_order_estimate
+    original = predictive_coding.graph_estimate
 
     def recorded(*args):
         results.append(original(*args))
         return results[-1]
 
-    monkeypatch.setattr(predictive_coding, "first_order_estimate", recorded)
+    monkeypatch.setattr(predictive_coding, "graph_estimate", recorded)
     return results
 
 
@@ -172,21 +172,29 @@ def same_estimates(compiled, eager, tolerance):
     """Gradients, nudge, error bound and inference reports of two estimates to ``tolerance``."""
     assert max_relative(compiled.gradients, eager.gradients) <= tolerance
     assert compiled.nudge == pytest.approx(eager.nudge, rel=tolerance)
-    assert compiled.error_bound.keys() == eager.error_bound.keys()
+    assert (compiled.error_bound is None) == (eager.error_bound is None)
+    assert (compiled.error_bound or {}).keys() == (eager.error_bound or {}).keys()
     assert all(compiled.error_bound[k] == pytest.approx(eager.error_bound[k], rel=1e-3, abs=tolerance)
-               for k in eager.error_bound)
-    assert [(r.solver, r.steps, r.converged, r.step_size, r.tol) for r in compiled.inference] == [
-        (r.solver, r.steps, r.converged, r.step_size, r.tol) for r in eager.inference]
+               for k in eager.error_bound or {})
+    assert [(r.solver, r.steps, r.converged, r.tol, r.backoffs, r.settled) for r in compiled.inference] == [
+        (r.solver, r.steps, r.converged, r.tol, r.backoffs, r.settled) for r in eager.inference]
+    assert [r.step_size for r in compiled.inference] == [r.step_size for r in eager.inference]
     assert torch.equal(compiled.output, eager.output) or torch.allclose(compiled.output, eager.output, rtol=tolerance)
     assert compiled.loss.item() == pytest.approx(eager.loss.item(), rel=tolerance)
 
 
-@pytest.mark.parametrize("settings", [{}, {"centered": True}, {"gamma": 0.5}], ids=["default", "centered", "gamma"])
-def test_the_default_estimate_compiled_is_one_graph_with_eager_numbers(settings, problem, graph_results):
-    """pc_nudge's default estimate, whose phases stop at their first-order start, runs as one
-    graph without breaks (``fullgraph``) and gives the eager estimate's numbers in float64; a
-    second batch and a parameter changed in place (a training step) reuse the graph. Eager's
-    numbers are held to autograd's BP by ``tests/test_limits.py`` and ``test_nudge.py``."""
+@pytest.mark.parametrize("settings", [
+    {}, {"centered": True}, {"gamma": 0.5},
+    dict(PAPER_SETTINGS, lam=0.01), dict(PAPER_SETTINGS, lam=0.01, centered=True, error_estimate=False),
+    {"lam": 0.01, "solver": "error", "tol": None, "steps": 12},
+], ids=["default", "centered", "gamma", "papers", "papers-centered-bare", "error-fixed-steps"])
+def test_the_estimate_compiled_is_one_graph_with_eager_numbers(settings, problem, graph_results):
+    """pc_nudge's default estimate (its phases stop at their first-order start) and the papers'
+    fixed steps (the energies judged after the graph) run as one graph without breaks
+    (``fullgraph``) and give the eager estimate's numbers in float64; a second batch and a
+    parameter changed in place (a training step) reuse the graph. Eager's numbers are held to
+    autograd's BP by ``tests/test_limits.py`` and ``test_nudge.py``, and to the papers' loop
+    written from their equations by ``test_solvers.py``."""
     torch._dynamo.reset()
     counters.clear()
     network, inputs, targets = problem
@@ -194,27 +202,30 @@ def test_the_default_estimate_compiled_is_one_graph_with_eager_numbers(settings,
         eager = run(network, x, y, None, **settings)
         compiled = run(network, x, y, {"backend": "aot_eager"}, **settings)
         same_estimates(compiled, eager, 1e-12)
-        assert compiled.inference[0].steps == 0 and compiled.inference[0].residual < 1e-12
+        assert [r.residual for r in compiled.inference] == pytest.approx([r.residual for r in eager.inference],
+                                                                          rel=1e-6, abs=1e-15)
+        assert compiled.inference[0].steps == settings.get("steps", 0)
         with torch.no_grad():
             network[0][0].weight.mul_(1.01)
     assert len(graph_results) == 2 and None not in graph_results
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
 
 
-def test_the_default_estimate_compiled_by_inductor_gives_eager_numbers_in_float32(problem, graph_results):
+def test_the_estimate_compiled_by_inductor_gives_eager_numbers_in_float32(problem, graph_results):
     """Inductor's code of the whole estimate (C++ wrapper on a CPU) against eager, float32, on
-    a hidden layer of ReLUs dead for the whole batch (lam's dead-layer rule without its branch):
-    the same numbers to float32 rounding (lam is formed in float32 in the graph, in Python's
-    float eagerly)."""
+    a hidden layer of ReLUs dead for the whole batch (lam's dead-layer rule without its branch),
+    the default and 10 of the papers' steps: the same numbers to float32 rounding (an automatic
+    lam is formed in float32 in the graph, in Python's float eagerly)."""
     network, inputs, targets = problem
     network = network.float()
     with torch.no_grad():
         network[1][0].bias.fill_(-1e3)  # the second hidden layer is 0 for every sample
     inputs = inputs.float()
-    eager = run(network, inputs, targets, None)
-    compiled = run(network, inputs, targets, {})
-    assert graph_results[0] is not None
-    same_estimates(compiled, eager, 1e-5)
+    for settings in ({}, dict(PAPER_SETTINGS, lam=0.01, steps=10)):
+        eager = run(network, inputs, targets, None, **settings)
+        compiled = run(network, inputs, targets, {}, **settings)
+        assert graph_results[-1] is not None
+        same_estimates(compiled, eager, 1e-5)
 
 
 def test_the_compiled_default_estimate_hands_over_to_eager_where_its_phases_do_not_stop_at_the_start(
@@ -245,6 +256,38 @@ def test_the_compiled_default_estimate_hands_over_to_eager_where_its_phases_do_n
             run(network, inputs, bad, compile)
         messages.append(str(error.value))
     assert messages[0] == messages[1] and "class indices" in messages[0]
+
+
+def test_compiled_fixed_steps_take_lam_as_an_input_and_check_their_settings(problem, graph_results):
+    """Another lam reuses the graph (a schedule or a sweep does not recompile, nor use up torch's
+    recompile limit); settings changed after construction are checked as eager inference checks
+    them (an independent review found step_size=0 returning an estimate)."""
+    torch._dynamo.reset()
+    counters.clear()
+    network, inputs, targets = problem
+    algorithm = build_algorithm("pc_nudge", **dict(PAPER_SETTINGS, steps=8, lam=0.01))
+    algorithm.compile_inference = {"backend": "aot_eager"}
+    for lam in (0.01, 0.03):
+        algorithm.lam = lam
+        eager = build_algorithm("pc_nudge", **dict(PAPER_SETTINGS, steps=8, lam=lam)).estimate(network, inputs, targets)
+        same_estimates(algorithm.estimate(network, inputs, targets), eager, 1e-12)
+    assert None not in graph_results and counters["stats"]["unique_graphs"] == 1
+    algorithm.step_size = 0.0
+    with pytest.raises(ValueError, match="step_size must be > 0"):
+        algorithm.estimate(network, inputs, targets)
+
+
+def test_compiled_fixed_steps_that_diverge_raise_the_eager_error(problem, graph_results):
+    """The graph's energies judged after it: a diverging run is handed to the eager path,
+    which names the first bad step as it does uncompiled."""
+    network, inputs, targets = problem
+    messages = []
+    for compile in (None, {"backend": "aot_eager"}):
+        with pytest.raises(DivergenceError) as error:
+            run(network, inputs, targets, compile, **dict(PAPER_SETTINGS, lam=1.0, step_size=8.0))
+        messages.append(str(error.value))
+    assert messages[0] == messages[1] and "at step" in messages[0]
+    assert graph_results == [None]
 
 
 def test_the_compiled_default_estimate_runs_eagerly_where_its_graph_does_not_apply(problem, graph_results,

@@ -245,7 +245,7 @@ class RelaxingAlgorithm(Algorithm):
     trace: bool = False
     allow_imprecise: bool = False
     #: ``torch.compile``'s options for the inference steps (``core.compiled_steps``) and, for
-    #: pc_nudge's default estimate, the whole estimate (``algorithms.first_order``); None:
+    #: pc_nudge's default estimate, the whole estimate (``algorithms.graph_estimate``); None:
     #: eager (``EnergyModule(compile=...)`` sets it). Not a hyper-parameter: numbers change by
     #: rounding only.
     compile_inference: ClassVar[dict[str, Any] | None] = None

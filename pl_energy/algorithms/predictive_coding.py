@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..core.active_set import PIECE_TOLERANCE, ActiveSetResult, Pieces, has_pieces, solve_on_pieces
-from ..core.compiled_steps import compilable
-from ..core.inference import DivergenceError, InferenceReport
+from ..core.compiled_steps import RUN_LENGTH, compilable
+from ..core.inference import DivergenceError, InferenceReport, check_settings
 from ..core.kinks import kinks_pinned
 from ..core.losses import Loss
 from ..core.networks import layers_of
@@ -42,7 +42,7 @@ from ..core.predictive_coding import PCState, PredictiveCodingEnergy
 from ..core.solvers import ErrorDescent, solver_class
 from .base import Estimate
 from .contrastive import Contrast, ContrastiveAlgorithm, Phase
-from .first_order import first_order_estimate
+from .graph_estimate import graph_estimate
 from .warnings import warn_if_not_converged
 
 
@@ -186,21 +186,27 @@ class PredictiveCoding(ContrastiveAlgorithm):
     def compute(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                 record: bool) -> Estimate:
         """The contrast of the phases (``ContrastiveAlgorithm.compute``); compiled
-        (``compile_inference``), an estimate whose phases stop at their first-order start runs
-        as one graph (``algorithms.first_order``) where it can: flat inputs (the closed forms'),
-        a hidden layer at least."""
-        if self.compile_inference is not None and not record and inputs.dim() == 2 and self._starts_converged():
+        (``compile_inference``), the default and the papers' fixed steps run as one graph
+        (``algorithms.graph_estimate``) where they can: flat inputs (the closed forms'), a
+        hidden layer at least, every layer in closed form."""
+        if self.compile_inference is not None and not record and inputs.dim() == 2 and self._graph_setting():
+            check_settings(self.solver, self.steps, self.step_size, self.tol)  # as relax does, for settings changed since
             energy = self.energy(network, loss)
             if len(energy.layers) > 1 and compilable(energy, solver_class(self.solver)()):
-                estimate = first_order_estimate(self, network, energy, inputs, targets, loss)
+                estimate = graph_estimate(self, network, energy, inputs, targets, loss)
                 if estimate is not None:
                     return estimate
         return super().compute(network, inputs, targets, loss, record)
 
-    def _starts_converged(self) -> bool:
-        """Whether the nudged phases are expected to stop at their first-order start: the
-        automatic nudge (one rounding unit) with the error solver and a tolerance."""
-        return self.lam == "auto" and self.tol is not None and solver_class(self.solver) is ErrorDescent
+    def _graph_setting(self) -> bool:
+        """Whether no phase needs a host read before it ends: the default (the automatic nudge,
+        one rounding unit, with the error solver and a tolerance: the phases stop at their
+        first-order start) or fixed steps at a fixed lam (no tolerance, no back-off, at most
+        ``RUN_LENGTH`` steps: the graph unrolls them)."""
+        solver = solver_class(self.solver)
+        if self.tol is not None:
+            return self.lam == "auto" and solver is ErrorDescent
+        return self.lam != "auto" and self.step_size != "auto" and 1 <= self.steps <= RUN_LENGTH and solver.compiles
 
     def phases(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                record: bool) -> Contrast:

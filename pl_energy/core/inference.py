@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import solvers
 from .compiled_steps import StepFunctions, step_functions
 from .energy import Energy
 from .solvers import Iteration, Solver, relative_residual, solver_class
@@ -184,7 +185,7 @@ class _Phase:
         self.first_step = first_step(solver, step_size)
         self.every = 1 if record else solver.check_every
         self.start = energy.snapshot(state)
-        self.watch: _EnergyWatch | None = None  # from the first move on (``start_watch``)
+        self.watch: EnergyWatch | None = None  # from the first move on (``start_watch``)
         self.rows: list[tuple[Tensor, Tensor, Tensor]] = []
         self.tensor_step = functions.compiled  # a compiled graph takes its step size as an input
         self.like: Tensor | None = None  # a tensor of the energy's dtype and device (``start_watch``)
@@ -198,7 +199,7 @@ class _Phase:
             total = first[2]
         else:
             total = self.plain.total(self.state)
-        self.watch = _EnergyWatch(float(total), self.solver.rise_tolerance, total.dtype)
+        self.watch = EnergyWatch(float(total), self.solver.rise_tolerance, total.dtype)
         if not math.isfinite(self.watch.start):
             raise DivergenceError(
                 f"the energy is {self.watch.start} before inference starts: the inputs, targets or "
@@ -372,7 +373,23 @@ class _Phase:
         return Relaxation(report, trace)
 
 
-class _EnergyWatch:
+def fixed_steps(energy: Energy, state: Any, solver: Solver, steps: int, step_size: Tensor,
+                every: int) -> tuple[Tensor, Tensor, Tensor, Any]:
+    """What ``_Phase.plain_loop`` computes on the device without a trace, for a caller that
+    traces it into a larger graph (``algorithms.graph_estimate``): (the starting energy, the
+    last step size, the energies after every ``every``-th step and the last, the ``Balance`` of
+    the returned state in the plain coordinates). Nothing is read back: the caller judges the
+    energies with ``EnergyWatch`` and the residual with ``solvers.largest_ratio_of``."""
+    plain = solver.coordinates(energy)
+    start = plain.total(state)
+    faster = solver.faster_coordinates(energy, state, steps)
+    coordinates = plain if faster is None else faster
+    step_size, rows = solvers.run(coordinates, solver.start(), state, step_size, steps, every)
+    coordinates.leave(state)
+    return start, step_size, torch.stack([row[2] for row in rows]), solvers.measure(plain, state)[1]
+
+
+class EnergyWatch:
     """Tracks the watched energies and names the first one that shows divergence."""
 
     def __init__(self, start: float, rise_tolerance: float, dtype: torch.dtype):

@@ -117,7 +117,7 @@ class PredictiveCodingEnergy:
         with the free state's ``first_order_response`` r, started at its first-order
         equilibrium eps_l = lam r_l (carried in difference form), which is where one step of
         error descent at step 1 from the free state lands. lam may be a 0-dim tensor (a graph
-        that reads nothing back: ``algorithms.first_order``)."""
+        that reads nothing back: ``algorithms.graph_estimate``)."""
         nudged = self.snapshot(state)
         nudged.lam = lam if isinstance(lam, Tensor) else float(lam)
         for index, direction in enumerate(response or (), start=1):
@@ -265,11 +265,12 @@ class PredictiveCodingEnergy:
 
     def top_down(self, state: PCState, lowest: int = 1) -> tuple[list[Tensor], Tensor, float]:
         """``activity_gradients(state, lowest)``, and the signal d_lowest = alpha * above that
-        layer ``lowest`` sends down (alpha = lam at the output, -1 inside: above = pi eps)."""
+        layer ``lowest`` sends down (alpha = 1 at the output: above = d_L; -1 inside: above =
+        pi eps)."""
         top = len(self.layers)
         linearizations = state.linearizations
-        above = self.output_gradient(state)  # d_L / lam
-        alpha = state.lam
+        above = self.output_gradient(state) * state.lam  # d_L (lam a number or a 0-dim tensor)
+        alpha = 1.0
         gradients: list[Tensor] = [above] * (top - 1)
         for index in range(top - 1, lowest - 1, -1):
             weighted = self.weighted_error(state, index)
