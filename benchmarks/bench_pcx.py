@@ -18,9 +18,9 @@ pl_energy (this process, torch):
                     (``bench_step``'s ``pc_nudge`` row at T = 50), with its default error estimate
                     (one parameter VJP per layer for ``Estimate.error_bound``)
   ``pc_nudge_T_bare`` the same with ``error_estimate=False``: the work PCX does, nothing more
-  ``pc_nudge_T_compiled`` (``--compiled``) ``pc_nudge_T`` with ``compile_inference={}``: each
-                    phase's T steps one inductor graph (``core.compiled_steps``), PCX's jit's
-                    counterpart; the rest of the estimate eager
+  ``pc_nudge_T_compiled`` (``--compiled``) ``pc_nudge_T`` with ``compile_inference={}``: the
+                    whole estimate (free pass, T steps, update, error bound) one inductor graph
+                    for T <= 50 (``algorithms.graph_estimate``), PCX's jit's counterpart
 PCX (the worker, JAX jit; see ``pcx_side.py`` for the code):
   ``bp_jax``        ``jax.jit(jax.grad(loss))`` of the same function on a tuple of arrays
   ``bp_pcx``        PCX's own BP: ``pxf.value_and_grad`` over ``pxnn.LayerParam`` in ``pxf.jit``
@@ -48,7 +48,7 @@ range beside it). Load averages before and after, and the processor, are printed
 
     python benchmarks/bench_pcx.py --pcx-python /path/to/venv-pcx/bin/python   # 15 rounds
     python benchmarks/bench_pcx.py --torch-only --rounds 1 --steps 2            # no PCX needed
-    python benchmarks/bench_pcx.py --pcx-python ... --compiled                 # and compiled steps
+    python benchmarks/bench_pcx.py --pcx-python ... --compiled                 # and compiled estimates
 
 Without PCX (``--pcx-python`` or ``$PL_ENERGY_PCX_PYTHON`` naming a Python that imports
 ``jax`` and ``pcx``, else this Python) it prints one "skipped" line and exits 0.
@@ -84,7 +84,7 @@ def parse_args(argv=None):
                         help="a Python with jax and pcx (default $PL_ENERGY_PCX_PYTHON, else this Python)")
     parser.add_argument("--torch-only", action="store_true", help="time pl_energy's side alone")
     parser.add_argument("--compiled", action="store_true",
-                        help="also time pc_nudge with its inference steps compiled (compile_inference={})")
+                        help="also time pc_nudge compiled (compile_inference={})")
     parser.add_argument("--steps", type=int, nargs="+", default=[5, 20, 50], help="inference steps T")
     parser.add_argument("--step-size", type=float, default=0.1)
     parser.add_argument("--lam", type=float, default=0.01, help="weight of the supervised term")

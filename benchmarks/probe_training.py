@@ -176,6 +176,9 @@ def train(args: argparse.Namespace, hparams: dict[str, Any]) -> dict[str, Any]:
     probes: list[dict[str, Any]] = []
     seconds = bp_seconds = 0.0
     diverged = None
+    if args.compile:  # compiled once, untimed, on a copy (the same shapes; the last, partial batch compiles again)
+        algorithm.compile_inference = {}
+        algorithm.estimate(copy.deepcopy(network), train_x[chunks[0]], train_y[chunks[0]])
     load_before = load_average()
     for index, chunk in enumerate(chunks):
         x, y = train_x[chunk], train_y[chunk]
@@ -297,6 +300,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batches", type=int, default=None, help="train this many batches (default: one epoch, 782)")
     p.add_argument("--every", type=int, default=75, help="probe every N batches (batch 0 included)")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    p.add_argument("--compile", action="store_true",
+                   help="compile_inference={} (inductor: pc_nudge's estimate as one graph where it can)")
     p.add_argument("--seed", type=int, default=0, help="the initialisation's and the batch order's seed")
     p.add_argument("--test-images", type=int, default=None, help="score on the first N test images (default all)")
     p.add_argument("--data-dir", default=None, help="folder with MNIST/raw/*.gz (default $PL_ENERGY_DATA)")
