@@ -8,9 +8,9 @@
 #    inference, also under CUDA graphs, what eager inference computes);
 # 2. cases (d) and (f) of bench_step.py (VGG-5, max-pool/ReLU and average-pool/tanh) on the GPU,
 #    eager, then with compiled layers (inductor): timings, ratios to BP, peak memory, agreement;
-# 3. case (a) (the seed MLP, whose PC inference steps compile as whole graphs: core.compiled_steps)
-#    for bp and pc_nudge (50 fixed gd steps, and the default), eager, compiled, and compiled
-#    with CUDA graphs (--compile-mode reduce-overhead; on a GPU only).
+# 3. case (a) (the seed MLP, whose pc_nudge estimate compiles as one graph, the default and the
+#    50 fixed gd steps alike: algorithms.graph_estimate) for bp and pc_nudge, eager, compiled,
+#    and compiled with CUDA graphs (--compile-mode reduce-overhead; on a GPU only).
 #
 # What comes back: $OUT/log.txt and $OUT/RESULTS.md, a copy of benchmarks/RESULTS.md with the
 # GPU sections (d-cuda, f-cuda, d-cuda-compiled, f-cuda-compiled) added beside the CPU ones,
