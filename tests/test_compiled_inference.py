@@ -141,6 +141,19 @@ def test_only_energies_whose_steps_trace_as_one_graph_are_compiled(problem):
     assert not compilable(PredictiveCodingEnergy(convolutional, Loss("cross_entropy")), solvers.GradientDescent())
 
 
+def test_compiled_steps_run_eagerly_past_the_recompile_limit(problem, monkeypatch):
+    """More batch shapes than torch keeps graphs for: the steps of the later ones run eagerly,
+    with eager's numbers (under ``fullgraph`` torch raised there before)."""
+    network, inputs, targets = problem
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    for size in (32, 16):
+        pairs = [nudged(network, inputs[:size], targets[:size], first_order=False) for _ in range(2)]
+        for (energy, state), compile in zip(pairs, ({"backend": "aot_eager"}, None)):
+            relax(energy, state, 60, 0.1, solver="gd", compile=compile)
+        assert all(torch.equal(a, b) for a, b in zip(*(state.activities for _, state in pairs)))
+
+
 def test_relax_compiled_names_the_same_first_bad_step_as_eager(problem):
     """Divergence is still caught when the steps are compiled, and named as eager names it."""
     network, inputs, targets = problem

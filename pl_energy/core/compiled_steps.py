@@ -83,10 +83,22 @@ def step_functions(options: dict[str, Any] | None, energy: object = None,
            *sorted((name, repr(value)) for name, value in options.items()))
     if key not in _COMPILED:
         _COMPILED[key] = StepFunctions(*(
-            compile_graph(function, options, device) if function.__name__ in chosen else function
+            _or_eager(compile_graph(function, options, device), function) if function.__name__ in chosen else function
             for function in (solvers.measure, solvers.advance, solvers.run)),
             compiled=True, run_length=RUN_LENGTH)
     return _COMPILED[key]
+
+
+def _or_eager(compiled: Callable, function: Callable) -> Callable:
+    """``compiled``, or ``function`` where torch has used up its ``recompile_limit`` graphs of it
+    (8 by default: batch sizes, dtypes, networks in one process); under ``fullgraph`` torch
+    raises then, before the graph runs, so the state is untouched."""
+    def call(*args):
+        try:
+            return compiled(*args)
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            return function(*args)
+    return call
 
 
 def replays_cuda_graphs(options: dict[str, Any]) -> bool:
