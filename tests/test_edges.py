@@ -237,8 +237,8 @@ def test_batchnorm_in_training_mode_is_refused_by_the_module_unless_accepted():
 def test_pl_energys_warnings_are_shown_by_rank_zero_only(rank, shown):
     from pl_energy.algorithms import NotConvergedWarning
 
-    module = EnergyModule(network=mlp([6, 5, 3], activation="tanh"), algorithm="pc_nudge", trace_every_n_steps=0,
-                          algorithm_hparams={"lam": 0.5, "tol": 1e-30, "steps": 2})
+    module = EnergyModule(network=mlp([6, 5, 3]), algorithm="pc_nudge", trace_every_n_steps=0,
+                          algorithm_hparams={"tol": 1e-30, "steps": 2})
     module._trainer = types.SimpleNamespace(global_rank=rank, datamodule=None,
                                             strategy=types.SimpleNamespace(checkpoint_io=None))
     with warnings.catch_warnings(record=True) as caught:

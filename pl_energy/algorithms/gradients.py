@@ -73,6 +73,7 @@ class ErrorLayout:
 
     @classmethod
     def of(cls, network: nn.Module) -> "ErrorLayout":
+        """The layout of ``network``'s children and their trainable parameters now."""
         structure = structure_of(network)
         names, kept, owners = [], [], []
         for (name, _), parameters in zip(structure.children, structure.child_parameters):

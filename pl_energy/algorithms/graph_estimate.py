@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -53,6 +53,9 @@ from ..core.solvers import ErrorCoordinates, Solver, largest_ratio_of, measure, 
 from .base import Estimate
 from .contrastive import Phase, contrast
 from .gradients import ErrorLayout, name_layer_gradients
+
+if TYPE_CHECKING:
+    from .predictive_coding import PredictiveCoding
 
 _COMPILED: dict[tuple, Any] = {}
 
@@ -117,8 +120,8 @@ def _kinks(energy: PredictiveCodingEnergy, free: PCState) -> Tensor:
     return count
 
 
-def graph_estimate(algorithm, network: nn.Module, energy: PredictiveCodingEnergy, inputs: Tensor,
-                   targets: Tensor, loss: Loss) -> Estimate | None:
+def graph_estimate(algorithm: PredictiveCoding, network: nn.Module, energy: PredictiveCodingEnergy,
+                   inputs: Tensor, targets: Tensor, loss: Loss) -> Estimate | None:
     """``algorithm``'s estimate (a ``PredictiveCoding`` at the default or at fixed steps:
     ``PredictiveCoding._graph_setting``) through the compiled graph, or None where the eager
     path is to run (see the module docstring)."""
@@ -127,7 +130,7 @@ def graph_estimate(algorithm, network: nn.Module, energy: PredictiveCodingEnergy
     key = (device, *sorted((name, repr(value)) for name, value in options.items()))
     if key not in _COMPILED:
         _COMPILED[key] = compiled_steps.compile_graph(estimate_graph, options, device)
-    targets = loss.prepare_targets(targets, inputs.new_empty((inputs.shape[0], *_output_shape(energy))))
+    targets = loss.prepare_targets(targets, inputs.new_empty((inputs.shape[0], energy.linearizers[-1].output_width())))
     layout = ErrorLayout.of(network) if algorithm.error_estimate else None
     signs = algorithm.signs()
     solver = solver_class(algorithm.solver)()
@@ -175,9 +178,3 @@ def graph_estimate(algorithm, network: nn.Module, energy: PredictiveCodingEnergy
     errors = None if layout is None else layout.errors(values.get("errors", []))
     return Estimate(name_layer_gradients(network, update), output, value, None, tuple(reports), lam, errors)
 
-
-def _output_shape(energy: PredictiveCodingEnergy) -> tuple[int, ...]:
-    """The shape of one sample's output of a closed-form energy's last layer."""
-    last = energy.linearizers[-1]
-    parts = last.parts if last.parts is not None else last.scaled_parts
-    return (parts[0].weight.shape[0],)

@@ -217,8 +217,7 @@ class _Phase:
         """``steps`` fixed steps; the watched energies read once, at the end."""
         energy, state, solver = self.energy, self.state, self.solver
         self.start_watch()
-        faster = solver.faster_coordinates(energy, state, steps)
-        coordinates = self.plain if faster is None else faster
+        coordinates = solver.fixed_step_coordinates(energy, state, steps)
         iteration = solver.start()
         eta = self.step_size(iteration)
         # runs of a multiple of the watch stride, so that each run watches the phase's steps
@@ -382,8 +381,7 @@ def fixed_steps(energy: Energy, state: Any, solver: Solver, steps: int, step_siz
     energies with ``EnergyWatch`` and the residual with ``solvers.largest_ratio_of``."""
     plain = solver.coordinates(energy)
     start = plain.total(state)
-    faster = solver.faster_coordinates(energy, state, steps)
-    coordinates = plain if faster is None else faster
+    coordinates = solver.fixed_step_coordinates(energy, state, steps)
     step_size, rows = solvers.run(coordinates, solver.start(), state, step_size, steps, every)
     coordinates.leave(state)
     return start, step_size, torch.stack([row[2] for row in rows]), solvers.measure(plain, state)[1]

@@ -201,6 +201,12 @@ class LayerLinearizer:
         self.parts = None if parts is None else (DenseLayer(parts[0]), *parts[1:])
         self.scaled_parts = None if self.parts is not None else scaled_parts(layer, derivatives)
 
+    def output_width(self) -> int | None:
+        """The features of a closed form's output (its linear part's rows); None where the
+        layer goes through autograd."""
+        parts = self.parts if self.parts is not None else self.scaled_parts
+        return None if parts is None else parts[0].weight.shape[0]
+
     def activation_input(self, linearization: Linearization) -> tuple[nn.Module, Tensor] | None:
         """(the activation module, the tensor it was applied to) in a closed-form
         linearisation of this layer; None where the closed form has no activation, or the

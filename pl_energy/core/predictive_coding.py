@@ -230,11 +230,11 @@ class PredictiveCodingEnergy:
         through every layer's Jacobian at the current state, as in backprop. ``errors`` are the
         e_l when the caller has them."""
         local = self.local_terms(state, errors)
-        adjoint = self.output_gradient(state) * state.lam  # lam a number or a 0-dim tensor
+        adjoint, lam = _weighed_signal(self.output_gradient(state), state.lam)
         gradients: list[Tensor] = list(local)
         for index in range(len(self.layers) - 1, 0, -1):
             adjoint = state.linearizations[index].input_vjp(adjoint)
-            gradients[index - 1] = local[index - 1] + adjoint
+            gradients[index - 1] = torch.add(local[index - 1], adjoint, alpha=lam)
         return gradients
 
     def move_errors(self, state: PCState, directions: list[Tensor], step_size: float | Tensor,
@@ -265,12 +265,11 @@ class PredictiveCodingEnergy:
 
     def top_down(self, state: PCState, lowest: int = 1) -> tuple[list[Tensor], Tensor, float]:
         """``activity_gradients(state, lowest)``, and the signal d_lowest = alpha * above that
-        layer ``lowest`` sends down (alpha = 1 at the output: above = d_L; -1 inside: above =
-        pi eps)."""
+        layer ``lowest`` sends down (at the output alpha * above = lam dl/dmu_L: ``_weighed_signal``;
+        -1 inside: above = pi eps)."""
         top = len(self.layers)
         linearizations = state.linearizations
-        above = self.output_gradient(state) * state.lam  # d_L (lam a number or a 0-dim tensor)
-        alpha = 1.0
+        above, alpha = _weighed_signal(self.output_gradient(state), state.lam)
         gradients: list[Tensor] = [above] * (top - 1)
         for index in range(top - 1, lowest - 1, -1):
             weighted = self.weighted_error(state, index)
@@ -315,3 +314,13 @@ class PredictiveCodingEnergy:
         """scale * dE/dtheta per layer at ``state``."""
         return [self.layer_parameter_gradients(state, index, scale)
                 for index in range(1, len(self.layers) + 1)]
+
+
+def _weighed_signal(gradient: Tensor, lam: float | Tensor) -> tuple[Tensor, float]:
+    """(signal, alpha) with alpha * signal = lam * dl/dmu_L, for the sums that send it down
+    (``torch.add``'s and ``addmm``'s alpha, which must be a number): a number lam is the alpha
+    (one kernel per sum, with its rounding), a 0-dim tensor lam (a graph input:
+    ``algorithms.graph_estimate``) is multiplied in once."""
+    if isinstance(lam, Tensor):
+        return gradient * lam, 1.0
+    return gradient, lam

@@ -313,6 +313,12 @@ class Solver:
         nobody watches step by step (no tolerance, no ``on_step``, no back-off), or None."""
         return None
 
+    def fixed_step_coordinates(self, energy, state, steps: int) -> Coordinates:
+        """The coordinates ``steps`` fixed steps nobody watches run in: the faster ones where
+        there are (``faster_coordinates``), else the plain ones."""
+        faster = self.faster_coordinates(energy, state, steps)
+        return self.coordinates(energy) if faster is None else faster
+
     def start(self) -> "Iteration":
         return Iteration()
 
