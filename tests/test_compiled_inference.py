@@ -141,17 +141,19 @@ def test_only_energies_whose_steps_trace_as_one_graph_are_compiled(problem):
     assert not compilable(PredictiveCodingEnergy(convolutional, Loss("cross_entropy")), solvers.GradientDescent())
 
 
-def test_compiled_steps_run_eagerly_past_the_recompile_limit(problem, monkeypatch):
+def test_compiled_steps_run_eagerly_past_the_recompile_limit(problem):
     """More batch shapes than torch keeps graphs for: the steps of the later ones run eagerly,
-    with eager's numbers (under ``fullgraph`` torch raised there before)."""
+    with eager's numbers (under ``fullgraph`` torch raised there before). The limit is lowered
+    with torch's own ``config.patch``: pytest >= 9.2's ``monkeypatch.setattr`` deletes a
+    config entry on undo, which hides it for the rest of the process."""
     network, inputs, targets = problem
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
-    for size in (32, 16):
-        pairs = [nudged(network, inputs[:size], targets[:size], first_order=False) for _ in range(2)]
-        for (energy, state), compile in zip(pairs, ({"backend": "aot_eager"}, None)):
-            relax(energy, state, 60, 0.1, solver="gd", compile=compile)
-        assert all(torch.equal(a, b) for a, b in zip(*(state.activities for _, state in pairs)))
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for size in (32, 16):
+            pairs = [nudged(network, inputs[:size], targets[:size], first_order=False) for _ in range(2)]
+            for (energy, state), compile in zip(pairs, ({"backend": "aot_eager"}, None)):
+                relax(energy, state, 60, 0.1, solver="gd", compile=compile)
+            assert all(torch.equal(a, b) for a, b in zip(*(state.activities for _, state in pairs)))
 
 
 def test_relax_compiled_names_the_same_first_bad_step_as_eager(problem):
@@ -303,8 +305,7 @@ def test_compiled_fixed_steps_that_diverge_raise_the_eager_error(problem, graph_
     assert graph_results == [None]
 
 
-def test_the_compiled_default_estimate_runs_eagerly_where_its_graph_does_not_apply(problem, graph_results,
-                                                                                   monkeypatch):
+def test_the_compiled_default_estimate_runs_eagerly_where_its_graph_does_not_apply(problem, graph_results):
     """No hidden layer (no response to take lam from), inputs with more than two dimensions
     (the closed forms are for flat ones), and more shapes than torch keeps graphs for: the eager
     estimate, as without compiling (found by an independent review: each raised before)."""
@@ -317,10 +318,10 @@ def test_the_compiled_default_estimate_runs_eagerly_where_its_graph_does_not_app
     assert max_relative(compiled.gradients, run(network, sequences, dense, None).gradients) == 0
     assert graph_results == []
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
-    for size in (32, 16):
-        compiled = run(network, inputs[:size], targets[:size], {"backend": "aot_eager"})
-        same_estimates(compiled, run(network, inputs[:size], targets[:size], None), 1e-12)
+    with torch._dynamo.config.patch(recompile_limit=1):  # not monkeypatch: see the test above
+        for size in (32, 16):
+            compiled = run(network, inputs[:size], targets[:size], {"backend": "aot_eager"})
+            same_estimates(compiled, run(network, inputs[:size], targets[:size], None), 1e-12)
     assert graph_results[0] is not None and graph_results[1] is None
 
 
