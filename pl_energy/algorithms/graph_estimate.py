@@ -125,14 +125,8 @@ def graph_estimate(algorithm: PredictiveCoding, network: nn.Module, energy: Pred
     """``algorithm``'s estimate (a ``PredictiveCoding`` at the default or at fixed steps:
     ``PredictiveCoding._graph_setting``) through the compiled graph, or None where the eager
     path is to run (see the module docstring)."""
-    options = algorithm.compile_inference
-    device = inputs.device.type
-    key = (device, *sorted((name, repr(value)) for name, value in options.items()))
-    if key not in _COMPILED:
-        _COMPILED[key] = compiled_steps.compile_graph(estimate_graph, options, device)
     targets = loss.prepare_targets(targets, inputs.new_empty((inputs.shape[0], energy.linearizers[-1].output_width())))
     layout = ErrorLayout.of(network) if algorithm.error_estimate else None
-    signs = algorithm.signs()
     solver = solver_class(algorithm.solver)()
     eta = first_step(solver, algorithm.step_size)
     nudge = None if algorithm.lam == "auto" else torch.tensor(float(algorithm.lam), dtype=inputs.dtype,
@@ -141,11 +135,11 @@ def graph_estimate(algorithm: PredictiveCoding, network: nn.Module, energy: Pred
     step = finite_difference_step(inputs.dtype, algorithm.centered, carried=True)
     step_size = None if fixed is None else torch.tensor(eta, dtype=inputs.dtype, device=inputs.device)
     try:
-        update, output, value, reads, names, sizes = _COMPILED[key](
-            energy, inputs, targets, nudge, step, signs, layout, fixed, step_size)
+        update, output, value, reads, names, sizes = _compiled(algorithm.compile_inference, inputs.device.type)(
+            energy, inputs, targets, nudge, step, algorithm.signs(), layout, fixed, step_size)
     except torch._dynamo.exc.FailOnRecompileLimitHit:
         return None  # more shapes and settings in this process than torch keeps graphs for
-    if compiled_steps.replays_cuda_graphs(options):
+    if compiled_steps.replays_cuda_graphs(algorithm.compile_inference):
         update, output, value = [[g.clone() for g in layer] for layer in update], output.clone(), value.clone()
     flat = reads.tolist()  # the one host read
     offsets = [sum(sizes[:index]) for index in range(len(sizes) + 1)]
@@ -159,22 +153,34 @@ def graph_estimate(algorithm: PredictiveCoding, network: nn.Module, energy: Pred
         lam = automatic_strength(step, ratio)  # refuses a lam whose reciprocal overflows, as eagerly
     else:
         lam = float(algorithm.lam)
-    reports = []
-    for sign in signs:
-        hidden = len(values[f"balance {sign}"]) // 3
-        norms = values[f"balance {sign}"]
-        residual = largest_ratio_of(norms[:hidden], norms[hidden:2 * hidden], norms[2 * hidden:])
-        if fixed is None:
-            if not residual <= algorithm.tol:
-                return None
-            reports.append(InferenceReport(solver.name, 0, True, residual, eta, 0, algorithm.tol))
-        else:
-            watch = EnergyWatch(values[f"start {sign}"][0], solver.rise_tolerance, inputs.dtype)
-            if not math.isfinite(watch.start) or any(watch.problem(v) for v in values[f"energies {sign}"]):
-                return None
-            # a rule that changes its step size does so on the device, eagerly too; the others keep the given one
-            last = values[f"step size {sign}"][0] if solver.start().needs_residual else eta
-            reports.append(InferenceReport(solver.name, fixed.steps, False, residual, last))
+    reports = [_report(algorithm, solver, fixed, eta, values, sign, inputs.dtype) for sign in algorithm.signs()]
+    if None in reports:
+        return None
     errors = None if layout is None else layout.errors(values.get("errors", []))
     return Estimate(name_layer_gradients(network, update), output, value, None, tuple(reports), lam, errors)
 
+
+def _compiled(options: dict[str, Any], device: str):
+    """``estimate_graph`` compiled with ``options``, once per process and device type."""
+    key = (device, *sorted((name, repr(value)) for name, value in options.items()))
+    if key not in _COMPILED:
+        _COMPILED[key] = compiled_steps.compile_graph(estimate_graph, options, device)
+    return _COMPILED[key]
+
+
+def _report(algorithm: PredictiveCoding, solver: Solver, fixed: FixedSteps | None, eta: float,
+            values: dict[str, list[float]], sign: int, dtype: torch.dtype) -> InferenceReport | None:
+    """The phase's report as the eager loop would give it, from the graph's reads; None where the
+    eager loop would go on (a start above ``tol``) or stop with an error (an energy its watch
+    calls divergent)."""
+    norms = values[f"balance {sign}"]
+    hidden = len(norms) // 3
+    residual = largest_ratio_of(norms[:hidden], norms[hidden:2 * hidden], norms[2 * hidden:])
+    if fixed is None:
+        return InferenceReport(solver.name, 0, True, residual, eta, 0, algorithm.tol) if residual <= algorithm.tol else None
+    watch = EnergyWatch(values[f"start {sign}"][0], solver.rise_tolerance, dtype)
+    if not math.isfinite(watch.start) or any(watch.problem(value) for value in values[f"energies {sign}"]):
+        return None
+    # a rule that changes its step size does so on the device, eagerly too; the others keep the given one
+    last = values[f"step size {sign}"][0] if solver.start().needs_residual else eta
+    return InferenceReport(solver.name, fixed.steps, False, residual, last)
