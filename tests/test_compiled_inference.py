@@ -156,6 +156,19 @@ def test_compiled_steps_run_eagerly_past_the_recompile_limit(problem):
             assert all(torch.equal(a, b) for a, b in zip(*(state.activities for _, state in pairs)))
 
 
+def test_a_backend_that_cannot_compile_is_named_in_one_line(problem):
+    """A backend that fails (inductor without a C++ compiler, say) is refused in one line that
+    says what to do, for the whole estimate and for the inference steps alike."""
+    def failing(graph, example_inputs):
+        raise RuntimeError("no C++ compiler found\n(a long trace)")
+
+    network, inputs, targets = problem
+    for settings, what in (({}, "pc_nudge's estimate"), (dict(PAPER_SETTINGS, lam=0.01, steps=60), "the inference steps")):
+        with pytest.raises(RuntimeError, match=rf"^torch.compile could not compile {what} \(RuntimeError: no C\+\+ "
+                                               r"compiler found\): run eagerly \(compile=False"):
+            run(network, inputs, targets, {"backend": failing}, **settings)
+
+
 def test_relax_compiled_names_the_same_first_bad_step_as_eager(problem):
     """Divergence is still caught when the steps are compiled, and named as eager names it."""
     network, inputs, targets = problem

@@ -139,6 +139,8 @@ def graph_estimate(algorithm: PredictiveCoding, network: nn.Module, energy: Pred
             energy, inputs, targets, nudge, step, algorithm.signs(), layout, fixed, step_size)
     except torch._dynamo.exc.FailOnRecompileLimitHit:
         return None  # more shapes and settings in this process than torch keeps graphs for
+    except torch._dynamo.exc.BackendCompilerFailed as error:
+        raise compiled_steps.compile_failure(error, "pc_nudge's estimate") from error
     if compiled_steps.replays_cuda_graphs(algorithm.compile_inference):
         update, output, value = [[g.clone() for g in layer] for layer in update], output.clone(), value.clone()
     flat = reads.tolist()  # the one host read

@@ -92,13 +92,25 @@ def step_functions(options: dict[str, Any] | None, energy: object = None,
 def _or_eager(compiled: Callable, function: Callable) -> Callable:
     """``compiled``, or ``function`` where torch has used up its ``recompile_limit`` graphs of it
     (8 by default: batch sizes, dtypes, networks in one process); under ``fullgraph`` torch
-    raises then, before the graph runs, so the state is untouched."""
+    raises then, before the graph runs, so the state is untouched. A backend that fails to
+    compile is named in one line (``compile_failure``)."""
     def call(*args):
         try:
             return compiled(*args)
         except torch._dynamo.exc.FailOnRecompileLimitHit:
             return function(*args)
+        except torch._dynamo.exc.BackendCompilerFailed as error:
+            raise compile_failure(error, "the inference steps") from error
     return call
+
+
+def compile_failure(error: Exception, what: str) -> RuntimeError:
+    """One line for a ``torch.compile`` backend that failed (e.g. inductor without a C++
+    compiler on a CPU), saying what to do; the backend's own error is chained."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = next((line for line in lines if not line.startswith("backend=")), type(error).__name__)
+    return RuntimeError(f"torch.compile could not compile {what} ({cause}): run eagerly (compile=False, the same "
+                        "numbers) or pick a backend that works on this machine, e.g. compile={'backend': 'aot_eager'}")
 
 
 def replays_cuda_graphs(options: dict[str, Any]) -> bool:
