@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -56,8 +56,6 @@ from .gradients import ErrorLayout, name_layer_gradients
 
 if TYPE_CHECKING:
     from .predictive_coding import PredictiveCoding
-
-_COMPILED: dict[tuple, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -134,13 +132,12 @@ def graph_estimate(algorithm: PredictiveCoding, network: nn.Module, energy: Pred
     fixed = None if algorithm.tol is not None else FixedSteps(solver, algorithm.steps, solver.check_every)
     step = finite_difference_step(inputs.dtype, algorithm.centered, carried=True)
     step_size = None if fixed is None else torch.tensor(eta, dtype=inputs.dtype, device=inputs.device)
-    try:
-        update, output, value, reads, names, sizes = _compiled(algorithm.compile_inference, inputs.device.type)(
-            energy, inputs, targets, nudge, step, algorithm.signs(), layout, fixed, step_size)
-    except torch._dynamo.exc.FailOnRecompileLimitHit:
-        return None  # more shapes and settings in this process than torch keeps graphs for
-    except torch._dynamo.exc.BackendCompilerFailed as error:
-        raise compiled_steps.compile_failure(error, "pc_nudge's estimate") from error
+    graph = compiled_steps.compiled(estimate_graph, algorithm.compile_inference, inputs.device.type, _no_graph,
+                                    "pc_nudge's estimate")
+    result = graph(energy, inputs, targets, nudge, step, algorithm.signs(), layout, fixed, step_size)
+    if result is None:
+        return None
+    update, output, value, reads, names, sizes = result
     if compiled_steps.replays_cuda_graphs(algorithm.compile_inference):
         update, output, value = [[g.clone() for g in layer] for layer in update], output.clone(), value.clone()
     flat = reads.tolist()  # the one host read
@@ -162,12 +159,9 @@ def graph_estimate(algorithm: PredictiveCoding, network: nn.Module, energy: Pred
     return Estimate(name_layer_gradients(network, update), output, value, None, tuple(reports), lam, errors)
 
 
-def _compiled(options: dict[str, Any], device: str):
-    """``estimate_graph`` compiled with ``options``, once per process and device type."""
-    key = (device, *sorted((name, repr(value)) for name, value in options.items()))
-    if key not in _COMPILED:
-        _COMPILED[key] = compiled_steps.compile_graph(estimate_graph, options, device)
-    return _COMPILED[key]
+def _no_graph(*args) -> None:
+    """What the graph gives past torch's recompile limit: nothing (the eager estimate runs)."""
+    return None
 
 
 def _report(algorithm: PredictiveCoding, solver: Solver, fixed: FixedSteps | None, eta: float,

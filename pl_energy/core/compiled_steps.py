@@ -49,6 +49,7 @@ class StepFunctions:
 
 EAGER = StepFunctions(solvers.measure, solvers.advance, solvers.run)
 _COMPILED: dict[tuple, StepFunctions] = {}
+_GRAPHS: dict[tuple, Callable] = {}  # ``compiled``
 #: The step functions compiled on a CPU. There a compiled call costs guards and wrappers, some
 #: 70 us more than the eager ``measure`` of the seed MLP (126 against 58 us), which only a whole
 #: run of fixed steps amortises (``benchmarks/RESULTS.md``): the watched loop's ``measure`` and
@@ -83,25 +84,32 @@ def step_functions(options: dict[str, Any] | None, energy: object = None,
            *sorted((name, repr(value)) for name, value in options.items()))
     if key not in _COMPILED:
         _COMPILED[key] = StepFunctions(*(
-            _or_eager(compile_graph(function, options, device), function) if function.__name__ in chosen else function
-            for function in (solvers.measure, solvers.advance, solvers.run)),
+            compiled(function, options, device, function, "the inference steps") if function.__name__ in chosen
+            else function for function in (solvers.measure, solvers.advance, solvers.run)),
             compiled=True, run_length=RUN_LENGTH)
     return _COMPILED[key]
 
 
-def _or_eager(compiled: Callable, function: Callable) -> Callable:
-    """``compiled``, or ``function`` where torch has used up its ``recompile_limit`` graphs of it
-    (8 by default: batch sizes, dtypes, networks in one process); under ``fullgraph`` torch
-    raises then, before the graph runs, so the state is untouched. A backend that fails to
-    compile is named in one line (``compile_failure``)."""
-    def call(*args):
-        try:
-            return compiled(*args)
-        except torch._dynamo.exc.FailOnRecompileLimitHit:
-            return function(*args)
-        except torch._dynamo.exc.BackendCompilerFailed as error:
-            raise compile_failure(error, "the inference steps") from error
-    return call
+def compiled(function: Callable, options: dict[str, Any], device: str, fallback: Callable, what: str) -> Callable:
+    """``function`` compiled by ``compile_graph``, once per process, device type and set of
+    options. Where torch has used up its ``recompile_limit`` graphs of it (8 by default: batch
+    sizes, dtypes, networks in one process) ``fallback`` is called instead (under ``fullgraph``
+    torch raises then, before the graph runs, so nothing was changed); a backend that fails to
+    compile is refused in one line naming ``what`` (``compile_failure``)."""
+    key = (function, fallback, device, *sorted((name, repr(value)) for name, value in options.items()))
+    if key not in _GRAPHS:
+        graph = compile_graph(function, options, device)
+
+        def call(*args):
+            try:
+                return graph(*args)
+            except torch._dynamo.exc.FailOnRecompileLimitHit:
+                return fallback(*args)
+            except torch._dynamo.exc.BackendCompilerFailed as error:
+                raise compile_failure(error, what) from error
+
+        _GRAPHS[key] = call
+    return _GRAPHS[key]
 
 
 def compile_failure(error: Exception, what: str) -> RuntimeError:

@@ -30,6 +30,7 @@ from torch.func import functional_call, vjp
 from .linearization import DenseLayer
 from .networks import computes_as
 
+
 class LatestPoint:
     """What a coupling computed at its latest point u, recognised by identity and by the version
     counters of u and of the parameters (an in-place change of either, such as an optimiser's
