@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 
 def flat(gradients: dict[str, Tensor]) -> Tensor:
@@ -45,3 +46,35 @@ def eager_calls(modules) -> list:
         module.register_forward_pre_hook(
             lambda module, args: None if torch.compiler.is_compiling() else calls.append(module))
     return calls
+
+
+def paper_energy(network: nn.Sequential, inputs, activities, targets, lam: float):
+    """Millidge et al. 2022 Eqs. 3 and 10 with cross-entropy: sum_l 1/2 ||x_l - f_l(x_{l-1})||^2
+    over the hidden layers plus lam CE(f_L(x_{L-1}), y), summed over the batch."""
+    layers = list(network)
+    below = [inputs, *activities]
+    internal = sum(0.5 * (x - layer(prev)).pow(2).sum() for layer, prev, x in zip(layers, below, activities))
+    return internal + lam * F.cross_entropy(layers[-1](below[-1]), targets, reduction="sum")
+
+
+def autograd_activity_gradients(network, inputs, activities, targets, lam):
+    xs = [x.detach().requires_grad_(True) for x in activities]
+    return torch.autograd.grad(paper_energy(network, inputs, xs, targets, lam), xs)
+
+
+def papers_update(network: nn.Sequential, inputs, targets, lam: float, steps: int, step_size: float) -> dict[str, Tensor]:
+    """The papers' inference and update written from their equations (Millidge et al. 2022 A.1):
+    from the feedforward pass, ``steps`` steps of x <- x - step_size dE/dx (autograd of
+    ``paper_energy``), then (1/lam) dE/dtheta of the batch mean, named like the parameters."""
+    with torch.no_grad():
+        activities = []
+        x = inputs
+        for layer in list(network)[:-1]:
+            x = layer(x)
+            activities.append(x)
+    for _ in range(steps):
+        gradients = autograd_activity_gradients(network, inputs, activities, targets, lam)
+        activities = [x - step_size * g for x, g in zip(activities, gradients)]
+    names, parameters = zip(*network.named_parameters())
+    energy = paper_energy(network, inputs, activities, targets, lam) / (lam * inputs.shape[0])
+    return dict(zip(names, torch.autograd.grad(energy, parameters)))

@@ -12,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 from pl_energy import DivergenceError, EnergyModule, build_algorithm, mlp
@@ -22,7 +23,7 @@ from pl_energy.core import Loss, PredictiveCodingEnergy, relax
 from pl_energy.core import compiled_steps, solvers
 from pl_energy.core.compiled_steps import compilable, compile_graph
 from pl_energy.core.reduced_input import FirstLayerInRowSpace
-from helpers import max_relative
+from helpers import max_relative, papers_update
 
 
 @pytest.fixture
@@ -237,6 +238,24 @@ def test_the_estimate_compiled_is_one_graph_with_eager_numbers(settings, problem
             network[0][0].weight.mul_(1.01)
     assert len(graph_results) == 2 and None not in graph_results
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+
+
+def test_the_compiled_estimate_meets_oracles_written_in_the_test(problem, graph_results):
+    """Independent of the library's energy, in float64: the default (a nudge of one rounding
+    unit) is backprop's gradient, autograd of the loss, to rounding, on the ReLU and a tanh MLP;
+    the papers' 50 steps are the papers' loop written from their equations
+    (``helpers.papers_update``)."""
+    network, inputs, targets = problem
+    torch.manual_seed(4)
+    tanh = mlp([40, 16, 12, 10], activation="tanh").double()
+    for net in (network, tanh):
+        names, parameters = zip(*net.named_parameters())
+        bp = dict(zip(names, torch.autograd.grad(F.cross_entropy(net(inputs), targets), parameters)))
+        assert max_relative(run(net, inputs, targets, {"backend": "aot_eager"}).gradients, bp) <= 1e-9
+    papers = run(tanh, inputs, targets, {"backend": "aot_eager"}, **dict(PAPER_SETTINGS, lam=0.01))
+    expected = papers_update(tanh, inputs, targets, lam=0.01, steps=50, step_size=0.1)
+    assert max_relative(papers.gradients, expected) <= 1e-10
+    assert len(graph_results) == 3 and None not in graph_results
 
 
 def test_the_estimate_compiled_by_inductor_gives_eager_numbers_in_float32(problem, graph_results):

@@ -15,7 +15,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pl_energy import DivergenceError, build_algorithm, mlp
@@ -23,21 +22,7 @@ from pl_energy.algorithms import NotConvergedWarning
 from pl_energy.algorithms.predictive_coding import PAPER_SETTINGS
 from pl_energy.core import SOLVERS, Loss, PredictiveCodingEnergy, relax
 from pl_energy.core.solvers import Balance, relative_residual
-from helpers import cosine, max_relative
-
-
-def paper_energy(network: nn.Sequential, inputs, activities, targets, lam: float):
-    """Millidge et al. 2022 Eqs. 3 and 10 with cross-entropy: sum_l 1/2 ||x_l - f_l(x_{l-1})||^2
-    over the hidden layers plus lam CE(f_L(x_{L-1}), y), summed over the batch."""
-    layers = list(network)
-    below = [inputs, *activities]
-    internal = sum(0.5 * (x - layer(prev)).pow(2).sum() for layer, prev, x in zip(layers, below, activities))
-    return internal + lam * F.cross_entropy(layers[-1](below[-1]), targets, reduction="sum")
-
-
-def autograd_activity_gradients(network, inputs, activities, targets, lam):
-    xs = [x.detach().requires_grad_(True) for x in activities]
-    return torch.autograd.grad(paper_energy(network, inputs, xs, targets, lam), xs)
+from helpers import autograd_activity_gradients, cosine, max_relative, papers_update
 
 
 def tanh_cnn() -> nn.Sequential:
@@ -158,24 +143,10 @@ def test_the_residual_read_back_is_the_one_kept_on_the_device(norms, expected):
 def test_gd_at_the_paper_settings_is_the_papers_inference(tanh_problem):
     """Millidge et al. 2022 A.1: 50 steps of x <- x - 0.1 dE/dx, then the update (1/lam) dE/dtheta."""
     network, inputs, targets = tanh_problem
-    lam = 0.01
-    with torch.no_grad():
-        activities = []
-        x = inputs
-        for layer in list(network)[:-1]:
-            x = layer(x)
-            activities.append(x)
-    for _ in range(50):
-        gradients = autograd_activity_gradients(network, inputs, activities, targets, lam)
-        activities = [x - 0.1 * g for x, g in zip(activities, gradients)]
-    parameters = list(network.parameters())
-    batch = inputs.shape[0]
-    expected = torch.autograd.grad(paper_energy(network, inputs, activities, targets, lam) / (lam * batch),
-                                   parameters)
+    expected = papers_update(network, inputs, targets, lam=0.01, steps=50, step_size=0.1)
     estimate = build_algorithm("pc_nudge", **PAPER_SETTINGS, lam=0.01).estimate(
         network, inputs, targets)
-    names = [name for name, _ in network.named_parameters()]
-    assert max_relative(estimate.gradients, dict(zip(names, expected))) <= 1e-10
+    assert max_relative(estimate.gradients, expected) <= 1e-10
     report = estimate.inference[0]
     assert (report.solver, report.steps, report.converged) == ("gd", 50, False)
     assert 0 < report.residual < 1
