@@ -147,7 +147,9 @@ def check_precision(algorithm: Algorithm, network: nn.Module, parameter: Tensor 
 def check_estimate_error(algorithm: Algorithm, estimate: Estimate) -> None:
     """Warn when the estimate's worst layer is further from its limit than ``error_tolerance``
     (for algorithms that have one and compute ``Estimate.error_bound``)."""
-    if estimate.error_bound is not None and not all(math.isfinite(v) for v in estimate.error_bound.values()):
+    if estimate.error_bound is None:
+        return
+    if not all(math.isfinite(v) for v in estimate.error_bound.values()):
         bad = sorted(layer for layer, value in estimate.error_bound.items() if not math.isfinite(value))
         raise FloatingPointError(
             f"{algorithm.name}'s estimate is not finite in layer(s) {', '.join(bad)} (nudge {estimate.nudge}) although "

@@ -73,6 +73,19 @@ class Loss:
 def class_indices(targets: Tensor, output: Tensor) -> Tensor:
     """Class-index targets (B,) checked against an output (B, C) (integers in [0, C): one read
     back) as int64; one line naming the problem otherwise."""
+    if (targets.dtype != torch.int64 or targets.dim() != 1 or output.dim() != 2
+            or targets.shape[0] != output.shape[0]):
+        targets = _index_form(targets, output)  # the common case (int64 labels, (B, C) output) skips it
+    if targets.numel():
+        low, high = torch.aminmax(targets)  # two reads of 0-dim results: cheaper than stacking them
+        low, high = low.item(), high.item()
+        if low < 0 or high >= output.shape[1]:
+            raise ValueError(f"class indices must lie in [0, {output.shape[1]}), got [{low}, {high}]")
+    return targets
+
+
+def _index_form(targets: Tensor, output: Tensor) -> Tensor:
+    """``targets`` as int64 class indices for ``output``, or one line naming the problem."""
     if targets.shape[:1] != output.shape[:1]:
         raise ValueError(f"targets have batch size {targets.shape[0] if targets.dim() else 'none'} "
                          f"but the output has {output.shape[0]}")
@@ -80,13 +93,7 @@ def class_indices(targets: Tensor, output: Tensor) -> Tensor:
         raise ValueError(f"class-index targets must be integers (shape (B,)), got {targets.dtype}")
     if output.dim() != 2:
         raise ValueError(f"class-index targets need an output of shape (B, C), got {tuple(output.shape)}")
-    targets = targets.long()  # any integer dtype (uint8, int32 from numpy or a file)
-    if targets.numel():
-        low, high = torch.aminmax(targets)  # two reads of 0-dim results: cheaper than stacking them
-        low, high = low.item(), high.item()
-        if low < 0 or high >= output.shape[-1]:
-            raise ValueError(f"class indices must lie in [0, {output.shape[-1]}), got [{low}, {high}]")
-    return targets
+    return targets.long()  # any integer dtype (uint8, int32 from numpy or a file)
 
 
 def softmax_last(output: Tensor) -> Tensor:
