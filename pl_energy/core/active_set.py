@@ -222,6 +222,7 @@ class _Piece:
 
     def __init__(self, module: nn.Module):
         self.module = module
+        self.in_place = getattr(module, "inplace", False) is True
         self.previous = module.__dict__.get("forward")  # a pin of ``core.kinks``, or None
         self.pin = pin_of(module)
         self.mode = "observed"  # or "frozen", or "checked": real values, frozen slopes
@@ -234,16 +235,18 @@ class _Piece:
         return type(self.module).forward(self.module, x) if self.previous is None else self.previous(x)
 
     def __call__(self, x: Tensor) -> Tensor:
-        if self.mode == "frozen":
-            return self._frozen(x)
+        if self.mode == "observed":
+            self.calls += 1
+            self.input = x.detach().clone() if self.in_place else x.detach()
+            self.side = self._read(self.input)
+            return self._forward(x)
+        output = self._frozen(x)
         if self.mode == "checked":
-            frozen = self._frozen(x)
-            real = self._forward(x.detach().clone() if getattr(self.module, "inplace", False) else x.detach())
-            return real + (frozen - frozen.detach())
-        self.calls += 1
-        self.input = x.detach().clone() if getattr(self.module, "inplace", False) else x.detach()
-        self.side = self._read(self.input)
-        return self._forward(x)
+            real = self._forward(x.detach().clone() if self.in_place else x.detach())
+            output = real + (output - output.detach())
+        # a unit set to compute in place writes into x, as its own forward does (a residual
+        # block whose branch starts with it adds the rectified input)
+        return x.copy_(output) if self.in_place else output
 
     def _unit(self, tensor: Tensor) -> Tensor:
         return tensor.reshape(tensor.shape[0], -1)

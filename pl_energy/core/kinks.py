@@ -70,19 +70,25 @@ class _Pin:
 class _PinnedReLU(_Pin):
     """ReLU whose units at exactly 0 at the free state stay inactive. ``record`` only counts
     them (``count_nonzero``: a third of the time of ``(x == 0).sum()``); their mask is formed
-    at the first pinned call, which only a layer with units on a kink gets."""
+    at the first pinned call, which only a layer with units on a kink gets. A ReLU set to
+    compute in place writes its output into x, as it does unpinned (a residual block whose
+    branch starts with it adds the rectified input)."""
+
+    def __init__(self, in_place: bool):
+        self.in_place = in_place
 
     def record(self, x: Tensor) -> Tensor:
-        self.free = x
+        self.free = x.clone() if self.in_place else x
         self.kinks = _zeros(x)
-        return F.relu(x)
+        return F.relu(x, inplace=self.in_place)
 
     @functools.cached_property
     def on_kink(self) -> Tensor:
         return self.free == 0
 
     def __call__(self, x: Tensor) -> Tensor:
-        return F.relu(x).masked_fill(self.on_kink, 0.0)
+        output = F.relu(x).masked_fill(self.on_kink, 0.0)
+        return x.copy_(output) if self.in_place else output
 
 
 class _PinnedMaxPool2d(_Pin):
@@ -152,7 +158,7 @@ def _pin_for(module: nn.Module) -> _Pin | None:
         return None
     if type(module) is nn.MaxPool2d and not module.ceil_mode and not module.return_indices:
         return _PinnedMaxPool2d(module)
-    return _PinnedReLU() if type(module) is nn.ReLU else None
+    return _PinnedReLU(module.inplace) if type(module) is nn.ReLU else None
 
 
 def _zeros(x: Tensor) -> Tensor:

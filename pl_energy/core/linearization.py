@@ -43,16 +43,18 @@ class DenseLinearization:
     """``Linear`` followed by an optional elementwise activation, in closed form."""
 
     def __init__(self, linear: DenseLayer, derivatives: Derivatives | None,
-                 activation: nn.Module | None, x: Tensor | None, pre: Tensor | None = None):
+                 activation: nn.Module | None, in_place: bool, x: Tensor | None, pre: Tensor | None = None):
         """Linearise at input x; a caller that already knows a = W x + b passes it as ``pre``
-        (and may set ``x`` later: only ``parameter_vjp`` reads it)."""
+        (and may set ``x`` later: only ``parameter_vjp`` reads it). ``in_place``: the
+        activation overwrites its input (``inplace=True``), so it gets a copy of a: a stays
+        for the kinks of the free state (``core.kinks``)."""
         self.x = x
         self.weight = linear.weight
         self.has_bias = linear.bias is not None
         if pre is None:
             pre = torch.addmm(linear.bias, x, linear.transposed) if self.has_bias else x @ linear.transposed
         self.pre = pre
-        self.output = pre if activation is None else activation(pre)
+        self.output = pre if activation is None else activation(pre.clone() if in_place else pre)
         self.backward = None if derivatives is None else derivatives.backward
 
     def local(self, cotangent: Tensor) -> Tensor:
@@ -122,11 +124,15 @@ class ScaledLinearization:
 class AutogradLinearization:
     """Any layer: one recorded forward pass, then VJPs through autograd."""
 
-    def __init__(self, layer: nn.Module, x: Tensor, needs_input_vjp: bool):
+    def __init__(self, layer: nn.Module, x: Tensor, needs_input_vjp: bool, in_place: bool = False):
+        """``in_place``: the layer has a module that computes in place (``inplace=True``), which
+        may overwrite its input: the layer gets a copy of x, so that the state x stays and the
+        layer computes what it computes inside the network (a residual block whose branch
+        starts with ``ReLU(inplace=True)`` adds the rectified input)."""
         self.parameters = [p for p in layer.parameters()]
         self.x = x.detach().requires_grad_(needs_input_vjp)
         with torch.enable_grad():
-            self._graph_output = layer(self.x)
+            self._graph_output = layer(self.x.clone() if in_place else self.x)
         self.output = self._graph_output.detach()
 
     def input_vjp(self, cotangent: Tensor) -> Tensor:
@@ -184,7 +190,14 @@ def scaled_parts(layer: nn.Module, derivatives: DerivativesOf = derivatives_of):
     """(scaled linear, derivatives, activation, skip) for a layer of ``ResidualMLP``, else None."""
     skip = computes_as(layer, Residual) and layer.shortcut is None
     parts = _linear_and_activation(layer.branch if skip else layer, ScaledLinear, False, derivatives)
-    return None if parts is None else (*parts, skip)
+    if parts is None or computes_in_place(parts[2]):
+        return None  # an activation in place overwrites the layer's input (and a block's skip): autograd
+    return (*parts, skip)
+
+
+def computes_in_place(module: nn.Module | None) -> bool:
+    """Whether ``module`` or a module inside it is set to compute in place (``inplace=True``)."""
+    return module is not None and any(vars(inner).get("inplace") is True for inner in module.modules())
 
 
 class LayerLinearizer:
@@ -198,8 +211,9 @@ class LayerLinearizer:
         self.layer = layer
         self.needs_input_vjp = needs_input_vjp
         parts = dense_parts(layer, derivatives)
-        self.parts = None if parts is None else (DenseLayer(parts[0]), *parts[1:])
+        self.parts = None if parts is None else (DenseLayer(parts[0]), *parts[1:], computes_in_place(parts[2]))
         self.scaled_parts = None if self.parts is not None else scaled_parts(layer, derivatives)
+        self.in_place = self.parts is None and self.scaled_parts is None and computes_in_place(layer)
 
     def output_width(self) -> int | None:
         """The features of a closed form's output (its linear part's rows); None where the
@@ -222,4 +236,4 @@ class LayerLinearizer:
             return DenseLinearization(*self.parts, x)
         if self.scaled_parts is not None and x.dim() == 2:
             return ScaledLinearization(*self.scaled_parts, x)
-        return AutogradLinearization(self.layer, x, self.needs_input_vjp)
+        return AutogradLinearization(self.layer, x, self.needs_input_vjp, self.in_place)

@@ -1,0 +1,116 @@
+"""Units set to compute in place (``nn.ReLU(inplace=True)``): an energy layer evaluates its
+state without overwriting it, and computes what the layer computes inside the network.
+
+The oracle: the same function written without computing in place, with the same weights. A
+residual block whose branch starts with an in-place ReLU overwrites its own input before the skip
+adds it, so PyTorch's network computes relu(x) + W relu(x) (``RectifiedResidual``); a
+pre-activation layer ``Sequential(ReLU(inplace=True), Linear)`` overwrites the previous layer's
+output. Before, the closed form of ``ScaledLinear`` blocks returned updates 64-135 % off
+backprop's without a word (z_il), the others raised torch's multi-line autograd error, and
+pc_nudge's compiled graph handed every batch with an in-place ReLU over to eager.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pl_energy import build_algorithm
+from pl_energy.algorithms import predictive_coding
+from pl_energy.core.residual import Residual, ScaledLinear
+from helpers import max_relative
+
+
+class RectifiedResidual(nn.Module):
+    """relu(x) + linear(relu(x)), written without computing in place."""
+
+    def __init__(self, linear: nn.Module):
+        super().__init__()
+        self.relu, self.linear = nn.ReLU(), linear
+
+    def forward(self, x):
+        rectified = self.relu(x)
+        return rectified + self.linear(rectified)
+
+
+def pair(kind: str) -> tuple[nn.Module, nn.Module]:
+    """(a network with in-place ReLUs, the same function and weights without), float64."""
+    torch.manual_seed(0)
+    linear = ScaledLinear if kind == "scaled" else nn.Linear
+    first, block, last = linear(8, 6), linear(6, 6), nn.Linear(6, 3)
+    if kind == "pre-activation":
+        in_place = nn.Sequential(first, nn.Sequential(nn.ReLU(inplace=True), block),
+                                 nn.Sequential(nn.ReLU(inplace=True), last))
+        plain = nn.Sequential(*(copy.deepcopy(layer) for layer in in_place))
+        for layer in plain[1:]:
+            layer[0] = nn.ReLU()
+    else:
+        in_place = nn.Sequential(first, Residual(nn.Sequential(nn.ReLU(inplace=True), block)),
+                                 nn.Sequential(nn.ReLU(inplace=True), last))
+        plain = nn.Sequential(copy.deepcopy(first), RectifiedResidual(copy.deepcopy(block)),
+                              nn.Sequential(nn.ReLU(), copy.deepcopy(last)))
+    return in_place.double(), plain.double()
+
+
+SETTINGS = [
+    ("bp", {}), ("pc_nudge", {}), ("z_il", {}), ("fa_z_il", {}), ("pc", {}),
+    ("pc", {"solver": "newton"}), ("pc_nudge", {"lam": 0.5}), ("pc_nudge", {"centered": True}),
+    ("pc", {"solver": "gd", "steps": 30, "step_size": 0.1, "tol": None}),
+]
+
+
+@pytest.mark.parametrize("kind", ["residual", "scaled", "pre-activation"])
+def test_in_place_units_give_the_estimates_of_the_same_function_written_without(kind):
+    """Every algorithm, at its default and at a finite nudge where the active set and the kink
+    pins run: the same numbers, and the batch and the network are left as they were."""
+    in_place, plain = pair(kind)
+    torch.manual_seed(1)
+    x, y = torch.randn(16, 8, dtype=torch.float64), torch.randint(0, 3, (16,))
+    kept = x.clone()
+    assert torch.equal(in_place(x.clone()), plain(x))
+    for name, settings in SETTINGS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the finite nudges' error warnings, alike on both
+            ours = build_algorithm(name, **settings).estimate(in_place, x, y)
+            theirs = build_algorithm(name, **settings).estimate(plain, x, y)
+        assert max_relative(ours.gradients, dict(zip(ours.gradients, theirs.gradients.values()))) <= 1e-12, name
+        assert torch.allclose(ours.output, theirs.output, rtol=1e-13)
+        assert [r.steps for r in ours.inference] == [r.steps for r in theirs.inference], (name, settings)
+    assert torch.equal(x, kept)
+
+
+@pytest.mark.parametrize("kind", ["residual", "scaled"])
+def test_in_place_units_meet_autograd_backprop(kind):
+    """Z-IL and the default pc_nudge are backprop's gradient of the network PyTorch runs,
+    autograd of its loss (which sees the block add its rectified input)."""
+    network, _ = pair(kind)
+    torch.manual_seed(2)
+    x, y = torch.randn(16, 8, dtype=torch.float64), torch.randint(0, 3, (16,))
+    names, parameters = zip(*network.named_parameters())
+    bp = dict(zip(names, torch.autograd.grad(F.cross_entropy(network(x.clone()), y), parameters)))
+    for name in ("z_il", "pc_nudge"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert max_relative(build_algorithm(name).gradients(network, x, y), bp) <= 1e-10, name
+
+
+def test_the_compiled_estimate_takes_a_network_with_in_place_relus(monkeypatch):
+    """The graph counts the kinks on the pre-activations, which an in-place ReLU no longer
+    overwrites: no batch is handed over to eager, and the numbers are eager's."""
+    results = []
+    original = predictive_coding.graph_estimate
+    monkeypatch.setattr(predictive_coding, "graph_estimate", lambda *args: results.append(original(*args)) or results[-1])
+    torch.manual_seed(3)
+    network = nn.Sequential(nn.Sequential(nn.Linear(40, 16), nn.ReLU(inplace=True)),
+                            nn.Sequential(nn.Linear(16, 12), nn.ReLU(inplace=True)), nn.Linear(12, 10)).double()
+    x, y = torch.randn(32, 40, dtype=torch.float64), torch.randint(0, 10, (32,))
+    compiled = build_algorithm("pc_nudge")
+    compiled.compile_inference = {"backend": "aot_eager"}
+    estimate = compiled.estimate(network, x, y)
+    assert len(results) == 1 and results[0] is not None
+    assert max_relative(estimate.gradients, build_algorithm("pc_nudge").gradients(network, x, y)) <= 1e-12
