@@ -114,3 +114,28 @@ def test_the_compiled_estimate_takes_a_network_with_in_place_relus(monkeypatch):
     estimate = compiled.estimate(network, x, y)
     assert len(results) == 1 and results[0] is not None
     assert max_relative(estimate.gradients, build_algorithm("pc_nudge").gradients(network, x, y)) <= 1e-12
+
+
+class Doubling(nn.Module):
+    """x -> 2x, written in place on its input (no ``inplace`` flag that says so)."""
+
+    def forward(self, x):
+        return x.mul_(2)
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first-layer", "hidden-layer"])
+def test_a_layer_that_overwrites_its_input_without_saying_so_is_refused_in_one_line(first):
+    """Where the layer's input is the batch (no gradient asked for it) the overwrite is seen on
+    the input's version counter, where it is a state the operation meets autograd's leaf check:
+    one line either way, naming the layer, instead of torch's autograd error or a batch that
+    changes under the estimate."""
+    torch.manual_seed(4)
+    doubling = nn.Sequential(Doubling(), nn.Linear(8 if first else 6, 6 if first else 3))
+    layers = [doubling, nn.Linear(6, 3)] if first else [nn.Linear(8, 6), doubling]
+    network = nn.Sequential(*layers).double()
+    x, y = torch.randn(16, 8, dtype=torch.float64), torch.randint(0, 3, (16,))
+    for name in ("pc_nudge", "z_il", "pc"):
+        with pytest.raises(ValueError, match=r"^the layer Sequential\( \(0\): Doubling\(\).* overwrites its input in "
+                                             r"place .*compute it out of place") as error:
+            build_algorithm(name).gradients(network, x, y)
+        assert "\n" not in str(error.value)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from collections.abc import Callable
 
 from .activations import Derivatives, derivatives_of
-from .networks import computes_as
+from .networks import computes_as, describe
 from .residual import Residual, ScaledLinear
 
 
@@ -131,8 +131,18 @@ class AutogradLinearization:
         starts with ``ReLU(inplace=True)`` adds the rectified input)."""
         self.parameters = [p for p in layer.parameters()]
         self.x = x.detach().requires_grad_(needs_input_vjp)
+        version = self.x._version  # shared with x: an operation in place on x counts here
         with torch.enable_grad():
-            self._graph_output = layer(self.x.clone() if in_place else self.x)
+            try:
+                self._graph_output = layer(self.x.clone() if in_place else self.x)
+            except RuntimeError as error:
+                if "leaf Variable that requires grad is being used in an in-place" not in str(error):
+                    raise
+                version = -1
+        if self.x._version != version:
+            raise ValueError(f"the layer {describe(layer)} overwrites its input in place (an operation in "
+                             "place in its forward): an energy keeps each layer's input as a state; compute "
+                             "it out of place (torch's modules: inplace=False)")
         self.output = self._graph_output.detach()
 
     def input_vjp(self, cotangent: Tensor) -> Tensor:

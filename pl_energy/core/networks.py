@@ -244,11 +244,12 @@ def raise_naming(error: RuntimeError, layer: nn.Module, index: int, x: Tensor) -
     """Raise a shape error of layer ``index`` as one that names it and the shapes; any other
     error as it is."""
     if any(word in str(error) for word in ("shape", "size", "dimension")):
-        raise ValueError(f"layer {index} ({_describe(layer)}) cannot take an input of shape "
+        raise ValueError(f"layer {index} ({describe(layer)}) cannot take an input of shape "
                          f"{tuple(x.shape)}: {error}") from error
     raise error
 
 
-def _describe(layer: nn.Module) -> str:
+def describe(layer: nn.Module) -> str:
+    """The layer's repr on one line, cut at 120 characters."""
     text = " ".join(repr(layer).split())
     return text if len(text) <= 120 else text[:117] + "..."
