@@ -222,7 +222,7 @@ class _Piece:
 
     def __init__(self, module: nn.Module):
         self.module = module
-        self.in_place = getattr(module, "inplace", False) is True
+        self.in_place = bool(getattr(module, "inplace", False))
         self.previous = module.__dict__.get("forward")  # a pin of ``core.kinks``, or None
         self.pin = pin_of(module)
         self.mode = "observed"  # or "frozen", or "checked": real values, frozen slopes
@@ -659,7 +659,7 @@ def relinearize(energy, state) -> None:
 def evaluate_layers(energy, state) -> None:
     """Call every layer as it computes now at the state (x_l = mu_l + e_l from the bottom up),
     without touching the state: observed pieces record their sides."""
-    x = state.activities[0]
+    x = energy.first_input(state)
     for layer, error in zip(energy.layers, energy.errors(state)):
         x = layer(x) + error
     energy.layers[-1](x)

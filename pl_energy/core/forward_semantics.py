@@ -38,7 +38,7 @@ class _FixedDropout:
         if self.mask is None or self.mask.shape != x.shape:
             keep = 1.0 - self.module.p
             self.mask = torch.bernoulli(torch.full_like(x.detach(), keep)) / keep if keep > 0 else torch.zeros_like(x)
-        return x * self.mask
+        return x.mul_(self.mask) if self.module.inplace else x * self.mask  # in place as the module is
 
 
 class _FixedBatchNorm:

@@ -207,7 +207,7 @@ def scaled_parts(layer: nn.Module, derivatives: DerivativesOf = derivatives_of):
 
 def computes_in_place(module: nn.Module | None) -> bool:
     """Whether ``module`` or a module inside it is set to compute in place (``inplace=True``)."""
-    return module is not None and any(vars(inner).get("inplace") is True for inner in module.modules())
+    return module is not None and any(bool(vars(inner).get("inplace")) for inner in module.modules())
 
 
 class LayerLinearizer:

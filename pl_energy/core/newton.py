@@ -81,7 +81,7 @@ class NewtonErrorCoordinates(ErrorCoordinates):
         E_b + lam max |x_L|, as a loss near 0 computed from large outputs (a confident
         cross-entropy) keeps only eps |x_L| of absolute precision."""
         energy = self.energy
-        x = state.activities[0]
+        x = energy.first_input(state)
         internal = x.new_zeros(x.shape[0])
         for layer, error, precision in zip(energy.layers, errors, energy.precisions):
             x = layer(x) + error

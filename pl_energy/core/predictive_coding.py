@@ -94,6 +94,11 @@ class PredictiveCodingEnergy:
         except RuntimeError as error:  # a shape error names the layer and the shapes
             raise_naming(error, self.layers[index - 1], index, x)
 
+    def first_input(self, state: PCState) -> Tensor:
+        """x_0, as the first layer may be called on it: a copy where that layer computes in place
+        (``LayerLinearizer.in_place``), so that the batch stays as it is."""
+        return state.activities[0].clone() if self.linearizers[0].in_place else state.activities[0]
+
     def free_state(self, inputs: Tensor, targets: Tensor, prepared: bool = False) -> PCState:
         """The free equilibrium: x_l = mu_l, the feedforward pass (condition C1 of Song et al. 2020),
         the minimum of E at lam = 0; ``nudged`` gives the state that relaxes under a nudge.
