@@ -152,6 +152,14 @@ def test_a_hopfield_unit_applied_in_place_is_refused():
         pl_energy.build_algorithm("ep").gradients(network, torch.randn(4, 6), torch.randint(0, 3, (4,)))
 
 
+def test_a_hopfield_layer_ending_in_an_activation_it_has_no_derivative_for_names_the_ones_it_takes():
+    """``nn.Hardtanh(0, 1)`` at a layer's end is refused: the message lists the activations a
+    Hopfield layer may end in (it said only "one activation at its end", which this is)."""
+    network = nn.Sequential(nn.Sequential(nn.Linear(6, 5), nn.Hardtanh(0.0, 1.0)), nn.Linear(5, 3))
+    with pytest.raises(TypeError, match=r"layer 1 has a Hardtanh inside it: .*the activation one of .*Clip"):
+        pl_energy.build_algorithm("ep").gradients(network, torch.randn(4, 6), torch.randint(0, 3, (4,)))
+
+
 @pytest.mark.parametrize("unit", ["leaky_relu", "softplus"])
 def test_ep_with_monotone_new_units_approaches_its_exact_reference(unit):
     """Centered EP's error against implicit differentiation at the free equilibrium is O(beta^2).

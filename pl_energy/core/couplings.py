@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vjp
 
+from .activations import DERIVATIVES
 from .linearization import DenseLayer
 from .networks import computes_as
 
@@ -167,6 +168,7 @@ def make_coupling(module: nn.Module, index: int) -> Coupling:
                 f"layer {index} has a {type(leaf).__name__} inside it: a layer of the Hopfield energy of "
                 "EP/CHL is affine maps, reshapes and pools (Linear, Conv, Flatten, MaxPool, AvgPool) "
                 "followed by one activation at its end, e.g. Sequential(Conv2d, MaxPool2d, Clip) or "
-                "Sequential(Flatten, Linear); activations or stateful layers (BatchNorm, Dropout) "
-                "elsewhere have no Hopfield energy")
+                f"Sequential(Flatten, Linear), the activation one of {', '.join(t.__name__ for t in DERIVATIVES)}; "
+                "other activations, activations elsewhere and stateful layers (BatchNorm, Dropout) have "
+                "no Hopfield energy")
     return ModuleCoupling(module)
