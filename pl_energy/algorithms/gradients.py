@@ -34,7 +34,8 @@ def backprop_gradients(network: nn.Module, inputs: Tensor, targets: Tensor,
         else:
             targets = loss.prepare_targets(targets, output)
         value = loss.value(output, targets)
-        grads = torch.autograd.grad(value, [p for _, p in named], allow_unused=True)
+        # nothing trainable: no gradient to take (as the energy algorithms give none)
+        grads = torch.autograd.grad(value, [p for _, p in named], allow_unused=True) if named else ()
     gradients = {
         name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(named, grads)
     }

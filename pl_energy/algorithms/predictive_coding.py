@@ -125,7 +125,7 @@ class PredictiveCoding(ContrastiveAlgorithm):
         """lam for this batch: the fixed value, or the finite-difference step of ``lam="auto"``."""
         if self.lam != "auto":
             return float(self.lam)
-        step = finite_difference_step(free.activities[0].dtype, self.centered, self.carried)
+        step = finite_difference_step(free.output.dtype, self.centered, self.carried)  # the input may be integers
         return automatic_strength(step, energy.displacement_per_unit(free, response))
 
     def relax_phase(self, network: nn.Module, energy: PredictiveCodingEnergy, state: PCState,

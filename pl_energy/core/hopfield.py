@@ -44,6 +44,7 @@ from .activations import DERIVATIVES, Clip, derivatives_of
 from .couplings import make_coupling, split_layer
 from .losses import Loss
 from .networks import feedforward, layers_of
+from .own_forward import computes_itself
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,12 @@ def check_unit(rho: nn.Module | None, index: int) -> None:
             "needs (a strongly driven unit can rest on its wrong side); use clip, hardsigmoid, sigmoid, "
             "tanh, relu, leaky_relu or softplus (GELU and SiLU train with bp, pc, pc_nudge and z_il)")
     if type(rho) not in BOXES and derivatives_of(rho) is None:
-        raise ValueError(f"layer {index}'s {rho!r} would overwrite the states of the Hopfield energy of ep/chl "
-                         "(or has a setting without a closed-form derivative): build it without inplace=True")
+        if getattr(rho, "inplace", False):
+            raise ValueError(f"layer {index}'s {rho!r} would overwrite the states of the Hopfield energy of ep/chl: "
+                             "build it without inplace=True")
+        raise ValueError(f"layer {index}'s {rho!r} has no closed-form derivative the Hopfield energy of ep/chl can "
+                         "use (a subclass computes its own function; a setting may be unknown): use PyTorch's unit "
+                         "itself, or train with bp, pc, pc_nudge or z_il")
 
 
 @dataclass
@@ -125,6 +130,19 @@ class HopfieldState:
         return self.activities[-1]
 
 
+def check_own_forwards(layer: nn.Module, index: int) -> None:
+    """Refuse, in one line, a layer with a module whose call is not its own forward (hooks, a
+    parametrized weight: ``own_forward.computes_itself``): a Hopfield energy reads its couplings
+    and units off the modules themselves, so it would leave out what these add."""
+    for module in layer.modules():
+        if not computes_itself(module):
+            raise TypeError(
+                f"layer {index} has a {type(module).__name__} with forward hooks or a parametrized weight: "
+                "the Hopfield energy of EP/CHL reads its couplings and units off the modules themselves, "
+                "without what these add; remove them, or train with a predictive-coding algorithm, which "
+                "evaluates such layers through autograd")
+
+
 class HopfieldEnergy:
     """Layered Hopfield energy over a stack of dense or convolutional layers."""
 
@@ -137,6 +155,7 @@ class HopfieldEnergy:
         self.couplings = []
         self.rhos: list[nn.Module | None] = []
         for index, layer in enumerate(self.layers, start=1):
+            check_own_forwards(layer, index)
             coupling, rho = split_layer(layer, tuple(DERIVATIVES))
             check_unit(rho, index)
             self.couplings.append(make_coupling(coupling, index))

@@ -167,7 +167,10 @@ class AutogradLinearization:
                                     retain_graph=True, allow_unused=True)
         into = grads[0] if inputs else None
         params = grads[len(inputs):]
-        return into, [torch.zeros_like(p) if g is None else g for p, g in zip(self.parameters, params)]
+        # a parameter that enters through a reduction gets an expanded gradient (stride 0), which
+        # the estimate's in-place arithmetic cannot write: its own memory then
+        return into, [torch.zeros_like(p) if g is None else g.clone() if 0 in g.stride() else g
+                      for p, g in zip(self.parameters, params)]
 
 
 Linearization = DenseLinearization | ScaledLinearization | AutogradLinearization

@@ -6,12 +6,15 @@ At the free equilibrium of predictive coding x_l = mu_l, i.e. the feedforward pa
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor, nn
+from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
 from .activations import make_activation
+from .own_forward import computes_itself
 from .structure import structure_of
 
 
@@ -164,9 +167,35 @@ class VGG(ConvNet):
 
 
 def computes_as(module: nn.Module, cls: type[nn.Module]) -> bool:
-    """True if ``module`` is a ``cls`` that computes as ``cls`` does: a subclass that overrides
-    ``forward`` (a scaled or low-rank Linear, say) is not, and must not get ``cls``'s closed forms."""
-    return isinstance(module, cls) and type(module).forward is cls.forward
+    """True if ``module`` is a ``cls`` that computes as ``cls`` does, so that it may get ``cls``'s
+    closed forms: not a subclass that overrides ``forward`` (a scaled or low-rank Linear, say),
+    and computing its own forward (``computes_itself``)."""
+    return isinstance(module, cls) and type(module).forward is cls.forward and computes_itself(module)
+
+
+def repeated_layers(network: nn.Module) -> list[str]:
+    """The names of the top-level children that are one module at several places of the stack
+    (``named_children`` lists such a module once, ``forward`` calls it at each place)."""
+    layers = list(network._modules.values())
+    if len(set(map(id, layers))) == len(layers):
+        return []
+    return [name for name, layer in network._modules.items() if layers.count(layer) > 1]
+
+
+def warn_unrun_hooks(network: nn.Module) -> None:
+    """Warn where forward hooks would run in ``network``'s forward but not in the energy
+    algorithms, which never call the network as a whole (its own hooks) and compute dense layers
+    in closed form (global hooks): a hook that changes the stack's input or output changes what bp
+    trains, not what they estimate. Observers (profilers, loggers) change nothing, so this warns
+    rather than refuses; hooks on a layer or inside one run (the layer then goes through
+    autograd)."""
+    where = ("the network itself" if network._forward_hooks or network._forward_pre_hooks else
+             "every module (global hooks)" if _global_forward_hooks or _global_forward_pre_hooks else None)
+    if where is not None:
+        warnings.warn(f"forward hooks or pre-hooks are registered on {where}: the energy algorithms evaluate the "
+                      "network one layer at a time and never call it as a whole, so these do not run; a hook that "
+                      "changes the stack's input or output changes what bp trains but not what they estimate "
+                      "(register it on a layer, a top-level child, where it runs)", UserWarning, stacklevel=4)
 
 
 def layers_of(network: nn.Module) -> list[nn.Module]:
@@ -176,12 +205,18 @@ def layers_of(network: nn.Module) -> list[nn.Module]:
             f"energy networks are nn.Sequential stacks of layers, got {type(network).__name__}; "
             "wrap your layers in nn.Sequential (each top-level child is one layer)"
         )
-    if not computes_as(network, nn.Sequential):
+    if type(network).forward is not nn.Sequential.forward:
         raise TypeError(
             f"{type(network).__name__} overrides nn.Sequential.forward, but the energy algorithms "
             "compute its children one after another, another function than its forward: put what "
             "forward adds inside a layer (each top-level child is one layer)"
         )
+    repeated = repeated_layers(network)
+    if repeated:
+        raise ValueError(f"the same module is at several places of the stack ({', '.join(repeated)}): the energy "
+                         "algorithms hold one state per layer, and PyTorch lists the module once; give each place "
+                         "its own module (tie their parameters if they are to be shared: second.weight = first.weight)")
+    warn_unrun_hooks(network)
     layers = [layer for _, layer in structure_of(network).children]
     if not layers:
         raise ValueError("the network has no layers")

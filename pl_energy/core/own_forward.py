@@ -1,0 +1,15 @@
+"""Whether calling a module computes its own ``forward`` on its own parameters, the premise of
+every closed form the library puts in a module's place (dense linearisations, Hopfield couplings,
+activation derivatives)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def computes_itself(module: nn.Module) -> bool:
+    """Whether a call of ``module`` is its ``forward`` on its own parameters: no forward hooks or
+    pre-hooks (which may change its input and output; the older weight_norm, spectral_norm and
+    pruning are pre-hooks), and no parametrized parameter (``torch.nn.utils.parametrize``: the
+    weight is computed from other tensors, which are the parameters)."""
+    return not (module._forward_hooks or module._forward_pre_hooks or "parametrizations" in module._modules)
