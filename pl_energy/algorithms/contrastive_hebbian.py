@@ -24,7 +24,7 @@ from ..core.losses import Loss
 from ..core.networks import layers_of
 from .base import Estimate
 from .contrastive import Contrast, Phase
-from .hopfield_common import HopfieldAlgorithm
+from .hopfield_common import HopfieldAlgorithm, read_tolerance
 
 
 @dataclass
@@ -51,12 +51,19 @@ class ContrastiveHebbian(HopfieldAlgorithm):
 
     def phases(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                record: bool) -> Contrast:
-        """The clamped phase against the free phase, scaled by gamma^-(L-1)."""
+        """The clamped phase against the free phase, scaled by gamma^-(L-1). The estimate reads
+        both divided by gamma^(L-1), so both relax to tol * gamma^(L-1) (``read_tolerance``): at
+        tol alone, a 4-layer sigmoid MLP's first layer was 84 % off chl's own limit."""
         energy, free, first = self.free_phase(network, inputs, targets, loss)
+        moved = self.gamma ** (len(energy.layers) - 1)
+        tol = None if self.tol is None else read_tolerance(self.tol, moved, free)
+        reports = (first.report,)
+        if tol is not None and tol < self.tol:
+            reports += (self.relax(energy, free, tol=tol).report,)
         clamped = energy.clamped(free)
-        relaxation = self.relax(energy, clamped, record)
-        return Contrast(Phase(energy, clamped), Phase(energy, free), self.gamma ** -(len(energy.layers) - 1),
-                        free.output, free.targets, relaxation.trace, (first.report, relaxation.report))
+        relaxation = self.relax(energy, clamped, record, tol=tol)
+        return Contrast(Phase(energy, clamped), Phase(energy, free), 1 / moved, free.output, free.targets,
+                        relaxation.trace, reports + (relaxation.report,))
 
     def compute(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                 record: bool) -> Estimate:

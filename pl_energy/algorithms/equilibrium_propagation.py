@@ -21,14 +21,10 @@ from ..core.hopfield import HopfieldState
 from ..core.losses import Loss
 from ..core.nudge import automatic_strength, finite_difference_step
 from .contrastive import Contrast, Phase
-from .hopfield_common import HopfieldAlgorithm
+from .hopfield_common import ROUNDING_EPSILONS, HopfieldAlgorithm, read_tolerance
 from .warnings import PrecisionWarning
 
 
-#: The rounding floor of a residual measured against the nudge's move: this many machine
-#: epsilons of the O(1) states over the relative move h (float32 sigmoid nets stall at about
-#: 60 eps / h; with 10 the nudged phases of the default ran to the step cap).
-ROUNDING_EPSILONS = 100
 #: A nudge whose rounding floor exceeds this fraction is refused (allow_imprecise: stops there).
 REFUSED_ROUNDING = 0.1
 
@@ -106,8 +102,7 @@ class EquilibriumPropagation(HopfieldAlgorithm):
             warnings.warn(problem, PrecisionWarning, stacklevel=4)
         if self.tol is None:
             return None
-        wanted = self.tol * min(1.0, moved)
-        return min(max(wanted, floor), REFUSED_ROUNDING), max(wanted, epsilon)
+        return min(max(self.tol * min(1.0, moved), floor), REFUSED_ROUNDING), read_tolerance(self.tol, moved, free)
 
     def phases(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                record: bool) -> Contrast:

@@ -19,6 +19,19 @@ from .contrastive import ContrastiveAlgorithm
 
 #: Above this free-phase residual the implicit-differentiation reference is flagged.
 REFERENCE_RESIDUAL = 1e-6
+#: The rounding floor of a residual measured against the nudge's move: this many machine
+#: epsilons of the O(1) states over the relative move h (float32 sigmoid nets stall at about
+#: 60 eps / h; with 10 the nudged phases of EP's default ran to the step cap).
+ROUNDING_EPSILONS = 100
+
+
+def read_tolerance(tol: float, moved: float, state: HopfieldState) -> float:
+    """The residual a phase measured against the O(1) state must reach when the estimate reads
+    it divided by the relative move ``moved`` the nudge makes (a one-sided EP's free phase; both
+    of CHL's phases, whose move at the first layer is gamma^(L-1)): tol * min(1, moved), since
+    an error of the state of r relative is one of r / moved in the estimate; never below the
+    rounding floor of the O(1) states, ``ROUNDING_EPSILONS`` machine epsilons."""
+    return max(tol * min(1.0, moved), ROUNDING_EPSILONS * torch.finfo(state.output.dtype).eps)
 
 
 @dataclass
