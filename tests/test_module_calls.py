@@ -12,6 +12,7 @@ gradient under the bias's name.
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -86,6 +87,25 @@ def test_forward_hooks_on_and_in_layers_run(where, batch):
     assert max((a - b).abs().max().item() for a, b in zip(ours.values(), theirs.values())) <= 1e-12
 
 
+def test_a_hooked_relu_in_the_active_set_computes_as_its_twin(batch):
+    """pc at lam = 1 on a ReLU MLP runs the active-set solve, which gives a layer its pieces'
+    slopes: a hooked unit keeps its call (before: the slopes skipped the hook, the solve failed its
+    check and the estimate was 12.7 % off the twin's; found by a review)."""
+    x, y = batch
+    torch.manual_seed(7)
+    hooked = nn.Sequential(nn.Sequential(nn.Linear(8, 6), nn.ReLU()), nn.Sequential(nn.Linear(6, 5), nn.ReLU()),
+                           nn.Linear(5, 3)).double()
+    twin = copy.deepcopy(hooked)
+    hooked[0][1].register_forward_hook(lambda module, inputs, output: 2 * output)
+    twin[0] = nn.Sequential(*twin[0], Scale())
+    for settings in ({}, {"lam": 0.5}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ours, theirs = (build_algorithm("pc", **settings).estimate(net, x, y) for net in (hooked, twin))
+        assert max((a - b).abs().max().item() for a, b in zip(ours.gradients.values(), theirs.gradients.values())) <= 1e-12
+        assert [r.converged for r in ours.inference] == [r.converged for r in theirs.inference]
+
+
 def test_hooks_the_energy_algorithms_cannot_run_are_warned_about(batch):
     """Hooks on the network itself, and global module hooks: they act on calls the energy
     algorithms never make (the whole stack; dense layers computed in closed form)."""
@@ -149,13 +169,22 @@ def test_one_module_at_two_places_of_the_stack_is_refused_in_one_line(batch):
         assert "\n" not in str(error.value)
 
 
-def test_hopfield_layers_with_hooks_or_parametrized_weights_are_refused_in_one_line(batch):
+def test_hopfield_layers_with_hooks_are_warned_about_and_parametrized_weights_refused(batch):
+    """The Hopfield energy reads couplings and units off the modules: hooks do not act there
+    (observers such as Lightning's PyTorchProfiler, which hooks every module, change nothing: a
+    warning, and the numbers of the unhooked network), and a parametrized weight's gradient would
+    belong to other tensors (refused in one line)."""
     x, y = batch
     torch.manual_seed(0)
     network = nn.Sequential(nn.Sequential(nn.Linear(8, 6), Clip()), nn.Linear(6, 3)).double()
-    network[0][0].register_forward_hook(lambda module, inputs, output: 2 * output)
+    plain = build_algorithm("ep").gradients(network, x, y)
+    network[0][0].register_forward_hook(lambda module, inputs, output: None)
+    with pytest.warns(UserWarning, match="layer 1 has a Linear with forward hooks or pre-hooks, which do not act"):
+        hooked = build_algorithm("ep").gradients(network, x, y)
+    assert all(torch.equal(hooked[k], plain[k]) for k in plain)
+    parametrize.register_parametrization(network[1], "weight", Scale())
     for name in ("ep", "chl"):
-        with pytest.raises(TypeError, match="layer 1 has a Linear with forward hooks or a parametrized weight"):
+        with pytest.raises(TypeError, match="layer 2 has a ParametrizedLinear with a parametrized weight"):
             build_algorithm(name).gradients(network, x, y)
 
     class SharpSigmoid(nn.Sigmoid):

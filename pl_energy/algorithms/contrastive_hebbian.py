@@ -56,7 +56,7 @@ class ContrastiveHebbian(HopfieldAlgorithm):
         tol alone, a 4-layer sigmoid MLP's first layer was 84 % off chl's own limit."""
         energy, free, first = self.free_phase(network, inputs, targets, loss)
         moved = self.gamma ** (len(energy.layers) - 1)
-        tol = None if self.tol is None else read_tolerance(self.tol, moved, free)
+        tol = None if self.tol is None else min(self.tol, read_tolerance(self.tol, moved, free))
         reports = (first.report,)
         if tol is not None and tol < self.tol:
             reports += (self.relax(energy, free, tol=tol).report,)

@@ -29,7 +29,7 @@ from torch.func import functional_call, vjp
 
 from .activations import DERIVATIVES
 from .linearization import DenseLayer
-from .networks import computes_as
+from .networks import forward_of
 
 
 class LatestPoint:
@@ -159,11 +159,12 @@ def split_layer(layer: nn.Module, activations: tuple[type[nn.Module], ...]) -> t
 def make_coupling(module: nn.Module, index: int) -> Coupling:
     """The coupling for ``module`` (layer ``index`` without its activation), or a TypeError that
     names the part that cannot couple two layers of a Hopfield energy."""
-    if computes_as(module, nn.Linear):
+    # hooks do not act in a Hopfield energy (warned about by ``hopfield.check_own_forwards``)
+    if forward_of(module, nn.Linear):
         return DenseCoupling(module)
     leaves = [m for m in module.modules() if not list(m.children())] or [module]
     for leaf in leaves:
-        if not any(computes_as(leaf, part) for part in COUPLING_PARTS):
+        if not any(forward_of(leaf, part) for part in COUPLING_PARTS):
             raise TypeError(
                 f"layer {index} has a {type(leaf).__name__} inside it: a layer of the Hopfield energy of "
                 "EP/CHL is affine maps, reshapes and pools (Linear, Conv, Flatten, MaxPool, AvgPool) "

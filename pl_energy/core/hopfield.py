@@ -35,6 +35,7 @@ rho_l' in closed form (``core.activations``). Non-monotone units (GELU, SiLU) ar
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -131,16 +132,22 @@ class HopfieldState:
 
 
 def check_own_forwards(layer: nn.Module, index: int) -> None:
-    """Refuse, in one line, a layer with a module whose call is not its own forward (hooks, a
-    parametrized weight: ``own_forward.computes_itself``): a Hopfield energy reads its couplings
-    and units off the modules themselves, so it would leave out what these add."""
+    """The Hopfield energy reads its couplings and units off the modules themselves: a
+    parametrized weight (its gradient would belong to other tensors) is refused in one line;
+    forward hooks, which do not act there, are warned about (observers such as Lightning's
+    profiler change nothing; a hook that changes a value changes what bp trains, not what ep/chl
+    estimate)."""
     for module in layer.modules():
+        if "parametrizations" in module._modules:
+            raise TypeError(f"layer {index} has a {type(module).__name__} with a parametrized weight: the Hopfield "
+                            "energy of EP/CHL couples layers through the weight itself, not the tensors it is computed "
+                            "from; remove the parametrization, or train with a predictive-coding algorithm")
         if not computes_itself(module):
-            raise TypeError(
-                f"layer {index} has a {type(module).__name__} with forward hooks or a parametrized weight: "
-                "the Hopfield energy of EP/CHL reads its couplings and units off the modules themselves, "
-                "without what these add; remove them, or train with a predictive-coding algorithm, which "
-                "evaluates such layers through autograd")
+            warnings.warn(f"layer {index} has a {type(module).__name__} with forward hooks or pre-hooks, which do not "
+                          "act in the Hopfield energy of EP/CHL (it reads couplings and units off the modules): a hook "
+                          "that changes a value changes what bp trains but not what ep/chl estimate", UserWarning,
+                          stacklevel=5)
+            return
 
 
 class HopfieldEnergy:

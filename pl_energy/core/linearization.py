@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from .activations import Derivatives, derivatives_of
 from .networks import computes_as, describe
+from .own_forward import computes_itself
 from .residual import Residual, ScaledLinear
 
 
@@ -188,7 +189,10 @@ def _linear_and_activation(layer: nn.Module, linear_type: type[nn.Module], activ
         return layer, None, None
     if computes_as(layer, nn.Sequential) and len(layer) == 2:
         linear, activation = (layer[0], layer[1]) if activation_last else (layer[1], layer[0])
-        derivatives = derivatives_of(activation) if computes_as(linear, linear_type) else None
+        # the activation's call must be its own (no hooks) whichever derivatives are given: the
+        # active set gives its pieces' slopes (``Pieces.derivatives``)
+        own = computes_as(linear, linear_type) and computes_itself(activation)
+        derivatives = derivatives_of(activation) if own else None
         if derivatives is not None:
             return linear, derivatives, activation
     return None

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 LOSSES = ("mse", "cross_entropy")
-#: Dense cross-entropy targets must sum to 1 within this many machine epsilons per class.
+#: Dense cross-entropy targets must sum to 1 within this many machine epsilons times the square
+#: root of the number of classes (the rounding of a sum of C probabilities).
 ROW_SUM_EPSILONS = 8
 
 
@@ -49,7 +50,7 @@ class Loss:
         targets = targets.to(output.dtype)
         if self.name == "cross_entropy":
             # the gradient softmax - t assumes rows that sum to 1: to rounding in the output's dtype
-            tolerance = ROW_SUM_EPSILONS * targets.shape[-1] * torch.finfo(targets.dtype).eps
+            tolerance = ROW_SUM_EPSILONS * targets.shape[-1] ** 0.5 * torch.finfo(targets.dtype).eps
             worst = (targets.sum(-1) - 1).abs().max().item() if targets.numel() else 0.0
             if not worst <= tolerance:
                 raise ValueError(f"dense cross-entropy targets must be distributions over the last axis: each row "

@@ -168,9 +168,15 @@ class VGG(ConvNet):
 
 def computes_as(module: nn.Module, cls: type[nn.Module]) -> bool:
     """True if ``module`` is a ``cls`` that computes as ``cls`` does, so that it may get ``cls``'s
-    closed forms: not a subclass that overrides ``forward`` (a scaled or low-rank Linear, say),
-    and computing its own forward (``computes_itself``)."""
-    return isinstance(module, cls) and type(module).forward is cls.forward and computes_itself(module)
+    closed forms: ``forward_of`` ``cls``, and a call of it is that forward on its own parameters
+    (``computes_itself``: no hooks, no parametrized weight)."""
+    return forward_of(module, cls) and computes_itself(module)
+
+
+def forward_of(module: nn.Module, cls: type[nn.Module]) -> bool:
+    """True if ``module`` is a ``cls`` whose ``forward`` is ``cls``'s: not a subclass that
+    overrides it (a scaled or low-rank Linear, say)."""
+    return isinstance(module, cls) and type(module).forward is cls.forward
 
 
 def repeated_layers(network: nn.Module) -> list[str]:
@@ -215,7 +221,7 @@ def layers_of(network: nn.Module) -> list[nn.Module]:
     if repeated:
         raise ValueError(f"the same module is at several places of the stack ({', '.join(repeated)}): the energy "
                          "algorithms hold one state per layer, and PyTorch lists the module once; give each place "
-                         "its own module (tie their parameters if they are to be shared: second.weight = first.weight)")
+                         "its own module (to share parameters, tie them: second.weight = first.weight)")
     warn_unrun_hooks(network)
     layers = [layer for _, layer in structure_of(network).children]
     if not layers:
