@@ -143,7 +143,7 @@ def check_own_forwards(layer: nn.Module, index: int) -> None:
                             "energy of EP/CHL couples layers through the weight itself, not the tensors it is computed "
                             "from; remove the parametrization, or train with a predictive-coding algorithm")
         if not computes_itself(module):
-            warnings.warn(f"layer {index} has a {type(module).__name__} with forward hooks or pre-hooks, which do not "
+            warnings.warn(f"layer {index} has a {type(module).__name__} with module hooks, which do not "
                           "act in the Hopfield energy of EP/CHL (it reads couplings and units off the modules): a hook "
                           "that changes a value changes what bp trains but not what ep/chl estimate", UserWarning,
                           stacklevel=5)

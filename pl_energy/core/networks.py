@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor, nn
-from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
+from torch.nn.modules.module import (_global_backward_hooks, _global_backward_pre_hooks, _global_forward_hooks,
+                                     _global_forward_pre_hooks)
 
 from .activations import make_activation
 from .own_forward import computes_itself
@@ -189,16 +190,18 @@ def repeated_layers(network: nn.Module) -> list[str]:
 
 
 def warn_unrun_hooks(network: nn.Module) -> None:
-    """Warn where forward hooks would run in ``network``'s forward but not in the energy
-    algorithms, which never call the network as a whole (its own hooks) and compute dense layers
-    in closed form (global hooks): a hook that changes the stack's input or output changes what bp
-    trains, not what they estimate. Observers (profilers, loggers) change nothing, so this warns
-    rather than refuses; hooks on a layer or inside one run (the layer then goes through
-    autograd)."""
-    where = ("the network itself" if network._forward_hooks or network._forward_pre_hooks else
-             "every module (global hooks)" if _global_forward_hooks or _global_forward_pre_hooks else None)
+    """Warn where module hooks would act in ``network``'s forward and backward but not in the
+    energy algorithms, which never call the network as a whole (its forward hooks, pre-hooks and
+    backward pre-hooks) and compute dense layers in closed form (global hooks): a hook that
+    changes the stack's input, output or output gradient changes what bp trains, not what they
+    estimate. Observers (profilers, loggers) change nothing, so this warns rather than refuses;
+    hooks on a layer or inside one act (the layer then goes through autograd)."""
+    own = network._forward_hooks or network._forward_pre_hooks or network._backward_pre_hooks
+    every = (_global_forward_hooks or _global_forward_pre_hooks or _global_backward_hooks
+             or _global_backward_pre_hooks)
+    where = "the network itself" if own else "every module (global hooks)" if every else None
     if where is not None:
-        warnings.warn(f"forward hooks or pre-hooks are registered on {where}: the energy algorithms evaluate the "
+        warnings.warn(f"module hooks are registered on {where}: the energy algorithms evaluate the "
                       "network one layer at a time and never call it as a whole, so these do not run; a hook that "
                       "changes the stack's input or output changes what bp trains but not what they estimate "
                       "(register it on a layer, a top-level child, where it runs)", UserWarning, stacklevel=4)
