@@ -214,7 +214,11 @@ def scaled_parts(layer: nn.Module, derivatives: DerivativesOf = derivatives_of):
 
 def computes_in_place(module: nn.Module | None) -> bool:
     """Whether ``module`` or a module inside it is set to compute in place (``inplace=True``)."""
-    return module is not None and any(bool(vars(inner).get("inplace")) for inner in module.modules())
+    if module is None:
+        return False
+    if not module._modules:  # a unit: no walk of a generator
+        return bool(vars(module).get("inplace"))
+    return any(bool(vars(inner).get("inplace")) for inner in module.modules())
 
 
 class LayerLinearizer:

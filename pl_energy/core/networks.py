@@ -184,9 +184,7 @@ def repeated_layers(network: nn.Module) -> list[str]:
     """The names of the top-level children that are one module at several places of the stack
     (``named_children`` lists such a module once, ``forward`` calls it at each place)."""
     layers = list(network._modules.values())
-    if len(set(map(id, layers))) == len(layers):
-        return []
-    return [name for name, layer in network._modules.items() if layers.count(layer) > 1]
+    return [name for name, layer in network._modules.items() if layer is not None and layers.count(layer) > 1]
 
 
 def warn_unrun_hooks(network: nn.Module) -> None:
@@ -220,13 +218,13 @@ def layers_of(network: nn.Module) -> list[nn.Module]:
             "compute its children one after another, another function than its forward: put what "
             "forward adds inside a layer (each top-level child is one layer)"
         )
-    repeated = repeated_layers(network)
+    layers = [layer for _, layer in structure_of(network).children]
+    repeated = repeated_layers(network) if len(layers) != len(network._modules) else []
     if repeated:
         raise ValueError(f"the same module is at several places of the stack ({', '.join(repeated)}): the energy "
                          "algorithms hold one state per layer, and PyTorch lists the module once; give each place "
                          "its own module (to share parameters, tie them: second.weight = first.weight)")
     warn_unrun_hooks(network)
-    layers = [layer for _, layer in structure_of(network).children]
     if not layers:
         raise ValueError("the network has no layers")
     return layers
