@@ -7,12 +7,15 @@ here from the papers' equations with autograd and projected descent, not from th
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pl_energy import build_algorithm, mlp
+from pl_energy.algorithms.warnings import PrecisionWarning
 from pl_energy.core import HopfieldEnergy, Loss, relax
 from pl_energy.core.hopfield import Box
 from helpers import max_relative
@@ -287,3 +290,23 @@ def test_chl_relaxes_both_phases_to_what_its_estimate_reads_divided_by_gamma():
     assert [r.tol for r in estimate.inference] == [1e-6, pytest.approx(1e-9), pytest.approx(1e-9)]
     single = build_algorithm("chl").estimate(network.float(), x.float(), y)
     assert [r.tol for r in single.inference] == [1e-6, 1e-6]  # float32's floor is above 1e-9: never looser than tol
+
+
+def test_chl_warns_and_refuses_where_its_read_is_below_the_rounding_of_relaxed_states():
+    """CHL reads its clamped phase divided by gamma^(L-1): in float32, 100 machine epsilons of
+    the relaxed states are 1 % of that at L = 4 (a sigmoid MLP's first layer was 2.4 off the
+    float64 estimate, without a word) and 12 % at L = 5 (584 off): a PrecisionWarning, then a
+    refusal unless allow_imprecise. Three layers (1e-3 % rounding) and float64 stay quiet."""
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 20), torch.randint(0, 10, (16,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_algorithm("chl").gradients(mlp([20, 16, 16, 10], activation="sigmoid"), x, y)
+        build_algorithm("chl").gradients(mlp([20, 16, 16, 16, 16, 10], activation="sigmoid").double(), x.double(), y)
+    with pytest.warns(PrecisionWarning, match=r"chl's clamped phase \(gamma=0.1 over 4 layers\) .* about 1%"):
+        build_algorithm("chl").gradients(mlp([20, 16, 16, 16, 10], activation="sigmoid"), x, y)
+    five = mlp([20, 16, 16, 16, 16, 10], activation="sigmoid")
+    with pytest.raises(ValueError, match=r"about 12%.*use a larger gamma.*allow_imprecise=True"):
+        build_algorithm("chl").gradients(five, x, y)
+    with pytest.warns(PrecisionWarning):
+        build_algorithm("chl", allow_imprecise=True).gradients(five, x, y)

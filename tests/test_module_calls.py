@@ -121,6 +121,29 @@ def test_backward_hooks_act_as_in_backprop(where, batch):
         assert worst(build_algorithm(name).gradients(network, x, y), reference) <= 1e-10, name
 
 
+def test_a_hook_on_a_parameter_acts_as_in_backprop(batch):
+    """``p.register_hook`` on a dense layer's weight (gradient scaling): the layer goes through
+    autograd, where the hook acts, as it does in backprop (before, it acted only in layers that
+    went through autograd anyway; found by a review)."""
+    x, y = batch
+    network = mlp()
+    network[0][0].weight.register_hook(lambda gradient: 3 * gradient)
+    reference = backprop(network, x, y)
+    for name in EXACT:
+        assert worst(build_algorithm(name).gradients(network, x, y), reference) <= 1e-10, name
+
+
+def test_a_stack_entry_that_is_none_is_refused_in_one_line(batch):
+    """PyTorch's forward cannot call a None entry (``add_module('x', None)``); the energy
+    algorithms ran without it (found by a review)."""
+    x, y = batch
+    network = mlp()
+    network.add_module("x", None)
+    for name in ("z_il", "pc_nudge", "ep"):
+        with pytest.raises(ValueError, match=r"^the stack has no module at x \(None\).*nn.Identity"):
+            build_algorithm(name).gradients(network, x, y)
+
+
 def test_hooks_the_energy_algorithms_cannot_run_are_warned_about(batch):
     """Hooks on the network itself, and global module hooks: they act on calls the energy
     algorithms never make (the whole stack; dense layers computed in closed form)."""
@@ -128,6 +151,10 @@ def test_hooks_the_energy_algorithms_cannot_run_are_warned_about(batch):
     network = mlp()
     handle = network.register_forward_hook(lambda module, inputs, output: output)
     with pytest.warns(UserWarning, match="module hooks are registered on the network itself: .*never call it as a whole"):
+        build_algorithm("z_il").gradients(network, x, y)
+    handle.remove()
+    handle = network.register_backward_hook(lambda module, grad_input, grad_output: None)  # legacy: acts on parameters
+    with pytest.warns(UserWarning, match="module hooks are registered on the network itself"):
         build_algorithm("z_il").gradients(network, x, y)
     handle.remove()
     handle = nn.modules.module.register_module_forward_hook(lambda module, inputs, output: None)

@@ -30,7 +30,9 @@ VARIANTS = (
     Variant("pc_nudge_converged", "pc_nudge"),
     Variant("ep", "ep", dict(solver="gd", steps=50, step_size=0.5, tol=None, beta=0.1, centered=False),
             hopfield=True),
-    Variant("chl", "chl", dict(solver="gd", steps=50, step_size=0.5, tol=None), hopfield=True),
+    # allow_imprecise: on VGG-5 in float32 chl's clamped phase is below the rounding of the relaxed
+    # states (refused by default); the step is timed all the same, its agreement table shows the error
+    Variant("chl", "chl", dict(solver="gd", steps=50, step_size=0.5, tol=None, allow_imprecise=True), hopfield=True),
 )
 VARIANT_NOTES = {
     "bp_textbook": "opt.zero_grad(); CE(net(x), y).backward(); opt.step()  (the reference)",

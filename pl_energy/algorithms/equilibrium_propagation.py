@@ -11,22 +11,15 @@ Free phase to x_bar, nudged phase E + beta L to x_beta, both on the layered Hopf
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from ..core.hopfield import HopfieldState
 from ..core.losses import Loss
 from ..core.nudge import automatic_strength, finite_difference_step
 from .contrastive import Contrast, Phase
-from .hopfield_common import ROUNDING_EPSILONS, HopfieldAlgorithm, read_tolerance
-from .warnings import PrecisionWarning
-
-
-#: A nudge whose rounding floor exceeds this fraction is refused (allow_imprecise: stops there).
-REFUSED_ROUNDING = 0.1
+from .hopfield_common import REFUSED_ROUNDING, HopfieldAlgorithm, check_resolution, read_tolerance
 
 
 @dataclass
@@ -90,16 +83,9 @@ class EquilibriumPropagation(HopfieldAlgorithm):
         which against the nudge's move is that over h). A nudge whose floor is above
         ``REFUSED_ROUNDING`` (rounding that large a part of the estimate) is refused unless
         ``allow_imprecise``. None without a tolerance."""
-        epsilon = ROUNDING_EPSILONS * torch.finfo(free.output.dtype).eps
         moved = abs(beta) * per_unit
-        floor = epsilon / moved if moved > 0 else 0.0
-        if floor > REFUSED_ROUNDING:
-            problem = (f"ep's nudge beta={beta:.3g} moves the state by {moved:.1e} of its size, which "
-                       f"{free.output.dtype} resolves to about {floor:.0%} (rounding of the O(1) states)")
-            if not self.allow_imprecise:
-                raise ValueError(f"{problem}; use a larger beta, beta='auto' or float64 parameters "
-                                 "(allow_imprecise=True returns it anyway, with a PrecisionWarning)")
-            warnings.warn(problem, PrecisionWarning, stacklevel=4)
+        floor = check_resolution(self, moved, free, f"ep's nudge beta={beta:.3g}",
+                                 "use a larger beta, beta='auto' or float64 parameters", warned=REFUSED_ROUNDING)
         if self.tol is None:
             return None
         return min(max(self.tol * min(1.0, moved), floor), REFUSED_ROUNDING), read_tolerance(self.tol, moved, free)

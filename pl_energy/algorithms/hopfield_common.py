@@ -14,7 +14,7 @@ from ..core.implicit import equilibrium_gradient
 from ..core.inference import Relaxation
 from ..core.losses import Loss, as_loss
 from .validation import check_batch
-from .warnings import NotConvergedWarning
+from .warnings import NotConvergedWarning, PrecisionWarning
 from .contrastive import ContrastiveAlgorithm
 
 #: Above this free-phase residual the implicit-differentiation reference is flagged.
@@ -23,6 +23,25 @@ REFERENCE_RESIDUAL = 1e-6
 #: epsilons of the O(1) states over the relative move h (float32 sigmoid nets stall at about
 #: 60 eps / h; with 10 the nudged phases of EP's default ran to the step cap).
 ROUNDING_EPSILONS = 100
+#: A nudge whose rounding floor exceeds this fraction is refused (allow_imprecise: stops there).
+REFUSED_ROUNDING = 0.1
+
+
+def check_resolution(algorithm: "HopfieldAlgorithm", moved: float, state: HopfieldState, what: str, fix: str,
+                     warned: float) -> float:
+    """The rounding floor of an estimate read divided by ``moved`` (the relative move its nudge
+    makes), ``ROUNDING_EPSILONS`` machine epsilons of the O(1) states over ``moved``; above
+    ``warned`` a ``PrecisionWarning`` (more on an ill-conditioned energy), above
+    ``REFUSED_ROUNDING`` refused in one line unless ``allow_imprecise``. ``what`` names the nudge,
+    ``fix`` says what to change."""
+    floor = ROUNDING_EPSILONS * torch.finfo(state.output.dtype).eps / moved if moved > 0 else 0.0
+    if floor > warned:
+        problem = (f"{what} moves the state by {moved:.1e} of its size, which {state.output.dtype} resolves to "
+                   f"about {floor:.0%} (rounding of the relaxed O(1) states; more on an ill-conditioned energy)")
+        if floor > REFUSED_ROUNDING and not algorithm.allow_imprecise:
+            raise ValueError(f"{problem}; {fix} (allow_imprecise=True returns it anyway, with a PrecisionWarning)")
+        warnings.warn(f"{problem}; {fix}", PrecisionWarning, stacklevel=5)
+    return floor
 
 
 def read_tolerance(tol: float, moved: float, state: HopfieldState) -> float:

@@ -184,7 +184,7 @@ def repeated_layers(network: nn.Module) -> list[str]:
     """The names of the top-level children that are one module at several places of the stack
     (``named_children`` lists such a module once, ``forward`` calls it at each place)."""
     layers = list(network._modules.values())
-    return [name for name, layer in network._modules.items() if layer is not None and layers.count(layer) > 1]
+    return [name for name, layer in network._modules.items() if layers.count(layer) > 1]
 
 
 def warn_unrun_hooks(network: nn.Module) -> None:
@@ -194,7 +194,8 @@ def warn_unrun_hooks(network: nn.Module) -> None:
     changes the stack's input, output or output gradient changes what bp trains, not what they
     estimate. Observers (profilers, loggers) change nothing, so this warns rather than refuses;
     hooks on a layer or inside one act (the layer then goes through autograd)."""
-    own = network._forward_hooks or network._forward_pre_hooks or network._backward_pre_hooks
+    own = (network._forward_hooks or network._forward_pre_hooks or network._backward_pre_hooks
+           or network._backward_hooks)  # a legacy (non-full) backward hook acts on the last operation
     every = (_global_forward_hooks or _global_forward_pre_hooks or _global_backward_hooks
              or _global_backward_pre_hooks)
     where = "the network itself" if own else "every module (global hooks)" if every else None
@@ -219,6 +220,10 @@ def layers_of(network: nn.Module) -> list[nn.Module]:
             "forward adds inside a layer (each top-level child is one layer)"
         )
     layers = [layer for _, layer in structure_of(network).children]
+    if len(layers) != len(network._modules) and None in network._modules.values():
+        empty = [name for name, layer in network._modules.items() if layer is None]
+        raise ValueError(f"the stack has no module at {', '.join(empty)} (None), which its forward cannot call: "
+                         "remove the entry (del network[index]) or put a module there (nn.Identity())")
     repeated = repeated_layers(network) if len(layers) != len(network._modules) else []
     if repeated:
         raise ValueError(f"the same module is at several places of the stack ({', '.join(repeated)}): the energy "
