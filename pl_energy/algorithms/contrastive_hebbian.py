@@ -31,6 +31,7 @@ from .hopfield_common import HopfieldAlgorithm, check_resolution, read_tolerance
 #: is warned about (float32, a 4-layer sigmoid MLP at gamma 0.1: 2.4 off; a 3-layer one: 1e-2).
 RESOLVED_ROUNDING = 1e-2
 
+
 @dataclass
 class ContrastiveHebbian(HopfieldAlgorithm):
     """CHL on the Hopfield energy.

@@ -34,7 +34,7 @@ def check_resolution(algorithm: "HopfieldAlgorithm", moved: float, state: Hopfie
     ``warned`` a ``PrecisionWarning`` (more on an ill-conditioned energy), above
     ``REFUSED_ROUNDING`` refused in one line unless ``allow_imprecise``. ``what`` names the nudge,
     ``fix`` says what to change."""
-    floor = ROUNDING_EPSILONS * torch.finfo(state.output.dtype).eps / moved if moved > 0 else 0.0
+    floor = rounding_floor(state) / moved if moved > 0 else 0.0
     if floor > warned:
         problem = (f"{what} moves the state by {moved:.1e} of its size, which {state.output.dtype} resolves to "
                    f"about {floor:.0%} (rounding of the relaxed O(1) states; more on an ill-conditioned energy)")
@@ -50,7 +50,13 @@ def read_tolerance(tol: float, moved: float, state: HopfieldState) -> float:
     of CHL's phases, whose move at the first layer is gamma^(L-1)): tol * min(1, moved), since
     an error of the state of r relative is one of r / moved in the estimate; never below the
     rounding floor of the O(1) states, ``ROUNDING_EPSILONS`` machine epsilons."""
-    return max(tol * min(1.0, moved), ROUNDING_EPSILONS * torch.finfo(state.output.dtype).eps)
+    return max(tol * min(1.0, moved), rounding_floor(state))
+
+
+def rounding_floor(state: HopfieldState) -> float:
+    """The relative residual below which relaxed O(1) states are rounding: ``ROUNDING_EPSILONS``
+    machine epsilons of their dtype."""
+    return ROUNDING_EPSILONS * torch.finfo(state.output.dtype).eps
 
 
 @dataclass

@@ -180,11 +180,19 @@ def forward_of(module: nn.Module, cls: type[nn.Module]) -> bool:
     return isinstance(module, cls) and type(module).forward is cls.forward
 
 
-def repeated_layers(network: nn.Module) -> list[str]:
-    """The names of the top-level children that are one module at several places of the stack
-    (``named_children`` lists such a module once, ``forward`` calls it at each place)."""
+def check_entries(network: nn.Module) -> None:
+    """Refuse, in one line, an entry of the stack that is None (its forward cannot call it) or a
+    module at several places (``named_children`` lists it once, ``forward`` calls it at each)."""
+    empty = [name for name, layer in network._modules.items() if layer is None]
+    if empty:
+        raise ValueError(f"the stack has no module at {', '.join(empty)} (None), which its forward cannot call: "
+                         "remove the entry (del network[index]) or put a module there (nn.Identity())")
     layers = list(network._modules.values())
-    return [name for name, layer in network._modules.items() if layers.count(layer) > 1]
+    repeated = [name for name, layer in network._modules.items() if layers.count(layer) > 1]
+    if repeated:
+        raise ValueError(f"the same module is at several places of the stack ({', '.join(repeated)}): the energy "
+                         "algorithms hold one state per layer, and PyTorch lists the module once; give each place "
+                         "its own module (to share parameters, tie them: second.weight = first.weight)")
 
 
 def warn_unrun_hooks(network: nn.Module) -> None:
@@ -220,15 +228,8 @@ def layers_of(network: nn.Module) -> list[nn.Module]:
             "forward adds inside a layer (each top-level child is one layer)"
         )
     layers = [layer for _, layer in structure_of(network).children]
-    if len(layers) != len(network._modules) and None in network._modules.values():
-        empty = [name for name, layer in network._modules.items() if layer is None]
-        raise ValueError(f"the stack has no module at {', '.join(empty)} (None), which its forward cannot call: "
-                         "remove the entry (del network[index]) or put a module there (nn.Identity())")
-    repeated = repeated_layers(network) if len(layers) != len(network._modules) else []
-    if repeated:
-        raise ValueError(f"the same module is at several places of the stack ({', '.join(repeated)}): the energy "
-                         "algorithms hold one state per layer, and PyTorch lists the module once; give each place "
-                         "its own module (to share parameters, tie them: second.weight = first.weight)")
+    if len(layers) != len(network._modules):  # named_children leaves out None entries and repeats
+        check_entries(network)
     warn_unrun_hooks(network)
     if not layers:
         raise ValueError("the network has no layers")

@@ -1,6 +1,7 @@
 """Whether calling a module computes its own ``forward`` on its own parameters, the premise of
-every closed form the library puts in a module's place (dense linearisations, Hopfield couplings,
-activation derivatives)."""
+the closed forms the predictive-coding energies put in a layer's place (``core.linearization``;
+the Hopfield energy, which has no other way to evaluate a layer, warns about such modules or
+refuses them: ``core.hopfield.check_own_forwards``)."""
 
 from __future__ import annotations
 
