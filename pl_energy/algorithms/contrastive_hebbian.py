@@ -61,8 +61,9 @@ class ContrastiveHebbian(HopfieldAlgorithm):
         tol alone, a 4-layer sigmoid MLP's first layer was 84 % off chl's own limit."""
         energy, free, first = self.free_phase(network, inputs, targets, loss)
         moved = self.gamma ** (len(energy.layers) - 1)
-        check_resolution(self, moved, free, f"chl's clamped phase (gamma={self.gamma:g} over {len(energy.layers)} "
-                         "layers)", "use a larger gamma, fewer layers or float64 parameters", warned=RESOLVED_ROUNDING)
+        check_resolution(self, network, moved, free,
+                         f"chl's clamped phase (gamma={self.gamma:g} over {len(energy.layers)} layers)",
+                         "use a larger gamma, fewer layers or float64 parameters", warned=RESOLVED_ROUNDING)
         tol = None if self.tol is None else min(self.tol, read_tolerance(self.tol, moved, free))
         reports = (first.report,)
         if tol is not None and tol < self.tol:

@@ -74,18 +74,21 @@ class EquilibriumPropagation(HopfieldAlgorithm):
             return float(self.beta)
         return automatic_strength(finite_difference_step(free.output.dtype, self.centered), per_unit)
 
-    def tolerances(self, free: HopfieldState, beta: float, per_unit: float) -> tuple[float, float] | None:
+    def tolerances(self, network: nn.Module, free: HopfieldState, beta: float,
+                   per_unit: float) -> tuple[float, float] | None:
         """(nudged, free) tolerances for a nudge that moves the state by h = |beta| * per_unit
         (the energy's ``displacement_per_unit``) of its size: a nudged phase's residual, measured against what
         the nudge changed, must reach tol * min(1, h); the one-sided estimate's free phase,
         measured against the O(1) state and read divided by h, tol * min(1, h) as well. Neither
         goes below the rounding floor of O(1) states (``ROUNDING_EPSILONS`` machine epsilons,
         which against the nudge's move is that over h). A nudge whose floor is above
-        ``REFUSED_ROUNDING`` (rounding that large a part of the estimate) is refused unless
+        ``REFUSED_ROUNDING`` (rounding that large a part of the estimate), in the arithmetic
+        ``network``'s layers run in (TF32 on some GPUs: ``check_resolution``), is refused unless
         ``allow_imprecise``. None without a tolerance."""
         moved = abs(beta) * per_unit
-        floor = check_resolution(self, moved, free, f"ep's nudge beta={beta:.3g}",
-                                 "use a larger beta, beta='auto' or float64 parameters", warned=REFUSED_ROUNDING)
+        larger = ("use a larger beta or float64 parameters" if self.beta == "auto"
+                  else "use a larger beta, beta='auto' or float64 parameters")
+        floor = check_resolution(self, network, moved, free, f"ep's nudge beta={beta:.3g}", larger, warned=REFUSED_ROUNDING)
         if self.tol is None:
             return None
         return min(max(self.tol * min(1.0, moved), floor), REFUSED_ROUNDING), read_tolerance(self.tol, moved, free)
@@ -96,7 +99,7 @@ class EquilibriumPropagation(HopfieldAlgorithm):
         energy, free, first = self.free_phase(network, inputs, targets, loss)
         per_unit = energy.displacement_per_unit(free)
         beta = self.nudge_strength(free, per_unit)
-        tol, free_tol = self.tolerances(free, beta, per_unit) or (None, None)
+        tol, free_tol = self.tolerances(network, free, beta, per_unit) or (None, None)
         reports = (first.report,)
         if not self.centered and free_tol is not None and free_tol < self.tol:  # read divided by beta
             reports += (self.relax(energy, free, tol=free_tol).report,)

@@ -9,6 +9,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..core.arithmetic import TF32_EPSILON, tf32_operations, tf32_remedy
 from ..core.hopfield import HopfieldEnergy, HopfieldState
 from ..core.implicit import equilibrium_gradient
 from ..core.inference import Relaxation
@@ -23,22 +24,34 @@ REFERENCE_RESIDUAL = 1e-6
 #: epsilons of the O(1) states over the relative move h (float32 sigmoid nets stall at about
 #: 60 eps / h; with 10 the nudged phases of EP's default ran to the step cap).
 ROUNDING_EPSILONS = 100
+#: The resolution of relaxed states computed through TF32 products or convolutions: this many
+#: TF32 epsilons over the move (emulated TF32 moved EP's and CHL's estimates by 0.06 to 1.2 of
+#: them on clip MLPs and a small clip CNN, far more on ill-conditioned energies; ``core.arithmetic``).
+TF32_EPSILONS = 1
 #: A nudge whose rounding floor exceeds this fraction is refused (allow_imprecise: stops there).
 REFUSED_ROUNDING = 0.1
 
 
-def check_resolution(algorithm: "HopfieldAlgorithm", moved: float, state: HopfieldState, what: str, fix: str,
-                     warned: float) -> float:
+def check_resolution(algorithm: "HopfieldAlgorithm", network: nn.Module, moved: float, state: HopfieldState,
+                     what: str, fix: str, warned: float) -> float:
     """The rounding floor of an estimate read divided by ``moved`` (the relative move its nudge
-    makes), ``ROUNDING_EPSILONS`` machine epsilons of the O(1) states over ``moved``; above
-    ``warned`` a ``PrecisionWarning`` (more on an ill-conditioned energy), above
-    ``REFUSED_ROUNDING`` refused in one line unless ``allow_imprecise``. ``what`` names the nudge,
-    ``fix`` says what to change."""
+    makes), ``ROUNDING_EPSILONS`` machine epsilons of the O(1) states' dtype over ``moved``,
+    which is returned (the tolerances' floor: a residual measured in that arithmetic reaches
+    it). The estimate's resolution is that floor, or ``TF32_EPSILONS`` TF32 epsilons over
+    ``moved`` where a GPU runs ``network``'s products or convolutions in TF32
+    (``core.arithmetic``): above ``warned`` a ``PrecisionWarning`` (more on an ill-conditioned
+    energy), above ``REFUSED_ROUNDING`` refused in one line unless ``allow_imprecise``. ``what``
+    names the nudge, ``fix`` says what to change."""
     floor = rounding_floor(state) / moved if moved > 0 else 0.0
-    if floor > warned:
-        problem = (f"{what} moves the state by {moved:.1e} of its size, which {state.output.dtype} resolves to "
-                   f"about {floor:.0%} (rounding of the relaxed O(1) states; more on an ill-conditioned energy)")
-        if floor > REFUSED_ROUNDING and not algorithm.allow_imprecise:
+    tf32 = tf32_operations(network, state.output)
+    resolved = max(floor, TF32_EPSILONS * TF32_EPSILON / moved if tf32 and moved > 0 else 0.0)
+    if resolved > warned:
+        arithmetic = f"TF32 (the GPU's {' and '.join(tf32)} of float32)" if resolved > floor else str(state.output.dtype)
+        problem = (f"{what} moves the state by {moved:.1e} of its size, which {arithmetic} resolves to about "
+                   f"{resolved:.0%} (rounding of the relaxed O(1) states; more on an ill-conditioned energy)")
+        if resolved > floor:
+            fix = f"run them in IEEE float32 ({tf32_remedy(tf32)}), or {fix}"
+        if resolved > REFUSED_ROUNDING and not algorithm.allow_imprecise:
             raise ValueError(f"{problem}; {fix} (allow_imprecise=True returns it anyway, with a PrecisionWarning)")
         warnings.warn(f"{problem}; {fix}", PrecisionWarning, stacklevel=5)
     return floor
