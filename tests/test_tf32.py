@@ -157,3 +157,22 @@ def test_tf32_moves_the_default_pc_nudge_as_it_moves_backprop():
     backprop = worst_change(build_algorithm("bp"), network, inputs, targets)
     assert 1e-4 < backprop < 1e-2
     assert worst_change(build_algorithm("pc_nudge"), network, inputs, targets) < 1.5 * backprop
+
+
+def test_phases_that_tf32_stalls_say_so(flags, tensor_cores):
+    """Under (emulated) TF32 products the nudged phases of EP at beta = 0.1 stall above their
+    tolerance and run to the step cap: besides the NotConvergedWarning, a PrecisionWarning names
+    TF32 and the flag, since more steps would not help. In IEEE float32 they converge, quietly."""
+    torch.manual_seed(0)
+    network, inputs, targets = mlp([32, 32, 32, 10], activation="clip"), torch.rand(16, 32), torch.randint(0, 10, (16,))
+    flags.cuda.matmul.fp32_precision = "tf32"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert build_algorithm("ep", beta=0.1).estimate(network, inputs, targets).converged  # IEEE arithmetic
+    with warnings.catch_warnings(record=True) as caught, TF32():
+        warnings.simplefilter("always")
+        estimate = build_algorithm("ep", beta=0.1, steps=100).estimate(network, inputs, targets)
+    assert not estimate.converged
+    assert any(issubclass(w.category, PrecisionWarning) and "stopped short of tol with TF32 (the GPU's matrix "
+               "products of float32)" in str(w.message) and "fp32_precision = 'ieee'" in str(w.message)
+               for w in caught)

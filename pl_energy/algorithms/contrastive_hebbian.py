@@ -24,7 +24,7 @@ from ..core.losses import Loss
 from ..core.networks import layers_of
 from .base import Estimate
 from .contrastive import Contrast, Phase
-from .hopfield_common import HopfieldAlgorithm, check_resolution, read_tolerance
+from .hopfield_common import HopfieldAlgorithm, check_resolution, read_tolerance, warn_if_stalled_by_tf32
 
 
 #: chl's clamped phase is read divided by gamma^(L-1): a rounding floor above this fraction of it
@@ -70,6 +70,7 @@ class ContrastiveHebbian(HopfieldAlgorithm):
             reports += (self.relax(energy, free, tol=tol).report,)
         clamped = energy.clamped(free)
         relaxation = self.relax(energy, clamped, record, tol=tol)
+        warn_if_stalled_by_tf32(network, reports + (relaxation.report,), free)
         return Contrast(Phase(energy, clamped), Phase(energy, free), 1 / moved, free.output, free.targets,
                         relaxation.trace, reports + (relaxation.report,))
 

@@ -19,7 +19,8 @@ from ..core.hopfield import HopfieldState
 from ..core.losses import Loss
 from ..core.nudge import automatic_strength, finite_difference_step
 from .contrastive import Contrast, Phase
-from .hopfield_common import REFUSED_ROUNDING, HopfieldAlgorithm, check_resolution, read_tolerance
+from .hopfield_common import (REFUSED_ROUNDING, HopfieldAlgorithm, check_resolution, read_tolerance,
+                              warn_if_stalled_by_tf32)
 
 
 @dataclass
@@ -110,7 +111,8 @@ class EquilibriumPropagation(HopfieldAlgorithm):
         if self.centered:  # -beta from the mirror image of the +beta equilibrium (first order)
             low = energy.mirrored(nudged, free, -beta)
             reports += (self.relax(energy, low, steps=steps, tol=tol, measured_from=energy.nudged(free, -beta)).report,)
-            return Contrast(Phase(energy, nudged), Phase(energy, low), 1 / (2 * beta), free.output,
-                            free.targets, relaxation.trace, reports, beta)
-        return Contrast(Phase(energy, nudged), Phase(energy, free), 1 / beta, free.output, free.targets,
-                        relaxation.trace, reports, beta)
+            other, scale = Phase(energy, low), 1 / (2 * beta)
+        else:
+            other, scale = Phase(energy, free), 1 / beta
+        warn_if_stalled_by_tf32(network, reports, free)
+        return Contrast(Phase(energy, nudged), other, scale, free.output, free.targets, relaxation.trace, reports, beta)

@@ -25,8 +25,9 @@ REFERENCE_RESIDUAL = 1e-6
 #: 60 eps / h; with 10 the nudged phases of EP's default ran to the step cap).
 ROUNDING_EPSILONS = 100
 #: The resolution of relaxed states computed through TF32 products or convolutions: this many
-#: TF32 epsilons over the move (emulated TF32 moved EP's and CHL's estimates by 0.06 to 1.2 of
-#: them on clip MLPs and a small clip CNN, far more on ill-conditioned energies; ``core.arithmetic``).
+#: TF32 epsilons over the move (emulated TF32 moved EP's and CHL's estimates by 0.06 to 1.35 of
+#: them on clip MLPs and a small clip CNN, up to 12 with truncation instead of rounding, far more
+#: on ill-conditioned energies; ``core.arithmetic``).
 TF32_EPSILONS = 1
 #: A nudge whose rounding floor exceeds this fraction is refused (allow_imprecise: stops there).
 REFUSED_ROUNDING = 0.1
@@ -55,6 +56,18 @@ def check_resolution(algorithm: "HopfieldAlgorithm", network: nn.Module, moved: 
             raise ValueError(f"{problem}; {fix} (allow_imprecise=True returns it anyway, with a PrecisionWarning)")
         warnings.warn(f"{problem}; {fix}", PrecisionWarning, stacklevel=5)
     return floor
+
+
+def warn_if_stalled_by_tf32(network: nn.Module, reports: tuple, state: HopfieldState) -> None:
+    """A ``PrecisionWarning`` naming TF32 where a phase stopped short of its tolerance and a GPU
+    runs ``network``'s products or convolutions in TF32 (``core.arithmetic``): its relaxed states
+    stall above the tolerances float32 reaches (emulated on a clip MLP: the free phase at 1.6e-6,
+    the nudged ones at 1e-4 of what the nudge changed), so more steps do not help."""
+    tf32 = tf32_operations(network, state.output)
+    if tf32 and any(report.tol is not None and not report.converged for report in reports):
+        warnings.warn(f"inference stopped short of tol with TF32 (the GPU's {' and '.join(tf32)} of float32), in "
+                      "which relaxed states stall above the tolerances float32 reaches: run them in IEEE float32 "
+                      f"({tf32_remedy(tf32)}) or loosen tol", PrecisionWarning, stacklevel=4)
 
 
 def read_tolerance(tol: float, moved: float, state: HopfieldState) -> float:
