@@ -52,7 +52,8 @@ class Estimate:
     own first-order response (``pl_energy.core.nudge``); None where it is not computed. For the
     predictive-coding family that limit is backprop's gradient (Millidge et al. 2022 Eq. 16), so
     the bound covers every source of error of the estimate (finite nudge, stopping early, steps
-    settled on kinks) except rounding in the limit itself.
+    settled on kinks) except rounding in the limit itself. Centered EP gives an estimate of it
+    instead, the distance of its one-sided half (``EquilibriumPropagation``).
     """
 
     gradients: dict[str, Tensor]

@@ -50,8 +50,10 @@ class Contrast:
     """What an algorithm's phases give the estimate: the two phases and the scale of their
     difference, the free-phase output and targets, the trace of the traced phase and a report
     per relaxed phase; the nudge strength used (None where there is none) and, where the
-    algorithm computes it, the update of the limit of a vanishing nudge per layer (the linear
-    response at the free equilibrium), against which the estimate's own error is measured."""
+    algorithm computes it, an update per layer against which the estimate's own error is
+    measured (``Estimate.error_bound``): the limit of a vanishing nudge (PC: the linear response
+    at the free equilibrium), or the other half of an embedded pair (centered EP: the one-sided
+    estimate from the same phases)."""
 
     high: Phase | None
     low: Phase | None
