@@ -153,7 +153,7 @@ def check_estimate_error(algorithm: Algorithm, estimate: Estimate) -> None:
         bad = sorted(layer for layer, value in estimate.error_bound.items() if not math.isfinite(value))
         raise FloatingPointError(
             f"{algorithm.name}'s estimate is not finite in layer(s) {', '.join(bad)} (nudge {estimate.nudge}) although "
-            "the loss is: report it with the network and batch; a fixed lam of a sensible size avoids it")
+            "the loss is: report it with the network and batch; a fixed nudge (lam, beta) of a sensible size avoids it")
     tolerance, worst = getattr(algorithm, "error_tolerance", None), estimate.worst_error
     if tolerance is not None and worst is not None and worst[1] > tolerance:
         if getattr(algorithm, "lam", None) != "auto":
