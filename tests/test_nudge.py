@@ -304,3 +304,21 @@ def test_centered_eps_embedded_error_estimate_is_its_one_sided_halfs_distance_an
         assert max(error.values()) <= 2 * max(estimate.error_bound.values()), (beta, error, estimate.error_bound)
     assert build_algorithm("ep", centered=False).estimate(network, inputs, targets).error_bound is None
     assert build_algorithm("ep", error_estimate=False).estimate(network, inputs, targets).error_bound is None
+
+
+def test_eps_embedded_estimate_at_a_small_nudge_is_not_the_free_phases_residual():
+    """At the default tol the free phase stops at a residual of 1e-6 of the state, which the
+    one-sided half reads divided by h: the embedded estimate then read 1.31 at beta = "auto" on
+    a float64 tanh MLP (h = 7e-6). The free phase now relaxes on to tol * h first, as one-sided
+    EP's does. Oracles: a one-sided run at the same beta and tolerance (its own phases), and EP's
+    reference, tightly converged."""
+    network, inputs, targets = _tanh_problem(torch.float64, depth=3)
+    reference = build_algorithm("ep", tol=1e-11, steps=20000).reference(network, inputs, targets)
+    for beta in ("auto", 1e-3):
+        estimate = build_algorithm("ep", beta=beta, steps=5000).estimate(network, inputs, targets)
+        assert estimate.converged
+        one_sided = build_algorithm("ep", beta=estimate.nudge, centered=False, steps=5000).gradients(network, inputs, targets)
+        assert estimate.error_bound == pytest.approx(_layer_distance(estimate.gradients, one_sided, network), rel=1e-2)
+        error = _layer_distance(estimate.gradients, reference, network)
+        assert max(error.values()) <= 2 * max(estimate.error_bound.values()), (beta, error, estimate.error_bound)
+    assert max(estimate.error_bound.values()) < 0.05  # beta = 1e-3: the one-sided half's O(h) error, h = 8e-4

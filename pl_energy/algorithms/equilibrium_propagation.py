@@ -51,13 +51,16 @@ class EquilibriumPropagation(HopfieldAlgorithm):
     Centered, ``Estimate.error_bound`` is the embedded error estimate of the pair (as an
     embedded Runge-Kutta pair estimates its step's error): per layer, the distance of the
     centered estimate from the one-sided one read off the same +beta and free phases, relative
-    to the one-sided one (one more parameter VJP: 5 % of the time on Millidge et al. 2022's MLP;
-    ``error_estimate=False`` leaves it out). It is the one-sided estimate's error to
+    to the one-sided one (one more parameter VJP: 5-7 % of the time on Millidge et al. 2022's
+    MLP; ``error_estimate=False`` leaves it out). The one-sided update reads the free phase
+    divided by h, so that phase relaxes on to tol * h first, as one-sided EP's does (at tol
+    alone, a float64 tanh MLP at beta = "auto" read 1.18 where the error was 4e-5: the free
+    phase's residual over h). It is the one-sided estimate's error to
     first order; the centered one's is of its order where the nudge moves units across kinks or
     pool switches, and below it on smooth energies. Against EP's reference in float64 (worst
     layers; ``tests/test_nudge.py``, ``benchmarks/RESULTS.md``): on a 20-16-16-5 MLP over 4 seeds,
     beta 0.5 to 0.01 and clip, ReLU, tanh and sigmoid units, the error was at most 1.5 times it
-    (kinked units), 0.002 to 0.7 of it with smooth units; on Millidge et al. 2022's MLP with clip
+    (kinked units), 0.001 to 0.7 of it with smooth units; on Millidge et al. 2022's MLP with clip
     units it was 1.13 / 0.24 / 0.043 where the error is 0.30 / 0.11 / 0.039 (beta = 0.5 / 0.1 /
     0.01); on VGG-5 at 1/8 width with clip units and max-pooling 0.94 / 92.6 / 0.42 for 3.6 / 92.3
     / 9e-3 (beta = 0.5 / 0.01 / 1e-4). It is an estimate, not a bound, and it is
@@ -119,7 +122,8 @@ class EquilibriumPropagation(HopfieldAlgorithm):
         beta = self.nudge_strength(free, per_unit)
         tol, free_tol = self.tolerances(network, free, beta, per_unit) or (None, None)
         reports = (first.report,)
-        if not self.centered and free_tol is not None and free_tol < self.tol:  # read divided by beta
+        read_alone = not self.centered or self.error_estimate  # the one-sided update reads it divided by beta
+        if read_alone and free_tol is not None and free_tol < self.tol:
             reports += (self.relax(energy, free, tol=free_tol).report,)
         steps = self.steps if self.nudged_steps is None else self.nudged_steps
         nudged = energy.nudged(free, beta)
