@@ -5,7 +5,8 @@
 #     run(command="bash benchmarks/gpu_check.sh", timeout_s=500)
 #
 # 1. the CUDA tests (pytest -m gpu: the GPU computes what the CPU computes, in float64; compiled
-#    inference, also under CUDA graphs, what eager inference computes);
+#    inference, also under CUDA graphs, what eager inference computes; TF32's tensor cores what
+#    tests/test_tf32.py's emulation computes, and ep refused under them);
 # 2. cases (d) and (f) of bench_step.py (VGG-5, max-pool/ReLU and average-pool/tanh) on the GPU,
 #    eager, then with compiled layers (inductor): timings, ratios to BP, peak memory, agreement;
 # 3. case (a) (the seed MLP, whose pc_nudge estimate compiles as one graph, the default and the
@@ -49,7 +50,7 @@ step() {
 
 step 30 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
 torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
-step 150 "$PYTHON" -m pytest -q -m gpu tests/test_deep_networks.py tests/test_compiled_inference.py -p no:cacheprovider
+step 150 "$PYTHON" -m pytest -q -m gpu tests/test_deep_networks.py tests/test_compiled_inference.py tests/test_tf32.py -p no:cacheprovider
 cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
 for compiled in "" "--compile=${COMPILE_BACKEND:-inductor}"; do
     step 150 "$PYTHON" benchmarks/bench_step.py --device "$DEVICE" --case "${cases[@]}" "${size[@]}" $compiled \

@@ -176,3 +176,31 @@ def test_phases_that_tf32_stalls_say_so(flags, tensor_cores):
     assert any(issubclass(w.category, PrecisionWarning) and "stopped short of tol with TF32 (the GPU's matrix "
                "products of float32)" in str(w.message) and "fp32_precision = 'ieee'" in str(w.message)
                for w in caught)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+                    reason="needs a CUDA GPU with TF32 (Ampere or later)")
+def test_on_a_tf32_gpu_the_emulation_is_what_the_tensor_cores_compute_and_ep_is_refused(flags):
+    """On the GPU itself: with TF32 convolutions and products allowed, cuDNN and cuBLAS compute
+    what this file's emulation computes (operands rounded, float32 accumulation: far closer to
+    it than to IEEE float32); ``tf32_operations`` reports them; EP at beta="auto" on a
+    convolutional network is refused, and runs with the flags set to "ieee"."""
+    torch.manual_seed(0)
+    x, w = torch.randn(16, 8, 12, 12, device="cuda"), torch.randn(32, 8, 3, 3, device="cuda")
+    a, b = torch.randn(256, 512, device="cuda"), torch.randn(512, 128, device="cuda")
+    flags.cuda.matmul.fp32_precision, flags.cudnn.conv.fp32_precision = "ieee", "ieee"
+    ieee = torch.nn.functional.conv2d(x, w), a @ b
+    with TF32():
+        emulated = torch.nn.functional.conv2d(x, w), a @ b
+    flags.cuda.matmul.fp32_precision, flags.cudnn.conv.fp32_precision = "tf32", "tf32"
+    tensor_cores = torch.nn.functional.conv2d(x, w), a @ b
+    for hardware, emulation, exact in zip(tensor_cores, emulated, ieee):
+        assert (hardware - emulation).norm() < 0.1 * (hardware - exact).norm()
+    network = conv_net().cuda()
+    inputs, targets = torch.rand(8, 1, 6, 6, device="cuda"), torch.randint(0, 10, (8,), device="cuda")
+    assert tf32_operations(network, next(network.parameters())) == ("matrix products", "convolutions")
+    with pytest.raises(ValueError, match="TF32"):
+        build_algorithm("ep", beta="auto").gradients(network, inputs, targets)
+    flags.cuda.matmul.fp32_precision, flags.cudnn.conv.fp32_precision = "ieee", "ieee"
+    build_algorithm("ep", beta="auto").gradients(network, inputs, targets)
