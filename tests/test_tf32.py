@@ -49,7 +49,8 @@ def conv_net() -> nn.Sequential:
 def test_the_operations_in_tf32_follow_the_flags_the_device_and_the_layers(flags, monkeypatch):
     """A float32 tensor on a CUDA device of capability 8.0 or later: products in TF32 where
     cuBLAS's float32 precision is "tf32", convolutions where the network has one and cuDNN's
-    conv precision is "tf32" (PyTorch's default); nothing in float64, on a CPU or before Ampere."""
+    conv precision is "tf32" (PyTorch's default); nothing in float64, on a CPU, before Ampere or
+    with NVIDIA_TF32_OVERRIDE=0."""
     capability = {"value": (8, 0)}
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability["value"])
     on_gpu = types.SimpleNamespace(dtype=torch.float32, device=torch.device("cuda", 0))
@@ -64,6 +65,9 @@ def test_the_operations_in_tf32_follow_the_flags_the_device_and_the_layers(flags
     assert tf32_operations(convolutional, on_gpu) == ("matrix products",)
     assert tf32_operations(dense, types.SimpleNamespace(dtype=torch.float64, device=on_gpu.device)) == ()
     assert tf32_operations(dense, torch.zeros(1)) == ()  # a CPU
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")  # NVIDIA's libraries leave TF32 off
+    assert tf32_operations(dense, on_gpu) == ()
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE")
     capability["value"] = (7, 5)  # Turing: no TF32
     assert tf32_operations(dense, on_gpu) == ()
 
@@ -119,7 +123,8 @@ def test_ep_and_chl_refuse_a_nudge_tf32_cannot_resolve_and_say_how_to_run_ieee(f
         build_algorithm("ep").gradients(network, inputs, targets)
     tf32, fix = r"TF32 \(the GPU's matrix products of float32\)", r"torch.backends.cuda.matmul.fp32_precision = 'ieee'"
     with pytest.raises(ValueError, match=rf"beta=\S+ moves the state by 4.9e-03 of its size, which {tf32} resolves to "
-                                         rf"about 20%.*IEEE float32 \({fix}\), or use a larger beta or float64 parameters "
+                                         rf"about 20%.*IEEE float32 \({fix}; from the command line NVIDIA_TF32_OVERRIDE=0\), or use a "
+                                         r"larger beta or float64 parameters "
                                          r"\(allow_imprecise=True"):
         build_algorithm("ep", beta="auto").gradients(network, inputs, targets)
     with pytest.warns(PrecisionWarning, match=fix):

@@ -57,15 +57,19 @@ def tf32_operations(network: nn.Module, tensor: Tensor | None) -> tuple[str, ...
 
 
 def tf32_remedy(operations: tuple[str, ...]) -> str:
-    """How to run ``operations`` (``tf32_operations``) in IEEE float32 again."""
+    """How to run ``operations`` (``tf32_operations``) in IEEE float32 again: PyTorch's flags in
+    Python, or, from the command line (``pl-energy``), the environment variable with which
+    NVIDIA's libraries leave TF32 off."""
     flags = {"matrix products": "torch.backends.cuda.matmul.fp32_precision = 'ieee'",
              "convolutions": "torch.backends.cudnn.conv.fp32_precision = 'ieee'"}
-    return " and ".join(flags[operation] for operation in operations)
+    return " and ".join(flags[operation] for operation in operations) + "; from the command line NVIDIA_TF32_OVERRIDE=0"
 
 
 def _tensor_cores(device: torch.device) -> bool:
     """Whether ``device`` is an NVIDIA GPU with TF32 tensor cores (compute capability >= 8.0)
-    whose libraries have not been told to leave them off (``NVIDIA_TF32_OVERRIDE=0``). ROCm's
+    whose libraries have not been told to leave them off (``NVIDIA_TF32_OVERRIDE=0``, which
+    cuBLAS and cuDNN honour; Triton kernels that inductor generates for products under a "tf32"
+    matmul flag do not, and are not seen here). ROCm's
     capabilities are gfx numbers, not NVIDIA's: a ROCm build counts as none."""
     return (device.type == "cuda" and torch.version.hip is None and os.environ.get("NVIDIA_TF32_OVERRIDE") != "0"
             and torch.cuda.get_device_capability(device) >= (8, 0))
