@@ -317,7 +317,8 @@ def test_eps_embedded_estimate_at_a_small_nudge_is_not_the_free_phases_residual(
     for beta in ("auto", 1e-3):
         estimate = build_algorithm("ep", beta=beta, steps=5000).estimate(network, inputs, targets)
         assert estimate.converged
-        one_sided = build_algorithm("ep", beta=estimate.nudge, centered=False, steps=5000).gradients(network, inputs, targets)
+        one_sided = build_algorithm("ep", beta=estimate.nudge, centered=False, steps=5000).gradients(
+            network, inputs, targets)
         assert estimate.error_bound == pytest.approx(_layer_distance(estimate.gradients, one_sided, network), rel=1e-2)
         error = _layer_distance(estimate.gradients, reference, network)
         assert max(error.values()) <= 2 * max(estimate.error_bound.values()), (beta, error, estimate.error_bound)

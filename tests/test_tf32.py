@@ -123,14 +123,15 @@ def test_ep_and_chl_refuse_a_nudge_tf32_cannot_resolve_and_say_how_to_run_ieee(f
         build_algorithm("ep").gradients(network, inputs, targets)
     tf32, fix = r"TF32 \(the GPU's matrix products of float32\)", r"torch.backends.cuda.matmul.fp32_precision = 'ieee'"
     with pytest.raises(ValueError, match=rf"beta=\S+ moves the state by 4.9e-03 of its size, which {tf32} resolves to "
-                                         rf"about 20%.*IEEE float32 \({fix}; from the command line NVIDIA_TF32_OVERRIDE=0\), or use a "
+                                         rf"about 20%.*IEEE float32 \({fix}; from the command line "
+                                         r"NVIDIA_TF32_OVERRIDE=0\), or use a "
                                          r"larger beta or float64 parameters "
                                          r"\(allow_imprecise=True"):
         build_algorithm("ep", beta="auto").gradients(network, inputs, targets)
     with pytest.warns(PrecisionWarning, match=fix):
         build_algorithm("ep", beta="auto", allow_imprecise=True).gradients(network, inputs, targets)
-    with pytest.warns(PrecisionWarning, match=rf"gamma=0.1 over 3 layers\) moves the state by 1.0e-02 of its size, which "
-                                              rf"{tf32} resolves to about 10%.*{fix}"):
+    with pytest.warns(PrecisionWarning, match=rf"gamma=0.1 over 3 layers\) moves the state by 1.0e-02 of its "
+                                              rf"size, which {tf32} resolves to about 10%.*{fix}"):
         build_algorithm("chl").gradients(network, inputs, targets)
     double = mlp([32, 32, 32, 10], activation="clip").double()
     with warnings.catch_warnings():

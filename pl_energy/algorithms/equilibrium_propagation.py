@@ -55,16 +55,16 @@ class EquilibriumPropagation(HopfieldAlgorithm):
     MLP; ``error_estimate=False`` leaves it out). The one-sided update reads the free phase
     divided by h, so that phase relaxes on to tol * h first, as one-sided EP's does (at tol
     alone, a float64 tanh MLP at beta = "auto" read 1.18 where the error was 4e-5: the free
-    phase's residual over h). It is the one-sided estimate's error to
-    first order; the centered one's is of its order where the nudge moves units across kinks or
-    pool switches, and below it on smooth energies. Against EP's reference in float64 (worst
+    phase's residual over h). It is the one-sided estimate's error to first order; the centered
+    one's is of its order where the nudge moves units across kinks or pool switches, and below
+    it on smooth energies. Against EP's reference in float64 (worst
     layers; ``tests/test_nudge.py``, ``benchmarks/RESULTS.md``): on a 20-16-16-5 MLP over 4 seeds,
     beta 0.5 to 0.01 and clip, ReLU, tanh and sigmoid units, the error was at most 1.5 times it
     (kinked units), 0.001 to 0.7 of it with smooth units; on Millidge et al. 2022's MLP with clip
     units it was 1.13 / 0.24 / 0.043 where the error is 0.30 / 0.11 / 0.039 (beta = 0.5 / 0.1 /
     0.01); on VGG-5 at 1/8 width with clip units and max-pooling 0.94 / 92.6 / 0.42 for 3.6 / 92.3
-    / 9e-3 (beta = 0.5 / 0.01 / 1e-4). It is an estimate, not a bound, and it is
-    logged (``estimate/worst_error``), not warned about: no ``error_tolerance``.
+    / 9e-3 (beta = 0.5 / 0.01 / 1e-4). It is an estimate, not a bound, and it is logged
+    (``estimate/worst_error``), not warned about: no ``error_tolerance``.
     """
 
     beta: float | str = 0.5
@@ -109,7 +109,8 @@ class EquilibriumPropagation(HopfieldAlgorithm):
         moved = abs(beta) * per_unit
         larger = ("use a larger beta or float64 parameters" if self.beta == "auto"
                   else "use a larger beta, beta='auto' or float64 parameters")
-        floor = check_resolution(self, network, moved, free, f"ep's nudge beta={beta:.3g}", larger, warned=REFUSED_ROUNDING)
+        floor = check_resolution(self, network, moved, free, f"ep's nudge beta={beta:.3g}", larger,
+                                 warned=REFUSED_ROUNDING)
         if self.tol is None:
             return None
         return min(max(self.tol * min(1.0, moved), floor), REFUSED_ROUNDING), read_tolerance(self.tol, moved, free)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..core.arithmetic import TF32_EPSILON, tf32_operations, tf32_remedy
 from ..core.hopfield import HopfieldEnergy, HopfieldState
 from ..core.implicit import equilibrium_gradient
-from ..core.inference import Relaxation
+from ..core.inference import InferenceReport, Relaxation
 from ..core.losses import Loss, as_loss
 from .validation import check_batch
 from .warnings import NotConvergedWarning, PrecisionWarning
@@ -47,10 +47,11 @@ def check_resolution(algorithm: "HopfieldAlgorithm", network: nn.Module, moved: 
     tf32 = tf32_operations(network, state.output)
     resolved = max(floor, TF32_EPSILONS * TF32_EPSILON / moved if tf32 and moved > 0 else 0.0)
     if resolved > warned:
-        arithmetic = f"TF32 (the GPU's {' and '.join(tf32)} of float32)" if resolved > floor else str(state.output.dtype)
+        in_tf32 = resolved > floor
+        arithmetic = f"TF32 (the GPU's {' and '.join(tf32)} of float32)" if in_tf32 else str(state.output.dtype)
         problem = (f"{what} moves the state by {moved:.1e} of its size, which {arithmetic} resolves to about "
                    f"{resolved:.0%} (rounding of the relaxed O(1) states; more on an ill-conditioned energy)")
-        if resolved > floor:
+        if in_tf32:
             fix = f"run them in IEEE float32 ({tf32_remedy(tf32)}), or {fix}"
         if resolved > REFUSED_ROUNDING and not algorithm.allow_imprecise:
             raise ValueError(f"{problem}; {fix} (allow_imprecise=True returns it anyway, with a PrecisionWarning)")
@@ -58,7 +59,8 @@ def check_resolution(algorithm: "HopfieldAlgorithm", network: nn.Module, moved: 
     return floor
 
 
-def warn_if_stalled_by_tf32(network: nn.Module, reports: tuple, state: HopfieldState) -> None:
+def warn_if_stalled_by_tf32(network: nn.Module, reports: tuple[InferenceReport, ...],
+                            state: HopfieldState) -> None:
     """A ``PrecisionWarning`` naming TF32 where a phase stopped short of its tolerance and a GPU
     runs ``network``'s products or convolutions in TF32 (``core.arithmetic``): its relaxed states
     stall above the tolerances float32 reaches (emulated on a clip MLP: the free phase at 1.6e-6,

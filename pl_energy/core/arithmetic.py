@@ -14,11 +14,11 @@ estimate read from a small difference of relaxed states, divided by the relative
 nudge makes, loses that epsilon over the move: on Millidge et al. 2022's MLP with clip units and
 TF32 products, EP with float32's automatic beta (a move of 4.9e-3) was 13 % from its IEEE
 float32 estimate (a smaller MLP: 8-17 % over four seeds), EP at its defaults (a move of 1.2)
-0.1 %. On VGG-5 with clip units and max-pooling, TF32
-convolutions moved EP at its defaults and CHL at gamma = 0.3 to 1 by 113-146 %, as far as a
-1e-3 perturbation of the inputs moves them in IEEE float32: there the estimates are
-ill-conditioned, and TF32 is such a perturbation at every product (``tests/test_tf32.py``
-emulates it). EP's and CHL's resolution checks take it (``algorithms.hopfield_common``).
+0.1 %. On VGG-5 with clip units and max-pooling, TF32 convolutions moved EP at its defaults and
+CHL at gamma = 0.3 to 1 by 113-146 %, as far as a 1e-3 perturbation of the inputs moves them in
+IEEE float32: there the estimates are ill-conditioned, and TF32 is such a perturbation at every
+product (``tests/test_tf32.py`` emulates it). EP's and CHL's resolution checks take it
+(``algorithms.hopfield_common``).
 
 Only the PyTorch flags' new API is read (``fp32_precision``): reading the legacy flags
 (``allow_tf32``) raises after some mixes of the two APIs.
@@ -42,9 +42,10 @@ TF32_EPSILON = 2.0 ** -10
 def tf32_operations(network: nn.Module, tensor: Tensor | None) -> tuple[str, ...]:
     """The operations of ``network`` that run in TF32 ("matrix products", "convolutions") on
     ``tensor`` (one of its parameters or states: its dtype and device): none unless it is
-    float32 on a CUDA device of compute capability 8.0 or later; then matrix products where cuBLAS's float32 precision is
-    "tf32", convolutions where the network has a convolution module (``nn.Conv*d``,
-    ``nn.ConvTranspose*d``) and cuDNN, enabled, runs float32 convolutions in "tf32"."""
+    float32 on a CUDA device of compute capability 8.0 or later; then matrix products where
+    cuBLAS's float32 precision is "tf32", convolutions where the network has a convolution module
+    (``nn.Conv*d``, ``nn.ConvTranspose*d``) and cuDNN, enabled, runs float32 convolutions in
+    "tf32"."""
     if tensor is None or tensor.dtype != torch.float32 or not _tensor_cores(tensor.device):
         return ()
     operations = []
@@ -69,7 +70,7 @@ def _tensor_cores(device: torch.device) -> bool:
     """Whether ``device`` is an NVIDIA GPU with TF32 tensor cores (compute capability >= 8.0)
     whose libraries have not been told to leave them off (``NVIDIA_TF32_OVERRIDE=0``, which
     cuBLAS and cuDNN honour; Triton kernels that inductor generates for products under a "tf32"
-    matmul flag do not, and are not seen here). ROCm's
-    capabilities are gfx numbers, not NVIDIA's: a ROCm build counts as none."""
+    matmul flag do not, and are not seen here). ROCm's capabilities are gfx numbers, not
+    NVIDIA's: a ROCm build counts as none."""
     return (device.type == "cuda" and torch.version.hip is None and os.environ.get("NVIDIA_TF32_OVERRIDE") != "0"
             and torch.cuda.get_device_capability(device) >= (8, 0))
