@@ -1,4 +1,5 @@
-"""Smoke tests of the benchmarks (bench_step.py, bench_convergence.py, pc_fused_reference.py, bench_overhead.py, probe_training.py): tiny settings, no timing assertions."""
+"""Smoke tests of the benchmarks (bench_step.py, bench_convergence.py, pc_fused_reference.py, bench_overhead.py,
+probe_training.py, tf32_emulated.py): tiny settings, no timing assertions."""
 
 from __future__ import annotations
 
@@ -315,3 +316,15 @@ def test_probe_training_stops_and_says_so_when_the_algorithm_diverges(probe, tmp
     assert len(result["batches"]["loss"]) == len(result["batches"]["bp_loss"]) == 1  # both stopped there
     assert [row["batch"] for row in result["probes"]] == [0]
     assert "DIVERGED at batch 1" in capsys.readouterr().out
+
+
+def test_tf32_emulation_benchmark_quick_run(capsys):
+    """benchmarks/tf32_emulated.py on tiny networks: a line per algorithm, with the move in TF32
+    epsilons for ep and the distance from bp for the exact ones."""
+    spec = importlib.util.spec_from_file_location("tf32_emulated", REPO / "benchmarks" / "tf32_emulated.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--quick"])
+    out = capsys.readouterr().out
+    assert out.count("TF32 vs IEEE") == 3
+    assert "TF32 epsilons over h" in out and "vs bp, both TF32" in out

@@ -1,21 +1,23 @@
 """TF32: GPUs that run float32 products or convolutions with 10-bit operands (``core.arithmetic``).
 
 Oracles: the flags' documented meaning (PyTorch's new ``fp32_precision`` API), and TF32 itself,
-emulated at the dispatcher (every operand of a float32 matrix product or convolution rounded to
-TF32's 10 mantissa bits, the products accumulated in float32, as tensor cores do): the checks
-refuse where the emulated arithmetic moves the estimate, and stay quiet where it does not.
-The device is a CPU: a test says that it has tensor cores where the check needs one.
+emulated at the dispatcher (``benchmarks/tf32_emulated.py``: every operand of a float32 matrix
+product or convolution rounded to TF32's 10 mantissa bits, the products accumulated in float32,
+as tensor cores do): the checks refuse where the emulated arithmetic moves the estimate, and
+stay quiet where it does not. The device is a CPU: a test says that it has tensor cores where
+the check needs one.
 """
 
 from __future__ import annotations
 
+import sys
 import types
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from pl_energy import build_algorithm, mlp
 from pl_energy.algorithms.warnings import PrecisionWarning
@@ -23,7 +25,8 @@ from pl_energy.core import arithmetic
 from pl_energy.core.activations import Clip
 from pl_energy.core.arithmetic import tf32_operations
 
-aten = torch.ops.aten
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from tf32_emulated import TF32  # noqa: E402  (the emulation, shared with the benchmark)
 
 
 @pytest.fixture
@@ -70,22 +73,6 @@ def test_the_operations_in_tf32_follow_the_flags_the_device_and_the_layers(flags
     monkeypatch.delenv("NVIDIA_TF32_OVERRIDE")
     capability["value"] = (7, 5)  # Turing: no TF32
     assert tf32_operations(dense, on_gpu) == ()
-
-
-class TF32(TorchDispatchMode):
-    """TF32 emulated: operands of float32 products and convolutions rounded to nearest at 10
-    mantissa bits (13 of float32's 23 dropped)."""
-
-    OPERANDS = {aten.mm.default: (0, 1), aten.addmm.default: (1, 2), aten.bmm.default: (0, 1),
-                aten.convolution.default: (0, 1), aten.convolution_backward.default: (0, 1, 2)}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        args = list(args)
-        for index in self.OPERANDS.get(func, ()):
-            if args[index].dtype == torch.float32:
-                bits = args[index].contiguous().view(torch.int32)
-                args[index] = ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
-        return func(*args, **(kwargs or {}))
 
 
 def worst_change(algorithm, network, inputs, targets) -> float:
