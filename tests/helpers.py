@@ -25,6 +25,18 @@ def relative_l2(estimate: dict[str, Tensor], reference: dict[str, Tensor]) -> fl
     return ((a - b).norm() / b.norm()).item()
 
 
+def layer_distances(estimate: dict[str, Tensor], other: dict[str, Tensor], network) -> dict[str, float]:
+    """||estimate_l - other_l|| / ||other_l|| per top-level layer (its parameters' names start
+    with the layer's), written here, independently of ``layer_relative_errors``."""
+    distances = {}
+    for name, layer in network.named_children():
+        keys = [f"{name}.{key}" for key, _ in layer.named_parameters()]
+        if keys:
+            difference = math.sqrt(sum(float((estimate[k] - other[k]).norm()) ** 2 for k in keys))
+            distances[name] = difference / math.sqrt(sum(float(other[k].norm()) ** 2 for k in keys))
+    return distances
+
+
 def log_slope(xs, ys) -> float:
     """Least-squares slope of log(y) against log(x): the order of a power law y ~ x^k."""
     x = torch.tensor([math.log(v) for v in xs])

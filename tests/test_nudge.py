@@ -22,7 +22,7 @@ import torch
 from pl_energy import EstimateErrorWarning, build_algorithm, mlp
 from pl_energy.core import Loss
 from pl_energy.core.solvers import relative_residual
-from helpers import log_slope, relative_l2
+from helpers import layer_distances, log_slope, relative_l2
 
 
 def _tanh_problem(dtype=torch.float32, depth: int = 6, seed: int = 0):
@@ -272,16 +272,6 @@ def test_frozen_parameters_are_not_part_of_the_error_bound():
         assert estimate.error_bound[layer] == pytest.approx(value, rel=1e-6)
 
 
-def _layer_distance(estimate: dict, other: dict, network) -> dict[str, float]:
-    """||estimate_l - other_l|| / ||other_l|| per top-level layer, written here."""
-    distances = {}
-    for name, layer in network.named_children():
-        keys = [f"{name}.{key}" for key, _ in layer.named_parameters()]
-        difference = math.sqrt(sum(float((estimate[k] - other[k]).norm()) ** 2 for k in keys))
-        distances[name] = difference / math.sqrt(sum(float(other[k].norm()) ** 2 for k in keys))
-    return distances
-
-
 @pytest.mark.parametrize("activation", ["clip", "sigmoid"])
 def test_centered_eps_embedded_error_estimate_is_its_one_sided_halfs_distance_and_bounds_its_error(activation):
     """Oracles: a separate one-sided EP run at the same beta (its own phases, relaxed tightly in
@@ -298,9 +288,9 @@ def test_centered_eps_embedded_error_estimate_is_its_one_sided_halfs_distance_an
         centered = build_algorithm("ep", beta=beta, **tight)
         estimate = centered.estimate(network, inputs, targets)
         one_sided = build_algorithm("ep", beta=beta, centered=False, **tight).gradients(network, inputs, targets)
-        expected = _layer_distance(estimate.gradients, one_sided, network)
+        expected = layer_distances(estimate.gradients, one_sided, network)
         assert estimate.error_bound == pytest.approx(expected, rel=1e-6)
-        error = _layer_distance(estimate.gradients, centered.reference(network, inputs, targets), network)
+        error = layer_distances(estimate.gradients, centered.reference(network, inputs, targets), network)
         assert max(error.values()) <= 2 * max(estimate.error_bound.values()), (beta, error, estimate.error_bound)
     assert build_algorithm("ep", centered=False).estimate(network, inputs, targets).error_bound is None
     assert build_algorithm("ep", error_estimate=False).estimate(network, inputs, targets).error_bound is None
@@ -319,7 +309,7 @@ def test_eps_embedded_estimate_at_a_small_nudge_is_not_the_free_phases_residual(
         assert estimate.converged
         one_sided = build_algorithm("ep", beta=estimate.nudge, centered=False, steps=5000).gradients(
             network, inputs, targets)
-        assert estimate.error_bound == pytest.approx(_layer_distance(estimate.gradients, one_sided, network), rel=1e-2)
-        error = _layer_distance(estimate.gradients, reference, network)
+        assert estimate.error_bound == pytest.approx(layer_distances(estimate.gradients, one_sided, network), rel=1e-2)
+        error = layer_distances(estimate.gradients, reference, network)
         assert max(error.values()) <= 2 * max(estimate.error_bound.values()), (beta, error, estimate.error_bound)
     assert max(estimate.error_bound.values()) < 0.05  # beta = 1e-3: the one-sided half's O(h) error, h = 8e-4
