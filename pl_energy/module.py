@@ -294,8 +294,8 @@ class EnergyModule(pl.LightningModule):
     def _log_estimate(self, estimate, batch_size: int) -> None:
         """``estimate/nudge`` (the lam or beta the estimate was read with, chosen per batch by
         "auto") and ``estimate/worst_error`` (the largest layer's ``Estimate.error_bound``: the
-        estimate's own relative error against its vanishing-nudge limit; centered ep's embedded
-        estimate of it), where there are."""
+        estimate's own relative error against its vanishing-nudge limit; centered ep's and
+        chl's embedded estimates of it), where there are."""
         values = {"estimate/nudge": estimate.nudge,
                   "estimate/worst_error": None if estimate.worst_error is None else estimate.worst_error[1]}
         for name, value in values.items():

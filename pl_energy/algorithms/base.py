@@ -53,7 +53,8 @@ class Estimate:
     predictive-coding family that limit is backprop's gradient (Millidge et al. 2022 Eq. 16), so
     the bound covers every source of error of the estimate (finite nudge, stopping early, steps
     settled on kinks) except rounding in the limit itself. Centered EP gives an estimate of it
-    instead, the distance of its one-sided half (``EquilibriumPropagation``).
+    instead, the distance of its one-sided half (``EquilibriumPropagation``), and chl, with
+    ``error_estimate=True``, the distance of its first-order term (``ContrastiveHebbian``).
     """
 
     gradients: dict[str, Tensor]

@@ -53,7 +53,7 @@ class Contrast:
     algorithm computes it, an update per layer against which the estimate's own error is
     measured (``Estimate.error_bound``): the limit of a vanishing nudge (PC: the linear response
     at the free equilibrium), or the other half of an embedded pair (centered EP: the one-sided
-    estimate from the same phases)."""
+    estimate from the same phases; chl: its first-order term)."""
 
     high: Phase | None
     low: Phase | None

@@ -39,7 +39,7 @@ class ContrastiveHebbian(HopfieldAlgorithm):
     Args:
         gamma: feedback strength; the update is scaled by gamma^-(L-1).
         corrected: keep only the first-order term of the phase difference (Millidge et al. 2022 Eq. 17).
-        error_estimate: compute ``Estimate.error_bound`` (one parameter VJP per layer).
+        error_estimate: compute ``Estimate.error_bound`` (one VJP per layer; a JVP for chl).
 
     The inference settings (``solver``, ``steps``, ``step_size``, ``tol``, ``trace``) are
     ``HopfieldAlgorithm``'s: over-relaxed even/odd sweeps to a residual of 1e-6.
@@ -49,9 +49,11 @@ class ContrastiveHebbian(HopfieldAlgorithm):
     estimate of the pair (chl, corrected chl): per layer, the distance of the update from its
     first-order term, relative to that term, the size of the remainder R. Against chl's
     reference (implicit differentiation at the free equilibrium; float64, a 20-16-16-5 MLP, 3
-    seeds, gamma 0.5 to 0.1, clip, sigmoid and tanh units) the error was 1.0 to 2.15 times it:
-    the first-order term keeps chl's O(gamma) bias, which the estimate does not see. It is an
-    estimate, not a bound; corrected chl has none.
+    seeds, gamma 0.5 to 0.1, clip, sigmoid and tanh units) the worst layer's error was 1.0 to
+    2.15 times the worst layer's estimate: the first-order term keeps chl's O(gamma) bias, which
+    the estimate does not see, and in the lower layers, where R is small, the estimate can be
+    orders of magnitude below their error (read the worst layer). It is an estimate, not a
+    bound; corrected chl has none.
     """
 
     gamma: float = 0.1

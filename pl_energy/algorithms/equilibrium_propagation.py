@@ -36,7 +36,7 @@ class EquilibriumPropagation(HopfieldAlgorithm):
             finite-difference step of each batch (``nudge_strength``).
         nudged_steps: step cap of the nudged phases (default: ``steps``).
         centered: nudge by +beta and -beta and take the symmetric difference.
-        error_estimate: compute ``Estimate.error_bound`` (one parameter VJP per layer).
+        error_estimate: compute ``Estimate.error_bound`` (one VJP per layer; a JVP for chl).
 
     ``gamma`` and the inference settings (``solver``, ``steps``, ``step_size``, ``tol``,
     ``trace``) are ``HopfieldAlgorithm``'s. Tolerances follow the nudge (``tolerances``): a

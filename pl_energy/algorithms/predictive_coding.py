@@ -63,7 +63,7 @@ class PredictiveCoding(ContrastiveAlgorithm):
             or "auto", the finite-difference step of each batch (``nudge_strength``).
         gamma: precision ratio pi_{l+1}/pi_l in (0, 1] (feedback strength).
         centered: +lam and -lam phases, error O(lam^2).
-        error_estimate: compute ``Estimate.error_bound`` (one parameter VJP per layer).
+        error_estimate: compute ``Estimate.error_bound`` (one VJP per layer; a JVP for chl).
         error_tolerance: warn when the worst layer's ``error_bound`` exceeds this (None: never).
         active_set: solve phases that settle on ReLU / max-pool kinks piece by piece
             (``core.active_set``).
