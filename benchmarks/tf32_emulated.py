@@ -71,9 +71,9 @@ def moved_by(algorithm, network, inputs, targets) -> float:
     module, seen = sys.modules[type(algorithm).__module__], []
     check = module.check_resolution
 
-    def spy(owner, net, moved, *args, **kwargs):
+    def spy(owner, tf32, moved, *args, **kwargs):
         seen.append(moved)
-        return check(owner, net, moved, *args, **kwargs)
+        return check(owner, tf32, moved, *args, **kwargs)
 
     module.check_resolution = spy
     try:

@@ -334,3 +334,42 @@ def test_chls_embedded_estimate_is_its_distance_from_corrected_chl_and_within_it
             assert worst <= error <= 2.5 * worst, (activation, gamma, error, estimate.error_bound)
     assert build_algorithm("chl").estimate(network, inputs, targets).error_bound is None
     assert build_algorithm("chl", corrected=True, error_estimate=True).estimate(network, inputs, targets).error_bound is None
+
+
+def test_chls_embedded_estimate_from_the_energy_written_here():
+    """Oracle independent of the library's energy and of its forward-mode JVP: the dense layered
+    Hopfield energy's weight gradients written here from the paper (batch mean of
+    dE/dW_l = -c_l rho(x_l) rho(x_{l-1})^T, dE/db_l = -c_l rho(x_l), c_l = gamma^(l-1)), at the
+    free and clamped states chl relaxed. chl's update is gamma^-(L-1) times their difference,
+    its first-order term the JVP of the written gradients along x_clamped - x_free, and
+    error_bound the update's distance from that term, relative to it."""
+    from torch.func import jvp
+
+    for activation in ("clip", "tanh"):
+        torch.manual_seed(0)
+        network = mlp([12, 10, 8, 4], activation=activation).double()
+        inputs, targets = torch.rand(16, 12, dtype=torch.float64), torch.randint(0, 4, (16,))
+        algorithm = build_algorithm("chl", gamma=0.5, tol=1e-11, steps=5000, error_estimate=True)
+        estimate = algorithm.estimate(network, inputs, targets)
+        run = algorithm.phases(network, inputs, targets, Loss("cross_entropy"), record=False)
+        free, clamped = run.low.state.activities, run.high.state.activities
+        linears = [layer[0] if isinstance(layer, nn.Sequential) else layer for layer in network]
+        units = [layer[1] if isinstance(layer, nn.Sequential) else nn.Identity() for layer in network]
+
+        def weight_gradients(*activities):
+            values = [inputs] + [unit(x) for unit, x in zip(units, activities)]
+            grads = []
+            for index, _ in enumerate(linears, start=1):
+                weight = -(0.5 ** (index - 1)) / inputs.shape[0]
+                grads += [weight * values[index].t() @ values[index - 1], weight * values[index].sum(0)]
+            return tuple(grads)
+
+        scale = 0.5 ** -(len(linears) - 1)
+        high, low = weight_gradients(*clamped[1:]), weight_gradients(*free[1:])
+        _, first = jvp(weight_gradients, tuple(free[1:]), tuple(c - f for c, f in zip(clamped[1:], free[1:])))
+        names = [name for name, _ in network.named_parameters()]
+        update = {name: scale * (h - l) for name, h, l in zip(names, high, low)}
+        first_order = {name: scale * g for name, g in zip(names, first)}
+        for name in names:
+            torch.testing.assert_close(estimate.gradients[name], update[name], rtol=1e-9, atol=1e-12)
+        assert estimate.error_bound == pytest.approx(layer_distances(update, first_order, network), rel=1e-6)

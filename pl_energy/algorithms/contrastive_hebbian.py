@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 from torch.func import jvp
 
+from ..core.arithmetic import tf32_operations
 from ..core.losses import Loss
 from ..core.networks import layers_of
 from .base import Estimate
@@ -74,7 +75,8 @@ class ContrastiveHebbian(HopfieldAlgorithm):
         tol alone, a 4-layer sigmoid MLP's first layer was 84 % off chl's own limit."""
         energy, free, first = self.free_phase(network, inputs, targets, loss)
         moved = self.gamma ** (len(energy.layers) - 1)
-        check_resolution(self, network, moved, free,
+        tf32 = tf32_operations(network, free.output)
+        check_resolution(self, tf32, moved, free,
                          f"chl's clamped phase (gamma={self.gamma:g} over {len(energy.layers)} layers)",
                          "use a larger gamma, fewer layers or float64 parameters", warned=RESOLVED_ROUNDING)
         tol = None if self.tol is None else min(self.tol, read_tolerance(self.tol, moved, free))
@@ -83,12 +85,13 @@ class ContrastiveHebbian(HopfieldAlgorithm):
             reports += (self.relax(energy, free, tol=tol).report,)
         clamped = energy.clamped(free)
         relaxation = self.relax(energy, clamped, record, tol=tol)
-        warn_if_stalled_by_tf32(network, reports + (relaxation.report,), free)
+        reports += (relaxation.report,)
+        warn_if_stalled_by_tf32(tf32, reports)
         first_order = None
         if self.error_estimate and not self.corrected:  # the other half of the embedded pair
             first_order = self._first_order(energy, free, clamped, 1 / moved)
         return Contrast(Phase(energy, clamped), Phase(energy, free), 1 / moved, free.output, free.targets,
-                        relaxation.trace, reports + (relaxation.report,), limit=first_order)
+                        relaxation.trace, reports, limit=first_order)
 
     def compute(self, network: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss,
                 record: bool) -> Estimate:

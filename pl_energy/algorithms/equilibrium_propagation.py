@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from ..core.arithmetic import tf32_operations
 from ..core.hopfield import HopfieldState
 from ..core.losses import Loss
 from ..core.nudge import automatic_strength, finite_difference_step
@@ -95,7 +96,7 @@ class EquilibriumPropagation(HopfieldAlgorithm):
             return float(self.beta)
         return automatic_strength(finite_difference_step(free.output.dtype, self.centered), per_unit)
 
-    def tolerances(self, network: nn.Module, free: HopfieldState, beta: float,
+    def tolerances(self, tf32: tuple[str, ...], free: HopfieldState, beta: float,
                    per_unit: float) -> tuple[float, float] | None:
         """(nudged, free) tolerances for a nudge that moves the state by h = |beta| * per_unit
         (the energy's ``displacement_per_unit``) of its size: a nudged phase's residual, measured against what
@@ -104,12 +105,13 @@ class EquilibriumPropagation(HopfieldAlgorithm):
         goes below the rounding floor of O(1) states (``ROUNDING_EPSILONS`` machine epsilons,
         which against the nudge's move is that over h). A nudge whose floor is above
         ``REFUSED_ROUNDING`` (rounding that large a part of the estimate), in the arithmetic
-        ``network``'s layers run in (TF32 on some GPUs: ``check_resolution``), is refused unless
+        the layers run in (``tf32``: the operations a GPU runs in TF32, ``check_resolution``), is
+        refused unless
         ``allow_imprecise``. None without a tolerance."""
         moved = abs(beta) * per_unit
         larger = ("use a larger beta or float64 parameters" if self.beta == "auto"
                   else "use a larger beta, beta='auto' or float64 parameters")
-        floor = check_resolution(self, network, moved, free, f"ep's nudge beta={beta:.3g}", larger,
+        floor = check_resolution(self, tf32, moved, free, f"ep's nudge beta={beta:.3g}", larger,
                                  warned=REFUSED_ROUNDING)
         if self.tol is None:
             return None
@@ -121,7 +123,8 @@ class EquilibriumPropagation(HopfieldAlgorithm):
         energy, free, first = self.free_phase(network, inputs, targets, loss)
         per_unit = energy.displacement_per_unit(free)
         beta = self.nudge_strength(free, per_unit)
-        tol, free_tol = self.tolerances(network, free, beta, per_unit) or (None, None)
+        tf32 = tf32_operations(network, free.output)
+        tol, free_tol = self.tolerances(tf32, free, beta, per_unit) or (None, None)
         reports = (first.report,)
         read_alone = not self.centered or self.error_estimate  # the one-sided update reads it divided by beta
         if read_alone and free_tol is not None and free_tol < self.tol:
@@ -137,6 +140,6 @@ class EquilibriumPropagation(HopfieldAlgorithm):
             one_sided = contrast(Phase(energy, nudged), Phase(energy, free), 1 / beta) if self.error_estimate else None
         else:
             other, scale, one_sided = Phase(energy, free), 1 / beta, None
-        warn_if_stalled_by_tf32(network, reports, free)
+        warn_if_stalled_by_tf32(tf32, reports)
         return Contrast(Phase(energy, nudged), other, scale, free.output, free.targets, relaxation.trace, reports, beta,
                         one_sided)

@@ -9,7 +9,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..core.arithmetic import TF32_EPSILON, tf32_operations, tf32_remedy
+from ..core.arithmetic import TF32_EPSILON, describe_tf32, tf32_remedy
 from ..core.hopfield import HopfieldEnergy, HopfieldState
 from ..core.implicit import equilibrium_gradient
 from ..core.inference import InferenceReport, Relaxation
@@ -33,22 +33,21 @@ TF32_EPSILONS = 1
 REFUSED_ROUNDING = 0.1
 
 
-def check_resolution(algorithm: "HopfieldAlgorithm", network: nn.Module, moved: float, state: HopfieldState,
+def check_resolution(algorithm: "HopfieldAlgorithm", tf32: tuple[str, ...], moved: float, state: HopfieldState,
                      what: str, fix: str, warned: float) -> float:
     """The rounding floor of an estimate read divided by ``moved`` (the relative move its nudge
     makes), ``ROUNDING_EPSILONS`` machine epsilons of the O(1) states' dtype over ``moved``,
     which is returned (the tolerances' floor: a residual measured in that arithmetic reaches
     it). The estimate's resolution is that floor, or ``TF32_EPSILONS`` TF32 epsilons over
-    ``moved`` where a GPU runs ``network``'s products or convolutions in TF32
-    (``core.arithmetic``): above ``warned`` a ``PrecisionWarning`` (more on an ill-conditioned
-    energy), above ``REFUSED_ROUNDING`` refused in one line unless ``allow_imprecise``. ``what``
-    names the nudge, ``fix`` says what to change."""
+    ``moved`` where a GPU runs the network's products or convolutions in TF32 (``tf32``, from
+    ``core.arithmetic.tf32_operations``): above ``warned`` a ``PrecisionWarning`` (more on an
+    ill-conditioned energy), above ``REFUSED_ROUNDING`` refused in one line unless
+    ``allow_imprecise``. ``what`` names the nudge, ``fix`` says what to change."""
     floor = rounding_floor(state) / moved if moved > 0 else 0.0
-    tf32 = tf32_operations(network, state.output)
     resolved = max(floor, TF32_EPSILONS * TF32_EPSILON / moved if tf32 and moved > 0 else 0.0)
     if resolved > warned:
         in_tf32 = resolved > floor
-        arithmetic = f"TF32 (the GPU's {' and '.join(tf32)} of float32)" if in_tf32 else str(state.output.dtype)
+        arithmetic = describe_tf32(tf32) if in_tf32 else str(state.output.dtype)
         problem = (f"{what} moves the state by {moved:.1e} of its size, which {arithmetic} resolves to about "
                    f"{resolved:.0%} (rounding of the relaxed O(1) states; more on an ill-conditioned energy)")
         if in_tf32:
@@ -59,17 +58,16 @@ def check_resolution(algorithm: "HopfieldAlgorithm", network: nn.Module, moved: 
     return floor
 
 
-def warn_if_stalled_by_tf32(network: nn.Module, reports: tuple[InferenceReport, ...],
-                            state: HopfieldState) -> None:
+def warn_if_stalled_by_tf32(tf32: tuple[str, ...], reports: tuple[InferenceReport, ...]) -> None:
     """A ``PrecisionWarning`` naming TF32 where a phase stopped short of its tolerance and a GPU
-    runs ``network``'s products or convolutions in TF32 (``core.arithmetic``): its relaxed states
-    stall above the tolerances float32 reaches (emulated on a clip MLP: the free phase at 1.6e-6,
-    the nudged ones at 1e-4 of what the nudge changed), so more steps do not help."""
-    tf32 = tf32_operations(network, state.output)
+    runs the network's products or convolutions in TF32 (``tf32``, from
+    ``core.arithmetic.tf32_operations``): its relaxed states stall above the tolerances float32
+    reaches (emulated on a clip MLP: the free phase at 1.6e-6, the nudged ones at 1e-4 of what
+    the nudge changed), so more steps do not help."""
     if tf32 and any(report.tol is not None and not report.converged for report in reports):
-        warnings.warn(f"inference stopped short of tol with TF32 (the GPU's {' and '.join(tf32)} of float32), in "
-                      "which relaxed states stall above the tolerances float32 reaches: run them in IEEE float32 "
-                      f"({tf32_remedy(tf32)}) or loosen tol", PrecisionWarning, stacklevel=4)
+        warnings.warn(f"inference stopped short of tol with {describe_tf32(tf32)}, in which relaxed states stall "
+                      f"above the tolerances float32 reaches: run them in IEEE float32 ({tf32_remedy(tf32)}) or "
+                      "loosen tol", PrecisionWarning, stacklevel=4)
 
 
 def read_tolerance(tol: float, moved: float, state: HopfieldState) -> float:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from .structure import structure_of
 
-__all__ = ["TF32_EPSILON", "tf32_operations", "tf32_remedy"]
+__all__ = ["TF32_EPSILON", "describe_tf32", "tf32_operations", "tf32_remedy"]
 
 #: The machine epsilon of TF32 (10 mantissa bits).
 TF32_EPSILON = 2.0 ** -10
@@ -55,6 +55,11 @@ def tf32_operations(network: nn.Module, tensor: Tensor | None) -> tuple[str, ...
             and any(isinstance(module, nn.modules.conv._ConvNd) for _, module in structure_of(network).submodules)):
         operations.append("convolutions")
     return tuple(operations)
+
+
+def describe_tf32(operations: tuple[str, ...]) -> str:
+    """``operations`` (``tf32_operations``) as a message names them."""
+    return f"TF32 (the GPU's {' and '.join(operations)} of float32)"
 
 
 def tf32_remedy(operations: tuple[str, ...]) -> str:
