@@ -1,4 +1,4 @@
-"""Smoke tests of the benchmarks (bench_step.py, bench_convergence.py, pc_fused_reference.py, bench_overhead.py,
+"""Smoke tests of the benchmarks (bench_step.py, bench_convergence.py, pc_fused_reference.py (both yardsticks), bench_overhead.py,
 probe_training.py, tf32_emulated.py): tiny settings, no timing assertions."""
 
 from __future__ import annotations
@@ -137,6 +137,19 @@ def test_fused_reference_runs_and_agrees_with_the_library(capsys):
     spec.loader.exec_module(module)
     assert module.main(["--repeats", "1"]) < 1e-3
     assert "x BP" in capsys.readouterr().out
+
+
+def test_default_estimate_written_out_agrees_with_the_library(capsys):
+    """benchmarks/pc_fused_reference.py --default: the default pc_nudge estimate written out by
+    hand with the library's verifications computes the library's update (float32 rounding), lam
+    and error bound, and reports both against the MAC bound."""
+    spec = importlib.util.spec_from_file_location("pc_fused_reference",
+                                                  REPO / "benchmarks" / "pc_fused_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--default", "--repeats", "1"]) < 1e-5
+    out = capsys.readouterr().out
+    assert "written out, eager" in out and "the MAC bound" in out
 
 
 def test_overhead_benchmark_times_every_variant_beside_a_revision(capsys):
