@@ -37,6 +37,8 @@ from .plotting import energy_trace_figure
 
 DEFAULT_SIZES = (784, 128, 64, 10)
 RNG_KEY = "pl_energy_rng_states"
+#: The checkpoint's key for an open accumulation window (``EnergyModule._open_window``).
+WINDOW_KEY = "pl_energy_accumulation_window"
 #: pl_energy's warning categories, shown by rank 0 only under DDP.
 ENERGY_WARNINGS = (NotConvergedWarning, BatchStatisticsWarning, PrecisionWarning, EstimateErrorWarning)
 
@@ -154,6 +156,8 @@ class EnergyModule(pl.LightningModule):
         self.loss = loss
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
+        if lr_scheduler_interval not in ("step", "epoch"):  # anything else would never step the scheduler
+            raise ValueError(f"lr_scheduler_interval must be 'step' or 'epoch', got {lr_scheduler_interval!r}")
         self.lr_scheduler_interval = lr_scheduler_interval
         self.lr_scheduler_monitor = lr_scheduler_monitor
         if gradient_clip_val is not None and not gradient_clip_val > 0:
@@ -188,6 +192,9 @@ class EnergyModule(pl.LightningModule):
         self.test_acc = MulticlassAccuracy(self.num_classes, average="micro")
         #: How many batches' estimates the next optimiser step averages (1 without accumulation).
         self.accumulated = 0
+        #: The open accumulation window of the checkpoint a run resumes from (``on_load_checkpoint``),
+        #: put back when training starts (Lightning zeroes the gradients after loading a checkpoint).
+        self._resumed_window: dict[str, Any] | None = None
         self.energy_traces: list[tuple[int, dict[str, list[float]]]] = []
 
     # ----------------------------------------------------------------- helpers
@@ -342,9 +349,9 @@ class EnergyModule(pl.LightningModule):
         trainer = self._trainer
         if trainer is None or trainer.state.fn != "fit":
             return []
-        moved = {"gradient_clip_val": trainer.gradient_clip_val,
-                 "accumulate_grad_batches": trainer.accumulate_grad_batches}
-        moved = {name: value for name, value in moved.items() if value not in (None, 0, 1)}
+        moved = {name: value for name, value, off in (("gradient_clip_val", trainer.gradient_clip_val, (None, 0)),
+                                                      ("accumulate_grad_batches", trainer.accumulate_grad_batches, (1,)))
+                 if value not in off}  # clipping at 1.0 is clipping
         if moved:
             if "gradient_clip_val" in moved and trainer.gradient_clip_algorithm not in (None, "norm"):
                 moved["gradient_clip_algorithm"] = str(trainer.gradient_clip_algorithm)
@@ -364,8 +371,23 @@ class EnergyModule(pl.LightningModule):
             raise ValueError("gradient_clip_val cannot be combined with precision '16-mixed' (its loss scaling "
                              "is undone only inside the optimiser step): use 'bf16-mixed' or 32-bit")
 
+    def on_train_start(self) -> None:
+        # a run resumed inside an accumulation window continues it (Lightning does not start the
+        # resumed epoch again: ``on_train_epoch_start`` does not run for it)
+        window, self._resumed_window = self._resumed_window, None
+        if window is not None:
+            self.accumulated = self._continue_window(window)
+
     def on_train_epoch_start(self) -> None:
-        self.accumulated = 0  # accumulation groups end with the epoch (or an interrupted run)
+        self.accumulated = 0  # accumulation windows end with the epoch (or an interrupted run)
+
+    def on_validation_model_zero_grad(self) -> None:
+        """Lightning frees the gradients before validating, except inside its own accumulation
+        window; this module accumulates itself (the sum so far in ``p.grad``, the Trainer's
+        ``accumulate_grad_batches`` at 1), so an open window's gradients are kept: a validation
+        inside one (``val_check_interval``) dropped them before."""
+        if not self.accumulated:
+            super().on_validation_model_zero_grad()
 
     def on_train_epoch_end(self) -> None:
         if self.lr_scheduler_interval == "epoch":
@@ -379,8 +401,23 @@ class EnergyModule(pl.LightningModule):
             metric = self.trainer.callback_metrics.get(self.lr_scheduler_monitor)
             if metric is not None:
                 scheduler.step(metric)
+            else:
+                self._plateau_metric_missing()
         else:
             scheduler.step()
+
+    def _plateau_metric_missing(self) -> None:
+        """ReduceLROnPlateau cannot step: its metric is not logged. A misspelt name (one that
+        no validation or training metric has) is refused; a validation metric that validation
+        has not logged yet (none has run, or there is no validation loader) is warned about."""
+        monitor, logged = self.lr_scheduler_monitor, sorted(self.trainer.callback_metrics)
+        problem = (f"ReduceLROnPlateau monitors {monitor!r} (lr_scheduler_monitor, --model.lr_scheduler_monitor), "
+                   f"which this run has not logged (logged: {', '.join(logged) or 'nothing'})")
+        if not monitor.startswith("val/") or any(name.startswith("val/") for name in logged):
+            raise ValueError(f"{problem}: monitor one of those")
+        warnings.warn(f"{problem}, so the learning rate did not change at this {self.lr_scheduler_interval}: "
+                      "give a validation loader (and validate at least as often as the scheduler steps), or "
+                      "monitor a training metric (e.g. 'train/loss')", UserWarning, stacklevel=2)
 
     # -------------------------------------------------------------- evaluation
     def _evaluate(self, batch, stage: str, metric: MulticlassAccuracy) -> Tensor:
@@ -467,11 +504,16 @@ class EnergyModule(pl.LightningModule):
         checkpoint[RNG_KEY] = collect_rng_states()
         checkpoint["pl_energy"] = {"algorithm": self.algorithm_name,
                                    "algorithm_hparams": self.algorithm.hparams()}
+        if self.accumulated:  # between two optimiser steps (a timed or an exception's checkpoint)
+            window = self._open_window()
+            if window is not None:
+                checkpoint[WINDOW_KEY] = window
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         states = checkpoint.get(RNG_KEY)
         if states is not None and self._trainer is not None and self.trainer.training:
             set_rng_states(states)
+            self._resumed_window = checkpoint.get(WINDOW_KEY)
         saved = checkpoint.get("pl_energy")
         if saved:
             now = {"algorithm": self.algorithm_name, "algorithm_hparams": self.algorithm.hparams()}
@@ -479,6 +521,38 @@ class EnergyModule(pl.LightningModule):
             if differs:
                 warnings.warn("this checkpoint was trained with other settings than this run uses ("
                               + "; ".join(differs) + ")", UserWarning, stacklevel=2)
+
+    def _open_window(self) -> dict[str, Any] | None:
+        """What a checkpoint saved inside an accumulation window holds to resume it exactly: the
+        batches summed so far, the window's length and their gradients (``p.grad``, each batch's
+        already divided by the length). None under several processes, each of which holds a
+        partial sum of its own while the checkpoint is rank 0's: the resumed run then starts the
+        window again, which is warned about."""
+        if self.trainer.world_size > 1:
+            warnings.warn(f"this checkpoint is saved inside an accumulation window ({self.accumulated} of "
+                          f"{self.accumulate_grad_batches} batches) under {self.trainer.world_size} processes, whose "
+                          "partial gradients it cannot hold: a run resumed from it starts the window again, without "
+                          "those batches' gradients", UserWarning, stacklevel=3)
+            return None
+        return {"batches": self.accumulated, "length": self.accumulate_grad_batches,
+                "gradients": {name: p.grad.detach().clone() for name, p in self.network.named_parameters()
+                              if p.grad is not None}}
+
+    def _continue_window(self, window: dict[str, Any]) -> int:
+        """Put a resumed checkpoint's open window back (``_open_window``): its gradients into
+        ``p.grad``; returns its batch count (0, with a warning, where the window's length is not
+        this run's ``accumulate_grad_batches``: its sum was divided by another length)."""
+        if window["length"] != self.accumulate_grad_batches:
+            warnings.warn(f"the checkpoint was saved inside an accumulation window of {window['length']} batches "
+                          f"({window['batches']} summed), but this run accumulates {self.accumulate_grad_batches}: "
+                          "those batches' gradients are dropped and the run starts a new window", UserWarning,
+                          stacklevel=3)
+            return 0
+        gradients = window["gradients"]
+        for name, p in self.network.named_parameters():
+            if name in gradients:
+                p.grad = gradients[name].to(device=p.device, dtype=p.dtype)
+        return int(window["batches"])
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):

@@ -262,10 +262,12 @@ def test_the_cli_moves_clipping_and_accumulation_into_the_module():
     assert cli.trainer.accumulate_grad_batches == 1 and cli.trainer.gradient_clip_val is None
 
 
-@pytest.mark.parametrize("option, value", [("gradient_clip_val", 0.5), ("accumulate_grad_batches", 4)])
+@pytest.mark.parametrize("option, value", [("gradient_clip_val", 0.5), ("gradient_clip_val", 1.0),
+                                           ("accumulate_grad_batches", 4)])
 def test_trainer_clipping_and_accumulation_point_to_the_modules_arguments(option, value):
     """Lightning refuses these Trainer options under manual optimisation and says "switch to
-    automatic optimization"; the module says what to write instead."""
+    automatic optimization"; the module says what to write instead (clipping at 1.0 too, which
+    was taken for accumulate_grad_batches' default)."""
     import lightning.pytorch as pl
 
     module = EnergyModule(network=mlp([4, 3, 2]), algorithm="bp", trace_every_n_steps=0)
@@ -275,3 +277,35 @@ def test_trainer_clipping_and_accumulation_point_to_the_modules_arguments(option
                          **{option: value})
     with pytest.raises(ValueError, match=rf"write EnergyModule\(\.\.\., {option}={value}\)"):
         trainer.fit(module, data)
+
+
+def test_the_scheduler_interval_is_step_or_epoch():
+    """Any other interval never stepped the scheduler, silently."""
+    with pytest.raises(ValueError, match="lr_scheduler_interval must be 'step' or 'epoch', got 'steps'"):
+        EnergyModule(network=mlp([4, 3, 2]), algorithm="bp", lr_scheduler_interval="steps")
+
+
+def test_a_plateau_schedulers_metric_must_be_logged():
+    """ReduceLROnPlateau whose metric is never logged never stepped, silently: a name no logged
+    metric has is refused; a validation metric without validation is warned about; a logged one
+    steps (its learning rate halves on a plateau of patience 0)."""
+    import functools
+
+    plateau = functools.partial(torch.optim.lr_scheduler.ReduceLROnPlateau, patience=0, factor=0.5, threshold=1.0)
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 4), torch.randint(0, 2, (16,))
+
+    def fit(monitor, validation):
+        energy = EnergyModule(network=mlp([4, 3, 2]), algorithm="bp", optimizer=sgd(0.1), lr_scheduler=plateau,
+                              lr_scheduler_monitor=monitor, trace_every_n_steps=0)
+        quiet_trainer(max_epochs=2).fit(energy, loader(x, y, 8), loader(x, y, 8) if validation else None)
+        return energy.optimizers().optimizer.param_groups[0]["lr"]
+
+    with pytest.raises(ValueError, match=r"ReduceLROnPlateau monitors 'val_loss' .*which this run has not logged "
+                                         r"\(logged: .*val/loss.*\): monitor one of those"):
+        fit("val_loss", validation=True)
+    with pytest.warns(UserWarning, match=r"monitors 'val/loss' .* so the learning rate did not change at this epoch: "
+                                         "give a validation loader"):
+        assert fit("val/loss", validation=False) == 0.1
+    assert fit("val/loss", validation=True) == pytest.approx(0.025)  # halved after each of the two epochs
+    assert fit("train/loss", validation=False) == pytest.approx(0.025)
