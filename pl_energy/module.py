@@ -377,6 +377,24 @@ class EnergyModule(pl.LightningModule):
         window, self._resumed_window = self._resumed_window, None
         if window is not None:
             self.accumulated = self._continue_window(window)
+        if self.accumulate_grad_batches > 1:
+            self._check_resumed_epoch()
+
+    def _check_resumed_epoch(self) -> None:
+        """Warn where a run resumes inside an epoch with a train loader that cannot resume it (no
+        ``state_dict``/``load_state_dict``): the epoch starts its batches again, so the batches
+        before the checkpoint are trained on twice. Lightning's own warning counts an epoch's
+        optimiser steps with the Trainer's accumulation, which is 1 under this module, so with the
+        module's accumulation it misses such resumes (and warns about some end-of-epoch ones)."""
+        trainer = self.trainer
+        done, total = trainer.fit_loop.epoch_loop.batch_progress.current.processed, trainer.num_training_batches
+        loaders = torch.utils._pytree.tree_leaves(trainer.train_dataloader)
+        if 0 < done < total and not all(hasattr(loader, "state_dict") and hasattr(loader, "load_state_dict")
+                                        for loader in loaders):
+            warnings.warn(f"this run resumes inside an epoch (after {done} of its {total} batches) with a train loader "
+                          "that cannot resume it, so the epoch starts its batches again and trains on those before the "
+                          "checkpoint twice: resume from an end-of-epoch checkpoint, or use pl_energy's data modules, "
+                          "whose train loaders resume their epoch", UserWarning, stacklevel=2)
 
     def on_train_epoch_start(self) -> None:
         self.accumulated = 0  # accumulation windows end with the epoch (or an interrupted run)

@@ -128,3 +128,24 @@ def test_several_processes_save_no_window_and_say_so():
     energy._trainer, energy.accumulated = Trainer(), 2
     with pytest.warns(UserWarning, match=r"inside an accumulation window \(2 of 3 batches\) under 2 processes"):
         assert energy._open_window() is None
+
+
+def test_a_mid_epoch_resume_with_a_loader_that_cannot_resume_is_warned_about(tmp_path):
+    """With a plain DataLoader the resumed epoch starts its batches again. Lightning's warning
+    counts the epoch's steps with the Trainer's accumulation (1 here), so under the module's it
+    missed this; the module warns, and not for a resumable loader or an end-of-epoch checkpoint."""
+    torch.manual_seed(1)
+    x, y = torch.rand(56, 6, dtype=torch.float64), torch.randint(0, 3, (56,))
+    inside, end = SaveAt(tmp_path / "inside.ckpt", 1, 3), SaveAt(tmp_path / "end.ckpt", 0, 7)
+    quiet_trainer(max_epochs=2, callbacks=[inside, end]).fit(module(3), loader(x, y, 7))
+    with pytest.warns(UserWarning, match=r"resumes inside an epoch \(after 4 of its 8 batches\) with a train loader "
+                                         "that cannot resume it"):
+        quiet_trainer(max_epochs=2).fit(module(3), loader(x, y, 7), ckpt_path=inside.path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_trainer(max_epochs=2).fit(module(3), loader(x, y, 7), ckpt_path=end.path)
+        path = tmp_path / "resumable.ckpt"
+        quiet_trainer(max_epochs=2, limit_val_batches=0, callbacks=[SaveAt(path, 1, 3)]).fit(module(3),
+                                                                                          datamodule=RandomData())
+        quiet_trainer(max_epochs=2, limit_val_batches=0).fit(module(3), datamodule=RandomData(), ckpt_path=path)
+    assert not [w for w in caught if "resumes inside an epoch" in str(w.message)]
