@@ -32,7 +32,8 @@ class GradientAgreement(Callback):
     the reference is ``algorithm.reference`` on the batches of that optimiser step, which the
     callback keeps itself (``on_train_batch_start``, only for the steps it measures), reduced with ``trainer.strategy.reduce(..., "mean")`` on every
     rank, so both sides are the same batch mean on 1 or N processes (with gradient accumulation,
-    the mean over the accumulated batches). Each measurement is written to every logger once, at
+    the mean over the accumulated batches; a step whose window a resumed run entered halfway,
+    whose earlier batches the callback did not see, is not measured). Each measurement is written to every logger once, at
     the step it was made (also in runs shorter than ``log_every_n_steps``), globally and per layer
     (top-level child of the network):
 
@@ -129,6 +130,8 @@ class GradientAgreement(Callback):
         if not batches:
             raise RuntimeError("GradientAgreement: no batch reached on_train_batch_start before this "
                                "optimiser step")
+        if len(batches) != pl_module.accumulated:
+            return  # a run resumed inside the window: the batches before the checkpoint are not here
         # with gradient accumulation the update is the mean of several batches' estimates: so is
         # the reference (the weights do not move in between)
         network = pl_module.network

@@ -37,6 +37,8 @@ from .plotting import energy_trace_figure
 
 DEFAULT_SIZES = (784, 128, 64, 10)
 RNG_KEY = "pl_energy_rng_states"
+#: The metrics ``training_step`` logs at every batch (``train/loss_step`` and so on, as Lightning names them too).
+TRAINING_METRICS = frozenset(f"train/{name}{suffix}" for name in ("loss", "acc") for suffix in ("", "_step", "_epoch"))
 #: The checkpoint's key for an open accumulation window (``EnergyModule._open_window``).
 WINDOW_KEY = "pl_energy_accumulation_window"
 #: pl_energy's warning categories, shown by rank 0 only under DDP.
@@ -230,8 +232,10 @@ class EnergyModule(pl.LightningModule):
     # ---------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> Tensor:
         inputs, targets = self.prepare_batch(batch)
-        self.accumulated += 1  # one more batch for the coming optimiser step
-        record = self._trace_due() and self.accumulated == 1  # once per optimiser step
+        # this batch's place in the window; counted in ``accumulated`` once its gradient is in p.grad
+        # (an exception before that, saved by OnExceptionCheckpoint, leaves the window as it was)
+        position = self.accumulated + 1
+        record = self._trace_due() and position == 1  # once per optimiser step
         step = int(self.global_step)
         # The algorithm runs on the plain network (not a DDP wrapper): its own autograd calls must
         # not touch the reducer. Only manual_backward below arms the gradient all-reduce.
@@ -248,9 +252,10 @@ class EnergyModule(pl.LightningModule):
         if surrogate is None:
             raise RuntimeError("the network has no trainable parameters")
         # manual accumulation (Lightning's documented pattern): the mean of k estimates, one step
-        stepping = self.accumulated == self.accumulate_grad_batches or self.trainer.is_last_batch
+        stepping = position == self.accumulate_grad_batches or self.trainer.is_last_batch
         with opt.toggle_model(sync_grad=stepping):
             self.manual_backward(surrogate / self.accumulate_grad_batches)
+        self.accumulated = position
         if stepping:
             if self.accumulated != self.accumulate_grad_batches:  # a shorter last group
                 for p in self.network.parameters():
@@ -332,6 +337,7 @@ class EnergyModule(pl.LightningModule):
                 getattr(layer, "_compiled_call_impl", None) is None for layer in self.network.children()):
             compile_layers(self.network, **self.compile_options)
         self._checked_stages.clear()
+        self._resumed_window = None  # a resumed fit that stopped before training started left its window
         if self._trainer is None:
             return
         trainer = self.trainer
@@ -425,10 +431,14 @@ class EnergyModule(pl.LightningModule):
             scheduler.step()
 
     def _plateau_metric_missing(self) -> None:
-        """ReduceLROnPlateau cannot step: its metric is not logged. A misspelt name (one that
-        no validation or training metric has) is refused; a validation metric that validation
-        has not logged yet (none has run, or there is no validation loader) is warned about."""
+        """ReduceLROnPlateau cannot step: its metric is not logged. The module's own training
+        metrics are missing only before their first log (at the first step of ``"step"``
+        scheduling), where the scheduler waits a step, as Lightning's would; a validation metric
+        that validation has not logged (none has run, or there is no validation loader) is
+        warned about; any other name (misspelt) is refused."""
         monitor, logged = self.lr_scheduler_monitor, sorted(self.trainer.callback_metrics)
+        if monitor in TRAINING_METRICS:
+            return
         problem = (f"ReduceLROnPlateau monitors {monitor!r} (lr_scheduler_monitor, --model.lr_scheduler_monitor), "
                    f"which this run has not logged (logged: {', '.join(logged) or 'nothing'})")
         if not monitor.startswith("val/") or any(name.startswith("val/") for name in logged):
@@ -522,7 +532,7 @@ class EnergyModule(pl.LightningModule):
         checkpoint[RNG_KEY] = collect_rng_states()
         checkpoint["pl_energy"] = {"algorithm": self.algorithm_name,
                                    "algorithm_hparams": self.algorithm.hparams()}
-        if self.accumulated:  # between two optimiser steps (a timed or an exception's checkpoint)
+        if self.accumulated:  # between two optimiser steps (OnExceptionCheckpoint, a callback's save_checkpoint)
             window = self._open_window()
             if window is not None:
                 checkpoint[WINDOW_KEY] = window

@@ -288,16 +288,17 @@ def test_the_scheduler_interval_is_step_or_epoch():
 def test_a_plateau_schedulers_metric_must_be_logged():
     """ReduceLROnPlateau whose metric is never logged never stepped, silently: a name no logged
     metric has is refused; a validation metric without validation is warned about; a logged one
-    steps (its learning rate halves on a plateau of patience 0)."""
+    steps (its learning rate halves on a plateau of patience 0), also the training loss per step,
+    which is not logged yet at the first step's scheduler call."""
     import functools
 
     plateau = functools.partial(torch.optim.lr_scheduler.ReduceLROnPlateau, patience=0, factor=0.5, threshold=1.0)
     torch.manual_seed(0)
     x, y = torch.rand(16, 4), torch.randint(0, 2, (16,))
 
-    def fit(monitor, validation):
+    def fit(monitor, validation, interval="epoch"):
         energy = EnergyModule(network=mlp([4, 3, 2]), algorithm="bp", optimizer=sgd(0.1), lr_scheduler=plateau,
-                              lr_scheduler_monitor=monitor, trace_every_n_steps=0)
+                              lr_scheduler_monitor=monitor, lr_scheduler_interval=interval, trace_every_n_steps=0)
         quiet_trainer(max_epochs=2).fit(energy, loader(x, y, 8), loader(x, y, 8) if validation else None)
         return energy.optimizers().optimizer.param_groups[0]["lr"]
 
@@ -309,3 +310,5 @@ def test_a_plateau_schedulers_metric_must_be_logged():
         assert fit("val/loss", validation=False) == 0.1
     assert fit("val/loss", validation=True) == pytest.approx(0.025)  # halved after each of the two epochs
     assert fit("train/loss", validation=False) == pytest.approx(0.025)
+    # per step, the training loss is logged after the first step's scheduler call: it waits a step
+    assert fit("train/loss", validation=False, interval="step") == pytest.approx(0.1 * 0.5 ** 3)

@@ -66,9 +66,15 @@ class SplitDataModule(pl.LightningDataModule):
         return ResumableDataLoader(dataset, sampler=sampler, **options)
 
     def _batches_done(self) -> int:
-        """The batches of the current epoch the training loop has taken (0 outside a fit)."""
+        """The batches of the current epoch a run resumed from a checkpoint saved now would not
+        take again (0 outside a fit): those taken and processed; a batch taken but not processed
+        (an exception inside it, saved by ``OnExceptionCheckpoint``) is taken again by the resumed
+        run, as Lightning's loop counts it."""
         trainer = self.trainer
-        return 0 if trainer is None else int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+        if trainer is None:
+            return 0
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return int(progress.processed if progress.processed == progress.ready else progress.completed)
 
     def train_dataloader(self) -> DataLoader:
         """The training batches; on one process a :class:`ResumableDataLoader`, which resumes
