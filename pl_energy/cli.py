@@ -38,7 +38,7 @@ from .cli_environment import (THREADS_VARIABLE, cpu_threads, set_cpu_threads, us
                               wandb_api_key_available, wandb_installed)
 from .cli_help import BriefHelpFormatter, _algorithm_help, _type_name, hyperparameter_flags
 from .configuration import algorithm_from, algorithm_type, describe_algorithm
-from .module import EnergyModule
+from .module import EnergyModule, trained_activation
 from .outputs import run_directory
 
 
@@ -92,6 +92,8 @@ class EnergyCLI(LightningCLI):
         given = self.given.get(subcommand, {}) if subcommand else self.given
         path = section.get("ckpt_path")
         saved = checkpoint_sections(path) if path and Path(path).is_file() else {}
+        if "model" in saved:  # the units it was trained with, also for another algorithm given now
+            saved["model"]["activation"] = trained_activation(saved["model"])
         defaults = self._parser(subcommand).get_defaults().as_dict()
         final = overlay({key: saved.get(key, defaults[key]) for key in ("model", "data")},
                         {key: given[key] for key in ("model", "data") if given.get(key)}, defaults)
@@ -102,6 +104,11 @@ class EnergyCLI(LightningCLI):
             old, new = leaves(saved), leaves({key: final[key] for key in saved})
             changed = [f"{key}={new[key]!r} (checkpoint: {old.get(key)!r})" for key in new
                        if key in old and new[key] != old[key]]
+            restored = [item for item in changed if item.startswith(("model.optimizer", "model.lr_scheduler."))]
+            if subcommand == "fit" and restored:
+                self.parser.error(f"fit --ckpt_path resumes the checkpoint's optimiser and scheduler in their saved "
+                                  f"state, learning rate included, so {'; '.join(restored)} would not take effect: "
+                                  "leave them out to resume as trained")
             if changed:
                 print(f"pl-energy: {path} restored, except as given: {'; '.join(changed)}", file=sys.stderr)
         for key, value in final["model"].items():

@@ -136,6 +136,8 @@ class EnergyModule(pl.LightningModule):
         if trace_every_n_steps is None or trace_every_n_steps < 0:
             raise ValueError(f"trace_every_n_steps must be >= 0, got {trace_every_n_steps}")
         given = network_from(network), factory_from(optimizer), factory_from(lr_scheduler)
+        if network is None:  # saved resolved: loaded for another algorithm, the MLP keeps its units
+            activation = activation or built.default_activation
         # save_hyperparameters reads __init__'s arguments by name: it keeps their descriptions
         # (LightningCLI passes its own, the config's, instead)
         network, optimizer, lr_scheduler = plain_arguments(*given)
@@ -149,7 +151,6 @@ class EnergyModule(pl.LightningModule):
         self.algorithm: Algorithm = built
         self.algorithm_name = built.name
         self.algorithm.allow_constant_batch_statistics = bool(allow_constant_batch_statistics)
-        activation = activation or built.default_activation
         self.network = network if network is not None else mlp(list(sizes), activation=activation)
         self.compile_options = (compile if isinstance(compile, dict) else {}) if compile else None
         if self.compile_options is not None:
@@ -587,13 +588,24 @@ class EnergyModule(pl.LightningModule):
         """Lightning's ``load_from_checkpoint``; a new ``algorithm=`` starts from its own defaults
         (pass ``algorithm_hparams`` to set them) instead of inheriting the saved algorithm's."""
         check_checkpoint_file(checkpoint_path)
-        if "algorithm" in kwargs and "algorithm_hparams" not in kwargs:
+        if "algorithm" in kwargs:
             from lightning.fabric.utilities.cloud_io import _load  # local paths, URLs and fsspec alike
 
             saved = _load(checkpoint_path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
-            if saved.get("algorithm") not in (None, kwargs["algorithm"]):
+            if saved.get("algorithm") not in (None, kwargs["algorithm"]) and "algorithm_hparams" not in kwargs:
                 kwargs["algorithm_hparams"] = None
+            if "activation" not in kwargs and "network" not in kwargs:
+                kwargs["activation"] = trained_activation(saved)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+
+def trained_activation(hparams: dict[str, Any]) -> str | None:
+    """The hidden units a saved module's default MLP was built with: its ``activation``, or,
+    where it is None (the CLI's configurations and earlier checkpoints), its algorithm's default;
+    None for a module given its own network."""
+    if hparams.get("activation") is not None or hparams.get("network") is not None:
+        return hparams.get("activation")
+    return algorithm_from(hparams.get("algorithm") or "pc_nudge", hparams.get("algorithm_hparams")).default_activation
 
 
 def collect_rng_states() -> dict[str, Any]:

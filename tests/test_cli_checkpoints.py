@@ -136,3 +136,44 @@ def test_a_saved_config_reruns_into_the_root_dir_given(mnist_root, tmp_path):
     assert sorted(p.name for p in (tmp_path / "new" / "lightning_logs").iterdir()) == ["version_0", "version_1"]
     assert all((tmp_path / "new" / "lightning_logs" / v / "config.yaml").is_file() for v in ("version_0", "version_1"))
     assert [p.name for p in (tmp_path / "fit" / "lightning_logs").iterdir()] == ["version_0"]  # the old run untouched
+
+
+def test_another_algorithm_at_test_time_keeps_the_trained_units(mnist_root, tmp_path):
+    """An ep checkpoint (its MLP has clip units, ep's default) tested with --algorithm bp was
+    evaluated on a ReLU network (bp's default: 0.7715 against 1.0131 on the trained one), silently;
+    load_from_checkpoint(..., algorithm="bp") likewise. The trained units stay, and the numbers
+    are the trained network's, by a forward pass written here."""
+    from pl_energy.data import MNISTDataModule
+
+    data = ["--data.data_dir", str(mnist_root), "--data.limit_train", "64", "--data.batch_size", "16"]
+    _, checkpoint = _fit(tmp_path, "--algorithm", "ep", "--model.sizes", "[784, 16, 10]", *data)
+    cli = make_cli(["test", "--ckpt_path", checkpoint, "--algorithm", "bp", "--data.data_dir", str(mnist_root),
+                    "--trainer.limit_test_batches", "2", "--trainer.logger", "false", *QUIET])
+    loaded = EnergyModule.load_from_checkpoint(checkpoint, algorithm="bp")
+    for module in (cli.model, loaded):
+        assert module.algorithm.name == "bp" and type(module.network[0][1]).__name__ == "Clip"
+    weights = torch.load(checkpoint, weights_only=True)["state_dict"]
+    datamodule = MNISTDataModule(data_dir=mnist_root, batch_size=16, limit_train=64)
+    datamodule.setup("test")
+    batches = iter(datamodule.test_dataloader())
+    losses = []
+    for _ in range(2):
+        x, y = next(batches)
+        hidden = (x @ weights["network.0.0.weight"].t() + weights["network.0.0.bias"]).clamp(0, 1)  # clip units
+        losses.append(torch.nn.functional.cross_entropy(hidden @ weights["network.1.weight"].t()
+                                                        + weights["network.1.bias"], y))
+    assert float(cli.trainer.callback_metrics["test/loss"]) == pytest.approx(float(torch.stack(losses).mean()), rel=1e-5)
+
+
+def test_resuming_fit_with_another_optimiser_setting_is_refused(mnist_root, tmp_path, capsys):
+    """fit --ckpt_path restores the optimiser's state, learning rate included: a learning rate
+    given with it was reported as applied and trained at the checkpoint's, silently."""
+    data = ["--data.data_dir", str(mnist_root), "--data.limit_train", "64", "--data.batch_size", "16"]
+    _, checkpoint = _fit(tmp_path, "--algorithm", "bp", "--model.sizes", "[784, 16, 10]", "--model.optimizer",
+                         "torch.optim.Adam", "--model.optimizer.init_args.lr", "0.001", *data)
+    with pytest.raises(SystemExit):
+        make_cli(["fit", "--ckpt_path", checkpoint, "--model.optimizer.init_args.lr", "0.05", "--trainer.max_steps",
+                  "4", "--trainer.default_root_dir", str(tmp_path / "resumed"), *QUIET])
+    assert ("fit --ckpt_path resumes the checkpoint's optimiser and scheduler in their saved state, learning rate "
+            "included, so model.optimizer.init_args.lr=0.05 (checkpoint: 0.001) would not take effect"
+            in capsys.readouterr().err)
