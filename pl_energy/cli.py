@@ -33,7 +33,8 @@ from lightning.pytorch.loggers import CSVLogger
 
 from .algorithms import ALGORITHMS
 from .callbacks import GradientAgreement
-from .cli_config import DEFAULT_DATA, SaveRunConfig, checkpoint_sections, leaves, overlay, shorthands
+from .cli_config import (DEFAULT_DATA, SaveRunConfig, checkpoint_sections, leaves, named_classes, overlay,
+                         shorthands, without_classes)
 from .cli_environment import (THREADS_VARIABLE, cpu_threads, set_cpu_threads, uses_wandb,  # noqa: F401
                               wandb_api_key_available, wandb_installed)
 from .cli_help import BriefHelpFormatter, _algorithm_help, _type_name, hyperparameter_flags
@@ -81,6 +82,9 @@ class EnergyCLI(LightningCLI):
                 action.default = default
         #: What the command line and config files gave, without the defaults.
         self.given = given.clone().as_dict()
+        #: The options whose class the command line names (jsonargparse names the default class
+        #: where only init_args were given, so a class given equal to the default is told apart here).
+        self.named_classes = named_classes(args)
 
     def _parse_ckpt_path(self) -> None:
         """Replaces LightningCLI's, which lets the checkpoint's model hyper-parameters override
@@ -95,8 +99,9 @@ class EnergyCLI(LightningCLI):
         if "model" in saved:  # the units it was trained with, also for another algorithm given now
             saved["model"]["activation"] = trained_activation(saved["model"])
         defaults = self._parser(subcommand).get_defaults().as_dict()
+        implicit = without_classes(defaults, self.named_classes)  # a default class named is given, not implied
         final = overlay({key: saved.get(key, defaults[key]) for key in ("model", "data")},
-                        {key: given[key] for key in ("model", "data") if given.get(key)}, defaults)
+                        {key: given[key] for key in ("model", "data") if given.get(key)}, implicit)
         configured = "algorithm" in (given.get("model") or {}) or "model" in saved
         final["model"] = self._expand_algorithm(
             final["model"], {name: given[name] for name in shorthands() if name in given}, configured)

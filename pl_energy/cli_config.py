@@ -91,6 +91,42 @@ def overlay(base: dict, given: dict, implicit: dict | None = None) -> dict:
     return merged
 
 
+#: The options of the CLI whose value is a class (``--data NAME``, ``--model.optimizer NAME``, ...).
+CLASS_OPTIONS = ("data", "model.optimizer", "model.lr_scheduler", "model.network", "model.algorithm")
+
+
+def named_classes(args: Any) -> set[str]:
+    """The class options a command line names itself (``--data X``, ``--data=X``,
+    ``--model.optimizer.class_path X``); none for arguments given as a mapping."""
+    import sys
+
+    if isinstance(args, dict) or hasattr(args, "as_dict"):
+        return set()
+    names = set()
+    for token in (sys.argv[1:] if args is None else args):
+        option = str(token).split("=", 1)[0]
+        if option.startswith("--"):
+            option = option[2:].removesuffix(".class_path")
+            if option in CLASS_OPTIONS:
+                names.add(option)
+    return names
+
+
+def without_classes(defaults: dict, paths: set[str]) -> dict:
+    """``defaults`` without the class of each dotted path in ``paths`` (``overlay``'s implicit
+    classes: a class named on the command line is given even where it is the default)."""
+    trimmed = {key: (dict(value) if isinstance(value, dict) else value) for key, value in defaults.items()}
+    for path in paths:
+        *parents, name = path.split(".")
+        node = trimmed
+        for parent in parents:
+            node[parent] = dict(node.get(parent) or {}) if isinstance(node.get(parent), dict) else {}
+            node = node[parent]
+        if isinstance(node.get(name), dict):
+            node[name] = {key: value for key, value in node[name].items() if key != "class_path"}
+    return trimmed
+
+
 def class_defaults(path: str) -> dict[str, Any]:
     """The init arguments of the class at ``path`` that have defaults, with them."""
     import inspect

@@ -177,3 +177,26 @@ def test_resuming_fit_with_another_optimiser_setting_is_refused(mnist_root, tmp_
     assert ("fit --ckpt_path resumes the checkpoint's optimiser and scheduler in their saved state, learning rate "
             "included, so model.optimizer.init_args.lr=0.05 (checkpoint: 0.001) would not take effect"
             in capsys.readouterr().err)
+
+
+def test_a_data_module_named_on_the_command_line_is_used_even_the_default_one(mnist_root, tmp_path, capsys):
+    """A Fashion-MNIST checkpoint (MNIST's files under Fashion-MNIST's folder) tested with
+    ``--data pl_energy.data.MNISTDataModule`` was tested on Fashion-MNIST, without a word:
+    jsonargparse names the default class where only its arguments are given, so a default class
+    given was taken for one implied. Given, it replaces the checkpoint's and is said; arguments
+    alone keep the checkpoint's class."""
+    from pl_energy.data import FashionMNISTDataModule, MNISTDataModule
+
+    (tmp_path / "FashionMNIST").mkdir()
+    (tmp_path / "FashionMNIST" / "raw").symlink_to(mnist_root / "MNIST" / "raw")
+    _, checkpoint = _fit(tmp_path, "--algorithm", "bp", "--model.sizes", "[784, 16, 10]", "--data",
+                         "pl_energy.data.FashionMNISTDataModule", "--data.data_dir", str(tmp_path),
+                         "--data.limit_train", "64", "--data.batch_size", "16")
+    capsys.readouterr()
+    for named, expected in ((["--data", "pl_energy.data.MNISTDataModule", "--data.data_dir", str(mnist_root)],
+                             MNISTDataModule), (["--data.batch_size", "8"], FashionMNISTDataModule)):
+        cli = make_cli(["test", "--ckpt_path", checkpoint, *named, "--trainer.limit_test_batches", "1",
+                        "--trainer.logger", "false", *QUIET])
+        assert type(cli.datamodule) is expected
+    (line, _) = [line for line in capsys.readouterr().err.splitlines() if "restored, except as given" in line]
+    assert "data.class_path='pl_energy.data.MNISTDataModule' (checkpoint: 'pl_energy.data.FashionMNISTDataModule')" in line
