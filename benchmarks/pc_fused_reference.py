@@ -160,11 +160,7 @@ def main(argv=None) -> float:
                  "library pc_nudge.estimate": lambda: library.estimate(net, x, y, record=False),
                  "hand-fused eager": lambda: fused(x)}
     if args.compile:
-        compiled = torch.compile(fused)
-        start = time.perf_counter()
-        compiled(x)
-        print(f"torch.compile: first call {time.perf_counter() - start:.1f} s")
-        functions["hand-fused torch.compile"] = lambda: compiled(x)
+        functions["hand-fused torch.compile"] = compiled_call(fused, x)
     for function in functions.values():
         for _ in range(3):
             function()
@@ -185,36 +181,35 @@ def main(argv=None) -> float:
     return error
 
 
+def compiled_call(function, x):
+    """``function`` under ``torch.compile``, compiled by a first call on ``x`` (its time
+    printed), as a call of no arguments for the timing loops."""
+    compiled = torch.compile(function)
+    start = time.perf_counter()
+    compiled(x)
+    print(f"torch.compile: first call {time.perf_counter() - start:.1f} s")
+    return lambda: compiled(x)
+
+
 def default_main(net, x, y, args) -> float:
     """``--default``: the hand-written default estimate against the library's and plain
     autograd BP, ratios per round (rounds rotate the order), medians, and the MAC bound."""
     from bench_overhead import mac_bound
-    from bench_pcx import load_averages
+    from bench_pcx import load_averages, time_round
 
     library, written, params = build_algorithm("pc_nudge"), make_default(net, y), list(net.parameters())
     functions = {"plain autograd BP": lambda: torch.autograd.grad(F.cross_entropy(net(x), y), params),
                  "library pc_nudge (default)": lambda: library.estimate(net, x, y),
                  "written out, eager": lambda: written(x)}
     if args.compile:
-        compiled = torch.compile(written)
-        start = time.perf_counter()
-        compiled(x)
-        print(f"torch.compile: first call {time.perf_counter() - start:.1f} s")
-        functions["written out, torch.compile"] = lambda: compiled(x)
+        functions["written out, torch.compile"] = compiled_call(written, x)
     print(f"load before {load_averages()}")
     for function in functions.values():
         for _ in range(5):
             function()
     keys, ratios = list(functions), {key: [] for key in functions}
     for round_ in range(args.repeats):
-        times = {}
-        for key in keys[round_ % len(keys):] + keys[:round_ % len(keys)]:
-            calls = []
-            for _ in range(10):
-                start = time.perf_counter()
-                functions[key]()
-                calls.append(time.perf_counter() - start)
-            times[key] = statistics.median(calls)
+        times = time_round(functions, 10, round_)
         for key in keys:
             ratios[key].append(times[key] / times[keys[0]])
     bound = mac_bound(net, x)
